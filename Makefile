@@ -1,0 +1,54 @@
+# skipvit: `make serve` and `make test` set everything up from nothing and are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := dataset-fashion-mnist
+TORCH_SPEC := torch==2.13.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: serve test lint setup setup-dev apt clean help
+
+help:
+	@echo "make serve   set up and serve the default bundle on http://127.0.0.1:8000"
+	@echo "make test    set up and run the linters and the test suite"
+
+serve: setup
+	$(BIN)/skipvit serve
+
+test: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint: setup-dev
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+apt: $(VENV)/.stamp-apt
+$(VENV)/.stamp-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed"'
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned, so that the range in pyproject.toml never pulls a CUDA build.
+$(VENV)/.stamp-runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/pip install -q --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-runtime
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.stamp-apt $(VENV)/.stamp-runtime
+setup-dev: $(VENV)/.stamp-apt $(VENV)/.stamp-dev
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,198 @@
+"""Adaptive-depth Vision Transformer.
+
+File order follows timm: components -> model -> init -> registry. The per-layer loop in
+``AdaptiveViT.forward_features`` is explicit: an ``ExecutionPolicy`` decides per row before
+every layer, the rows that run are compacted (``kernels.compact_rows``), pass through the block
+and are scattered back; skipped rows keep their hidden state; exited rows are answered at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels import compact_rows, scatter_rows
+from model.config import ViTConfig
+from model.policy import EXIT, RUN, ExecutionPolicy, StaticPolicy
+
+# ---------------------------------------------------------------- components
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
+        x = self.proj(x)  # (B, D, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.attn_dropout = cfg.attn_dropout
+        self.proj_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, T, D)
+        b, t, d = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads)  # (B, T, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, Dh)
+        p = self.attn_dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, Dh)
+        x = x.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.fc1 = nn.Linear(cfg.dim, hidden)
+        self.fc2 = nn.Linear(hidden, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, T, D)
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = Mlp(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, D)
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class ForwardOutput:
+    logits: Tensor  # (B, C)
+    executed: Tensor  # (B, L) bool: layer j ran for row b
+    exit_layer: Tensor  # (B,) int64: layers passed before the answer (L when the final head answered)
+
+    @property
+    def layers_executed(self) -> Tensor:  # (B,)
+        return self.executed.sum(dim=1)
+
+
+class AdaptiveViT(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        if cfg.shared_layers:
+            shared = Block(cfg)
+            self.blocks = nn.ModuleList([shared])
+        else:
+            self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        init_weights(self)
+
+    @property
+    def depth(self) -> int:
+        return self.cfg.depth
+
+    def block(self, j: int) -> Block:
+        return self.blocks[0] if self.cfg.shared_layers else self.blocks[j]
+
+    def embed(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
+        h = self.patch_embed(x)  # (B, N, D)
+        cls = self.cls_token.expand(h.shape[0], -1, -1)  # (B, 1, D)
+        h = torch.cat([cls, h], dim=1) + self.pos_embed  # (B, T, D)
+        return self.pos_drop(h)
+
+    def forward_head(self, h: Tensor) -> Tensor:  # h: (B, T, D) -> (B, C)
+        return self.head(self.norm(h[:, 0]))
+
+    def forward_features(self, x: Tensor, policy: ExecutionPolicy | None = None):
+        """Run the per-layer loop. Returns (h, executed, exit_layer, exit_logits, exited)."""
+        policy = policy or StaticPolicy()
+        h = self.embed(x)  # (B, T, D)
+        b, depth = h.shape[0], self.cfg.depth
+        executed = torch.zeros(b, depth, dtype=torch.bool, device=h.device)
+        exit_layer = torch.full((b,), depth, dtype=torch.long, device=h.device)
+        exit_logits = torch.zeros(b, self.cfg.num_classes, dtype=h.dtype, device=h.device)
+        alive = torch.ones(b, dtype=torch.bool, device=h.device)
+        policy.begin(h)
+        for j in range(depth):
+            if policy.always_runs:
+                h = self.block(j)(h)
+                executed[:, j] = True
+                continue
+            decision = policy.decide(j, h, alive)  # (B,) int8
+            exiting = alive & (decision == EXIT)
+            if bool(exiting.any()):
+                rows = exiting.nonzero().squeeze(1)  # (E,)
+                logits = policy.exit_logits(j, h, rows)
+                if logits is None:
+                    logits = self.forward_head(h.index_select(0, rows))  # (E, C)
+                exit_logits[rows] = logits.to(exit_logits.dtype)
+                exit_layer[rows] = j
+                alive = alive & ~exiting
+            run = alive & (decision == RUN)  # (B,)
+            executed[:, j] = run
+            rows_h, idx = compact_rows(h, run)  # (R, T, D), (R,)
+            if rows_h.shape[0]:
+                h = scatter_rows(h, idx, self.block(j)(rows_h))
+        return h, executed, exit_layer, exit_logits, ~alive
+
+    def forward(self, x: Tensor, policy: ExecutionPolicy | None = None) -> ForwardOutput:
+        h, executed, exit_layer, exit_logits, exited = self.forward_features(x, policy)
+        logits = self.forward_head(h)  # (B, C)
+        logits = torch.where(exited[:, None], exit_logits.to(logits.dtype), logits)
+        return ForwardOutput(logits=logits, executed=executed, exit_layer=exit_layer)
+
+
+# ---------------------------------------------------------------- init
+
+
+def init_weights(model: AdaptiveViT) -> None:
+    nn.init.trunc_normal_(model.pos_embed, std=0.02)
+    nn.init.trunc_normal_(model.cls_token, std=0.02)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            nn.init.trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in))
+            nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------- registry
+
+PRESETS: dict[str, dict] = {
+    # The shipped default: 9 layers on 28x28 greyscale (Fashion-MNIST), CPU-trainable.
+    "fmnist-9": dict(image_size=28, in_channels=1, patch_size=4, dim=96, depth=9, heads=4, mlp_ratio=2.0),
+    # A tiny model for tests.
+    "tiny": dict(image_size=16, in_channels=1, patch_size=4, dim=32, depth=4, heads=2, mlp_ratio=2.0),
+}
+
+
+def build_model(cfg: ViTConfig) -> AdaptiveViT:
+    return AdaptiveViT(cfg)

@@ -1,0 +1,1 @@
+"""The skipvit HTTP service. Nothing heavy happens at import: see ``service.app.create_app``."""

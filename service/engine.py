@@ -1,0 +1,90 @@
+"""The engine: a loaded bundle that turns a batch of uint8 images into per-row answers.
+
+Ignorant of HTTP and of batching: ``predict(images, point_id)`` takes a (B, C, H, W) uint8
+tensor and returns B ``RowResult``s, in order. Called from a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from model.bundle import Bundle, Point, load_bundle
+from model.points import policy_for
+from model.vit import AdaptiveViT
+
+
+@dataclass(frozen=True)
+class RowResult:
+    index: int
+    label: str
+    probability: float
+    top_k: list[tuple[str, int, float]]
+    layers_executed: int
+    path: str
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, device: torch.device, top_k: int = 3) -> None:
+        self.bundle = bundle
+        self.device = device
+        self.top_k = min(top_k, bundle.architecture.num_classes)
+        ds = bundle.dataset
+        self.classes: list[str] = list(ds["classes"])
+        self.channels, self.image_size = int(ds["channels"]), int(ds["image_size"])
+        self._mean = torch.tensor(ds["mean"], device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(ds["std"], device=device).view(1, -1, 1, 1)
+        self._models: dict[str, AdaptiveViT] = {}
+        self._lock = threading.Lock()  # one forward at a time: torch already uses every core
+        for name in {p.weights for p in bundle.front}:
+            self._models[name] = bundle.build_model(name, device)
+
+    @classmethod
+    def from_dir(cls, path, device: str = "auto", top_k: int = 3) -> Engine:
+        return cls(load_bundle(path), resolve_device(device), top_k)
+
+    def point(self, point_id: str | None) -> Point:
+        return self.bundle.point(point_id)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, point_id: str | None = None) -> list[RowResult]:
+        point = self.bundle.point(point_id)
+        model = self._models[point.weights]
+        x = (images.to(self.device).float() / 255.0 - self._mean) / self._std  # (B, C, H, W)
+        with self._lock:
+            out = model(x, policy_for(point))
+        probs = out.logits.float().softmax(-1).cpu()  # (B, K)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)  # (B, k)
+        executed = out.executed.cpu()  # (B, L)
+        results = []
+        for b in range(images.shape[0]):
+            idx = int(top_i[b, 0])
+            results.append(
+                RowResult(
+                    index=idx,
+                    label=self.classes[idx],
+                    probability=float(top_p[b, 0]),
+                    top_k=[
+                        (self.classes[int(i)], int(i), float(p))
+                        for p, i in zip(top_p[b], top_i[b], strict=True)
+                    ],
+                    layers_executed=int(executed[b].sum()),
+                    path="".join("1" if e else "0" for e in executed[b].tolist()),
+                )
+            )
+        if len(results) != images.shape[0]:
+            raise RuntimeError("engine returned a different number of rows than it was given")
+        return results
+
+    def warm_up(self) -> None:
+        dummy = torch.zeros(1, self.channels, self.image_size, self.image_size, dtype=torch.uint8)
+        for p in self.bundle.front:
+            self.predict(dummy, p.id)

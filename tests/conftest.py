@@ -1,0 +1,46 @@
+"""Shared fixtures: one tiny model config and one tiny trained bundle for the whole suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import ViTConfig
+from model.vit import PRESETS, build_model
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+SHIPPED_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> ViTConfig:
+    return ViTConfig(**PRESETS["tiny"], num_classes=4)
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A bundle trained for two epochs on the synthetic dataset through the real CLI."""
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    main(["train", "static", "--data", "synthetic", "--out", str(out), "--epochs", "3", "--preset", "tiny",
+          "--device", "cpu", "--ckpt-dir", str(ckpt), "--seed", "0"])  # fmt: skip
+    return out

@@ -1,0 +1,102 @@
+"""The adaptive ViT's loop: static parity, per-row skip and exit semantics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.config import ViTConfig
+from model.policy import EXIT, RUN, SKIP, ExecutionPolicy, MaskPolicy
+from model.vit import build_model
+
+
+def plain_forward(model, x):
+    h = model.embed(x)
+    for j in range(model.depth):
+        h = model.block(j)(h)
+    return model.forward_head(h)
+
+
+def test_static_matches_plain_loop(tiny_model, tiny_cfg):
+    x = torch.randn(7, tiny_cfg.in_channels, tiny_cfg.image_size, tiny_cfg.image_size)
+    out = tiny_model(x)
+    torch.testing.assert_close(out.logits, plain_forward(tiny_model, x), atol=1e-6, rtol=0)
+    assert out.executed.shape == (7, tiny_cfg.depth) and out.executed.all()
+    assert (out.exit_layer == tiny_cfg.depth).all()
+
+
+def test_all_run_mask_policy_matches_static(tiny_model, tiny_cfg):
+    """The compacting path (no fast path) with every row on equals the plain loop."""
+    x = torch.randn(5, 1, 16, 16)
+    dec = torch.full((5, tiny_cfg.depth), RUN, dtype=torch.int8)
+    out = tiny_model(x, MaskPolicy(dec))
+    torch.testing.assert_close(out.logits, plain_forward(tiny_model, x), atol=1e-6, rtol=0)
+
+
+def test_skipped_rows_keep_state_and_match_per_row_reference(tiny_model, tiny_cfg):
+    torch.manual_seed(1)
+    x = torch.randn(6, 1, 16, 16)
+    dec = torch.randint(0, 2, (6, tiny_cfg.depth), dtype=torch.int8)  # RUN or SKIP
+    dec[0] = SKIP  # a row that runs nothing
+    out = tiny_model(x, MaskPolicy(dec))
+    for b in range(6):
+        h = tiny_model.embed(x[b : b + 1])
+        for j in range(tiny_cfg.depth):
+            if dec[b, j] == RUN:
+                h = tiny_model.block(j)(h)
+        torch.testing.assert_close(out.logits[b : b + 1], tiny_model.forward_head(h), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.executed, dec == RUN)
+    assert out.layers_executed[0] == 0
+
+
+def test_exit_answers_from_head_at_that_point_and_stops_running(tiny_model, tiny_cfg):
+    x = torch.randn(3, 1, 16, 16)
+    dec = torch.full((3, tiny_cfg.depth), RUN, dtype=torch.int8)
+    dec[1, 2] = EXIT  # row 1 exits before layer 2 ...
+    dec[1, 3] = RUN  # ... and a later RUN must not revive it
+    out = tiny_model(x, MaskPolicy(dec))
+    h = tiny_model.embed(x[1:2])
+    for j in range(2):
+        h = tiny_model.block(j)(h)
+    torch.testing.assert_close(out.logits[1:2], tiny_model.forward_head(h), atol=1e-5, rtol=1e-5)
+    assert out.executed[1].tolist() == [True, True, False, False]
+    assert out.exit_layer.tolist() == [tiny_cfg.depth, 2, tiny_cfg.depth]
+    torch.testing.assert_close(out.logits[[0, 2]], plain_forward(tiny_model, x[[0, 2]]), atol=1e-5, rtol=1e-5)
+
+
+def test_policy_exit_logits_are_used():
+    cfg = ViTConfig(image_size=8, patch_size=4, dim=16, depth=2, heads=2, num_classes=3)
+    model = build_model(cfg).eval()
+
+    class ExitAtOne(ExecutionPolicy):
+        def decide(self, layer, h, alive):
+            return torch.full((h.shape[0],), EXIT if layer == 1 else RUN, dtype=torch.int8)
+
+        def exit_logits(self, layer, h, rows):
+            return torch.full((rows.numel(), 3), float(layer))
+
+    out = model(torch.randn(2, 1, 8, 8), ExitAtOne())
+    assert torch.equal(out.logits, torch.ones(2, 3))
+    assert out.executed.tolist() == [[True, False], [True, False]]
+
+
+def test_shared_layers_use_one_block():
+    cfg = ViTConfig(image_size=8, patch_size=4, dim=16, depth=5, heads=2, num_classes=3, shared_layers=True)
+    model = build_model(cfg)
+    assert len(model.blocks) == 1 and model.block(4) is model.block(0)
+    assert model(torch.randn(2, 1, 8, 8)).executed.shape == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(image_size=30, patch_size=4), dict(dim=30, heads=4), dict(depth=0), dict(dropout=1.0)],
+)
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        ViTConfig(**kwargs)
+
+
+def test_config_round_trip(tiny_cfg):
+    assert ViTConfig.from_dict(tiny_cfg.to_dict()) == tiny_cfg
+    with pytest.raises(ValueError, match="unknown"):
+        ViTConfig.from_dict({**tiny_cfg.to_dict(), "bogus": 1})

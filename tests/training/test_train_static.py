@@ -1,0 +1,53 @@
+"""`skipvit train static` and `skipvit evaluate` end to end on synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+from safetensors.torch import load_file
+
+from model.bundle import load_bundle
+from training.cli import main
+
+TRAIN = ["train", "static", "--data", "synthetic", "--preset", "tiny", "--device", "cpu", "--seed", "3",
+         "--limit-train", "256", "--epochs", "2"]  # fmt: skip
+
+
+def test_tiny_bundle_is_complete(tiny_bundle):
+    b = load_bundle(tiny_bundle)
+    point = b.point("static")
+    assert point.method == "static" and point.weights == "static"
+    assert point.metrics["split"] == "test" and point.metrics["n"] == 500
+    assert point.metrics["mean_layers"] == b.architecture.depth
+    assert point.metrics["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    report = (tiny_bundle / "REPORT.md").read_text()
+    assert "skipvit train static" in report and "--data synthetic" in report
+    assert (tiny_bundle / "front.png").stat().st_size > 1000
+    assert b.dataset["split"] == {"val_fraction": 0.1, "seed": 0}
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    main([*TRAIN, "--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "ca")])
+    main([*TRAIN, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "cb"), "--stop-after", "1"])
+    assert not (tmp_path / "b").exists()
+    main([*TRAIN, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "cb"), "--resume"])
+    wa = load_file(str(tmp_path / "a" / "weights" / "static.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "weights" / "static.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_evaluate_json_limit_and_point(tiny_bundle, capsys):
+    main(["evaluate", "--bundle", str(tiny_bundle), "--split", "test", "--limit", "50", "--json",
+          "--point", "static", "--device", "cpu"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 50 and out["point"] == "static" and 0.0 <= out["accuracy"] <= 1.0
+    assert out["mean_layers"] == 4.0
+
+
+def test_evaluate_unknown_point_is_a_clear_error(tiny_bundle, capsys):
+    try:
+        main(["evaluate", "--bundle", str(tiny_bundle), "--point", "nope"])
+    except SystemExit as e:
+        assert e.code == 2
+    assert "nope" in capsys.readouterr().err

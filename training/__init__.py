@@ -1,0 +1,1 @@
+"""Offline side of skipvit: data, training loops, searches, evaluation and reports."""

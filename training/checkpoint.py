@@ -1,0 +1,61 @@
+"""Resumable training checkpoints without pickle: tensors in safetensors, the rest in JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CKPT_TENSORS = "checkpoint.safetensors"
+CKPT_META = "checkpoint.json"
+
+
+def save_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+) -> None:
+    """Write model, optimizer and RNG state plus ``meta``; atomic (tmp + rename)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            t = v if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"opt.{pid}.{k}"] = t.detach().contiguous().cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    tmp = directory / (CKPT_TENSORS + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, directory / CKPT_TENSORS)
+    full_meta = {"meta": meta, "param_groups": opt["param_groups"]}
+    tmpj = directory / (CKPT_META + ".tmp")
+    tmpj.write_text(json.dumps(full_meta, indent=2))
+    os.replace(tmpj, directory / CKPT_META)
+
+
+def has_checkpoint(directory: Path) -> bool:
+    return (directory / CKPT_TENSORS).is_file() and (directory / CKPT_META).is_file()
+
+
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG state; return the saved ``meta``."""
+    if not has_checkpoint(directory):
+        raise FileNotFoundError(f"no checkpoint in {directory}; Hint: drop --resume to start fresh")
+    tensors = load_file(str(directory / CKPT_TENSORS))
+    meta = json.loads((directory / CKPT_META).read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return meta["meta"]

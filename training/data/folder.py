@@ -1,0 +1,116 @@
+"""Any image-folder dataset: one sub-folder per class, its name the class name.
+
+Either ``data_dir/train/<class>/`` and ``data_dir/test/<class>/`` give the two splits, or
+``data_dir/<class>/`` holds everything and a seeded, per-class stratified test split of
+``test_fraction`` is carved from it. Images are decoded with Pillow, converted to grey ("L") or
+RGB and resized to ``image_size`` x ``image_size``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.data.base import ArrayData, DatasetInfo, channel_stats
+
+EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+_HINT = "Hint: pass --data-dir to a directory with one sub-folder of images per class (or train/ and test/ each laid out so)."
+
+
+def read_image(path: Path, mode: str, size: int) -> np.ndarray:
+    """Decode one image to a uint8 (C, size, size) array; a broken file raises ValueError."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: cannot decode image ({e})") from e
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def stack_images(paths: list[Path], mode: str, size: int) -> torch.Tensor:
+    """Decode ``paths`` into one uint8 (N, C, size, size) tensor."""
+    out = np.empty((len(paths), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = read_image(p, mode, size)
+    return torch.from_numpy(out)
+
+
+def train_stats(
+    images: torch.Tensor, max_images: int = 10_000
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``channel_stats`` on an evenly strided subset of at most ``max_images`` (bounds the float copy)."""
+    step = max(1, -(-len(images) // max_images))
+    return channel_stats(images[::step])
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def _read_split(root: Path, classes: list[str], mode: str, size: int) -> ArrayData:
+    paths, labels = [], []
+    for k, name in enumerate(classes):
+        d = root / name
+        files = _image_files(d) if d.is_dir() else []
+        paths += files
+        labels += [k] * len(files)
+    return ArrayData(stack_images(paths, mode, size), torch.tensor(labels, dtype=torch.int64))
+
+
+def load(
+    data_dir: str | Path | None,
+    image_size: int = 32,
+    channels: int = 3,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[DatasetInfo, ArrayData, ArrayData]:
+    if data_dir is None:
+        raise ValueError(f"the folder dataset needs a data directory. {_HINT}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError("test_fraction must lie in [0, 1)")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root} is not a directory. {_HINT}")
+    mode = "L" if channels == 1 else "RGB"
+    split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
+    train_root = root / "train" if split_dirs else root
+    classes = [d.name for d in _class_dirs(train_root)]
+    if not classes or not any(_image_files(train_root / c) for c in classes):
+        raise FileNotFoundError(
+            f"no class folders with images ({', '.join(sorted(EXTENSIONS))}) in {train_root}. {_HINT}"
+        )
+    if split_dirs:
+        extra = sorted({d.name for d in _class_dirs(root / "test")} - set(classes))
+        if extra:
+            raise ValueError(f"{root / 'test'}: classes {', '.join(extra)} have no folder in {train_root}")
+        train = _read_split(train_root, classes, mode, image_size)
+        test = _read_split(root / "test", classes, mode, image_size)
+    else:
+        full = _read_split(root, classes, mode, image_size)
+        g = torch.Generator().manual_seed(seed)
+        test_idx = []
+        for k in range(len(classes)):
+            idx = torch.nonzero(full.labels == k).flatten()
+            n_test = round(len(idx) * test_fraction)
+            test_idx.append(idx[torch.randperm(len(idx), generator=g)[:n_test]])
+        is_test = torch.zeros(len(full), dtype=torch.bool)
+        is_test[torch.cat(test_idx)] = True
+        train, test = (
+            full.subset(torch.nonzero(~is_test).flatten()),
+            full.subset(torch.nonzero(is_test).flatten()),
+        )
+    mean, std = train_stats(train.images)
+    info = DatasetInfo("folder", tuple(classes), image_size, channels, mean, std, hflip=True)
+    return info, train, test

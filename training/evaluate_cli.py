@@ -1,0 +1,23 @@
+"""`skipvit evaluate`: a bundle point on a split of the bundle's dataset."""
+
+from __future__ import annotations
+
+from model.bundle import load_bundle
+from model.points import policy_for
+from training.data import load_dataset
+from training.device import resolve_device
+from training.evaluate import evaluate
+
+
+def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, device) -> dict:
+    bundle = load_bundle(bundle_dir)
+    point = bundle.point(point_id)
+    dev = resolve_device(device)
+    ds = bundle.dataset
+    splits = load_dataset(ds["name"], data_dir, **ds.get("split", {}))
+    data = splits.split(split).head(limit)
+    model = bundle.build_model(point.weights, dev)
+    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point), batch_size, dev)
+    return {"point": point.id, "method": point.method, "split": split, "n": res.n,
+            "accuracy": res.accuracy, "mean_layers": res.mean_layers, "depth": bundle.architecture.depth,
+            "relative_compute": res.mean_layers / bundle.architecture.depth}  # fmt: skip

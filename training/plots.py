@@ -1,0 +1,32 @@
+"""front.png: accuracy vs. mean layers, one colour per method, the static point marked."""
+
+from __future__ import annotations
+
+from model.bundle import Bundle
+
+
+def draw_front(bundle: Bundle) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    methods = sorted({p.method for p in bundle.front})
+    for i, method in enumerate(methods):
+        pts = sorted((p for p in bundle.front if p.method == method), key=lambda p: p.metrics["mean_layers"])
+        xs = [p.metrics["mean_layers"] for p in pts]
+        ys = [100 * p.metrics["accuracy"] for p in pts]
+        if method == "static":
+            ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=3, label="static")
+        else:
+            ax.plot(xs, ys, "o-", color=f"C{i}", label=method, ms=4)
+    ax.set_xlabel(f"mean layers run (of {bundle.architecture.depth})")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{bundle.dataset.get('name', '')}: accuracy vs. compute")
+    ax.set_xlim(0, bundle.architecture.depth + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(bundle.root / "front.png")
+    plt.close(fig)

@@ -1,0 +1,199 @@
+"""`skipvit train static`: cross-entropy training of the plain ViT, written as a bundle."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from model.bundle import Point, new_bundle
+from model.config import ViTConfig
+from model.policy import StaticPolicy
+from model.vit import PRESETS, AdaptiveViT, build_model
+from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from training.data import DataSplits, load_dataset
+from training.data.augment import AugmentConfig, augment, to_float
+from training.device import autocast, resolve_device
+from training.evaluate import evaluate
+from training.plots import draw_front
+from training.report import command_line, environment, markdown_table, update_section
+from training.schedule import warmup_cosine
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.01
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases, norms and embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or "pos_embed" in name or "cls_token" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def model_config(preset: str, splits: DataSplits, **overrides) -> ViTConfig:
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset])
+    base.update(image_size=splits.info.image_size, in_channels=splits.info.channels,
+                num_classes=splits.info.num_classes)  # fmt: skip
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ViTConfig(**base)
+
+
+def train_epoch(
+    model: AdaptiveViT,
+    opt: torch.optim.Optimizer,
+    splits: DataSplits,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    g: torch.Generator,
+) -> tuple[int, float, float]:
+    info = splits.info
+    model.train()
+    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    seen = correct = 0
+    loss_sum = 0.0
+    bar = tqdm(splits.train.batches(cfg.batch_size, shuffle=True, generator=g), total=steps_per_epoch,
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0)  # fmt: skip
+    for images, labels in bar:
+        lr = warmup_cosine(step, total_steps, warmup, cfg.lr, cfg.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = augment(to_float(images, info.mean, info.std), cfg.augment, info.hflip, g).to(device)
+        y = labels.to(device)
+        with autocast(device):
+            logits = model(x, StaticPolicy()).logits
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        seen += len(y)
+        correct += (logits.argmax(-1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{lr:.2e}")
+    return step, loss_sum / max(1, seen), correct / max(1, seen)
+
+
+def run(args) -> None:
+    device = resolve_device(args.device)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    if args.no_augment:
+        cfg = replace(cfg, augment=AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0))
+    torch.manual_seed(cfg.seed)
+    splits = load_dataset(args.data, args.data_dir, val_fraction=args.val_fraction, seed=cfg.seed)
+    if args.limit_train:
+        splits.train = splits.train.head(args.limit_train)
+    arch = model_config(args.preset, splits, depth=args.depth, dim=args.dim, heads=args.heads,
+                        patch_size=args.patch_size, shared_layers=args.shared_layers or None)  # fmt: skip
+    model = build_model(arch).to(device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    out = Path(args.out)
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-static"
+    g = torch.Generator().manual_seed(cfg.seed)
+    start_epoch, step, elapsed, history = 0, 0, 0.0, []
+    if args.resume:
+        meta = load_checkpoint(ckpt_dir, model, opt)
+        start_epoch, step, elapsed, history = meta["epoch"], meta["step"], meta["elapsed_s"], meta["history"]
+        g.set_state(torch.tensor(meta["generator_state"], dtype=torch.uint8))
+        print(f"resumed from {ckpt_dir} at epoch {start_epoch}")
+    elif has_checkpoint(ckpt_dir):
+        print(
+            f"note: {ckpt_dir} holds an older checkpoint; it will be overwritten (use --resume to continue it)"
+        )
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"{arch} | {n_params:,} parameters | device {device} | train {len(splits.train)}, val {len(splits.val)}"
+    )
+    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    end_epoch = cfg.epochs if args.stop_after is None else min(cfg.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        step, loss, acc = train_epoch(model, opt, splits, cfg, device, epoch, step, total_steps, g)
+        val = evaluate(model, splits.val, splits.info.mean, splits.info.std, device=device)
+        elapsed += time.time() - t0
+        history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
+                        "val_acc": round(val.accuracy, 5), "elapsed_s": round(elapsed, 1)})  # fmt: skip
+        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train acc {acc:.4f} "
+              f"val acc {val.accuracy:.4f} ({elapsed / 60:.1f} min)")  # fmt: skip
+        save_checkpoint(ckpt_dir, model, opt, {"epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
+                        "history": history, "generator_state": g.get_state().tolist()})  # fmt: skip
+    if end_epoch < cfg.epochs:
+        print(
+            f"stopped after epoch {end_epoch}/{cfg.epochs}; continue with --resume (checkpoint in {ckpt_dir})"
+        )
+        return
+    test = evaluate(model, splits.test, splits.info.mean, splits.info.std, device=device)
+    print(f"test accuracy {test.accuracy:.4f} on {test.n} images")
+    write_static_bundle(
+        out,
+        model,
+        splits,
+        cfg,
+        test.metrics(arch.depth, "test"),
+        history,
+        elapsed,
+        device,
+        args.val_fraction,
+        args.argv,
+    )
+
+
+def write_static_bundle(
+    out: Path, model, splits, cfg, metrics, history, elapsed, device, val_fraction, argv
+) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / "bundle.json").is_file():
+            raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
+        print(f"replacing the bundle in {out}: `train static` starts a bundle afresh")
+        shutil.rmtree(out)
+    dataset = splits.info.to_dict() | {"split": {"val_fraction": val_fraction, "seed": cfg.seed}}
+    bundle = new_bundle(out, model.cfg, dataset)
+    bundle.add_weight_set("static", model.state_dict())
+    bundle.upsert_points([Point("static", "static", "static", {}, metrics)])
+    draw_front(bundle)
+    rows = [[h["epoch"], h["loss"], h["train_acc"], h["val_acc"], h["elapsed_s"]] for h in history]
+    body = f"""
+Command: `{command_line(argv)}`
+
+- Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train, seed {cfg.seed}) / test {len(splits.test)}
+- Model: {model.cfg.to_dict()}
+- Training: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup_epochs} epoch, cosine),
+  weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, augmentation {cfg.augment}, seed {cfg.seed}
+- Environment: {environment()}, device {device}
+- Wall time (training + per-epoch validation): {elapsed / 60:.1f} min
+
+Result on the full test split: accuracy **{100 * metrics["accuracy"]:.2f}%**, mean layers {metrics["mean_layers"]} of {model.cfg.depth}.
+
+{markdown_table(["epoch", "train loss", "train acc", "val acc", "elapsed s"], rows)}
+"""
+    update_section(out, "static", body)
+    bundle.save()
+    print(f"wrote bundle {out}")

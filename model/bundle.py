@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from model.config import ViTConfig
+from model.gates import SkipAgent
 from model.vit import AdaptiveViT, build_model
 
 FORMAT_VERSION = 1
@@ -81,6 +82,9 @@ class Bundle:
     def build_model(self, weights: str, device: str | torch.device = "cpu") -> AdaptiveViT:
         model = build_model(self.architecture)
         state = self.load_weights(weights)
+        if any(k.startswith("agent.") for k in state):
+            cfg = self.architecture
+            model.attach_agent(SkipAgent(cfg.dim, cfg.depth, SkipAgent.hidden_from_state(state)))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing:
             raise BundleError(f"weight set {weights!r} lacks {len(missing)} tensors, e.g. {missing[0]}")

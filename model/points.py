@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from model.bundle import Point
+from model.gates import GatePolicy
 from model.policy import ExecutionPolicy, StaticPolicy
+from model.vit import AdaptiveViT
 
-METHODS = ("static",)
+METHODS = ("static", "rl")
 
 
-def policy_for(point: Point) -> ExecutionPolicy:
+def policy_for(point: Point, model: AdaptiveViT) -> ExecutionPolicy:
+    """The policy that runs ``point`` on ``model`` (built from the point's weight set)."""
     if point.method == "static":
         return StaticPolicy()
+    if point.method == "rl":
+        if model.agent is None:
+            raise ValueError(f"point {point.id!r} needs RL gates, but weight set {point.weights!r} has none")
+        return GatePolicy(model.agent, point.params.get("thresholds", 0.5))
     raise ValueError(f"point {point.id!r} uses method {point.method!r}, which this version cannot run")

@@ -108,6 +108,10 @@ class AdaptiveViT(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         init_weights(self)
+        self.agent: nn.Module | None = None  # RL sub-agents (model.gates.SkipAgent), when attached
+
+    def attach_agent(self, agent: nn.Module) -> None:
+        self.agent = agent
 
     @property
     def depth(self) -> int:

@@ -60,7 +60,7 @@ class Engine:
         model = self._models[point.weights]
         x = (images.to(self.device).float() / 255.0 - self._mean) / self._std  # (B, C, H, W)
         with self._lock:
-            out = model(x, policy_for(point))
+            out = model(x, policy_for(point, model))
         probs = out.logits.float().softmax(-1).cpu()  # (B, K)
         top_p, top_i = probs.topk(self.top_k, dim=-1)  # (B, k)
         executed = out.executed.cpu()  # (B, L)

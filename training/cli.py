@@ -13,6 +13,20 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, choices=DATASETS, help="dataset name")
     p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of train carved out for validation")
+    p.add_argument("--data-opt", action="append", default=[], type=_data_opt, metavar="KEY=VALUE",
+                   help="loader option, e.g. image_size=32 for folder (repeatable; kept in the bundle)")  # fmt: skip
+
+
+def _data_opt(text: str) -> tuple[str, int | float | str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def _train_parser(sub) -> None:
@@ -38,6 +52,38 @@ def _train_parser(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --ckpt-dir")
     s.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs of this run, leaving a checkpoint for --resume")  # fmt: skip
+    _rl_parser(tsub)
+
+
+def _rl_parser(tsub) -> None:
+    r = tsub.add_parser("rl", help="RL layer-skipping gates, jointly with the backbone (thesis 3.4)")
+    _add_data_args(r)
+    r.add_argument(
+        "--out", required=True, help="bundle to write into (an existing bundle gains the weight set)"
+    )
+    r.add_argument("--init-from", default=None, help="start from this bundle's weights (default: scratch)")
+    r.add_argument("--init-weights", default=None, help="weight set of --init-from (default: static)")
+    r.add_argument("--freeze-backbone", action="store_true", help="train only the head and the gates")
+    r.add_argument("--name", default="rl", help="weight-set and point id to write")
+    r.add_argument("--epochs", type=int, default=6)
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--lr", type=float, default=2e-4, help="backbone and head learning rate")
+    r.add_argument("--agent-lr", type=float, default=1e-3, help="gate learning rate")
+    r.add_argument("--baseline-lr", type=float, default=1e-3, help="baseline learning rate")
+    r.add_argument("--gamma", type=float, default=0.99, help="discount of the reward back over the layers")
+    r.add_argument("--eps", type=float, default=-1e-5, help="reward offset (thesis: -1e-5)")
+    r.add_argument("--w-acc", type=float, default=1.0, help="reward weight of correctness A")
+    r.add_argument("--w-layers", type=float, default=1.0, help="reward weight of the layer fraction L")
+    r.add_argument("--rl-weight", type=float, default=1.0, help="weight of the policy loss next to CE")
+    r.add_argument("--baseline-hidden", type=int, default=64, help="baseline MLP width")
+    r.add_argument("--gate-init-bias", type=float, default=2.0, help="initial gate bias (p = sigmoid(bias))")
+    r.add_argument("--preset", default="fmnist-9", help="architecture preset when training from scratch")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--limit-train", type=int, default=None)
+    r.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default runs/<out>-<name>)")
+    r.add_argument("--resume", action="store_true")
+    r.add_argument("--stop-after", type=int, default=None, metavar="N")
 
 
 def _evaluate_parser(sub) -> None:
@@ -50,6 +96,17 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _analyze_parser(sub) -> None:
+    p = sub.add_parser("analyze", help="path distribution, processing ratio, unnecessary activations")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=int, default=None, help="analyse only the first N test images")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="output directory (default runs/analysis/<bundle>/<point>)")
 
 
 def _serve_parser(sub) -> None:
@@ -68,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _analyze_parser(sub)
     _serve_parser(sub)
     return parser
 
@@ -85,6 +143,15 @@ def cmd_evaluate(args) -> None:
               f"mean layers {result['mean_layers']:.3f} of {result['depth']}")  # fmt: skip
 
 
+def cmd_analyze(args) -> None:
+    from training.analyze import analyze_bundle, render_markdown
+
+    result = analyze_bundle(args.bundle, args.point, args.data_dir, args.limit, args.batch_size,
+                            args.device, args.out)  # fmt: skip
+    print(render_markdown(result))
+    print(f"written to {result['out_dir']}")
+
+
 def cmd_serve(args) -> None:
     from service.main import serve
 
@@ -96,11 +163,13 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "train":
-            from training import train_static
+            from training import train_rl, train_static
 
-            {"static": train_static.run}[args.method](args)
+            {"static": train_static.run, "rl": train_rl.run}[args.method](args)
         elif args.command == "evaluate":
             cmd_evaluate(args)
+        elif args.command == "analyze":
+            cmd_analyze(args)
         elif args.command == "serve":
             cmd_serve(args)
     except (FileNotFoundError, ValueError, KeyError) as e:

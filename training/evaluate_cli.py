@@ -14,10 +14,10 @@ def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, de
     point = bundle.point(point_id)
     dev = resolve_device(device)
     ds = bundle.dataset
-    splits = load_dataset(ds["name"], data_dir, **ds.get("split", {}))
+    splits = load_dataset(ds["name"], data_dir, **ds.get("split", {}), **ds.get("options", {}))
     data = splits.split(split).head(limit)
     model = bundle.build_model(point.weights, dev)
-    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point), batch_size, dev)
+    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), batch_size, dev)
     return {"point": point.id, "method": point.method, "split": split, "n": res.n,
             "accuracy": res.accuracy, "mean_layers": res.mean_layers, "depth": bundle.architecture.depth,
             "relative_compute": res.mean_layers / bundle.architecture.depth}  # fmt: skip

@@ -107,7 +107,9 @@ def run(args) -> None:
     if args.no_augment:
         cfg = replace(cfg, augment=AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0))
     torch.manual_seed(cfg.seed)
-    splits = load_dataset(args.data, args.data_dir, val_fraction=args.val_fraction, seed=cfg.seed)
+    splits = load_dataset(
+        args.data, args.data_dir, val_fraction=args.val_fraction, seed=cfg.seed, **dict(args.data_opt)
+    )
     if args.limit_train:
         splits.train = splits.train.head(args.limit_train)
     arch = model_config(args.preset, splits, depth=args.depth, dim=args.dim, heads=args.heads,
@@ -153,35 +155,29 @@ def run(args) -> None:
     test = evaluate(model, splits.test, splits.info.mean, splits.info.std, device=device)
     print(f"test accuracy {test.accuracy:.4f} on {test.n} images")
     write_static_bundle(
-        out,
-        model,
-        splits,
-        cfg,
-        test.metrics(arch.depth, "test"),
-        history,
-        elapsed,
-        device,
-        args.val_fraction,
-        args.argv,
+        out, model, splits, cfg, test.metrics(arch.depth, "test"), history, elapsed, device, args
     )
 
 
-def write_static_bundle(
-    out: Path, model, splits, cfg, metrics, history, elapsed, device, val_fraction, argv
-) -> None:
+def dataset_meta(splits: DataSplits, args) -> dict:
+    """The bundle's dataset entry: enough to rebuild the same splits later (evaluate, search)."""
+    split = {"val_fraction": args.val_fraction, "seed": args.seed}
+    return splits.info.to_dict() | {"split": split, "options": dict(args.data_opt)}
+
+
+def write_static_bundle(out: Path, model, splits, cfg, metrics, history, elapsed, device, args) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / "bundle.json").is_file():
             raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
         print(f"replacing the bundle in {out}: `train static` starts a bundle afresh")
         shutil.rmtree(out)
-    dataset = splits.info.to_dict() | {"split": {"val_fraction": val_fraction, "seed": cfg.seed}}
-    bundle = new_bundle(out, model.cfg, dataset)
+    bundle = new_bundle(out, model.cfg, dataset_meta(splits, args))
     bundle.add_weight_set("static", model.state_dict())
     bundle.upsert_points([Point("static", "static", "static", {}, metrics)])
     draw_front(bundle)
     rows = [[h["epoch"], h["loss"], h["train_acc"], h["val_acc"], h["elapsed_s"]] for h in history]
     body = f"""
-Command: `{command_line(argv)}`
+Command: `{command_line(args.argv)}`
 
 - Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train, seed {cfg.seed}) / test {len(splits.test)}
 - Model: {model.cfg.to_dict()}

@@ -1,0 +1,98 @@
+"""RL layer-skipping sub-agents (thesis ch. 3.4): before layer j, a linear layer + sigmoid on the
+CLS token gives p_j, the probability of running layer j.
+
+Inference rule: run iff p_j >= threshold_j (default 0.5). Thresholds are a (B, L) tensor so that
+rows served at different operating points share one forward; a negative threshold (the NSGA
+gene -1) removes the layer: it never runs. During training the action is sampled from
+Bernoulli(p_j) and its log-probability recorded for REINFORCE; a per-layer baseline (a two-layer
+MLP on the CLS token) estimates the return and is trained by MSE. The baseline is a training aid
+only: inference never calls it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.policy import RUN, SKIP, ExecutionPolicy
+
+REMOVED = -1.0
+
+
+class SkipAgent(nn.Module):
+    def __init__(self, dim: int, depth: int, baseline_hidden: int = 64, init_bias: float = 2.0) -> None:
+        super().__init__()
+        self.gates = nn.ModuleList([nn.Linear(dim, 1) for _ in range(depth)])
+        self.baselines = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(dim, baseline_hidden), nn.GELU(), nn.Linear(baseline_hidden, 1))
+                for _ in range(depth)
+            ]
+        )
+        for g in self.gates:
+            nn.init.zeros_(g.weight)
+            nn.init.constant_(g.bias, init_bias)  # start by running layers (p = sigmoid(init_bias))
+
+    @property
+    def depth(self) -> int:
+        return len(self.gates)
+
+    def prob(self, layer: int, cls: Tensor) -> Tensor:  # cls: (B, D) -> (B,)
+        return torch.sigmoid(self.gates[layer](cls).squeeze(-1).float())
+
+    def baseline(self, layer: int, cls: Tensor) -> Tensor:  # (B, D) -> (B,)
+        return self.baselines[layer](cls).squeeze(-1).float()
+
+    @staticmethod
+    def hidden_from_state(state: dict[str, Tensor], prefix: str = "agent.") -> int:
+        return int(state[f"{prefix}baselines.0.0.weight"].shape[0])
+
+
+def thresholds_tensor(thresholds, batch: int, depth: int, device) -> Tensor:
+    """Broadcast a scalar, an (L,) list or a (B, L) tensor of thresholds to (B, L) float32."""
+    t = torch.as_tensor(thresholds, dtype=torch.float32, device=device)
+    if t.dim() == 0:
+        t = t.expand(depth)
+    if t.shape[-1] != depth:
+        raise ValueError(f"thresholds have {t.shape[-1]} entries; the model has {depth} layers")
+    return t.expand(batch, depth) if t.dim() == 1 else t
+
+
+class GatePolicy(ExecutionPolicy):
+    """Run layer j for a row iff its gate says so: thresholded at inference, sampled in training."""
+
+    name = "rl"
+
+    def __init__(
+        self, agent: SkipAgent, thresholds=0.5, *, sample: bool = False, grad_to_backbone: bool = False
+    ):
+        self.agent = agent
+        self.thresholds = thresholds
+        self.sample = sample
+        self.grad_to_backbone = grad_to_backbone
+        self.log_probs: list[Tensor] = []  # each (B,): log pi(a_j | c_j) of the sampled action
+        self.cls: list[Tensor] = []  # each (B, D): the detached CLS token the gate saw
+        self.probs: list[Tensor] = []  # each (B,)
+        self._thr: Tensor | None = None
+
+    def begin(self, h: Tensor) -> None:
+        self.log_probs, self.cls, self.probs = [], [], []
+        if not self.sample:
+            self._thr = thresholds_tensor(self.thresholds, h.shape[0], self.agent.depth, h.device)
+
+    def decide(self, layer: int, h: Tensor, alive: Tensor) -> Tensor:
+        cls = h[:, 0]  # (B, D)
+        if not self.grad_to_backbone:
+            cls = cls.detach()
+        p = self.agent.prob(layer, cls)  # (B,)
+        if self.sample:
+            run = torch.bernoulli(p.detach()).bool()
+            eps = 1e-6
+            self.log_probs.append(torch.where(run, (p + eps).log(), (1 - p + eps).log()))
+            self.cls.append(h[:, 0].detach())
+            self.probs.append(p)
+        else:
+            thr = self._thr[:, layer]  # (B,)
+            run = (thr >= 0) & (p >= thr)
+            self.probs.append(p)
+        return torch.where(run, RUN, SKIP).to(torch.int8)

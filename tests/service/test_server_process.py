@@ -1,0 +1,97 @@
+"""A real `skipvit serve` process on loopback, serving the shipped bundle to real test images."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import FMNIST_DIR, SHIPPED_BUNDLE
+from tests.service.helpers import png_bytes
+from training.data.fashion_mnist import load as load_fmnist
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    assert (SHIPPED_BUNDLE / "bundle.json").is_file(), f"the shipped bundle is missing at {SHIPPED_BUNDLE}"
+    port = free_port()
+    env = {**os.environ, "SKIPVIT_DEVICE": "cpu", "SKIPVIT_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.cli", "serve", "--bundle", str(SHIPPED_BUNDLE), "--port", str(port)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{proc.stdout.read().decode()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("server did not become ready in 120 s")
+    yield base, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_real_images_through_a_real_server(server):
+    base, _ = server
+    assert FMNIST_DIR.is_dir(), "Fashion-MNIST is needed: apt-get install dataset-fashion-mnist"
+    _, _, test = load_fmnist(FMNIST_DIR)
+    n = 240
+    images = test.images[:n, 0].numpy()  # (N, 28, 28)
+    labels = test.labels[:n].tolist()
+    predicted: list[int] = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for start in range(0, n, 8):  # multi-image requests, answered in input order
+            chunk = [png_bytes(img) for img in images[start : start + 8]]
+            files = [("files", (f"{start + i}.png", b, "image/png")) for i, b in enumerate(chunk)]
+            r = client.post("/classify", files=files)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["point"] == "static" and len(body["results"]) == len(chunk)
+            predicted += [res["index"] for res in body["results"]]
+            assert all(res["layers_executed"] == 9 and res["path"] == "1" * 9 for res in body["results"])
+    accuracy = float(np.mean(np.array(predicted) == np.array(labels)))
+    assert accuracy >= 0.89, f"accuracy {accuracy:.3f} over {n} real test images"
+
+
+def test_bad_uploads_to_a_real_server(server):
+    base, _ = server
+    with httpx.Client(base_url=base, timeout=30) as client:
+        r = client.post("/classify", files=[("files", ("x.txt", b"plain text", "text/plain"))])
+        assert r.status_code == 422 and "PNG, JPEG or WebP" in r.json()["detail"]
+        r = client.post("/classify", content=b"{}", headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500
+        assert client.get("/livez").status_code == 200
+
+
+def test_sigterm_exits_cleanly(server):
+    _, proc = server
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

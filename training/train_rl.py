@@ -1,0 +1,267 @@
+"""`skipvit train rl`: RL layer-skipping gates trained jointly with the backbone (thesis 3.4, 4.2).
+
+Starts from a bundle's weights (`--init-from`, the usual route: fine-tune a static model) or from
+scratch. `--freeze-backbone` trains only the head and the gates (transfer learning, thesis 4.2.1);
+the head is re-initialised when the new dataset has a different number of classes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from model.bundle import Bundle, Point, load_bundle, new_bundle
+from model.gates import GatePolicy, SkipAgent
+from model.vit import AdaptiveViT, build_model
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import DataSplits, load_dataset
+from training.data.augment import AugmentConfig, augment, to_float
+from training.device import autocast, resolve_device
+from training.evaluate import evaluate
+from training.plots import draw_front
+from training.report import command_line, environment, markdown_table, update_section
+from training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
+from training.schedule import warmup_cosine
+from training.train_static import dataset_meta, model_config, param_groups
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 2e-4  # backbone and head
+    agent_lr: float = 1e-3  # gates
+    baseline_lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    rl_weight: float = 1.0
+    baseline_weight: float = 1.0
+    baseline_hidden: int = 64
+    gate_init_bias: float = 2.0
+    freeze_backbone: bool = False
+    seed: int = 0
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def config_from_args(args) -> RLConfig:
+    return RLConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, agent_lr=args.agent_lr,
+        baseline_lr=args.baseline_lr, rl_weight=args.rl_weight, baseline_hidden=args.baseline_hidden,
+        gate_init_bias=args.gate_init_bias, freeze_backbone=args.freeze_backbone, seed=args.seed,
+        reward=RewardConfig(gamma=args.gamma, eps=args.eps, w_acc=args.w_acc, w_layers=args.w_layers),
+    )  # fmt: skip
+
+
+def initial_model(args, splits: DataSplits, cfg: RLConfig) -> tuple[AdaptiveViT, str]:
+    """The model to start from, with an agent attached, and a line saying where it came from."""
+    info = splits.info
+    if args.init_from:
+        src = load_bundle(args.init_from)
+        weights = args.init_weights or (
+            "static" if "static" in src.weight_sets else next(iter(src.weight_sets))
+        )
+        model = src.build_model(weights)
+        arch = src.architecture
+        if (arch.image_size, arch.in_channels) != (info.image_size, info.channels):
+            raise ValueError(
+                f"{args.init_from} expects {arch.in_channels}x{arch.image_size}x{arch.image_size} images, "
+                f"{info.name} has {info.channels}x{info.image_size}x{info.image_size}"
+            )
+        origin = f"weights `{weights}` of `{args.init_from}`"
+        if arch.num_classes != info.num_classes:
+            new = build_model(replace(arch, num_classes=info.num_classes))
+            state = {k: v for k, v in model.state_dict().items() if not k.startswith(("head.", "agent."))}
+            new.load_state_dict(state, strict=False)
+            model, origin = new, origin + f" (new {info.num_classes}-class head)"
+    else:
+        model = build_model(model_config(args.preset, splits))
+        origin = f"scratch (preset {args.preset})"
+    if model.agent is None:
+        d = model.cfg
+        model.attach_agent(SkipAgent(d.dim, d.depth, cfg.baseline_hidden, cfg.gate_init_bias))
+    return model, origin
+
+
+def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
+    agent = model.agent
+    backbone = nn.ModuleDict({n: m for n, m in model.named_children() if n != "agent"})
+    if cfg.freeze_backbone:
+        for n, p in backbone.named_parameters():
+            p.requires_grad_(n.startswith("head."))
+    groups = [{**g, "lr": cfg.lr, "base_lr": cfg.lr} for g in param_groups(backbone, cfg.weight_decay)]
+    groups += [{"params": list(agent.gates.parameters()), "lr": cfg.agent_lr, "base_lr": cfg.agent_lr,
+                "weight_decay": 0.0},
+               {"params": list(agent.baselines.parameters()), "lr": cfg.baseline_lr, "base_lr": cfg.baseline_lr,
+                "weight_decay": 0.0}]  # fmt: skip
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
+
+
+def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig) -> tuple[torch.Tensor, dict]:
+    """One REINFORCE + cross-entropy step's loss and its statistics."""
+    agent = model.agent
+    policy = GatePolicy(agent, sample=True)
+    out = model(x, policy)
+    ce = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
+    correct = out.logits.argmax(-1) == y  # (B,)
+    reward = rewards(correct, out.executed, cfg.reward)  # (B,)
+    returns = whiten(discounted_returns(reward, model.depth, cfg.reward.gamma))  # (B, L)
+    log_probs = torch.stack(policy.log_probs, dim=1)  # (B, L)
+    cls = torch.stack(policy.cls, dim=1)  # (B, L, D)
+    base = torch.stack([agent.baseline(j, cls[:, j]) for j in range(model.depth)], dim=1)  # (B, L)
+    pl, bl = reinforce_losses(log_probs, returns, base)
+    loss = ce + cfg.rl_weight * pl + cfg.baseline_weight * bl
+    stats = {"ce": ce.item(), "baseline": bl.item(), "correct": int(correct.sum()),
+             "layers": out.executed.float().sum(1).mean().item(), "reward": reward.mean().item()}  # fmt: skip
+    return loss, stats
+
+
+def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_steps, g):
+    info = splits.info
+    model.train()
+    if cfg.freeze_backbone:
+        model.eval()  # frozen backbone: no dropout; gradients still flow to head and agent
+    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    seen = correct = 0
+    ce_sum = layers_sum = 0.0
+    bar = tqdm(splits.train.batches(cfg.batch_size, shuffle=True, generator=g), total=steps_per_epoch,
+               desc=f"rl epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0)  # fmt: skip
+    for images, labels in bar:
+        for group in opt.param_groups:
+            group["lr"] = warmup_cosine(step, total_steps, warmup, group["base_lr"])
+        x = augment(to_float(images, info.mean, info.std), cfg.augment, info.hflip, g).to(device)
+        y = labels.to(device)
+        with autocast(device):
+            loss, st = rl_step(model, x, y, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], cfg.grad_clip)
+        opt.step()
+        step += 1
+        seen += len(y)
+        correct += st["correct"]
+        ce_sum += st["ce"] * len(y)
+        layers_sum += st["layers"] * len(y)
+        bar.set_postfix(
+            ce=f"{ce_sum / seen:.4f}", acc=f"{correct / seen:.4f}", layers=f"{layers_sum / seen:.2f}"
+        )
+    return step, {"ce": ce_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                  "train_layers": layers_sum / max(1, seen)}  # fmt: skip
+
+
+def run(args) -> None:
+    device = resolve_device(args.device)
+    cfg = config_from_args(args)
+    torch.manual_seed(cfg.seed)
+    splits = load_dataset(
+        args.data, args.data_dir, val_fraction=args.val_fraction, seed=cfg.seed, **dict(args.data_opt)
+    )
+    if args.limit_train:
+        splits.train = splits.train.head(args.limit_train)
+    model, origin = initial_model(args, splits, cfg)
+    model.to(device)
+    opt = optimizer_for(model, cfg)
+    out = Path(args.out)
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-{args.name}"
+    g = torch.Generator().manual_seed(cfg.seed)
+    start_epoch, step, elapsed, history = 0, 0, 0.0, []
+    if args.resume:
+        meta = load_checkpoint(ckpt_dir, model, opt)
+        start_epoch, step, elapsed, history = meta["epoch"], meta["step"], meta["elapsed_s"], meta["history"]
+        g.set_state(torch.tensor(meta["generator_state"], dtype=torch.uint8))
+        print(f"resumed from {ckpt_dir} at epoch {start_epoch}")
+    print(f"RL training from {origin} | {cfg} | device {device}")
+    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    end_epoch = cfg.epochs if args.stop_after is None else min(cfg.epochs, start_epoch + args.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        step, stats = train_epoch(model, opt, splits, cfg, device, epoch, step, total_steps, g)
+        val = evaluate(
+            model, splits.val, splits.info.mean, splits.info.std, GatePolicy(model.agent), device=device
+        )
+        elapsed += time.time() - t0
+        history.append({"epoch": epoch + 1, **{k: round(v, 4) for k, v in stats.items()},
+                        "val_acc": round(val.accuracy, 5), "val_layers": round(val.mean_layers, 3),
+                        "elapsed_s": round(elapsed, 1)})  # fmt: skip
+        print(f"rl epoch {epoch + 1}/{cfg.epochs}: ce {stats['ce']:.4f} train acc {stats['train_acc']:.4f} "
+              f"(sampled layers {stats['train_layers']:.2f}) | val acc {val.accuracy:.4f} at "
+              f"{val.mean_layers:.2f} layers ({elapsed / 60:.1f} min)")  # fmt: skip
+        save_checkpoint(ckpt_dir, model, opt, {"epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
+                        "history": history, "generator_state": g.get_state().tolist()})  # fmt: skip
+    if end_epoch < cfg.epochs:
+        print(
+            f"stopped after epoch {end_epoch}/{cfg.epochs}; continue with --resume (checkpoint in {ckpt_dir})"
+        )
+        return
+    test = evaluate(
+        model, splits.test, splits.info.mean, splits.info.std, GatePolicy(model.agent), device=device
+    )
+    print(f"test accuracy {test.accuracy:.4f} at {test.mean_layers:.3f} mean layers on {test.n} images")
+    write_rl_bundle(out, model, splits, cfg, test, history, elapsed, device, origin, args)
+
+
+def _target_bundle(out: Path, model: AdaptiveViT, splits: DataSplits, args) -> Bundle:
+    """The bundle at ``out`` when it has this architecture and dataset, else a new one."""
+    if (out / "bundle.json").is_file():
+        b = load_bundle(out)
+        if b.architecture == model.cfg and b.dataset.get("name") == splits.info.name:
+            return b
+        raise SystemExit(
+            f"{out} holds a bundle with another architecture or dataset; Hint: pick another --out"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
+    b = new_bundle(out, model.cfg, dataset_meta(splits, args))
+    b.default_point = "rl"
+    return b
+
+
+def write_rl_bundle(
+    out: Path, model, splits, cfg: RLConfig, test, history, elapsed, device, origin, args
+) -> None:
+    bundle = _target_bundle(out, model, splits, args)
+    name = args.name
+    bundle.add_weight_set(name, model.state_dict())
+    depth = model.depth
+    metrics = test.metrics(depth, "test")
+    bundle.upsert_points([Point(name, "rl", name, {"thresholds": [0.5] * depth}, metrics)])
+    draw_front(bundle)
+    rows = [[h["epoch"], h["ce"], h["train_acc"], h["train_layers"], h["val_acc"], h["val_layers"], h["elapsed_s"]]
+            for h in history]  # fmt: skip
+    compare = [[p.id, p.method, f"{100 * p.metrics['accuracy']:.2f}", p.metrics["mean_layers"],
+                p.metrics["relative_compute"]] for p in bundle.front]  # fmt: skip
+    ratio = test.executed.float().mean(0).tolist()
+    body = f"""
+Command: `{command_line(args.argv)}`
+
+- Start: {origin}; backbone {"frozen (head and gates train)" if cfg.freeze_backbone else "trained jointly"}
+- Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}
+- RL: REINFORCE with a per-layer baseline (2-layer MLP, hidden {cfg.baseline_hidden}); reward
+  R = {cfg.reward.w_acc}·A − {cfg.reward.w_layers}·L + ({cfg.reward.eps}); gamma {cfg.reward.gamma}; returns whitened over
+  the (batch × layers) matrix; loss = CE + {cfg.rl_weight}·policy + {cfg.baseline_weight}·baseline MSE
+- Optimiser: AdamW, {cfg.epochs} epochs, batch {cfg.batch_size}, lr backbone {cfg.lr} / gates {cfg.agent_lr} /
+  baseline {cfg.baseline_lr}, warmup {cfg.warmup_epochs} epoch then cosine; gate bias init {cfg.gate_init_bias}; seed {cfg.seed}
+- Environment: {environment()}, device {device}; wall time {elapsed / 60:.1f} min
+
+Full test split, threshold 0.5 at every gate: accuracy **{100 * test.accuracy:.2f}%** at
+**{test.mean_layers:.3f}** mean layers of {depth} ({100 * test.mean_layers / depth:.1f}% of the layers).
+Per-layer processing ratio: {", ".join(f"{r:.2f}" for r in ratio)}.
+
+{markdown_table(["point", "method", "test acc %", "mean layers", "relative compute"], compare)}
+
+{markdown_table(["epoch", "CE", "train acc", "sampled layers", "val acc", "val layers", "elapsed s"], rows)}
+"""
+    update_section(out, name, body)
+    bundle.save()
+    print(f"wrote weight set and point {name!r} into {out}")

@@ -7,7 +7,6 @@ the head is re-initialised when the new dataset has a different number of classe
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,11 +18,11 @@ from tqdm import tqdm
 from model.bundle import Bundle, Point, load_bundle, new_bundle
 from model.gates import GatePolicy, SkipAgent
 from model.vit import AdaptiveViT, build_model
-from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import DataSplits, load_dataset
 from training.data.augment import AugmentConfig, augment, to_float
 from training.device import autocast, resolve_device
 from training.evaluate import evaluate
+from training.loop import EpochRunner
 from training.plots import draw_front
 from training.report import command_line, environment, markdown_table, update_section
 from training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
@@ -173,42 +172,27 @@ def run(args) -> None:
     opt = optimizer_for(model, cfg)
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-{args.name}"
-    g = torch.Generator().manual_seed(cfg.seed)
-    start_epoch, step, elapsed, history = 0, 0, 0.0, []
-    if args.resume:
-        meta = load_checkpoint(ckpt_dir, model, opt)
-        start_epoch, step, elapsed, history = meta["epoch"], meta["step"], meta["elapsed_s"], meta["history"]
-        g.set_state(torch.tensor(meta["generator_state"], dtype=torch.uint8))
-        print(f"resumed from {ckpt_dir} at epoch {start_epoch}")
+    runner = EpochRunner(args, ckpt_dir, model, opt, cfg.seed, cfg.epochs)
     print(f"RL training from {origin} | {cfg} | device {device}")
-    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    end_epoch = cfg.epochs if args.stop_after is None else min(cfg.epochs, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.time()
-        step, stats = train_epoch(model, opt, splits, cfg, device, epoch, step, total_steps, g)
-        val = evaluate(
-            model, splits.val, splits.info.mean, splits.info.std, GatePolicy(model.agent), device=device
+    total_steps = -(-len(splits.train) // cfg.batch_size) * cfg.epochs
+    for epoch in runner:
+        runner.step, stats = train_epoch(
+            model, opt, splits, cfg, device, epoch, runner.step, total_steps, runner.g
         )
-        elapsed += time.time() - t0
-        history.append({"epoch": epoch + 1, **{k: round(v, 4) for k, v in stats.items()},
-                        "val_acc": round(val.accuracy, 5), "val_layers": round(val.mean_layers, 3),
-                        "elapsed_s": round(elapsed, 1)})  # fmt: skip
+        policy = GatePolicy(model.agent)
+        val = evaluate(model, splits.val, splits.info.mean, splits.info.std, policy, device=device)
+        runner.end_epoch_with({"epoch": epoch + 1, **{k: round(v, 4) for k, v in stats.items()},
+                               "val_acc": round(val.accuracy, 5), "val_layers": round(val.mean_layers, 3)})  # fmt: skip
         print(f"rl epoch {epoch + 1}/{cfg.epochs}: ce {stats['ce']:.4f} train acc {stats['train_acc']:.4f} "
               f"(sampled layers {stats['train_layers']:.2f}) | val acc {val.accuracy:.4f} at "
-              f"{val.mean_layers:.2f} layers ({elapsed / 60:.1f} min)")  # fmt: skip
-        save_checkpoint(ckpt_dir, model, opt, {"epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
-                        "history": history, "generator_state": g.get_state().tolist()})  # fmt: skip
-    if end_epoch < cfg.epochs:
-        print(
-            f"stopped after epoch {end_epoch}/{cfg.epochs}; continue with --resume (checkpoint in {ckpt_dir})"
-        )
+              f"{val.mean_layers:.2f} layers ({runner.elapsed / 60:.1f} min)")  # fmt: skip
+    if not runner.finished():
         return
     test = evaluate(
         model, splits.test, splits.info.mean, splits.info.std, GatePolicy(model.agent), device=device
     )
     print(f"test accuracy {test.accuracy:.4f} at {test.mean_layers:.3f} mean layers on {test.n} images")
-    write_rl_bundle(out, model, splits, cfg, test, history, elapsed, device, origin, args)
+    write_rl_bundle(out, model, splits, cfg, test, runner.history, runner.elapsed, device, origin, args)
 
 
 def _target_bundle(out: Path, model: AdaptiveViT, splits: DataSplits, args) -> Bundle:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,11 +15,11 @@ from model.bundle import Point, new_bundle
 from model.config import ViTConfig
 from model.policy import StaticPolicy
 from model.vit import PRESETS, AdaptiveViT, build_model
-from training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from training.data import DataSplits, load_dataset
 from training.data.augment import AugmentConfig, augment, to_float
 from training.device import autocast, resolve_device
 from training.evaluate import evaluate
+from training.loop import EpochRunner
 from training.plots import draw_front
 from training.report import command_line, environment, markdown_table, update_section
 from training.schedule import warmup_cosine
@@ -118,44 +117,35 @@ def run(args) -> None:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-static"
-    g = torch.Generator().manual_seed(cfg.seed)
-    start_epoch, step, elapsed, history = 0, 0, 0.0, []
-    if args.resume:
-        meta = load_checkpoint(ckpt_dir, model, opt)
-        start_epoch, step, elapsed, history = meta["epoch"], meta["step"], meta["elapsed_s"], meta["history"]
-        g.set_state(torch.tensor(meta["generator_state"], dtype=torch.uint8))
-        print(f"resumed from {ckpt_dir} at epoch {start_epoch}")
-    elif has_checkpoint(ckpt_dir):
-        print(
-            f"note: {ckpt_dir} holds an older checkpoint; it will be overwritten (use --resume to continue it)"
-        )
+    runner = EpochRunner(args, ckpt_dir, model, opt, cfg.seed, cfg.epochs)
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"{arch} | {n_params:,} parameters | device {device} | train {len(splits.train)}, val {len(splits.val)}"
     )
-    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    end_epoch = cfg.epochs if args.stop_after is None else min(cfg.epochs, start_epoch + args.stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.time()
-        step, loss, acc = train_epoch(model, opt, splits, cfg, device, epoch, step, total_steps, g)
-        val = evaluate(model, splits.val, splits.info.mean, splits.info.std, device=device)
-        elapsed += time.time() - t0
-        history.append({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
-                        "val_acc": round(val.accuracy, 5), "elapsed_s": round(elapsed, 1)})  # fmt: skip
-        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train acc {acc:.4f} "
-              f"val acc {val.accuracy:.4f} ({elapsed / 60:.1f} min)")  # fmt: skip
-        save_checkpoint(ckpt_dir, model, opt, {"epoch": epoch + 1, "step": step, "elapsed_s": elapsed,
-                        "history": history, "generator_state": g.get_state().tolist()})  # fmt: skip
-    if end_epoch < cfg.epochs:
-        print(
-            f"stopped after epoch {end_epoch}/{cfg.epochs}; continue with --resume (checkpoint in {ckpt_dir})"
+    total_steps = -(-len(splits.train) // cfg.batch_size) * cfg.epochs
+    for epoch in runner:
+        runner.step, loss, acc = train_epoch(
+            model, opt, splits, cfg, device, epoch, runner.step, total_steps, runner.g
         )
+        val = evaluate(model, splits.val, splits.info.mean, splits.info.std, device=device)
+        runner.end_epoch_with({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
+                               "val_acc": round(val.accuracy, 5)})  # fmt: skip
+        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train acc {acc:.4f} "
+              f"val acc {val.accuracy:.4f} ({runner.elapsed / 60:.1f} min)")  # fmt: skip
+    if not runner.finished():
         return
     test = evaluate(model, splits.test, splits.info.mean, splits.info.std, device=device)
     print(f"test accuracy {test.accuracy:.4f} on {test.n} images")
     write_static_bundle(
-        out, model, splits, cfg, test.metrics(arch.depth, "test"), history, elapsed, device, args
+        out,
+        model,
+        splits,
+        cfg,
+        test.metrics(arch.depth, "test"),
+        runner.history,
+        runner.elapsed,
+        device,
+        args,
     )
 
 

@@ -44,3 +44,17 @@ def tiny_bundle(tmp_path_factory) -> Path:
     main(["train", "static", "--data", "synthetic", "--out", str(out), "--epochs", "3", "--preset", "tiny",
           "--device", "cpu", "--ckpt-dir", str(ckpt), "--seed", "0"])  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rl_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle plus a weight set and point ``rl`` (one epoch of RL gates)."""
+    import shutil
+
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-rl"
+    shutil.copytree(tiny_bundle, out)
+    main(["train", "rl", "--data", "synthetic", "--init-from", str(out), "--out", str(out), "--epochs", "1",
+          "--device", "cpu", "--ckpt-dir", str(tmp_path_factory.mktemp("ckpt-rl"))])  # fmt: skip
+    return out

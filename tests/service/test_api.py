@@ -89,3 +89,18 @@ def test_pareto_and_config(client):
 def test_openapi_lists_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/classify", "/pareto", "/config", "/livez", "/readyz"} <= set(paths)
+
+
+def test_rl_point_is_served_with_its_paths(tiny_rl_bundle):
+    app = create_app(Settings(bundle=tiny_rl_bundle, device="cpu"))
+    blobs = [png_bytes(bar_image(k)) for k in range(4)]
+    with TestClient(app) as c:
+        assert {p["id"] for p in c.get("/pareto").json()["points"]} == {"static", "rl"}
+        body = c.post("/classify?point=rl", files=files(*blobs)).json()
+        assert body["point"] == "rl"
+        for res in body["results"]:
+            assert len(res["path"]) == 4 and res["layers_executed"] == res["path"].count("1")
+        assert all(
+            r["path"] == "1111"
+            for r in c.post("/classify?point=static", files=files(*blobs)).json()["results"]
+        )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import torch
 from safetensors.torch import load_file
 
@@ -13,22 +11,8 @@ from training.cli import main
 COMMON = ["--data", "synthetic", "--device", "cpu", "--epochs", "1", "--limit-train", "256"]
 
 
-def test_rl_adds_a_point_to_an_existing_bundle(tiny_bundle, tmp_path):
-    out = tmp_path / "b"
-    shutil.copytree(tiny_bundle, out)
-    main(
-        [
-            "train",
-            "rl",
-            *COMMON,
-            "--init-from",
-            str(out),
-            "--out",
-            str(out),
-            "--ckpt-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+def test_rl_adds_a_point_to_an_existing_bundle(tiny_rl_bundle):
+    out = tiny_rl_bundle
     b = load_bundle(out)
     assert {p.id for p in b.front} == {"static", "rl"}
     rl = b.point("rl")

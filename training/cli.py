@@ -50,6 +50,9 @@ def _train_parser(sub) -> None:
     s.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     s.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default runs/<out>-static)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --ckpt-dir")
+    s.add_argument(
+        "--init-from", default=None, help="start from this bundle's static weights (a second stage)"
+    )
     s.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs of this run, leaving a checkpoint for --resume")  # fmt: skip
     _rl_parser(tsub)

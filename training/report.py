@@ -39,6 +39,15 @@ def update_section(root: Path, title: str, body: str) -> None:
     path.write_text(text.rstrip() + "\n")
 
 
+def read_section(root: Path, title: str) -> str | None:
+    """The body of section ``title`` of ``root``/REPORT.md, if there is one."""
+    path = root / "REPORT.md"
+    if not path.is_file():
+        return None
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", path.read_text(), re.S | re.M)
+    return m.group(1).strip() if m else None
+
+
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from model.bundle import Point, new_bundle
+from model.bundle import Point, load_bundle, new_bundle
 from model.config import ViTConfig
 from model.policy import StaticPolicy
 from model.vit import PRESETS, AdaptiveViT, build_model
@@ -21,7 +21,7 @@ from training.device import autocast, resolve_device
 from training.evaluate import evaluate
 from training.loop import EpochRunner
 from training.plots import draw_front
-from training.report import command_line, environment, markdown_table, update_section
+from training.report import command_line, environment, markdown_table, read_section, update_section
 from training.schedule import warmup_cosine
 
 
@@ -113,7 +113,16 @@ def run(args) -> None:
         splits.train = splits.train.head(args.limit_train)
     arch = model_config(args.preset, splits, depth=args.depth, dim=args.dim, heads=args.heads,
                         patch_size=args.patch_size, shared_layers=args.shared_layers or None)  # fmt: skip
-    model = build_model(arch).to(device)
+    model, origin = build_model(arch), ""
+    if args.init_from:  # continue training a bundle's static weights (a second stage)
+        src = load_bundle(args.init_from)
+        model, arch = src.build_model("static"), src.architecture
+        previous = read_section(src.root, "static") or "(no report)"
+        origin = (
+            f"Continued from the `static` weights of `{args.init_from}`, whose own run was:\n\n"
+            + "\n".join("> " + line for line in previous.splitlines())
+        )
+    model.to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-static"
@@ -146,6 +155,7 @@ def run(args) -> None:
         runner.elapsed,
         device,
         args,
+        origin,
     )
 
 
@@ -155,7 +165,9 @@ def dataset_meta(splits: DataSplits, args) -> dict:
     return splits.info.to_dict() | {"split": split, "options": dict(args.data_opt)}
 
 
-def write_static_bundle(out: Path, model, splits, cfg, metrics, history, elapsed, device, args) -> None:
+def write_static_bundle(
+    out: Path, model, splits, cfg, metrics, history, elapsed, device, args, origin=""
+) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / "bundle.json").is_file():
             raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
@@ -179,6 +191,8 @@ Command: `{command_line(args.argv)}`
 Result on the full test split: accuracy **{100 * metrics["accuracy"]:.2f}%**, mean layers {metrics["mean_layers"]} of {model.cfg.depth}.
 
 {markdown_table(["epoch", "train loss", "train acc", "val acc", "elapsed s"], rows)}
+
+{origin}
 """
     update_section(out, "static", body)
     bundle.save()

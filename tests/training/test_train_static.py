@@ -51,3 +51,12 @@ def test_evaluate_unknown_point_is_a_clear_error(tiny_bundle, capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_second_stage_continues_from_a_bundle(tiny_bundle, tmp_path):
+    main([*TRAIN, "--epochs", "1", "--init-from", str(tiny_bundle), "--out", str(tmp_path / "s2"),
+          "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    report = (tmp_path / "s2" / "REPORT.md").read_text()
+    assert "Continued from the `static` weights" in report
+    assert "> Command: `skipvit train static --data synthetic" in report  # the first stage's command
+    assert load_bundle(tmp_path / "s2").architecture == load_bundle(tiny_bundle).architecture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from training.data import DATASETS
@@ -47,6 +48,7 @@ def _train_parser(sub) -> None:
     s.add_argument("--patch-size", type=int, default=None)
     s.add_argument("--shared-layers", action="store_true", help="UViT: one block shared by every layer")
     s.add_argument("--no-augment", action="store_true")
+    s.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability")
     s.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     s.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default runs/<out>-static)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint in --ckpt-dir")
@@ -110,6 +112,8 @@ def _analyze_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="output directory (default runs/analysis/<bundle>/<point>)")
+    p.add_argument("--into-report", action="store_true",
+                   help="also put the tables in the bundle's REPORT.md (and refresh its manifest)")  # fmt: skip
 
 
 def _serve_parser(sub) -> None:
@@ -151,8 +155,21 @@ def cmd_analyze(args) -> None:
 
     result = analyze_bundle(args.bundle, args.point, args.data_dir, args.limit, args.batch_size,
                             args.device, args.out)  # fmt: skip
-    print(render_markdown(result))
+    markdown = render_markdown(result)
+    print(markdown)
     print(f"written to {result['out_dir']}")
+    if args.into_report:
+        from pathlib import Path
+
+        from model.bundle import write_manifest
+        from training.report import command_line, update_section
+
+        root = Path(args.bundle)
+        nested = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", markdown, flags=re.M)
+        update_section(
+            root, f"analysis: {result['point']}", f"Command: `{command_line(args.argv)}`\n\n{nested}"
+        )
+        write_manifest(root)
 
 
 def cmd_serve(args) -> None:

@@ -103,6 +103,7 @@ def train_epoch(
 def run(args) -> None:
     device = resolve_device(args.device)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = replace(cfg, augment=replace(cfg.augment, erase_prob=args.erase_prob))
     if args.no_augment:
         cfg = replace(cfg, augment=AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0))
     torch.manual_seed(cfg.seed)

@@ -146,3 +146,19 @@ def test_cli_analyze(tiny_bundle, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "`1111`" in printed and "100.00%" in printed and str(tmp_path / "a") in printed
     assert json.loads((tmp_path / "a" / "analysis.json").read_text())["n"] == 32
+
+
+def test_into_report_adds_one_section_and_keeps_the_bundle_loadable(tiny_bundle, tmp_path):
+    import shutil
+
+    from model.bundle import load_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    for limit in ("16", "8"):
+        main(["analyze", "--bundle", str(b), "--out", str(tmp_path / "a"), "--limit", limit, "--device", "cpu",
+              "--into-report"])  # fmt: skip
+    report = (b / "REPORT.md").read_text()
+    assert report.count("## analysis: static") == 1 and "8 images" in report and "16 images" not in report
+    assert "\n# " not in report.split("## analysis: static")[1]  # headings nested under the section
+    load_bundle(b)  # the manifest was refreshed

@@ -151,8 +151,6 @@ def test_cli_analyze(tiny_bundle, tmp_path, capsys):
 def test_into_report_adds_one_section_and_keeps_the_bundle_loadable(tiny_bundle, tmp_path):
     import shutil
 
-    from model.bundle import load_bundle
-
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
     for limit in ("16", "8"):

@@ -16,8 +16,6 @@ from torch import Tensor, nn
 
 from model.policy import RUN, SKIP, ExecutionPolicy
 
-REMOVED = -1.0
-
 
 class SkipAgent(nn.Module):
     def __init__(self, dim: int, depth: int, baseline_hidden: int = 64, init_bias: float = 2.0) -> None:
@@ -63,36 +61,30 @@ class GatePolicy(ExecutionPolicy):
 
     name = "rl"
 
-    def __init__(
-        self, agent: SkipAgent, thresholds=0.5, *, sample: bool = False, grad_to_backbone: bool = False
-    ):
+    def __init__(self, agent: SkipAgent, thresholds=0.5, *, sample: bool = False) -> None:
         self.agent = agent
         self.thresholds = thresholds
         self.sample = sample
-        self.grad_to_backbone = grad_to_backbone
         self.log_probs: list[Tensor] = []  # each (B,): log pi(a_j | c_j) of the sampled action
-        self.cls: list[Tensor] = []  # each (B, D): the detached CLS token the gate saw
-        self.probs: list[Tensor] = []  # each (B,)
+        self.cls: list[Tensor] = []  # each (B, D): the CLS token the gate saw (for the baseline)
         self._thr: Tensor | None = None
 
     def begin(self, h: Tensor) -> None:
-        self.log_probs, self.cls, self.probs = [], [], []
+        self.log_probs, self.cls = [], []
         if not self.sample:
             self._thr = thresholds_tensor(self.thresholds, h.shape[0], self.agent.depth, h.device)
 
     def decide(self, layer: int, h: Tensor, alive: Tensor) -> Tensor:
-        cls = h[:, 0]  # (B, D)
-        if not self.grad_to_backbone:
-            cls = cls.detach()
+        # The gate reads a detached CLS token: the policy gradient trains the gates only, and the
+        # backbone learns from cross-entropy on the paths the gates choose.
+        cls = h[:, 0].detach()  # (B, D)
         p = self.agent.prob(layer, cls)  # (B,)
         if self.sample:
             run = torch.bernoulli(p.detach()).bool()
             eps = 1e-6
             self.log_probs.append(torch.where(run, (p + eps).log(), (1 - p + eps).log()))
-            self.cls.append(h[:, 0].detach())
-            self.probs.append(p)
+            self.cls.append(cls)
         else:
             thr = self._thr[:, layer]  # (B,)
-            run = (thr >= 0) & (p >= thr)
-            self.probs.append(p)
+            run = (thr >= 0) & (p >= thr)  # a negative threshold removes the layer
         return torch.where(run, RUN, SKIP).to(torch.int8)

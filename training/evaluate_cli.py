@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from model.bundle import load_bundle
 from model.points import policy_for
-from training.data import load_dataset
+from training.data import load_bundle_splits
 from training.device import resolve_device
 from training.evaluate import evaluate
 
@@ -14,7 +14,7 @@ def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, de
     point = bundle.point(point_id)
     dev = resolve_device(device)
     ds = bundle.dataset
-    splits = load_dataset(ds["name"], data_dir, **ds.get("split", {}), **ds.get("options", {}))
+    splits = load_bundle_splits(ds, data_dir)
     data = splits.split(split).head(limit)
     model = bundle.build_model(point.weights, dev)
     res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), batch_size, dev)

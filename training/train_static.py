@@ -112,9 +112,7 @@ def run(args) -> None:
     )
     if args.limit_train:
         splits.train = splits.train.head(args.limit_train)
-    arch = model_config(args.preset, splits, depth=args.depth, dim=args.dim, heads=args.heads,
-                        patch_size=args.patch_size, shared_layers=args.shared_layers or None)  # fmt: skip
-    model, origin = build_model(arch), ""
+    origin = ""
     if args.init_from:  # continue training a bundle's static weights (a second stage)
         src = load_bundle(args.init_from)
         model, arch = src.build_model("static"), src.architecture
@@ -123,6 +121,10 @@ def run(args) -> None:
             f"Continued from the `static` weights of `{args.init_from}`, whose own run was:\n\n"
             + "\n".join("> " + line for line in previous.splitlines())
         )
+    else:
+        arch = model_config(args.preset, splits, depth=args.depth, dim=args.dim, heads=args.heads,
+                            patch_size=args.patch_size, shared_layers=args.shared_layers or None)  # fmt: skip
+        model = build_model(arch)
     model.to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     out = Path(args.out)

@@ -49,4 +49,17 @@ def load_dataset(
     return DataSplits(info=info, train=train, val=val, test=test)
 
 
-__all__ = ["DATASETS", "ArrayData", "DataSplits", "DatasetInfo", "load_dataset", "split_train_val"]
+def load_bundle_splits(dataset: dict, data_dir: str | Path | None = None) -> DataSplits:
+    """The splits a bundle was trained on, from its ``dataset`` entry (name, split, options)."""
+    return load_dataset(dataset["name"], data_dir, **dataset.get("split", {}), **dataset.get("options", {}))
+
+
+__all__ = [
+    "DATASETS",
+    "ArrayData",
+    "DataSplits",
+    "DatasetInfo",
+    "load_bundle_splits",
+    "load_dataset",
+    "split_train_val",
+]

@@ -3,10 +3,11 @@ CLS token gives p_j, the probability of running layer j.
 
 Inference rule: run iff p_j >= threshold_j (default 0.5). Thresholds are a (B, L) tensor so that
 rows served at different operating points share one forward; a negative threshold (the NSGA
-gene -1) removes the layer: it never runs. During training the action is sampled from
-Bernoulli(p_j) and its log-probability recorded for REINFORCE; a per-layer baseline (a two-layer
-MLP on the CLS token) estimates the return and is trained by MSE. The baseline is a training aid
-only: inference never calls it.
+gene -1) removes the layer: it never runs, in training or inference. During training the action
+is sampled from Bernoulli(p_j) and its log-probability recorded for REINFORCE (zero where the
+layer is removed: that is no decision of the agent); a per-layer baseline (a two-layer MLP on the
+CLS token) estimates the return and is trained by MSE. The baseline is a training aid only:
+inference never calls it.
 """
 
 from __future__ import annotations
@@ -71,20 +72,21 @@ class GatePolicy(ExecutionPolicy):
 
     def begin(self, h: Tensor) -> None:
         self.log_probs, self.cls = [], []
-        if not self.sample:
-            self._thr = thresholds_tensor(self.thresholds, h.shape[0], self.agent.depth, h.device)
+        self._thr = thresholds_tensor(self.thresholds, h.shape[0], self.agent.depth, h.device)
 
     def decide(self, layer: int, h: Tensor, alive: Tensor) -> Tensor:
         # The gate reads a detached CLS token: the policy gradient trains the gates only, and the
         # backbone learns from cross-entropy on the paths the gates choose.
         cls = h[:, 0].detach()  # (B, D)
         p = self.agent.prob(layer, cls)  # (B,)
+        thr = self._thr[:, layer]  # (B,)
+        kept = thr >= 0  # a negative threshold removes the layer
         if self.sample:
-            run = torch.bernoulli(p.detach()).bool()
+            run = torch.bernoulli(p.detach()).bool() & kept
             eps = 1e-6
-            self.log_probs.append(torch.where(run, (p + eps).log(), (1 - p + eps).log()))
+            log_prob = torch.where(run, (p + eps).log(), (1 - p + eps).log())
+            self.log_probs.append(torch.where(kept, log_prob, torch.zeros_like(log_prob)))
             self.cls.append(cls)
         else:
-            thr = self._thr[:, layer]  # (B,)
-            run = (thr >= 0) & (p >= thr)  # a negative threshold removes the layer
+            run = kept & (p >= thr)
         return torch.where(run, RUN, SKIP).to(torch.int8)

@@ -116,6 +116,41 @@ def _analyze_parser(sub) -> None:
                    help="also put the tables in the bundle's REPORT.md (and refresh its manifest)")  # fmt: skip
 
 
+def _search_parser(sub) -> None:
+    p = sub.add_parser("search", help="post-training searches that add points to a bundle's front")
+    ssub = p.add_subparsers(dest="method", required=True)
+    n = ssub.add_parser("nsga", help="NSGA-II over per-layer gate genes, plain or --joint (thesis 3.5, 4.3)")
+    n.add_argument("--bundle", required=True, help="bundle to search and write into")
+    n.add_argument("--joint", action="store_true",
+                   help="joint RL-NSGA: reward objective, weights fine-tuned between generations")  # fmt: skip
+    n.add_argument("--weights", default=None, help="weight set with gates to start from (default: rl)")
+    n.add_argument("--name", default=None, help="point prefix (default nsga, or nsga-joint with --joint)")
+    n.add_argument("--generations", type=int, default=30)
+    n.add_argument("--population", type=int, default=25)
+    n.add_argument("--mutation", type=float, default=0.65, help="probability that an offspring mutates")
+    n.add_argument("--crossover", type=float, default=0.5, help="probability of one-point crossover")
+    n.add_argument("--step", type=float, default=0.25, help="gene step: genes are -1 and 0..1 by this")
+    n.add_argument("--val-batch", type=int, default=1024, help="validation images scored per generation")
+    n.add_argument(
+        "--steps-per-generation", type=int, default=20, help="joint: weight updates per generation"
+    )
+    n.add_argument("--batch-size", type=int, default=128, help="joint: training batch size")
+    n.add_argument("--lr", type=float, default=1e-4, help="joint: backbone and head learning rate")
+    n.add_argument("--agent-lr", type=float, default=1e-3, help="joint: gate and baseline learning rate")
+    n.add_argument("--gamma", type=float, default=0.99, help="joint: reward discount over the layers")
+    n.add_argument("--eps", type=float, default=-1e-5, help="joint: reward offset")
+    n.add_argument("--w-acc", type=float, default=1.0, help="joint: reward weight of correctness")
+    n.add_argument("--w-layers", type=float, default=1.0, help="joint: reward weight of the layer fraction")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--device", default="auto")
+    n.add_argument("--data-dir", default=None)
+    n.add_argument(
+        "--ckpt-dir", default=None, help="search state directory (default runs/<bundle>-<name>-search)"
+    )
+    n.add_argument("--resume", action="store_true", help="continue the search saved in --ckpt-dir")
+    n.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N generations")
+
+
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a bundle over HTTP")
     p.add_argument(
@@ -133,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     _analyze_parser(sub)
+    _search_parser(sub)
     _serve_parser(sub)
     return parser
 
@@ -186,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
             from training import train_rl, train_static
 
             {"static": train_static.run, "rl": train_rl.run}[args.method](args)
+        elif args.command == "search":
+            from training import search_nsga
+
+            {"nsga": search_nsga.run}[args.method](args)
         elif args.command == "evaluate":
             cmd_evaluate(args)
         elif args.command == "analyze":

@@ -104,10 +104,11 @@ def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
 
 
-def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig) -> tuple[torch.Tensor, dict]:
-    """One REINFORCE + cross-entropy step's loss and its statistics."""
+def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5) -> tuple[torch.Tensor, dict]:
+    """One REINFORCE + cross-entropy step's loss and its statistics. Negative ``thresholds``
+    (scalar, (L,) or (B, L)) remove layers; the other gates sample their actions."""
     agent = model.agent
-    policy = GatePolicy(agent, sample=True)
+    policy = GatePolicy(agent, thresholds, sample=True)
     out = model(x, policy)
     ce = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
     correct = out.logits.argmax(-1) == y  # (B,)

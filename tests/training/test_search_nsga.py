@@ -1,0 +1,227 @@
+"""`skipvit search nsga`: genes, the pymoo-driven search, its checkpoints and what it writes."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model.bundle import load_bundle
+from model.gates import GatePolicy, SkipAgent
+from training.cli import main
+from training.data import load_bundle_splits
+from training.search_nsga import (
+    NSGAConfig,
+    NSGASearch,
+    decode,
+    encode,
+    gene_values,
+    non_dominated,
+    score,
+)
+
+SMALL = ["--generations", "3", "--population", "6", "--val-batch", "96", "--device", "cpu"]
+
+
+# ---------------------------------------------------------------- genes
+
+
+def test_gene_values_follow_the_step():
+    assert gene_values(0.25).tolist() == [-1.0, 0.0, 0.25, 0.5, 0.75, 1.0]
+    assert len(gene_values(0.01)) == 102 and gene_values(0.1)[-1] == 1.0
+    for bad in (0.3, 0.0, -0.25, 1.5):
+        with pytest.raises(ValueError, match="divide 1"):
+            gene_values(bad)
+
+
+def test_encode_and_decode_round_trip():
+    codes = np.random.default_rng(0).integers(0, 6, size=(20, 9))
+    genes = decode(codes, 0.25)
+    assert set(np.unique(genes)) <= {-1.0, 0.0, 0.25, 0.5, 0.75, 1.0}
+    assert np.array_equal(encode(genes, 0.25), codes)
+    assert decode([[0, 1, 5]], 0.25).tolist() == [[-1.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match="not all on the grid"):
+        encode([0.3], 0.25)
+
+
+def _always_run_agent(model):
+    cfg = model.cfg
+    agent = SkipAgent(cfg.dim, cfg.depth, init_bias=20.0)  # p = sigmoid(20): every gate says run
+    model.attach_agent(agent)
+    return model
+
+
+def test_a_removed_layer_never_runs(tiny_model):
+    model = _always_run_agent(tiny_model)
+    x = torch.randn(16, 1, 16, 16)
+    genes = np.array([[0.5, -1, 0.75, -1], [-1, 0, 0, 0]])
+    _, executed = score(model, x, torch.zeros(16, dtype=torch.long), genes)
+    assert executed.shape == (2, 16, 4)
+    assert executed[0].tolist() == [[True, False, True, False]] * 16
+    assert executed[1].tolist() == [[False, True, True, True]] * 16
+    # In training the gates sample (p = 0.5 here), but a removed layer still never runs and is no
+    # action of the agent: its log-probability is 0.
+    model.attach_agent(SkipAgent(model.cfg.dim, model.cfg.depth, init_bias=0.0))
+    policy = GatePolicy(model.agent, torch.tensor([[0.5, -1, 0.5, -1]] * 64), sample=True)
+    out = model.train()(torch.randn(64, 1, 16, 16), policy)
+    assert not out.executed[:, [1, 3]].any() and out.executed[:, [0, 2]].any()
+    log_probs = torch.stack(policy.log_probs, 1)
+    assert torch.all(log_probs[:, [1, 3]] == 0) and torch.all(log_probs[:, [0, 2]] < -0.5)
+
+
+def test_non_dominated_keeps_each_objective_pair_once():
+    f = np.array([[0.2, 0.5], [0.4, 0.3], [0.4, 0.3], [0.5, 0.4], [0.9, 0.1], [0.2, 0.6]])
+    assert non_dominated(f) == [0, 1, 4]
+
+
+# ---------------------------------------------------------------- the search
+
+
+@pytest.fixture(scope="module")
+def rl_parts(tiny_rl_bundle):
+    bundle = load_bundle(tiny_rl_bundle)
+    return bundle, load_bundle_splits(bundle.dataset)
+
+
+def _search(rl_parts, tmp_path, **kw):
+    bundle, splits = rl_parts
+    torch.manual_seed(0)
+    model = bundle.build_model("rl")
+    cfg = NSGAConfig(**{"generations": 3, "population": 6, "val_batch": 96, "steps_per_generation": 2,
+                        "batch_size": 32, **kw})  # fmt: skip
+    return NSGASearch(model, splits.train, splits.val, splits.info, cfg, tmp_path, "cpu", log=lambda *_: None)
+
+
+def test_a_seeded_search_is_deterministic(rl_parts, tmp_path):
+    runs = []
+    for i in range(2):
+        s = _search(rl_parts, tmp_path / str(i))
+        assert s.run()
+        runs.append(s.select())
+    a, b = runs
+    assert np.array_equal(a.genes, b.genes) and a.val["accuracy"].tolist() == b.val["accuracy"].tolist()
+    assert [h["hv"] for h in a.history] == [h["hv"] for h in b.history]
+    assert len(a.history) == 3 and all(0 < h["hv"] <= 1 for h in a.history)
+    other = _search(rl_parts, tmp_path / "other", seed=1)
+    other.run()
+    assert [h["hv"] for h in other.history] != [h["hv"] for h in a.history]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_an_interrupted_search_resumes_exactly(rl_parts, tmp_path, joint):
+    whole = _search(rl_parts, tmp_path / "whole", joint=joint, generations=4)
+    assert whole.run()
+    first = _search(rl_parts, tmp_path / "split", joint=joint, generations=4)
+    assert not first.run(stop_after=2)
+    second = _search(rl_parts, tmp_path / "split", joint=joint, generations=4)
+    assert second.run(resume=True) and second.generation == 4
+
+    def strip(history):
+        return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in history]
+
+    assert strip(second.history) == strip(whole.history)
+    assert np.array_equal(second.algorithm.pop.get("X"), whole.algorithm.pop.get("X"))
+    a, b = whole.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    changed = _search(rl_parts, tmp_path / "split", joint=joint, generations=4, population=8)
+    with pytest.raises(ValueError, match="population"):
+        changed.run(resume=True)
+
+
+def test_the_joint_search_trains_the_weights_and_scores_the_reward(rl_parts, tmp_path):
+    s = _search(rl_parts, tmp_path, joint=True)
+    before = {k: v.clone() for k, v in s.model.state_dict().items()}
+    s.run()
+    after = s.model.state_dict()
+    assert not torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(before["agent.gates.0.weight"], after["agent.gates.0.weight"])
+    f = np.asarray(s.algorithm.pop.get("F"))
+    assert f.shape == (6, 3)
+    # The third objective is minus the running mean (eq. 3.19) of the configuration's reward, and
+    # survivors are scored again every generation, so some means cover several batches.
+    keys = [tuple(x) for x in np.asarray(s.algorithm.pop.get("X")).astype(int).tolist()]
+    assert np.allclose(f[:, 2], [-s.reward_mean[k][0] for k in keys])
+    assert max(s.reward_mean[k][1] for k in keys) > 1
+    assert all("ce" in h for h in s.history)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _noisy_test(real):
+    """load_bundle_splits with the test split replaced by noise and random labels."""
+
+    def load(dataset, data_dir=None):
+        splits = real(dataset, data_dir)
+        g = torch.Generator().manual_seed(5)
+        splits.test.images = torch.randint(0, 256, splits.test.images.shape, generator=g, dtype=torch.uint8)
+        splits.test.labels = torch.randint(0, 4, splits.test.labels.shape, generator=g)
+        return splits
+
+    return load
+
+
+def test_search_writes_non_dominated_points_chosen_without_the_test_split(
+    tiny_rl_bundle, tmp_path, monkeypatch
+):
+    import training.data
+
+    outs = {}
+    for variant in ("real", "noise"):
+        out = tmp_path / variant
+        shutil.copytree(tiny_rl_bundle, out)
+        if variant == "noise":
+            monkeypatch.setattr(
+                training.data, "load_bundle_splits", _noisy_test(training.data.load_bundle_splits)
+            )
+        main(["search", "nsga", "--bundle", str(out), *SMALL, "--ckpt-dir", str(tmp_path / f"c-{variant}")])
+        outs[variant] = load_bundle(out)
+    monkeypatch.undo()
+
+    real, noise = ([p for p in outs[v].front if p.method == "nsga"] for v in ("real", "noise"))
+    assert real and [p.id for p in real] == [f"nsga-{i + 1}" for i in range(len(real))]
+    # Replacing the test split changes the reported figures but not one choice.
+    assert [p.params for p in real] == [p.params for p in noise]
+    assert [p.metrics["val_accuracy"] for p in real] == [p.metrics["val_accuracy"] for p in noise]
+    assert [p.metrics["accuracy"] for p in real] != [p.metrics["accuracy"] for p in noise]
+    # No written point is dominated by another on the objectives the search chose by.
+    objs = [(p.metrics["val_mean_layers"], -p.metrics["val_accuracy"]) for p in real]
+    for i, a in enumerate(objs):
+        for j, b in enumerate(objs):
+            assert i == j or not (b[0] <= a[0] and b[1] <= a[1]), (real[i].id, real[j].id)
+    for p in real:
+        assert p.weights == "rl" and p.params["step"] == 0.25 and len(p.params["genes"]) == 4
+        assert np.array_equal(decode(encode(p.params["genes"], 0.25), 0.25), p.params["genes"])
+    report = (tmp_path / "real" / "REPORT.md").read_text()
+    assert "## nsga" in report and "## fronts" in report and "reference point (1.0, 1.0)" in report
+
+
+def test_evaluate_reproduces_a_written_point(tiny_rl_bundle, tmp_path, capsys):
+    out = tmp_path / "b"
+    shutil.copytree(tiny_rl_bundle, out)
+    main(["search", "nsga", "--bundle", str(out), *SMALL, "--ckpt-dir", str(tmp_path / "c")])
+    point = next(p for p in load_bundle(out).front if p.method == "nsga")
+    capsys.readouterr()
+    main(["evaluate", "--bundle", str(out), "--point", point.id, "--device", "cpu", "--json"])
+    import json
+
+    got = json.loads(capsys.readouterr().out)
+    assert got["accuracy"] == pytest.approx(point.metrics["accuracy"], abs=1.5 / got["n"])
+    assert got["mean_layers"] == pytest.approx(point.metrics["mean_layers"], abs=1e-3)
+
+
+def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(tiny_rl_bundle, out)
+    main(["search", "nsga", "--bundle", str(out), "--joint", *SMALL, "--steps-per-generation", "2",
+          "--batch-size", "32", "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    b = load_bundle(out)
+    joint = [p for p in b.front if p.method == "nsga-joint"]
+    assert joint and all(p.weights == "nsga-joint" and p.id.startswith("nsga-joint-") for p in joint)
+    assert "nsga-joint" in b.weight_sets and "rl" in b.weight_sets
+    assert b.build_model("nsga-joint").agent is not None
+    assert "## nsga-joint" in (out / "REPORT.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["search", "nsga", "--bundle", str(out), "--joint", "--name", "rl", *SMALL])

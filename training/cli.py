@@ -60,6 +60,14 @@ def _train_parser(sub) -> None:
     _rl_parser(tsub)
 
 
+def _add_reward_args(p: argparse.ArgumentParser, note: str = "") -> None:
+    """The RL reward R = w_acc·A − w_layers·L + eps, discounted by gamma (thesis eqs. 3.6-3.10)."""
+    p.add_argument("--gamma", type=float, default=0.99, help=f"{note}discount of the reward over the layers")
+    p.add_argument("--eps", type=float, default=-1e-5, help=f"{note}reward offset (thesis: -1e-5)")
+    p.add_argument("--w-acc", type=float, default=1.0, help=f"{note}reward weight of correctness A")
+    p.add_argument("--w-layers", type=float, default=1.0, help=f"{note}reward weight of the layer fraction L")
+
+
 def _rl_parser(tsub) -> None:
     r = tsub.add_parser("rl", help="RL layer-skipping gates, jointly with the backbone (thesis 3.4)")
     _add_data_args(r)
@@ -75,10 +83,7 @@ def _rl_parser(tsub) -> None:
     r.add_argument("--lr", type=float, default=2e-4, help="backbone and head learning rate")
     r.add_argument("--agent-lr", type=float, default=1e-3, help="gate learning rate")
     r.add_argument("--baseline-lr", type=float, default=1e-3, help="baseline learning rate")
-    r.add_argument("--gamma", type=float, default=0.99, help="discount of the reward back over the layers")
-    r.add_argument("--eps", type=float, default=-1e-5, help="reward offset (thesis: -1e-5)")
-    r.add_argument("--w-acc", type=float, default=1.0, help="reward weight of correctness A")
-    r.add_argument("--w-layers", type=float, default=1.0, help="reward weight of the layer fraction L")
+    _add_reward_args(r)
     r.add_argument("--rl-weight", type=float, default=1.0, help="weight of the policy loss next to CE")
     r.add_argument("--baseline-hidden", type=int, default=64, help="baseline MLP width")
     r.add_argument("--gate-init-bias", type=float, default=2.0, help="initial gate bias (p = sigmoid(bias))")
@@ -137,10 +142,7 @@ def _search_parser(sub) -> None:
     n.add_argument("--batch-size", type=int, default=128, help="joint: training batch size")
     n.add_argument("--lr", type=float, default=1e-4, help="joint: backbone and head learning rate")
     n.add_argument("--agent-lr", type=float, default=1e-3, help="joint: gate and baseline learning rate")
-    n.add_argument("--gamma", type=float, default=0.99, help="joint: reward discount over the layers")
-    n.add_argument("--eps", type=float, default=-1e-5, help="joint: reward offset")
-    n.add_argument("--w-acc", type=float, default=1.0, help="joint: reward weight of correctness")
-    n.add_argument("--w-layers", type=float, default=1.0, help="joint: reward weight of the layer fraction")
+    _add_reward_args(n, "joint: ")
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--device", default="auto")
     n.add_argument("--data-dir", default=None)

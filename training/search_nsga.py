@@ -327,8 +327,9 @@ class NSGASearch:
 
             load_checkpoint(self.state_dir, self.model, self.opt)
         X, F = np.array(state["X"], dtype=int), np.array(state["F"], dtype=float)
-        # Start pymoo from the saved population, then put back its ranks, crowding and RNG.
-        self.algorithm.setup(self.problem, sampling=Population.new(X=X), seed=self.cfg.seed)
+        # One throwaway initial ask/tell puts pymoo in its running state; then the saved population,
+        # its ranks and crowding, and the RNG replace what that produced.
+        self.algorithm.setup(self.problem, seed=self.cfg.seed)
         pop = self.algorithm.ask()
         _set_objectives(self.problem, pop, F)
         self.algorithm.tell(infills=pop)

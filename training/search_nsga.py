@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from model.gates import GatePolicy
 from model.vit import AdaptiveViT
@@ -214,6 +214,7 @@ def finetune(model, opt, train: ArrayData, info: DatasetInfo, genes: np.ndarray,
              g: torch.Generator, device) -> dict:  # fmt: skip
     """``steps`` weight updates; each row runs under a configuration drawn from ``genes`` (P, L)."""
     from training.train_rl import rl_step
+    from training.train_static import gradient_step
 
     thresholds = torch.as_tensor(np.asarray(genes, dtype=np.float32))
     model.train()
@@ -225,10 +226,7 @@ def finetune(model, opt, train: ArrayData, info: DatasetInfo, genes: np.ndarray,
         rows = thresholds[torch.randint(len(thresholds), (len(idx),), generator=g)].to(device)
         with autocast(device):
             loss, st = rl_step(model, x.to(device), y, rl_cfg, rows)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], rl_cfg.grad_clip)
-        opt.step()
+        gradient_step(opt, loss, rl_cfg.grad_clip)
         totals["ce"] += st["ce"] * len(y)
         totals["correct"] += st["correct"]
         totals["layers"] += st["layers"] * len(y)

@@ -27,7 +27,7 @@ from training.plots import draw_front
 from training.report import command_line, environment, markdown_table, update_section
 from training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
 from training.schedule import warmup_cosine
-from training.train_static import dataset_meta, model_config, param_groups
+from training.train_static import dataset_meta, gradient_step, model_config, param_groups
 
 
 @dataclass(frozen=True)
@@ -142,11 +142,7 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
         y = labels.to(device)
         with autocast(device):
             loss, st = rl_step(model, x, y, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], cfg.grad_clip)
-        opt.step()
+        gradient_step(opt, loss, cfg.grad_clip)
         step += 1
         seen += len(y)
         correct += st["correct"]

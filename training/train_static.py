@@ -49,6 +49,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def gradient_step(opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """Backpropagate ``loss``, clip the optimiser's parameters' gradient norm (0: no clip), step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], grad_clip)
+    opt.step()
+
+
 def model_config(preset: str, splits: DataSplits, **overrides) -> ViTConfig:
     if preset not in PRESETS:
         raise SystemExit(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -87,11 +96,7 @@ def train_epoch(
         with autocast(device):
             logits = model(x, StaticPolicy()).logits
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        gradient_step(opt, loss, cfg.grad_clip)
         step += 1
         seen += len(y)
         correct += (logits.argmax(-1) == y).sum().item()

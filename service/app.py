@@ -1,27 +1,43 @@
 """FastAPI app factory. The bundle is loaded in the lifespan, never at import.
 
-decode (service.decode) -> predict (service.engine) -> encode (service.schemas); the routes only
-wire those together and map errors to status codes.
+decode (service.decode) -> batch (service.batcher) -> predict (service.engine) -> encode
+(service.schemas); the routes only wire those together and map errors to status codes.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
 import torch
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
+from service.auth import admin_token, bearer_ok
+from service.batcher import Batcher, Knobs, Rejected
 from service.decode import DecodeError, decode_image
 from service.engine import Engine, RowResult
-from service.schemas import ClassifyResponse, ClassifyResult, ConfigResponse, ParetoResponse, PointOut, TopK
+from service.metrics import Metrics
+from service.middleware import Admission, ServiceMiddleware
+from service.schemas import (
+    ClassifyResponse,
+    ClassifyResult,
+    ConfigResponse,
+    ConfigUpdate,
+    ParetoResponse,
+    PointOut,
+    TopK,
+)
 from service.settings import Settings
 
 log = logging.getLogger("skipvit.service")
+STATIC = Path(__file__).parent / "static"
+DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode on the event loop; bigger ones in a thread
 
 
 def _encode(r: RowResult) -> ClassifyResult:
@@ -32,34 +48,118 @@ def _encode(r: RowResult) -> ClassifyResult:
     )  # fmt: skip
 
 
+METHOD_TEXT = {
+    "static": "every image runs every layer",
+    "rl": "RL gates decide per image which layers run",
+    "nsga": "RL gates with per-layer thresholds found by NSGA-II (-1 removes a layer)",
+    "nsga-joint": "joint RL-NSGA: gates and thresholds searched together",
+}
+
+
+def describe(point) -> str:
+    """What a point does (shown by /pareto and the web page)."""
+    return METHOD_TEXT.get(point.method, point.method)
+
+
+def serving(point) -> str:
+    """How the server batches a point."""
+    if point.method in ("rl", "nsga", "nsga-joint"):
+        return f"batched per image: shares one forward with every gate point of weights {point.weights!r}"
+    return "batched per image with the requests of the same point"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()
+    admission = Admission()
+
+    def run_batch(images: torch.Tensor, points: list[str]) -> list[RowResult]:  # worker thread
+        rows = app.state.engine.predict(images, points)
+        metrics.rows(points, [r.path for r in rows])
+        return rows
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.ready = False
+        metrics.ready.set(0)
+        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        app.state.admin_token = admin_token(token, settings.admin_token_file)
         engine = await run_in_threadpool(Engine.from_dir, settings.bundle, settings.device, settings.top_k)
         app.state.engine = engine
-        app.state.active_point = engine.point(settings.point).id
+        metrics.init_layers(engine.depth)
+        active = engine.point(settings.point)
+        metrics.set_active(active.id, active.method, active.weights)
         await run_in_threadpool(engine.warm_up)
+        batcher = Batcher(
+            run_batch,
+            active=active.id,
+            key=engine.batch_key,
+            knobs=Knobs(settings.max_batch_size, settings.max_wait_ms, settings.max_queue),
+            timeout_s=settings.request_timeout_s,
+            observer=metrics,
+        )
+        batcher.start()
+        app.state.batcher = batcher
         app.state.ready = True
-        log.info("serving %s (point %s) on %s", settings.bundle, app.state.active_point, engine.device)
-        yield
-        app.state.ready = False
+        metrics.ready.set(1)
+        log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            metrics.ready.set(0)
+            await batcher.stop()
 
     app = FastAPI(title="skipvit", version="0.1.0", lifespan=lifespan,
                   description="Adaptive-depth ViT classification: each image runs only the layers it needs.")  # fmt: skip
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.admission = admission
     app.state.ready = False
+    app.add_middleware(ServiceMiddleware, metrics=metrics, admission=admission,
+                       max_body_bytes=settings.max_body_bytes)  # fmt: skip
+
+    async def drain(timeout: float | None = None) -> bool:
+        """Stop admitting /classify (503) and answer everything admitted; return once nothing is in
+        flight and no request has come for ``drain_quiet_s``. True if that happened within
+        ``timeout`` (``drain_timeout_s``); the lifespan's shutdown then stops the batcher."""
+        timeout = settings.drain_timeout_s if timeout is None else timeout
+        admission.draining = True  # /readyz and new /classify now answer 503
+        metrics.ready.set(0)
+        batcher: Batcher | None = getattr(app.state, "batcher", None)
+        if batcher is not None:
+            batcher.flush()
+        done = await admission.wait_idle(timeout, quiet=settings.drain_quiet_s)
+        log.info(
+            "drained: %s", "every admitted request answered" if done else f"timed out after {timeout:g} s"
+        )
+        return done
+
+    app.state.drain = drain
+
+    def reject(status: int, reason: str, message: str, headers: dict | None = None) -> HTTPException:
+        metrics.rejected(reason)
+        return HTTPException(status_code=status, detail=message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         missing_files = any(e.get("loc", [None, None])[-1] == "files" for e in exc.errors())
         hint = "Hint: send multipart/form-data with one or more parts named 'files'." if missing_files else ""
-        return JSONResponse(
-            status_code=422,
-            content={"detail": exc.errors(), "hint": hint},
-        )
+        return JSONResponse(status_code=422, content={"detail": jsonable_errors(exc), "hint": hint})
+
+    def require_admin(request: Request) -> None:
+        if not bearer_ok(request.headers.get("authorization"), getattr(app.state, "admin_token", "")):
+            raise reject(401, "unauthorized",
+                         "missing or wrong admin token; Hint: send 'Authorization: Bearer <token>' with the "
+                         "token from SKIPVIT_ADMIN_TOKEN or the server's token file",
+                         {"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    def _known(point_id: str) -> None:
+        try:
+            app.state.engine.point(point_id)
+        except KeyError:
+            known = ", ".join(p.id for p in app.state.engine.bundle.front)
+            raise reject(404, "unknown_point",
+                         f"unknown point {point_id!r}; known points: {known} (see GET /pareto)") from None  # fmt: skip
 
     @app.get("/livez")
     async def livez() -> dict:
@@ -67,56 +167,113 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = bool(app.state.ready)
-        return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
+        ready = bool(app.state.ready) and not admission.draining
+        body = {"ready": ready, "draining": admission.draining}
+        return JSONResponse(status_code=200 if ready else 503, content=body)
 
-    def _engine() -> Engine:
-        if not app.state.ready:
-            raise HTTPException(
-                status_code=503, detail="the model is not loaded yet", headers={"Retry-After": "1"}
-            )
-        return app.state.engine
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        if getattr(app.state, "batcher", None) is not None:
+            metrics.queued(app.state.batcher.queued_images)
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
 
     @app.post("/classify", response_model=ClassifyResponse)
     async def classify(
         files: Annotated[list[UploadFile], File(description="PNG, JPEG or WebP images")],
         point: Annotated[str | None, Query(description="point id; default: the active point")] = None,
     ) -> ClassifyResponse:
-        engine = _engine()
+        batcher = _ready_batcher()  # draining is refused earlier, by the middleware
+        engine: Engine = app.state.engine
         if len(files) > settings.max_files:
-            raise HTTPException(413, f"{len(files)} files in one request; the limit is {settings.max_files}")
-        point_id = point or app.state.active_point
-        try:
-            engine.point(point_id)
-        except KeyError:
-            known = ", ".join(p.id for p in engine.bundle.front)
-            raise HTTPException(
-                404, f"unknown point {point_id!r}; known points: {known} (see GET /pareto)"
-            ) from None
+            raise reject(413, "too_many_files",
+                         f"{len(files)} files in one request; the limit is {settings.max_files} "
+                         "(SKIPVIT_MAX_FILES); Hint: split the images over several requests")  # fmt: skip
+        if point is not None:
+            _known(point)
         tensors = []
         for i, f in enumerate(files):
             data = await f.read(settings.max_image_bytes + 1)
             name = f.filename or f"file {i}"
             if len(data) > settings.max_image_bytes:
-                raise HTTPException(413, f"{name}: larger than {settings.max_image_bytes} bytes")
+                raise reject(413, "body_too_large", f"{name}: larger than {settings.max_image_bytes} bytes")
+            args = dict(channels=engine.channels, size=engine.image_size,
+                        max_pixels=settings.max_image_pixels, name=name)  # fmt: skip
             try:
-                tensors.append(decode_image(data, channels=engine.channels, size=engine.image_size,
-                                            max_pixels=settings.max_image_pixels, name=name))  # fmt: skip
+                if len(data) <= DECODE_INLINE_BYTES:
+                    tensors.append(decode_image(data, **args))
+                else:
+                    tensors.append(await run_in_threadpool(decode_image, data, **args))
             except DecodeError as e:
-                raise HTTPException(e.status, str(e)) from None
-        batch = torch.stack(tensors)  # (B, C, H, W)
-        results = await run_in_threadpool(engine.predict, batch, point_id)
-        return ClassifyResponse(point=point_id, results=[_encode(r) for r in results])
+                raise reject(e.status, "bad_image", str(e)) from None
+        try:
+            answer = await batcher.submit(torch.stack(tensors), point)  # (n, C, H, W)
+        except Rejected as e:
+            headers = {"Retry-After": str(int(e.retry_after or 1))} if e.status == 503 else None
+            raise HTTPException(e.status, str(e), headers=headers) from None
+        return ClassifyResponse(point=answer.point, results=[_encode(r) for r in answer.rows])
+
+    def _points() -> list[PointOut]:
+        active = app.state.batcher.active
+        return [PointOut(**p.to_dict(), description=describe(p), active=p.id == active, serving=serving(p))
+                for p in app.state.engine.bundle.front]  # fmt: skip
 
     @app.get("/pareto", response_model=ParetoResponse)
     async def pareto() -> ParetoResponse:
-        engine = _engine()
-        points = [PointOut(**p.to_dict()) for p in engine.bundle.front]
-        return ParetoResponse(active=app.state.active_point, points=points)
+        batcher = _ready_batcher()
+        return ParetoResponse(active=batcher.active, points=_points())
+
+    def _ready_batcher() -> Batcher:
+        if not app.state.ready:
+            raise reject(503, "not_ready", "the model is not loaded yet; Hint: retry shortly",
+                         {"Retry-After": "1"})  # fmt: skip
+        return app.state.batcher
+
+    def _config() -> ConfigResponse:
+        b: Batcher = app.state.batcher
+        return ConfigResponse(point=b.active, max_batch_size=b.knobs.max_batch_size,
+                              max_wait_ms=b.knobs.max_wait_ms, max_queue=b.knobs.max_queue,
+                              request_timeout_s=b.timeout_s)  # fmt: skip
 
     @app.get("/config", response_model=ConfigResponse)
     async def get_config() -> ConfigResponse:
-        _engine()
-        return ConfigResponse(point=app.state.active_point)
+        _ready_batcher()
+        return _config()
 
+    @app.put("/config", response_model=ConfigResponse, dependencies=[Depends(require_admin)])
+    async def put_config(update: ConfigUpdate) -> ConfigResponse:
+        """Switch the active point and/or change the batching knobs; applies between batches."""
+        batcher = _ready_batcher()
+        if update.point is not None:
+            _known(update.point)
+        knobs = batcher.knobs.update(max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms,
+                                     max_queue=update.max_queue)  # fmt: skip
+        if update.point is not None and update.point != batcher.active:
+            p = app.state.engine.point(update.point)
+            batcher.set_active(p.id)  # on the event loop, so never inside a batch being planned
+            metrics.switches.inc()
+            metrics.set_active(p.id, p.method, p.weights)
+            log.info("active point: %s", p.id)
+        if knobs != batcher.knobs:
+            batcher.set_knobs(knobs)
+            log.info("batching knobs: %s", knobs)
+        return _config()
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def jsonable_errors(exc: RequestValidationError) -> list[dict]:
+    """Validation errors without the raw input (which may be bytes) and with str contexts."""
+    out = []
+    for e in exc.errors():
+        item = {k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
+        if "ctx" in e:
+            item["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
+        out.append(item)
+    return out

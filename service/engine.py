@@ -1,18 +1,21 @@
 """The engine: a loaded bundle that turns a batch of uint8 images into per-row answers.
 
-Ignorant of HTTP and of batching: ``predict(images, point_id)`` takes a (B, C, H, W) uint8
-tensor and returns B ``RowResult``s, in order. Called from a worker thread.
+Ignorant of HTTP and of batching: ``predict(images, points)`` takes a (B, C, H, W) uint8 tensor
+and one point id (or one per row) and returns B ``RowResult``s, in order. Rows of different
+points share one forward when the points share a ``batch_key`` (``model.points``); the batcher
+only ever hands over such batches. Called from a worker thread.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from model.bundle import Bundle, Point, load_bundle
-from model.points import policy_for
+from model.points import batch_key, policy_for_rows
 from model.vit import AdaptiveViT
 
 
@@ -54,13 +57,26 @@ class Engine:
     def point(self, point_id: str | None) -> Point:
         return self.bundle.point(point_id)
 
+    def batch_key(self, point_id: str) -> Hashable:
+        """Requests whose points have equal keys may be batched into one forward."""
+        return batch_key(self.bundle.point(point_id))
+
+    @property
+    def depth(self) -> int:
+        return self.bundle.architecture.depth
+
     @torch.inference_mode()
-    def predict(self, images: torch.Tensor, point_id: str | None = None) -> list[RowResult]:
-        point = self.bundle.point(point_id)
-        model = self._models[point.weights]
+    def predict(self, images: torch.Tensor, points: str | Sequence[str] | None = None) -> list[RowResult]:
+        n = images.shape[0]
+        row_points = [points] * n if points is None or isinstance(points, str) else list(points)
+        if len(row_points) != n:
+            raise ValueError(f"{n} images but {len(row_points)} row points")
+        resolved = [self.bundle.point(p) for p in row_points]
+        model = self._models[resolved[0].weights]
+        policy = policy_for_rows(resolved, model)
         x = (images.to(self.device).float() / 255.0 - self._mean) / self._std  # (B, C, H, W)
         with self._lock:
-            out = model(x, policy_for(point, model))
+            out = model(x, policy)
         probs = out.logits.float().softmax(-1).cpu()  # (B, K)
         top_p, top_i = probs.topk(self.top_k, dim=-1)  # (B, k)
         executed = out.executed.cpu()  # (B, L)

@@ -1,15 +1,22 @@
-"""`skipvit serve`: run the app under uvicorn."""
+"""`skipvit serve`: run the app under uvicorn, draining on SIGTERM.
+
+The first SIGTERM (or Ctrl+C) starts the drain: /readyz and new /classify requests answer 503,
+every request already admitted is answered, then uvicorn shuts down and the process exits 0. The
+drain is bounded by ``SKIPVIT_DRAIN_TIMEOUT_S``; a second signal exits without waiting.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
-import sys
+
+import uvicorn
+
+log = logging.getLogger("skipvit.service")
 
 
 def serve(bundle: str | None = None, host: str | None = None, port: int | None = None) -> None:
-    import uvicorn
-
     from service.app import create_app
     from service.settings import Settings
 
@@ -20,10 +27,39 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
             f"no bundle at {settings.bundle}; Hint: pass --bundle DIR or set SKIPVIT_BUNDLE "
             "(the shipped default is checkpoints/fashion-mnist, run from the repository root)"
         )
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the previous
-    # handler in place: make that handler a clean exit, so a drained server exits 0.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)))  # fmt: skip
+    DrainingServer(config, app.state.drain).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first exit signal drains the app before shutting down."""
+
+    def __init__(self, config: uvicorn.Config, drain) -> None:
+        super().__init__(config)
+        self._drain = drain  # async () -> bool
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame) -> None:
+        # Not calling super(): uvicorn would re-raise the signal after shutdown; we exit 0.
+        if self._draining or self._loop is None:
+            self.should_exit = self.force_exit = True  # a second signal: stop now
+            return
+        self._draining = True
+        log.info("signal %s: draining", signal.Signals(sig).name)
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit()))
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self.should_exit = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TopK(BaseModel):
@@ -34,6 +34,8 @@ class PointOut(BaseModel):
     params: dict[str, Any]
     metrics: dict[str, Any]
     description: str = ""
+    active: bool = False
+    serving: str = ""  # how the server batches this point
 
 
 class ParetoResponse(BaseModel):
@@ -43,3 +45,24 @@ class ParetoResponse(BaseModel):
 
 class ConfigResponse(BaseModel):
     point: str
+    max_batch_size: int
+    max_wait_ms: float
+    max_queue: int
+    request_timeout_s: float
+
+
+class ConfigUpdate(BaseModel):
+    """PUT /config: any of the fields; the others keep their values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    point: str | None = Field(None, min_length=1, max_length=200)
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    max_wait_ms: float | None = Field(None, ge=0, le=10_000)
+    max_queue: int | None = Field(None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ConfigUpdate:
+        if all(v is None for v in self.model_dump().values()):
+            raise ValueError('nothing to change; Hint: send e.g. {"point": "static"}')
+        return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +18,25 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     point: str | None = Field(None, description="point active at start (default: the bundle's default)")
     top_k: int = Field(3, ge=1, le=100)
+    # dynamic batching (initial values; PUT /config changes them at runtime)
+    max_batch_size: int = Field(64, ge=1, le=4096, description="images in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a batch to fill")
+    max_queue: int = Field(1024, ge=1, description="images waiting before 503 + Retry-After")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not started by then gets 504")
+    # input limits
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     max_files: int = Field(64, ge=1, description="most images in one request")
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest single upload")
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="decoded-pixel cap (decompression bombs)")
+    # admin
+    admin_token: SecretStr | None = Field(None, description="bearer token of the mutating routes")
+    admin_token_file: Path = Field(
+        Path.home() / ".skipvit" / "admin-token",
+        description="where a generated token is written (owner-only) when admin_token is unset",
+    )
+    # shutdown
+    drain_timeout_s: float = Field(15.0, ge=0, description="longest SIGTERM waits for in-flight requests")
+    drain_quiet_s: float = Field(
+        0.5, ge=0, description="while draining, exit only after this long without a new request"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

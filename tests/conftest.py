@@ -58,3 +58,23 @@ def tiny_rl_bundle(tiny_bundle, tmp_path_factory) -> Path:
     main(["train", "rl", "--data", "synthetic", "--init-from", str(out), "--out", str(out), "--epochs", "1",
           "--device", "cpu", "--ckpt-dir", str(tmp_path_factory.mktemp("ckpt-rl"))])  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gate_bundle(tiny_rl_bundle, tmp_path_factory) -> Path:
+    """The RL bundle plus more gate points on the same weights: ``rl-t0.8`` (every threshold 0.8)
+    and ``nsga-a`` (genes: layers 0 and 3 removed). Their rows can share one forward with ``rl``."""
+    import shutil
+
+    from model.bundle import Point, load_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-gates"
+    shutil.copytree(tiny_rl_bundle, out)
+    bundle = load_bundle(out)
+    rl = bundle.point("rl")
+    bundle.upsert_points([
+        Point("rl-t0.8", "rl", rl.weights, {**rl.params, "thresholds": 0.8}, dict(rl.metrics)),
+        Point("nsga-a", "nsga", rl.weights, {"genes": [-1, 0.25, 0.5, -1], "step": 0.25}, dict(rl.metrics)),
+    ])  # fmt: skip
+    bundle.save()
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -10,10 +12,21 @@ from service.app import create_app
 from service.settings import Settings
 from tests.service.helpers import bar_image, png_bytes
 
+TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
 
 @pytest.fixture(scope="module")
 def client(tiny_bundle):
-    app = create_app(Settings(bundle=tiny_bundle, device="cpu", max_files=4, max_image_bytes=64 * 1024))
+    app = create_app(Settings(bundle=tiny_bundle, device="cpu", max_files=4, max_image_bytes=64 * 1024,
+                              max_body_bytes=200 * 1024, admin_token=TOKEN))  # fmt: skip
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def gates(tiny_gate_bundle):
+    app = create_app(Settings(bundle=tiny_gate_bundle, device="cpu", admin_token=TOKEN))
     with TestClient(app) as c:
         yield c
 
@@ -24,7 +37,7 @@ def files(*blobs):
 
 def test_health(client):
     assert client.get("/livez").status_code == 200
-    assert client.get("/readyz").json() == {"ready": True}
+    assert client.get("/readyz").json() == {"ready": True, "draining": False}
 
 
 def test_classify_shape_and_order(client):
@@ -83,7 +96,8 @@ def test_pareto_and_config(client):
     assert body["active"] == "static"
     assert [p["id"] for p in body["points"]] == ["static"]
     assert body["points"][0]["metrics"]["split"] == "test"
-    assert client.get("/config").json() == {"point": "static"}
+    config = client.get("/config").json()
+    assert config["point"] == "static" and config["max_batch_size"] == 64 and config["max_wait_ms"] == 5.0
 
 
 def test_openapi_lists_the_routes(client):
@@ -104,3 +118,102 @@ def test_rl_point_is_served_with_its_paths(tiny_rl_bundle):
             r["path"] == "1111"
             for r in c.post("/classify?point=static", files=files(*blobs)).json()["results"]
         )
+
+
+def test_admin_routes_need_the_token(client):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Basic x"},
+    ):
+        r = client.put("/config", json={"point": "static"}, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+    assert client.put("/config", json={"point": "static"}, headers=ADMIN).status_code == 200
+
+
+def test_put_config_validates(client):
+    r = client.put("/config", json={"point": "nope"}, headers=ADMIN)
+    assert r.status_code == 404 and "static" in r.json()["detail"]
+    for body in ({}, {"point": 3}, {"max_batch_size": 0}, {"colour": "red"}, "not json", {"max_wait_ms": -1}):
+        r = client.put("/config", json=body, headers=ADMIN)
+        assert r.status_code == 422, (body, r.text)
+    r = client.put("/config", content=b"{", headers={**ADMIN, "content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_knobs_change_at_runtime(client):
+    r = client.put("/config", json={"max_batch_size": 8, "max_wait_ms": 1.5}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["max_batch_size"] == 8 and r.json()["max_wait_ms"] == 1.5
+    assert client.get("/config").json()["max_batch_size"] == 8
+    blobs = [png_bytes(bar_image(k)) for k in range(4)]
+    assert client.post("/classify", files=files(*blobs)).status_code == 200
+    client.put("/config", json={"max_batch_size": 64, "max_wait_ms": 5.0}, headers=ADMIN)
+
+
+def test_body_over_the_limit_is_413(client):
+    big = b"\0" * (300 * 1024)
+    r = client.post("/classify", files=files(big))
+    assert r.status_code == 413 and "SKIPVIT_MAX_BODY_BYTES" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced on the streamed bytes
+        for _ in range(30):
+            yield b"\0" * (16 * 1024)
+
+    r = client.post(
+        "/classify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert r.status_code == 413
+    assert client.get("/livez").status_code == 200
+
+
+def test_metrics_are_exported(client):
+    client.post("/classify", files=files(png_bytes(bar_image(0))))
+    client.post("/classify?point=nope", files=files(png_bytes(bar_image(0))))
+    text = client.get("/metrics").text
+    for name in (
+        'skipvit_requests_total{route="/classify",status="200"}',
+        "skipvit_request_duration_seconds_bucket",
+        "skipvit_queue_wait_seconds_bucket",
+        "skipvit_batch_size_bucket",
+        "skipvit_queue_depth",
+        "skipvit_layers_executed_bucket",
+        'skipvit_layer_rows_total{layer="3"}',
+        "skipvit_config_switches_total",
+        'skipvit_active_point_info{method="static",point="static",weights="static"} 1.0',
+        "skipvit_model_ready 1.0",
+        'skipvit_images_total{point="static"}',
+    ):
+        assert name in text, name
+    unknown = re.search(r'skipvit_rejections_total\{reason="unknown_point"\} (\S+)', text)
+    assert unknown and float(unknown.group(1)) >= 1
+    assert 'route="/nope"' not in text
+    client.get("/nope")
+    assert 'skipvit_requests_total{route="other",status="404"}' in client.get("/metrics").text
+
+
+def test_the_web_page_is_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"] and "skipvit" in r.text
+
+
+def test_gate_points_of_one_weight_set_are_served_per_row(gates):
+    pareto = gates.get("/pareto").json()
+    assert {p["id"] for p in pareto["points"]} == {"static", "rl", "rl-t0.8", "nsga-a"}
+    assert [p["id"] for p in pareto["points"] if p["active"]] == [pareto["active"]]
+    blobs = [png_bytes(bar_image(k)) for k in range(4)]
+    body = gates.post("/classify?point=nsga-a", files=files(*blobs)).json()
+    assert body["point"] == "nsga-a"
+    assert all(r["path"][0] == "0" and r["path"][3] == "0" for r in body["results"])  # genes -1
+
+
+def test_switching_is_reported_by_pareto_config_metrics_and_responses(gates):
+    blob = png_bytes(bar_image(2))
+    r = gates.put("/config", json={"point": "rl-t0.8"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["point"] == "rl-t0.8"
+    assert gates.get("/pareto").json()["active"] == "rl-t0.8"
+    assert gates.post("/classify", files=files(blob)).json()["point"] == "rl-t0.8"
+    assert gates.post("/classify?point=static", files=files(blob)).json()["point"] == "static"
+    text = gates.get("/metrics").text
+    assert "skipvit_config_switches_total 1.0" in text and 'point="rl-t0.8"' in text
+    gates.put("/config", json={"point": "static"}, headers=ADMIN)

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,47 +10,18 @@ import pytest
 
 from tests.conftest import FMNIST_DIR, SHIPPED_BUNDLE
 from tests.service.helpers import png_bytes
+from tests.service.server import ServerProcess
 from training.data.fashion_mnist import load as load_fmnist
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     assert (SHIPPED_BUNDLE / "bundle.json").is_file(), f"the shipped bundle is missing at {SHIPPED_BUNDLE}"
-    port = free_port()
-    env = {**os.environ, "SKIPVIT_DEVICE": "cpu", "SKIPVIT_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "serve", "--bundle", str(SHIPPED_BUNDLE), "--port", str(port)],
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{proc.stdout.read().decode()}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not become ready in 120 s")
-    yield base, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+    srv = ServerProcess(SHIPPED_BUNDLE, tmp_path_factory.mktemp("server")).wait_ready()
+    yield srv.base, srv.proc
+    srv.stop()
 
 
 def test_real_images_through_a_real_server(server):

@@ -1,0 +1,339 @@
+"""Dynamic batching, ignorant of HTTP and of the model (no FastAPI here).
+
+Requests wait in one bounded queue. ``plan`` is the whole decision, a pure function of the queue,
+the clock and the knobs, so it is tested without a server or a model:
+
+- a request without an explicit point takes the *active* point when its batch is planned, so a
+  switch (``set_active``) lands between batches and every batch runs the points it was planned
+  with;
+- only requests whose points share a batch key (``Engine.batch_key``) go into one batch; a key of
+  ``None`` means the request runs in a forward of its own;
+- a group closes when it holds ``max_batch_size`` images, or ``max_wait_ms`` after its oldest
+  request arrived, or at once while flushing (draining); the ready group whose oldest request is
+  oldest goes first;
+- a multi-image request is never split: it joins a batch whole (alone if it is bigger than
+  ``max_batch_size``) and its rows come back in order;
+- a request past its deadline is answered with ``DeadlineExceeded`` before any compute.
+
+``Batcher`` owns the queue and a task on the event loop that follows the plan; the model runs in
+one worker thread (torch already uses every core), so the loop keeps accepting requests while a
+batch computes. Every request's future is resolved exactly once: with its rows, or with one of
+the ``Rejected`` errors, or with the engine's exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Knobs:
+    max_batch_size: int = 64  # images in one forward
+    max_wait_ms: float = 5.0  # longest a request waits for company
+    max_queue: int = 1024  # images waiting; beyond it new requests get QueueFull
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if not 0 <= self.max_wait_ms <= 10_000:
+            raise ValueError("max_wait_ms must be in [0, 10000]")
+        if self.max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+
+    def update(self, **changes: Any) -> Knobs:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+class Rejected(Exception):
+    """A request answered without compute. ``status`` is the HTTP status, ``reason`` a metric label."""
+
+    status = 503
+    reason = "rejected"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFull(Rejected):
+    status, reason = 503, "queue_full"
+
+
+class DeadlineExceeded(Rejected):
+    status, reason = 504, "deadline"
+
+
+class Draining(Rejected):
+    status, reason = 503, "draining"
+
+
+class TooBig(Rejected):
+    status, reason = 413, "too_many_files"
+
+
+@dataclass(eq=False)
+class Pending:
+    images: torch.Tensor  # (n, C, H, W) uint8
+    point: str | None  # the request's own point; None: the active point at planning time
+    arrived: float
+    deadline: float
+    future: asyncio.Future | None = None
+    served_by: str | None = None  # the point it was planned with
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class Plan:
+    expired: list[Pending] = field(default_factory=list)
+    batch: list[Pending] = field(default_factory=list)  # empty: nothing to run yet
+    points: list[str] = field(default_factory=list)  # served point of each request in ``batch``
+    wake_at: float | None = None  # plan again then, if nothing arrives before
+
+
+def plan(
+    queue: Sequence[Pending],
+    now: float,
+    knobs: Knobs,
+    active: str,
+    key: Callable[[str], Hashable | None],
+    flush: bool = False,
+) -> Plan:
+    """Decide what to do with ``queue`` (oldest first) at time ``now``. Pure: mutates nothing."""
+    out = Plan()
+    groups: dict[Hashable, list[tuple[Pending, str]]] = {}
+    for req in queue:
+        if now >= req.deadline:
+            out.expired.append(req)
+            continue
+        point = req.point or active
+        k = key(point)
+        groups.setdefault(("alone", id(req)) if k is None else ("key", k), []).append((req, point))
+    wait = knobs.max_wait_ms / 1000.0
+    chosen: list[tuple[Pending, str]] | None = None
+    wake: list[float] = []
+    for members in groups.values():  # dicts keep insertion order: oldest group first
+        oldest = members[0][0]
+        rows = sum(r.n for r, _ in members)
+        if flush or rows >= knobs.max_batch_size or now >= oldest.arrived + wait:
+            chosen = members
+            break
+        wake.append(oldest.arrived + wait)
+    if chosen is not None:
+        total = 0
+        for req, point in chosen:
+            if out.batch and total + req.n > knobs.max_batch_size:
+                break
+            out.batch.append(req)
+            out.points.append(point)
+            total += req.n
+    taken = {id(r) for r in out.expired} | {id(r) for r in out.batch}
+    wake += [r.deadline for r in queue if id(r) not in taken]
+    out.wake_at = min(wake) if wake else None
+    return out
+
+
+class Observer(Protocol):
+    """Metric hooks (service.metrics implements them); every method is optional to act on."""
+
+    def queued(self, images: int) -> None: ...
+    def batch(self, images: int, waits: list[float]) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+
+
+class _NullObserver:
+    def queued(self, images: int) -> None:
+        pass
+
+    def batch(self, images: int, waits: list[float]) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+
+@dataclass
+class Answer:
+    point: str  # the point that served the request
+    rows: list[Any]  # one result per image, in order
+
+
+class Batcher:
+    """The queue, the planning loop and the worker thread. Start and stop it on one event loop."""
+
+    def __init__(
+        self,
+        run: Callable[[torch.Tensor, list[str]], list[Any]],
+        *,
+        active: str,
+        key: Callable[[str], Hashable | None],
+        knobs: Knobs | None = None,
+        timeout_s: float = 30.0,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run = run  # (images (B, C, H, W), one point id per row) -> B results, in order
+        self.active = active
+        self.key = key
+        self.knobs = knobs or Knobs()
+        self.timeout_s = timeout_s
+        self.observer = observer or _NullObserver()
+        self.clock = clock
+        self._queue: list[Pending] = []
+        self._queued_images = 0
+        self._flush = False
+        self._closed = False
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._batch_seconds = 0.0  # moving average of one batch's compute time (for Retry-After)
+        self.running = False  # a batch is computing
+
+    # -- control -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skipvit-engine")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="skipvit-batcher")
+
+    def set_active(self, point: str) -> None:
+        """Requests planned from now on without an explicit point run at ``point``."""
+        self.active = point
+
+    def set_knobs(self, knobs: Knobs) -> None:
+        self.knobs = knobs
+        self._poke()
+
+    def flush(self) -> None:
+        """Stop waiting for company: run whatever is queued as soon as possible (draining)."""
+        self._flush = True
+        self._poke()
+
+    async def stop(self) -> None:
+        """Answer everything still queued (``Draining``), let a running batch finish, end the loop."""
+        self._closed = True
+        for req in self._queue:
+            self._settle(req, exc=Draining("the server is shutting down; Hint: retry on another replica"))
+        self._queue.clear()
+        self._queued_images = 0
+        self._poke()
+        if self._task is not None:
+            await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self.running
+
+    # -- admission -----------------------------------------------------------------------------
+    def submit(self, images: torch.Tensor, point: str | None = None) -> asyncio.Future:
+        """Queue one request; its future resolves to an ``Answer`` or raises. May raise
+        ``QueueFull`` or ``Draining`` at once (then nothing was queued)."""
+        if self._closed or self._task is None:
+            raise Draining("the server is not accepting requests; Hint: retry shortly")
+        n = int(images.shape[0])
+        if n > self.knobs.max_queue:
+            self.observer.rejected(TooBig.reason)
+            raise TooBig(f"{n} images in one request, more than the queue holds ({self.knobs.max_queue}); "
+                         "Hint: split the images over several requests")  # fmt: skip
+        if self._queued_images + n > self.knobs.max_queue:
+            self.observer.rejected(QueueFull.reason)
+            raise QueueFull(
+                f"the queue is full ({self._queued_images} images waiting, limit {self.knobs.max_queue}); "
+                "Hint: retry after the Retry-After delay",
+                retry_after=self.retry_after(),
+            )
+        now = self.clock()
+        req = Pending(images, point, now, now + self.timeout_s, asyncio.get_running_loop().create_future())
+        self._queue.append(req)
+        self._queued_images += n
+        self.observer.queued(self._queued_images)
+        self._poke()
+        return req.future
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely drained: batches ahead times one batch's compute."""
+        batches = math.ceil(self._queued_images / max(self.knobs.max_batch_size, 1))
+        return max(1, min(60, math.ceil(batches * self._batch_seconds)))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _poke(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _settle(self, req: Pending, result: Any = None, exc: BaseException | None = None) -> None:
+        if req.future is None or req.future.done():  # cancelled: its client went away
+            return
+        if exc is not None:
+            req.future.set_exception(exc)
+        else:
+            req.future.set_result(result)
+
+    def _remove(self, reqs: Sequence[Pending]) -> None:
+        gone = set(map(id, reqs))
+        self._queue = [r for r in self._queue if id(r) not in gone]
+        self._queued_images = sum(r.n for r in self._queue)
+        self.observer.queued(self._queued_images)
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while not (self._closed and not self._queue):
+            # A request whose client went away is dropped before compute.
+            self._remove([r for r in self._queue if r.future is not None and r.future.done()])
+            now = self.clock()
+            p = plan(self._queue, now, self.knobs, self.active, self.key, flush=self._flush)
+            if p.expired:
+                self._remove(p.expired)
+                for req in p.expired:
+                    self.observer.rejected(DeadlineExceeded.reason)
+                    self._settle(req, exc=DeadlineExceeded(
+                        f"not started within {self.timeout_s:g} s (SKIPVIT_REQUEST_TIMEOUT_S); "
+                        "Hint: the server is overloaded, retry later"))  # fmt: skip
+            if p.batch:
+                self._remove(p.batch)
+                await self._compute(loop, p.batch, p.points, now)
+                continue
+            self._wakeup.clear()
+            timeout = None if p.wake_at is None else max(0.0, p.wake_at - self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _compute(self, loop, batch: list[Pending], points: list[str], now: float) -> None:
+        images = torch.cat([r.images for r in batch]) if len(batch) > 1 else batch[0].images
+        row_points = [pt for r, pt in zip(batch, points, strict=True) for _ in range(r.n)]
+        self.observer.batch(images.shape[0], [now - r.arrived for r in batch])
+        self.running = True
+        t0 = time.perf_counter()
+        try:
+            rows = await loop.run_in_executor(self._executor, self._run, images, row_points)
+            if len(rows) != images.shape[0]:
+                raise RuntimeError(f"the engine answered {len(rows)} rows for {images.shape[0]} images")
+        except Exception as e:  # every request of the batch gets the error, exactly once
+            for req in batch:
+                self._settle(req, exc=e)
+            return
+        finally:
+            self.running = False
+            dt = time.perf_counter() - t0
+            self._batch_seconds = dt if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * dt
+        start = 0
+        for req, point in zip(batch, points, strict=True):
+            req.served_by = point
+            self._settle(req, Answer(point, rows[start : start + req.n]))
+            start += req.n

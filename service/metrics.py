@@ -1,0 +1,94 @@
+"""Prometheus metrics of one app instance (own registry, so several apps can live in one process).
+
+Names carry the ``skipvit_`` prefix, base units (seconds, images) and ``_total`` on counters.
+Labels are bounded: ``route`` is one of the app's routes or ``other``, ``status`` an HTTP code,
+``reason`` one of a fixed set, ``layer`` below the model's depth, ``point`` one of the bundle's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+ROUTES = ("/", "/classify", "/pareto", "/config", "/metrics", "/livez", "/readyz", "/docs", "/openapi.json")
+REASONS = (
+    "queue_full", "deadline", "draining", "not_ready", "body_too_large", "too_many_files",
+    "bad_image", "unknown_point", "unauthorized",
+)  # fmt: skip
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LAYER_BUCKETS = tuple(range(25))  # exact up to 24 layers (ViT-L); deeper models share +Inf
+
+
+def route_label(path: str) -> str:
+    if path in ROUTES:
+        return path
+    return "/static" if path.startswith("/static/") else "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("skipvit_requests", "HTTP requests answered, by route and status",
+                                ["route", "status"], registry=r)  # fmt: skip
+        self.request_seconds = Histogram("skipvit_request_duration_seconds", "time from request to response",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.inflight = Gauge("skipvit_inflight_requests", "requests being handled", registry=r)
+        self.images = Counter("skipvit_images", "images classified, by the point that served them",
+                              ["point"], registry=r)  # fmt: skip
+        self.queue_wait = Histogram("skipvit_queue_wait_seconds", "time a request waited for its batch",
+                                    buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.batch_size = Histogram("skipvit_batch_size", "images per forward pass",
+                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.queue_depth = Gauge("skipvit_queue_depth", "images waiting in the queue", registry=r)
+        self.layers = Histogram("skipvit_layers_executed", "layers run per image",
+                                buckets=LAYER_BUCKETS, registry=r)  # fmt: skip
+        self.layer_rows = Counter("skipvit_layer_rows", "images that ran each layer", ["layer"], registry=r)
+        self.rejections = Counter("skipvit_rejections", "requests refused without compute, by reason",
+                                  ["reason"], registry=r)  # fmt: skip
+        self.switches = Counter("skipvit_config_switches", "changes of the active point", registry=r)
+        self.active_point = Info("skipvit_active_point", "the point that serves requests without ?point=",
+                                 registry=r)  # fmt: skip
+        self.ready = Gauge("skipvit_model_ready", "1 once the bundle is loaded and warmed up", registry=r)
+        for reason in REASONS:  # export zeros, so rate() works before the first rejection
+            self.rejections.labels(reason)
+
+    def init_layers(self, depth: int) -> None:
+        for layer in range(depth):
+            self.layer_rows.labels(str(layer))
+
+    # -- batcher observer ------------------------------------------------------------------------
+    def queued(self, images: int) -> None:
+        self.queue_depth.set(images)
+
+    def batch(self, images: int, waits: list[float]) -> None:
+        self.batch_size.observe(images)
+        for w in waits:
+            self.queue_wait.observe(w)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.labels(reason if reason in REASONS else "other").inc()
+
+    # -- model -----------------------------------------------------------------------------------
+    def rows(self, point_per_row: Sequence[str], paths: Sequence[str]) -> None:
+        """Per-image accounting of one batch: ``paths[b]`` is row b's '1'/'0' string per layer."""
+        per_layer = [0] * (len(paths[0]) if paths else 0)
+        per_point: dict[str, int] = {}
+        for point, path in zip(point_per_row, paths, strict=True):
+            self.layers.observe(path.count("1"))
+            per_point[point] = per_point.get(point, 0) + 1
+            for j, c in enumerate(path):
+                per_layer[j] += c == "1"
+        for j, count in enumerate(per_layer):
+            if count:
+                self.layer_rows.labels(str(j)).inc(count)
+        for point, count in per_point.items():
+            self.images.labels(point).inc(count)
+
+    def set_active(self, point: str, method: str, weights: str) -> None:
+        self.active_point.info({"point": point, "method": method, "weights": weights})
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

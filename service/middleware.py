@@ -1,0 +1,155 @@
+"""One pure-ASGI middleware in front of every route: admission, body limit, request metrics.
+
+- While draining, ``POST /classify`` is refused with 503 before its body is read; requests
+  admitted earlier are counted (``Admission.inflight``) so that the drain can wait for them.
+- A body larger than ``max_body_bytes`` gets 413: at once when Content-Length says so, or as soon
+  as the streamed bytes pass the limit (the rest is never read).
+- Every response is counted by route and status, and timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from service.metrics import Metrics, route_label
+
+
+class Admission:
+    """Who may come in, and how many admitted requests are still being answered."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.inflight = 0
+        self.last_arrival = time.monotonic()  # of any request, on any route
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float, quiet: float = 0.0) -> bool:
+        """Wait until nothing admitted is in flight and no request has arrived for ``quiet`` s.
+
+        The quiet period matters: a request can sit in a socket buffer, unseen, while the
+        in-flight count is zero. Shutting down then would cut it off; answering it 503 does not.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return False
+            still = self.last_arrival + quiet - time.monotonic()
+            if still <= 0 and self.inflight == 0:
+                return True
+            if time.monotonic() + max(still, 0.01) > deadline:
+                return False
+            await asyncio.sleep(max(still, 0.01))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                    *headers],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _discard_body(receive, limit: int) -> None:
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class ServiceMiddleware:
+    def __init__(self, app, *, metrics: Metrics, admission: Admission, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.admission = admission
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = route_label(scope["path"])
+        self.admission.last_arrival = time.monotonic()
+        t0 = time.perf_counter()
+        status = 500
+        started = False
+        too_large = False
+
+        async def send_wrapper(message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                if too_large:  # the app gave up on the cut-off body: answer what really happened
+                    raise _BodyTooLarge
+                status, started = message["status"], True
+            await send(message)
+
+        received = 0
+
+        async def receive_wrapper():
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        admitted = False
+        self.metrics.inflight.inc()
+        try:
+            if route == "/classify" and scope["method"] == "POST":
+                if self.admission.draining:
+                    # Read (and drop) the body first: closing a socket with unread bytes sends a
+                    # reset, and the client would see a broken connection instead of this 503.
+                    await _discard_body(receive, self.max_body)
+                    self.metrics.rejected("draining")
+                    status = 503
+                    await _send_json(send, 503, {"detail": "the server is draining; Hint: retry on another replica"},
+                                     [(b"retry-after", b"1"), (b"connection", b"close")])  # fmt: skip
+                    return
+                self.admission.enter()
+                admitted = True
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+                too_large = True
+                raise _BodyTooLarge
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except _BodyTooLarge:
+            if started:
+                raise
+            self.metrics.rejected("body_too_large")
+            status = 413
+            await _send_json(send, 413, {
+                "detail": f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
+                          "Hint: send fewer or smaller images per request"},
+                [(b"connection", b"close")])  # fmt: skip
+        finally:
+            if admitted:
+                self.admission.leave()
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)

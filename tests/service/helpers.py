@@ -21,3 +21,15 @@ def bar_image(k: int, size: int = 16, classes: int = 4) -> np.ndarray:
     angle = np.pi * k / classes
     dist = (xs - c) * np.sin(angle) - (ys - c) * np.cos(angle)
     return ((np.abs(dist) < max(1.0, size / 10)) * 220 + 20).astype(np.uint8)
+
+
+def wait_ready(client, timeout: float = 60.0):
+    """Block until /readyz is 200 (the bundle loads after startup); returns the client."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return client
+        time.sleep(0.05)
+    raise AssertionError(f"not ready after {timeout} s: {client.get('/readyz').json()}")

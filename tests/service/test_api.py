@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.engine import Engine
 from service.settings import Settings
-from tests.service.helpers import bar_image, png_bytes
+from tests.service.helpers import bar_image, png_bytes, wait_ready
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -21,14 +25,14 @@ def client(tiny_bundle):
     app = create_app(Settings(bundle=tiny_bundle, device="cpu", max_files=4, max_image_bytes=64 * 1024,
                               max_body_bytes=200 * 1024, admin_token=TOKEN))  # fmt: skip
     with TestClient(app) as c:
-        yield c
+        yield wait_ready(c)
 
 
 @pytest.fixture(scope="module")
 def gates(tiny_gate_bundle):
     app = create_app(Settings(bundle=tiny_gate_bundle, device="cpu", admin_token=TOKEN))
     with TestClient(app) as c:
-        yield c
+        yield wait_ready(c)
 
 
 def files(*blobs):
@@ -109,6 +113,7 @@ def test_rl_point_is_served_with_its_paths(tiny_rl_bundle):
     app = create_app(Settings(bundle=tiny_rl_bundle, device="cpu"))
     blobs = [png_bytes(bar_image(k)) for k in range(4)]
     with TestClient(app) as c:
+        wait_ready(c)
         assert {p["id"] for p in c.get("/pareto").json()["points"]} == {"static", "rl"}
         body = c.post("/classify?point=rl", files=files(*blobs)).json()
         assert body["point"] == "rl"
@@ -229,3 +234,37 @@ def test_the_dashboard_queries_only_what_the_app_exports(client):
     names = exported | counters | infos
     assert set(EXPORTED_METRICS) <= names, set(EXPORTED_METRICS) - names
     assert dashboard_metric_names() <= set(EXPORTED_METRICS)
+
+
+def test_livez_answers_while_the_model_loads_and_readyz_waits(tiny_bundle, monkeypatch):
+    gate = threading.Event()
+    real = Engine.from_dir
+
+    def slow_load(*args, **kwargs):
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Engine, "from_dir", slow_load)
+    with TestClient(create_app(Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN))) as c:
+        assert c.get("/livez").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        assert c.post("/classify", files=files(png_bytes(bar_image(0)))).status_code == 503
+        gate.set()
+        wait_ready(c)
+        assert c.post("/classify", files=files(png_bytes(bar_image(0)))).status_code == 200
+
+
+def test_a_bundle_that_fails_to_load_fails_livez_with_the_reason(tiny_bundle, tmp_path):
+    broken = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, broken)
+    for f in (broken / "weights").glob("*.safetensors"):
+        f.write_bytes(b"not safetensors")
+    with TestClient(create_app(Settings(bundle=broken, device="cpu", admin_token=TOKEN))) as c:
+        for _ in range(200):
+            if c.get("/livez").status_code == 503:
+                break
+            time.sleep(0.05)
+        r = c.get("/livez")
+        assert r.status_code == 503 and r.json()["error"]
+        assert c.get("/readyz").status_code == 503

@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := dataset-fashion-mnist
+# test-only: headless Chromium for tests/service/test_web.py, promtool (from prometheus) for tests/test_monitoring.py
+APT_DEV_PACKAGES := chromium chromium-driver prometheus
 TORCH_SPEC := torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -33,6 +35,14 @@ $(VENV)/.stamp-apt:
 	fi
 	@mkdir -p $(VENV) && touch $@
 
+$(VENV)/.stamp-apt-dev: $(VENV)/.stamp-apt
+	@missing=""; for p in $(APT_DEV_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages for the tests:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed"'
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +58,7 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-runtime
 	@touch $@
 
 setup: $(VENV)/.stamp-apt $(VENV)/.stamp-runtime
-setup-dev: $(VENV)/.stamp-apt $(VENV)/.stamp-dev
+setup-dev: $(VENV)/.stamp-apt-dev $(VENV)/.stamp-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -162,6 +162,43 @@ def _serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
 
 
+def _concurrency_list(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return levels
+
+
+def _bench_parser(sub) -> None:
+    """`skipvit bench NAME`: each benchmark is benchmarks/bench_<NAME>.py with a ``run(args)``."""
+    p = sub.add_parser("bench", help="benchmarks (loopback and in-process only)")
+    bsub = p.add_subparsers(dest="benchmark", required=True)
+    s = bsub.add_parser("server", help="batched server vs a naive endpoint vs the model in-process")
+    s.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to serve and time")
+    s.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
+    s.add_argument("--url", default=None,
+                   help="measure this already running server instead of starting one (loopback only)")  # fmt: skip
+    s.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32, 64], metavar="C1,C2,...",
+                   help="closed-loop clients per level (default 1,8,32,64)")  # fmt: skip
+    s.add_argument("--images-per-request", type=int, default=1)
+    s.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
+    s.add_argument("--requests", type=int, default=None, help="measured requests per level (not --duration)")
+    s.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level")
+    s.add_argument("--request-timeout", type=float, default=30.0, help="seconds until a request fails")
+    s.add_argument("--timeout", type=float, default=900.0, help="bound on the whole load phase, in seconds")
+    s.add_argument("--start-timeout", type=float, default=120.0, help="seconds a server may take to be ready")
+    s.add_argument("--max-batch-size", type=int, default=None, help="SKIPVIT_MAX_BATCH_SIZE for the server")
+    s.add_argument("--max-wait-ms", type=float, default=None, help="SKIPVIT_MAX_WAIT_MS for the server")
+    s.add_argument("--inproc-seconds", type=float, default=3.0, help="seconds per in-process batch size")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or auto (servers and in-process alike)")
+    s.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (test images to send)")
+    s.add_argument("--out-json", default="runs/bench/server.json")
+    s.add_argument("--out-md", default=None, help="also write the markdown table here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skipvit", description="Adaptive-depth ViT: train, search, evaluate, serve."
@@ -172,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _analyze_parser(sub)
     _search_parser(sub)
     _serve_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -216,6 +254,12 @@ def cmd_serve(args) -> None:
     serve(bundle=args.bundle, host=args.host, port=args.port)
 
 
+def cmd_bench(args) -> None:
+    import importlib
+
+    importlib.import_module(f"benchmarks.bench_{args.benchmark}").run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -234,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_analyze(args)
         elif args.command == "serve":
             cmd_serve(args)
+        elif args.command == "bench":
+            cmd_bench(args)
     except (FileNotFoundError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"skipvit: error: {msg}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Model and server benchmarks. Never run as tests; `skipvit bench ...` runs them."""

@@ -1,0 +1,363 @@
+"""`skipvit bench server`: the batched server against a naive endpoint and the model itself.
+
+One run, one machine, every figure measured in it: the real server (`skipvit serve`, dynamic
+batching) and the naive endpoint (`benchmarks.naive_server`, one request at a time) each run as a
+subprocess on a free loopback port, one after the other, under the same closed-loop load
+(`benchmarks.loadgen`) at several concurrencies; then, with both stopped, the same engine is timed
+in this process at the batch sizes the server reached. The verdict and the tables are in
+`benchmarks.server_report`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import check_loopback_url, http_get, request_pool, run_level, summarize
+from benchmarks.server_report import finite, level, machine_info, reference_clients, render_markdown, verdict
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+DEFAULT_MAX_BATCH_SIZE = 64  # the server's documented default, if its Settings do not say
+
+
+# ---- inputs
+
+
+def fashion_mnist_pngs(data_dir: str | None, n: int) -> list[bytes]:
+    """The first ``n`` Fashion-MNIST test images as PNG files: what a client would upload."""
+    from PIL import Image
+
+    from training.data.fashion_mnist import DEFAULT_DIR, FILES, read_idx
+
+    root = Path(data_dir) if data_dir else DEFAULT_DIR
+    path = root / FILES["test"][0]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Fashion-MNIST test images not found at {path}. Hint: `apt-get install "
+            f"dataset-fashion-mnist` puts them in {DEFAULT_DIR}, or pass --data-dir"
+        )
+    pngs = []
+    for arr in read_idx(path)[:n]:  # (28, 28) uint8
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode="L").save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return pngs
+
+
+def resolve_point(bundle: Path, point: str | None) -> str:
+    """``point``, or the bundle's default, checked against its front before any server starts."""
+    meta = json.loads((bundle / "bundle.json").read_text())
+    known = [p["id"] for p in meta.get("front", [])]
+    pid = point or meta["default_point"]
+    if pid not in known:
+        raise ValueError(f"no point {pid!r} in {bundle}; Hint: pick one of {', '.join(known)}")
+    return pid
+
+
+def server_default(name: str, fallback: int | float) -> int | float:
+    """A batching knob as the server process will see it: SKIPVIT_* env, else its Settings default."""
+    env = os.environ.get(f"SKIPVIT_{name.upper()}")
+    if env:
+        return type(fallback)(env)
+    try:
+        from service.settings import Settings
+
+        field = Settings.model_fields.get(name)
+        return field.default if field is not None and field.default is not None else fallback
+    except ImportError:
+        return fallback
+
+
+# ---- server processes
+
+
+class ServerProcess:
+    """A server subprocess on a loopback port: started, awaited on /readyz, stopped by SIGTERM."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.name, self.cmd, self.env, self.port, self.log = name, cmd, env, port, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise SystemExit(f"the {self.name} server exited before it was ready:\n{self.log_tail()}")
+            try:
+                if (await http_get(HOST, self.port, "/readyz", timeout_s=2)).status == 200:
+                    return
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                pass
+            await asyncio.sleep(0.2)
+        raise SystemExit(
+            f"the {self.name} server was not ready after {timeout_s:.0f} s; Hint: raise --start-timeout "
+            f"or read {self.log}:\n{self.log_tail()}"
+        )
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# ---- metrics
+
+
+def histogram_sum_count(text: str, name: str) -> tuple[float, float] | None:
+    """``name``'s _sum and _count from Prometheus text, summed over label sets; None if absent."""
+    totals = {"_sum": 0.0, "_count": 0.0}
+    seen = set()
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        metric, _, value = line.rpartition(" ")
+        suffix = metric[len(name) :].split("{", 1)[0]
+        if suffix in totals:
+            try:
+                totals[suffix] += float(value)
+                seen.add(suffix)
+            except ValueError:
+                pass
+    return (totals["_sum"], totals["_count"]) if seen == set(totals) else None
+
+
+def batch_probe(host: str, port: int, prefix: str = ""):
+    """Reads skipvit_batch_size's (sum, count) from /metrics; None where the server has none."""
+
+    async def probe() -> tuple[float, float] | None:
+        try:
+            resp = await http_get(host, port, f"{prefix}/metrics", timeout_s=5)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return None
+        if resp.status != 200:
+            return None
+        return histogram_sum_count(resp.body.decode("utf-8", "replace"), "skipvit_batch_size")
+
+    return probe
+
+
+def mean_batch(probes: tuple[Any, Any]) -> float | None:
+    before, after = probes
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+# ---- load levels
+
+
+async def measure_server(name: str, host: str, port: int, prefix: str, pool: list[bytes], args,
+                         deadline: float) -> list[dict]:  # fmt: skip
+    """One row per concurrency level; the batched server's rows also get its mean batch size."""
+    rows = []
+    for c in args.concurrency:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SystemExit(
+                f"the overall --timeout of {args.timeout:.0f} s ran out before {name} at {c} clients"
+            )
+        res = await asyncio.wait_for(
+            run_level(host, port, pool, images_per_request=args.images_per_request, concurrency=c,
+                      duration_s=None if args.requests else args.duration, max_requests=args.requests,
+                      warmup_s=args.warmup, request_timeout_s=args.request_timeout,
+                      probe=batch_probe(host, port, prefix) if name == "batched" else None),
+            timeout=left,
+        )  # fmt: skip
+        row = {"server": name, **summarize(res), "mean_batch_size": mean_batch(res.probes)}
+        print(f"  {name:8s} c={c:<4d} {row['images_per_s']:8.1f} images/s  p95 {row['latency_ms']['p95']:8.1f} ms"
+              f"  failed {row['failed']}", file=sys.stderr, flush=True)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _targets(args, bundle: Path, log_dir: Path) -> list[tuple[str, ServerProcess | None, str, int, str]]:
+    """(name, process or None for --url, host, port, path prefix) of the batched and naive servers."""
+    py, env = sys.executable, {**os.environ, "SKIPVIT_LOG_LEVEL": "warning"}
+    knobs = {"SKIPVIT_MAX_BATCH_SIZE": args.max_batch_size, "SKIPVIT_MAX_WAIT_MS": args.max_wait_ms}
+    batched_env = {
+        **env,
+        "SKIPVIT_DEVICE": args.device,
+        **{k: str(v) for k, v in knobs.items() if v is not None},
+    }
+    out = []
+    if args.url:
+        host, port, prefix = check_loopback_url(args.url)
+        out.append(("batched", None, host, port, prefix))
+    else:
+        port = free_port()
+        cmd = [py, "-m", "training.cli", "serve", "--bundle", str(bundle), "--host", HOST, "--port", str(port)]  # fmt: skip
+        out.append(("batched", ServerProcess("batched", cmd, batched_env, port, log_dir / "server-batched.log"),
+                    HOST, port, ""))  # fmt: skip
+    port = free_port()
+    cmd = [py, "-m", "benchmarks.naive_server", "--bundle", str(bundle), "--port", str(port), "--device", args.device]  # fmt: skip
+    out.append(
+        ("naive", ServerProcess("naive", cmd, env, port, log_dir / "server-naive.log"), HOST, port, "")
+    )
+    return out
+
+
+async def measure_all(args, bundle: Path, pngs: list[bytes], log_dir: Path) -> dict[str, list[dict]]:
+    """Each server in turn, alone on the machine: start, wait for /readyz, run the levels, stop."""
+    deadline = time.monotonic() + args.timeout
+    servers: dict[str, list[dict]] = {}
+    for name, proc, host, port, prefix in _targets(args, bundle, log_dir):
+        pool = request_pool(
+            host, port, f"{prefix}/classify?point={args.point}", pngs, args.images_per_request
+        )
+        try:
+            if proc is not None:
+                print(f"starting the {name} server on port {port} ...", file=sys.stderr, flush=True)
+                proc.start()
+                await proc.wait_ready(args.start_timeout)
+            elif (await http_get(host, port, f"{prefix}/readyz")).status != 200:
+                raise SystemExit(f"{args.url}/readyz is not 200; Hint: wait until the server has loaded")
+            servers[name] = await measure_server(name, host, port, prefix, pool, args, deadline)
+        finally:
+            if proc is not None:
+                proc.stop()
+    return servers
+
+
+# ---- in-process reference
+
+
+def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds: float) -> dict:
+    """engine.predict on ``batch_size`` real images at a time, as fast as it goes: the ceiling."""
+    import torch
+
+    n = images.shape[0]
+    starts = range(0, max(1, n - batch_size + 1), batch_size)
+    batches = [images[s : s + batch_size] for s in starts][:64] or [images[:batch_size]]
+    if batches[0].shape[0] < batch_size:  # fewer images than one batch: repeat them
+        reps = math.ceil(batch_size / n)
+        batches = [torch.cat([images] * reps)[:batch_size]]
+    for b in batches[:3]:
+        engine.predict(b, point)
+    done, t0 = 0, time.perf_counter()
+    while True:
+        engine.predict(batches[done % len(batches)], point)
+        done += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds and done >= 5:
+            break
+    return {"batch_size": batch_size, "calls": done, "seconds": round(elapsed, 3),
+            "images_per_s": done * batch_size / elapsed}  # fmt: skip
+
+
+def measure_inprocess(args, bundle: Path, pngs: list[bytes], sizes: dict[int, list[str]]) -> list[dict]:
+    """The ceiling: the same engine, images and point in this process, servers stopped."""
+    import torch
+
+    from service.decode import decode_image
+    from service.engine import Engine
+
+    engine = Engine.from_dir(bundle, args.device)
+    images = torch.stack([decode_image(p, channels=engine.channels, size=engine.image_size,
+                                       max_pixels=1 << 30) for p in pngs])  # fmt: skip  # (N, C, H, W)
+    engine.warm_up()
+    rows = []
+    for b, why in sizes.items():
+        rows.append({**inprocess_images_per_s(engine, images, b, args.point, args.inproc_seconds),
+                     "why": "; ".join(why)})  # fmt: skip
+        print(
+            f"  in-process batch {b:<4d} {rows[-1]['images_per_s']:8.1f} images/s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
+def run(args) -> None:
+    bundle = Path(args.bundle).resolve()
+    if not (bundle / "bundle.json").is_file():
+        raise FileNotFoundError(f"no bundle at {args.bundle}; Hint: pass --bundle checkpoints/fashion-mnist")
+    if args.url:
+        check_loopback_url(args.url)  # refuse before anything starts
+    args.point = resolve_point(bundle, args.point)
+    if args.images_per_request < 1 or args.duration <= 0 or args.warmup < 0:
+        raise ValueError(
+            "--images-per-request and --duration must be positive; Hint: e.g. --images-per-request 1"
+        )
+    per_level = args.warmup + (args.duration if not args.requests else 0)
+    if not args.requests and 2 * len(args.concurrency) * per_level > args.timeout:
+        raise ValueError(f"{len(args.concurrency)} levels x 2 servers x {per_level:g} s exceed --timeout "
+                         f"{args.timeout:g} s; Hint: lower --duration or raise --timeout")  # fmt: skip
+    max_batch = args.max_batch_size or int(server_default("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+    max_wait = (
+        args.max_wait_ms if args.max_wait_ms is not None else server_default("max_wait_ms", float("nan"))
+    )
+    pngs = fashion_mnist_pngs(args.data_dir, max(1024, 256 * args.images_per_request))
+    out_json = Path(args.out_json)
+    servers = asyncio.run(measure_all(args, bundle, pngs, out_json.parent))
+
+    c = reference_clients(servers)
+    seen = level(servers, "batched", c)["mean_batch_size"] if c else None
+    sizes: dict[int, list[str]] = {args.images_per_request: ["the naive endpoint's batch (one request)"]}
+    if seen:
+        ref_batch = max(1, round(seen))
+        sizes.setdefault(ref_batch, []).append(f"the batched server's mean batch at {c} clients")
+        sizes.setdefault(max_batch, []).append("max_batch_size")
+    else:  # no skipvit_batch_size histogram: compare at the largest batch, the ceiling
+        ref_batch = max_batch
+        sizes.setdefault(max_batch, []).append("max_batch_size (the server's mean batch size is n/a)")
+    inproc = measure_inprocess(args, bundle, pngs, sizes)
+
+    settings = {"images_per_request": args.images_per_request, "duration_s": args.duration,
+                "requests": args.requests, "warmup_s": args.warmup, "concurrency": args.concurrency,
+                "device": args.device, "max_batch_size": max_batch, "max_wait_ms": max_wait}  # fmt: skip
+    report = {
+        "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
+        "machine": machine_info(),
+        "bundle": args.bundle,
+        "point": args.point,
+        "url": args.url,
+        "settings": settings,
+        "servers": servers,
+        "in_process": inproc,
+        "targets": verdict(servers, inproc, ref_batch),
+    }
+    markdown = render_markdown(report)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(finite(report), indent=2) + "\n")
+    if args.out_md:
+        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_md).write_text(markdown)
+    print(markdown)
+    print(f"written to {out_json}" + (f" and {args.out_md}" if args.out_md else ""), file=sys.stderr)

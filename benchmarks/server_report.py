@@ -1,0 +1,137 @@
+"""The verdict and the report of `skipvit bench server`: pure functions of the measured figures.
+
+The targets (issue 5): at 64 clients the batched server serves >= 3x the naive endpoint's
+images/s at no worse p95 (and neither fails a request), and >= 70% of the images/s the engine
+reaches in-process at the server's mean batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+TARGET_SPEEDUP, TARGET_EFFICIENCY, TARGET_CLIENTS = 3.0, 0.70, 64
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }  # fmt: skip
+
+
+def reference_clients(servers: dict[str, list[dict]]) -> int | None:
+    """64 clients if both servers ran at 64, else the highest concurrency both ran at."""
+    batched = {r["concurrency"] for r in servers.get("batched", [])}
+    common = batched & {r["concurrency"] for r in servers.get("naive", [])}
+    if not common:
+        return None
+    return TARGET_CLIENTS if TARGET_CLIENTS in common else max(common)
+
+
+def level(servers: dict[str, list[dict]], name: str, c: int) -> dict:
+    return next(r for r in servers[name] if r["concurrency"] == c)
+
+
+def verdict(servers: dict[str, list[dict]], inproc: list[dict], ref_batch: int | None) -> dict:
+    """The two targets at the reference concurrency (64 clients, or the highest one run)."""
+    c = reference_clients(servers)
+    if c is None:
+        return {}
+    bat, nai = level(servers, "batched", c), level(servers, "naive", c)
+    speedup = bat["images_per_s"] / nai["images_per_s"] if nai["images_per_s"] > 0 else float("nan")
+    p95_b, p95_n = bat["latency_ms"]["p95"], nai["latency_ms"]["p95"]
+    clean = bat["failed"] == 0 and nai["failed"] == 0
+    out: dict[str, Any] = {
+        "clients": c,
+        "speedup": {"batched_images_per_s": bat["images_per_s"], "naive_images_per_s": nai["images_per_s"],
+                    "ratio": speedup, "batched_p95_ms": p95_b, "naive_p95_ms": p95_n, "no_failures": clean,
+                    "met": bool(speedup >= TARGET_SPEEDUP and p95_b <= p95_n and clean)},
+    }  # fmt: skip
+    ref = next((r for r in inproc if r["batch_size"] == ref_batch), None)
+    if ref is not None:
+        ratio = bat["images_per_s"] / ref["images_per_s"]
+        out["efficiency"] = {"batch_size": ref_batch, "basis": ref["why"], "served_images_per_s": bat["images_per_s"],
+                             "inprocess_images_per_s": ref["images_per_s"], "ratio": ratio,
+                             "met": bool(ratio >= TARGET_EFFICIENCY)}  # fmt: skip
+    return out
+
+
+def finite(x: Any) -> Any:
+    """NaN (a level with no successful request) -> null, so the JSON stays strict."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite(v) for v in x]
+    return x
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.0f}%"
+
+
+def render_markdown(report: dict) -> str:
+    """The header line, the load table, the in-process table and the verdict, as markdown.
+
+    Load-generator CPU is this process's CPU time over the window, in % of one core: what the
+    generator took from the server on a small machine."""
+    m, s = report["machine"], report["settings"]
+    window = f"{s['requests']} requests" if s["requests"] else f"{s['duration_s']:g} s"
+    lines = [
+        f"`{report['command']}`",
+        "",
+        f"CPU {m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['torch_threads']} threads in the bench "
+        f"process); bundle `{report['bundle']}`, point `{report['point']}`; {s['images_per_request']} image(s) "
+        f"per request, {window} per level after {s['warmup_s']:g} s warm-up; server batching: "
+        f"max_batch_size {s['max_batch_size']}, max_wait_ms {_f(s['max_wait_ms'], 0)}.",
+        "",
+        "| server | clients | requests/s | images/s | p50 ms | p95 ms | p99 ms | failed | 503 | mean batch "
+        "| load-generator CPU |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, rows in report["servers"].items():
+        for r in rows:
+            lat = r["latency_ms"]
+            lines.append(
+                f"| {name} | {r['concurrency']} | {_f(r['requests_per_s'])} | {_f(r['images_per_s'])} | "
+                f"{_f(lat['p50'])} | {_f(lat['p95'])} | {_f(lat['p99'])} | {r['failed']} | {r['status_503']} | "
+                f"{_f(r['mean_batch_size'], 2) if name == 'batched' else '1 request'} | "
+                f"{_pct(r.get('client_cpu_cores'))} |"
+            )
+    lines += ["", "In-process `engine.predict` (same bundle, point, images and device; servers stopped):", "",
+              "| batch size | images/s | why |", "|--:|--:|---|"]  # fmt: skip
+    lines += [f"| {r['batch_size']} | {_f(r['images_per_s'])} | {r['why']} |" for r in report["in_process"]]
+    v = report["targets"]
+    if v:
+        sp = v["speedup"]
+        lines += ["", f"Targets at {v['clients']} clients:", "",
+                  f"- batched / naive images/s: **{_f(sp['ratio'], 2)}x** (target >= {TARGET_SPEEDUP:g}x); p95 "
+                  f"{_f(sp['batched_p95_ms'])} ms vs naive {_f(sp['naive_p95_ms'])} ms (target: no worse)"
+                  f"{'' if sp['no_failures'] else '; some requests failed'}: "
+                  f"**{'met' if sp['met'] else 'not met'}**"]  # fmt: skip
+        if "efficiency" in v:
+            e = v["efficiency"]
+            lines.append(f"- served / in-process images/s at batch {e['batch_size']} ({e['basis']}): "
+                         f"**{_f(100 * e['ratio'])}%** (target >= {100 * TARGET_EFFICIENCY:g}%): "
+                         f"**{'met' if e['met'] else 'not met'}**")  # fmt: skip
+    return "\n".join(lines) + "\n"

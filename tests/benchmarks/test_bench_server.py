@@ -1,0 +1,382 @@
+"""`skipvit bench server`: the HTTP parser, the aggregation, the loopback guard, and the load
+generator against the naive endpoint served in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import math
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.bench_server import (
+    fashion_mnist_pngs,
+    histogram_sum_count,
+    mean_batch,
+    render_markdown,
+    verdict,
+)
+from benchmarks.loadgen import (
+    LevelResult,
+    ProtocolError,
+    Response,
+    check_classify,
+    check_loopback_url,
+    parse_head,
+    percentile,
+    read_response,
+    request_pool,
+    run_level,
+    summarize,
+)
+from training.cli import build_parser, main
+
+# ---- HTTP parsing
+
+
+def _reader(data: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return reader
+
+
+def test_parse_head_reads_status_and_lowercases_header_names():
+    status, headers = parse_head(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0")
+    assert status == 503
+    assert headers == {"retry-after": "1", "content-length": "0"}
+
+
+@pytest.mark.parametrize("head", [b"SPDY/3 200 OK", b"HTTP/1.1 abc", b"HTTP/1.1 200 OK\r\nno colon here"])
+def test_parse_head_refuses_what_is_not_http(head):
+    with pytest.raises(ProtocolError):
+        parse_head(head)
+
+
+def test_read_response_keeps_alive_across_length_chunked_and_empty_bodies():
+    data = (
+        b'HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{"a": true}'
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;ext=1\r\nefg\r\n0\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"
+    )
+
+    async def go():
+        reader = _reader(data)
+        first = await read_response(reader)
+        second = await read_response(reader)
+        third = await read_response(reader)
+        with pytest.raises(asyncio.IncompleteReadError):
+            await read_response(reader)
+        return first, second, third
+
+    first, second, third = asyncio.run(go())
+    assert (first.status, first.body) == (200, b'{"a": true}')
+    assert (second.status, second.body) == (200, b"abcdefg")
+    assert (third.status, third.body) == (204, b"")
+
+
+def test_read_response_without_a_length_is_a_protocol_error():
+    async def go():
+        return await read_response(_reader(b"HTTP/1.1 200 OK\r\n\r\nbody"))
+
+    with pytest.raises(ProtocolError, match="Content-Length"):
+        asyncio.run(go())
+
+
+def test_check_classify_counts_results():
+    body = json.dumps({"point": "static", "results": [{"index": 1}, {"index": 2}]}).encode()
+    assert check_classify(Response(200, {}, body), 2) is None
+    assert check_classify(Response(200, {}, body), 3) == "2 results for 3 images"
+    assert check_classify(Response(503, {}, b"{}"), 2) == "status 503"
+    assert check_classify(Response(200, {}, b"<html>"), 2) == "body is not the /classify JSON"
+
+
+def test_request_pool_builds_a_complete_multipart_post():
+    pngs = [b"PNG-A", b"PNG-B", b"PNG-C"]
+    pool = request_pool("127.0.0.1", 9, "/classify?point=x", pngs, per_request=2)
+    assert len(pool) == 1  # three images make one request of two
+    head, _, body = pool[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /classify?point=x HTTP/1.1\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert body.count(b'name="files"') == 2 and b"PNG-A" in body and b"PNG-B" in body
+    with pytest.raises(ValueError):
+        request_pool("127.0.0.1", 9, "/classify", [], per_request=1)
+
+
+# ---- aggregation
+
+
+@pytest.mark.parametrize("q", [0, 1, 50, 95, 99, 100])
+def test_percentile_matches_numpy(q):
+    values = sorted(np.random.default_rng(q).exponential(20.0, size=257).tolist())
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_of_small_samples():
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    assert percentile([10.0, 20.0], 50) == 15.0
+
+
+def test_summarize_counts_only_successes_in_the_rates():
+    res = LevelResult(concurrency=4, images_per_request=2, elapsed_s=2.0)
+    res.latencies_ms = [float(v) for v in range(1, 101)]  # 100 successes
+    res.failed, res.status_503 = 6, 4
+    out = summarize(res)
+    assert out["requests"] == 100 and out["images"] == 200
+    assert out["requests_per_s"] == 50.0 and out["images_per_s"] == 100.0
+    assert out["latency_ms"]["p50"] == pytest.approx(50.5)
+    assert out["latency_ms"]["max"] == 100.0
+    assert (out["failed"], out["status_503"]) == (6, 4)
+
+
+METRICS = """\
+# HELP skipvit_batch_size images per forward pass
+# TYPE skipvit_batch_size histogram
+skipvit_batch_size_bucket{le="1.0"} 3.0
+skipvit_batch_size_bucket{le="+Inf"} 10.0
+skipvit_batch_size_count 10.0
+skipvit_batch_size_sum 45.0
+skipvit_batch_size_created 1.7e9
+skipvit_batch_size_other_sum 99.0
+skipvit_requests_total{status="200"} 12.0
+"""
+
+
+def test_histogram_sum_count_reads_prometheus_text():
+    assert histogram_sum_count(METRICS, "skipvit_batch_size") == (45.0, 10.0)
+    assert histogram_sum_count("skipvit_requests_total 3\n", "skipvit_batch_size") is None
+    labelled = 'h_sum{point="a"} 2\nh_sum{point="b"} 3\nh_count{point="a"} 1\nh_count{point="b"} 1\n'
+    assert histogram_sum_count(labelled, "h") == (5.0, 2.0)
+
+
+def test_mean_batch_is_the_delta_ratio_or_none():
+    assert mean_batch(((45.0, 10.0), (245.0, 20.0))) == 20.0
+    assert mean_batch((None, (1.0, 1.0))) is None
+    assert mean_batch(((5.0, 2.0), (5.0, 2.0))) is None  # no batch ran in the window
+
+
+def _level(server, c, images_per_s, p95, failed=0, mean=None):
+    return {"server": server, "concurrency": c, "requests_per_s": images_per_s, "images_per_s": images_per_s,
+            "latency_ms": {"p50": p95 / 2, "p95": p95, "p99": p95 * 1.2}, "failed": failed,
+            "status_503": 0, "mean_batch_size": mean}  # fmt: skip
+
+
+def test_verdict_checks_both_targets_at_64_clients():
+    servers = {
+        "batched": [_level("batched", 8, 500, 20, mean=6.0), _level("batched", 64, 1200, 60, mean=31.6)],
+        "naive": [_level("naive", 8, 300, 30), _level("naive", 64, 350, 190)],
+    }
+    inproc = [{"batch_size": 32, "images_per_s": 1500.0, "why": "mean batch"}]
+    v = verdict(servers, inproc, ref_batch=32)
+    assert v["clients"] == 64
+    assert v["speedup"]["ratio"] == pytest.approx(1200 / 350) and v["speedup"]["met"]
+    assert v["efficiency"]["ratio"] == pytest.approx(0.8) and v["efficiency"]["met"]
+    # worse p95 than naive fails the first target even at a high speedup
+    servers["batched"][1]["latency_ms"]["p95"] = 200
+    assert not verdict(servers, inproc, 32)["speedup"]["met"]
+    # below 70% of in-process fails the second
+    assert not verdict(servers, [{**inproc[0], "images_per_s": 1800.0}], 32)["efficiency"]["met"]
+
+
+def test_verdict_uses_the_highest_common_concurrency_without_64():
+    servers = {
+        "batched": [_level("batched", 16, 900, 30, failed=2)],
+        "naive": [_level("naive", 16, 100, 160)],
+    }
+    v = verdict(servers, [], ref_batch=None)
+    assert v["clients"] == 16 and "efficiency" not in v
+    assert not v["speedup"]["met"] and not v["speedup"]["no_failures"]  # failures never pass
+
+
+def test_render_markdown_has_one_row_per_level_and_the_verdict():
+    servers = {
+        "batched": [_level("batched", 64, 1200, 60, mean=None)],
+        "naive": [_level("naive", 64, 350, 190)],
+    }
+    inproc = [{"batch_size": 64, "images_per_s": 1500.0, "why": "max_batch_size"}]
+    report = {
+        "command": "skipvit bench server", "bundle": "b", "point": "static", "servers": servers,
+        "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
+        "settings": {"images_per_request": 1, "duration_s": 10.0, "requests": None, "warmup_s": 1.0,
+                     "max_batch_size": 64, "max_wait_ms": float("nan")},
+        "in_process": inproc, "targets": verdict(servers, inproc, 64),
+    }  # fmt: skip
+    md = render_markdown(report)
+    assert "| batched | 64 | 1,200.0 | 1,200.0 |" in md and "| naive | 64 |" in md
+    assert "max_wait_ms n/a" in md and "| n/a |" in md  # absent /metrics shows as n/a
+    assert "**3.43x**" in md and "**80.0%**" in md and "**met**" in md
+
+
+# ---- loopback only
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000", "http://127.9.9.9:1/", "http://localhost:8000", "http://[::1]:8000/x"]
+)
+def test_loopback_urls_are_accepted(url):
+    host, port, prefix = check_loopback_url(url)
+    assert host in ("127.0.0.1", "127.9.9.9", "localhost", "::1")
+    assert port in (1, 8000) and prefix in ("", "/x")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.5:8000", "http://192.168.1.2", "http://example.com", "http://localhost.example.com:80",
+     "http://[2001:db8::1]:80", "http://0.0.0.0:8000", "https://127.0.0.1:8443", "127.0.0.1:8000"],
+)  # fmt: skip
+def test_other_hosts_are_refused(url):
+    with pytest.raises(ValueError, match="Hint"):
+        check_loopback_url(url)
+
+
+def test_the_cli_refuses_a_remote_url_before_starting_anything(capsys, tmp_path):
+    (tmp_path / "bundle.json").write_text('{"default_point": "static", "front": [{"id": "static"}]}')
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "server", "--bundle", str(tmp_path), "--url", "http://203.0.113.7:8000"])
+    assert e.value.code == 2
+    assert "not a loopback address" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_an_unknown_point_before_starting_anything(capsys, tmp_path):
+    (tmp_path / "bundle.json").write_text('{"default_point": "static", "front": [{"id": "static"}]}')
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "server", "--bundle", str(tmp_path), "--point", "nope"])
+    assert e.value.code == 2
+    assert "no point 'nope'" in capsys.readouterr().err
+
+
+def test_cli_parses_the_bench_server_flags():
+    args = build_parser().parse_args(["bench", "server", "--concurrency", "1,16", "--max-batch-size", "32"])
+    assert (args.command, args.benchmark, args.concurrency, args.max_batch_size) == (
+        "bench",
+        "server",
+        [1, 16],
+        32,
+    )
+    assert build_parser().parse_args(["bench", "server"]).concurrency == [1, 8, 32, 64]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "server", "--concurrency", "0,8"])
+
+
+def test_fashion_mnist_pngs_encode_the_idx_test_images(tmp_path):
+    images = np.arange(3 * 28 * 28, dtype=np.uint32).reshape(3, 28, 28) % 251
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + images.astype(np.uint8).tobytes())
+    pngs = fashion_mnist_pngs(str(tmp_path), 2)
+    assert len(pngs) == 2
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(pngs[1]))), images[1].astype(np.uint8))
+    with pytest.raises(FileNotFoundError, match="Hint"):
+        fashion_mnist_pngs(str(tmp_path / "missing"), 2)
+
+
+# ---- the load generator, end to end
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_level_counts_503s_and_reconnects_after_connection_close():
+    """A canned server: every third answer is a 503 that closes the connection."""
+    ok = json.dumps({"point": "p", "results": [{}]}).encode()
+    served = [0]
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                served[0] += 1
+                if served[0] % 3 == 0:
+                    writer.write(
+                        b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    await writer.drain()
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok))
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    async def go():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
+            return await run_level("127.0.0.1", port, pool, images_per_request=1, concurrency=3,
+                                   duration_s=None, max_requests=60, warmup_s=0.05)  # fmt: skip
+
+    res = asyncio.run(go())
+    assert res.ok + res.failed == 60
+    assert res.status_503 == res.failed > 0 and res.ok > 0
+    assert res.statuses[200] == res.ok and res.statuses[503] == res.status_503
+    assert res.elapsed_s > 0
+
+
+@pytest.fixture(scope="module")
+def naive_port(tiny_bundle):
+    """The naive endpoint over the tiny bundle, under uvicorn in a thread of this process."""
+    import uvicorn
+
+    from benchmarks.naive_server import create_naive_app
+
+    port = _free_port()
+    config = uvicorn.Config(
+        create_naive_app(tiny_bundle, "cpu"), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the naive app did not start"
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def _pngs(n: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), mode="L").save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def test_load_generator_against_the_naive_endpoint(naive_port):
+    pool = request_pool("127.0.0.1", naive_port, "/classify", _pngs(8), per_request=2)
+    res = asyncio.run(run_level("127.0.0.1", naive_port, pool, images_per_request=2, concurrency=2,
+                                duration_s=1.0, warmup_s=0.3))  # fmt: skip
+    out = summarize(res)
+    assert res.failed == 0, res.error_samples
+    assert res.ok > 5 and dict(res.statuses) == {200: res.ok}
+    assert out["images"] == 2 * out["requests"] == 2 * len(res.latencies_ms)
+    assert 0.9 < res.elapsed_s < 1.5
+    assert out["images_per_s"] == pytest.approx(out["images"] / res.elapsed_s)
+    assert 0 < out["latency_ms"]["p50"] <= out["latency_ms"]["p95"] <= out["latency_ms"]["p99"]
+
+
+def test_load_generator_counts_every_failure(naive_port):
+    pool = request_pool("127.0.0.1", naive_port, "/classify?point=nope", _pngs(2), per_request=1)
+    res = asyncio.run(run_level("127.0.0.1", naive_port, pool, images_per_request=1, concurrency=2,
+                                duration_s=None, max_requests=12, warmup_s=0.0))  # fmt: skip
+    assert res.ok == 0 and res.failed == 12 and dict(res.statuses) == {404: 12}
+    assert res.error_samples[0] == "status 404"

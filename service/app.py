@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from service.auth import admin_token, bearer_ok
 from service.batcher import Batcher, Knobs, Rejected
 from service.decode import DecodeError, decode_image
-from service.engine import Engine, RowResult
+from service.engine import BundleView, Engine, RowResult
 from service.metrics import Metrics
 from service.middleware import Admission, ServiceMiddleware
 from service.schemas import (
@@ -36,6 +36,7 @@ from service.schemas import (
     TopK,
 )
 from service.settings import Settings
+from service.worker import EngineGone, EngineProcess
 
 log = logging.getLogger("skipvit.service")
 STATIC = Path(__file__).parent / "static"
@@ -70,13 +71,28 @@ def serving(point) -> str:
     return "batched per image with the requests of the same point"
 
 
+def start_engine(settings: Settings) -> BundleView:
+    """Load the bundle and warm it up, in a child process (default) or in this one."""
+    if settings.engine == "process":
+        return EngineProcess(settings.bundle, settings.device, settings.top_k, settings.torch_threads)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    engine = Engine.from_dir(settings.bundle, settings.device, settings.top_k)
+    engine.warm_up()
+    return engine
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     admission = Admission()
 
     def run_batch(images: torch.Tensor, points: list[str]) -> list[RowResult]:  # worker thread
-        rows = app.state.engine.predict(images, points)
+        try:
+            rows = app.state.engine.predict(images, points)
+        except EngineGone as e:  # /livez fails from now on, so that an orchestrator restarts us
+            app.state.load_error = str(e)
+            raise
         metrics.rows(points, [r.path for r in rows])
         return rows
 
@@ -84,14 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Load the bundle, warm up, start the batcher. Runs after startup, so that /livez answers
         (and /readyz says 503) while the model loads."""
         try:
-            engine = await run_in_threadpool(
-                Engine.from_dir, settings.bundle, settings.device, settings.top_k
-            )
+            engine = await run_in_threadpool(start_engine, settings)
             app.state.engine = engine
             metrics.init_layers(engine.depth)
             active = engine.point(settings.point)
             metrics.set_active(active.id, active.method, active.weights)
-            await run_in_threadpool(engine.warm_up)
             batcher = Batcher(
                 run_batch,
                 active=active.id,
@@ -126,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await loading
             if getattr(app.state, "batcher", None) is not None:
                 await app.state.batcher.stop()
+            if getattr(app.state, "engine", None) is not None:
+                await run_in_threadpool(app.state.engine.close)
 
     app = FastAPI(title="skipvit", version="0.1.0", lifespan=lifespan,
                   description="Adaptive-depth ViT classification: each image runs only the layers it needs.")  # fmt: skip
@@ -207,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         point: Annotated[str | None, Query(description="point id; default: the active point")] = None,
     ) -> ClassifyResponse:
         batcher = _ready_batcher()  # draining is refused earlier, by the middleware
-        engine: Engine = app.state.engine
+        engine: BundleView = app.state.engine
         if len(files) > settings.max_files:
             raise reject(413, "too_many_files",
                          f"{len(files)} files in one request; the limit is {settings.max_files} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -35,24 +36,16 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-class Engine:
-    def __init__(self, bundle: Bundle, device: torch.device, top_k: int = 3) -> None:
-        self.bundle = bundle
-        self.device = device
-        self.top_k = min(top_k, bundle.architecture.num_classes)
-        ds = bundle.dataset
+class BundleView:
+    """What the service needs to know of a bundle without running it: classes, image layout,
+    points and their batch keys."""
+
+    def __init__(self, bundle: Bundle | str | Path, top_k: int = 3) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.top_k = min(top_k, self.bundle.architecture.num_classes)
+        ds = self.bundle.dataset
         self.classes: list[str] = list(ds["classes"])
         self.channels, self.image_size = int(ds["channels"]), int(ds["image_size"])
-        self._mean = torch.tensor(ds["mean"], device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(ds["std"], device=device).view(1, -1, 1, 1)
-        self._models: dict[str, AdaptiveViT] = {}
-        self._lock = threading.Lock()  # one forward at a time: torch already uses every core
-        for name in {p.weights for p in bundle.front}:
-            self._models[name] = bundle.build_model(name, device)
-
-    @classmethod
-    def from_dir(cls, path, device: str = "auto", top_k: int = 3) -> Engine:
-        return cls(load_bundle(path), resolve_device(device), top_k)
 
     def point(self, point_id: str | None) -> Point:
         return self.bundle.point(point_id)
@@ -64,6 +57,28 @@ class Engine:
     @property
     def depth(self) -> int:
         return self.bundle.architecture.depth
+
+    def close(self) -> None:
+        pass
+
+
+class Engine(BundleView):
+    """Runs the bundle in this process: one model per weight set, one forward at a time."""
+
+    def __init__(self, bundle: Bundle, device: torch.device, top_k: int = 3) -> None:
+        super().__init__(bundle, top_k)
+        self.device = device
+        ds = bundle.dataset
+        self._mean = torch.tensor(ds["mean"], device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(ds["std"], device=device).view(1, -1, 1, 1)
+        self._models: dict[str, AdaptiveViT] = {}
+        self._lock = threading.Lock()  # one forward at a time: torch already uses every core
+        for name in {p.weights for p in bundle.front}:
+            self._models[name] = bundle.build_model(name, device)
+
+    @classmethod
+    def from_dir(cls, path, device: str = "auto", top_k: int = 3) -> Engine:
+        return cls(load_bundle(path), resolve_device(device), top_k)
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor, points: str | Sequence[str] | None = None) -> list[RowResult]:

@@ -16,6 +16,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: Literal["process", "thread"] = Field(
+        "process", description="run the model in a child process (own GIL) or in a thread of this one"
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="torch intra-op threads (default: torch's)"
+    )
     point: str | None = Field(None, description="point active at start (default: the bundle's default)")
     top_k: int = Field(3, ge=1, le=100)
     # dynamic batching (initial values; PUT /config changes them at runtime)

@@ -245,7 +245,8 @@ def test_livez_answers_while_the_model_loads_and_readyz_waits(tiny_bundle, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(Engine, "from_dir", slow_load)
-    with TestClient(create_app(Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN))) as c:
+    settings = Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, engine="thread")
+    with TestClient(create_app(settings)) as c:
         assert c.get("/livez").status_code == 200
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["ready"] is False

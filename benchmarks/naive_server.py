@@ -27,18 +27,10 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse
 
 from service.decode import DecodeError, decode_image
-from service.engine import Engine, RowResult
-from service.schemas import ClassifyResponse, ClassifyResult, TopK
+from service.engine import Engine
+from service.schemas import ClassifyResponse, encode_row
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # the real server's default decoded-pixel cap
-
-
-def _encode(r: RowResult) -> ClassifyResult:
-    return ClassifyResult(
-        label=r.label, index=r.index, probability=round(r.probability, 6),
-        top_k=[TopK(label=lbl, index=i, probability=round(p, 6)) for lbl, i, p in r.top_k],
-        layers_executed=r.layers_executed, path=r.path,
-    )  # fmt: skip
 
 
 def create_naive_app(bundle: str | Path, device: str = "cpu", top_k: int = 3) -> FastAPI:
@@ -87,7 +79,7 @@ def create_naive_app(bundle: str | Path, device: str = "cpu", top_k: int = 3) ->
         async with one_at_a_time:
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(app.state.worker, engine.predict, batch, point_id)
-        return ClassifyResponse(point=point_id, results=[_encode(r) for r in results])
+        return ClassifyResponse(point=point_id, results=[encode_row(r) for r in results])
 
     return app
 

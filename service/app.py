@@ -28,12 +28,11 @@ from service.metrics import Metrics
 from service.middleware import Admission, ServiceMiddleware
 from service.schemas import (
     ClassifyResponse,
-    ClassifyResult,
     ConfigResponse,
     ConfigUpdate,
     ParetoResponse,
     PointOut,
-    TopK,
+    encode_row,
 )
 from service.settings import Settings
 from service.worker import EngineGone, EngineProcess
@@ -41,14 +40,6 @@ from service.worker import EngineGone, EngineProcess
 log = logging.getLogger("skipvit.service")
 STATIC = Path(__file__).parent / "static"
 DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode on the event loop; bigger ones in a thread
-
-
-def _encode(r: RowResult) -> ClassifyResult:
-    return ClassifyResult(
-        label=r.label, index=r.index, probability=round(r.probability, 6),
-        top_k=[TopK(label=lbl, index=i, probability=round(p, 6)) for lbl, i, p in r.top_k],
-        layers_executed=r.layers_executed, path=r.path,
-    )  # fmt: skip
 
 
 METHOD_TEXT = {
@@ -249,7 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Rejected as e:
             headers = {"Retry-After": str(int(e.retry_after or 1))} if e.status == 503 else None
             raise HTTPException(e.status, str(e), headers=headers) from None
-        return ClassifyResponse(point=answer.point, results=[_encode(r) for r in answer.rows])
+        return ClassifyResponse(point=answer.point, results=[encode_row(r) for r in answer.rows])
 
     def _points() -> list[PointOut]:
         active = app.state.batcher.active

@@ -22,6 +22,15 @@ class ClassifyResult(BaseModel):
     path: str
 
 
+def encode_row(r) -> ClassifyResult:
+    """A ``service.engine.RowResult`` as the API's result (probabilities rounded to 6 places)."""
+    return ClassifyResult(
+        label=r.label, index=r.index, probability=round(r.probability, 6),
+        top_k=[TopK(label=lbl, index=i, probability=round(p, 6)) for lbl, i, p in r.top_k],
+        layers_executed=r.layers_executed, path=r.path,
+    )  # fmt: skip
+
+
 class ClassifyResponse(BaseModel):
     point: str
     results: list[ClassifyResult]

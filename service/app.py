@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -26,6 +26,7 @@ from service.decode import DecodeError, decode_image
 from service.engine import BundleView, Engine, RowResult
 from service.metrics import Metrics
 from service.middleware import Admission, ServiceMiddleware
+from service.multipart import MultipartError, read_files
 from service.schemas import (
     ClassifyResponse,
     ConfigResponse,
@@ -60,6 +61,28 @@ def serving(point) -> str:
     if point.method in ("rl", "nsga", "nsga-joint"):
         return f"batched per image: shares one forward with every gate point of weights {point.weights!r}"
     return "batched per image with the requests of the same point"
+
+
+CLASSIFY_BODY = {  # documents the body that read_files parses (FastAPI does not see it)
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "PNG, JPEG or WebP images, answered in this order",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 def start_engine(settings: Settings) -> BundleView:
@@ -207,13 +230,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data, content_type = metrics.exposition()
         return Response(data, media_type=content_type)
 
-    @app.post("/classify", response_model=ClassifyResponse)
+    @app.post("/classify", response_model=ClassifyResponse, openapi_extra=CLASSIFY_BODY)
     async def classify(
-        files: Annotated[list[UploadFile], File(description="PNG, JPEG or WebP images")],
+        request: Request,
         point: Annotated[str | None, Query(description="point id; default: the active point")] = None,
     ) -> ClassifyResponse:
         batcher = _ready_batcher()  # draining is refused earlier, by the middleware
         engine: BundleView = app.state.engine
+        try:  # the middleware has capped the body at SKIPVIT_MAX_BODY_BYTES
+            files = read_files(request.headers.get("content-type"), await request.body())
+        except MultipartError as e:
+            raise reject(422, "bad_image", str(e)) from None
         if len(files) > settings.max_files:
             raise reject(413, "too_many_files",
                          f"{len(files)} files in one request; the limit is {settings.max_files} "
@@ -221,9 +248,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if point is not None:
             _known(point)
         tensors = []
-        for i, f in enumerate(files):
-            data = await f.read(settings.max_image_bytes + 1)
-            name = f.filename or f"file {i}"
+        for i, (filename, data) in enumerate(files):
+            name = filename or f"file {i}"
             if len(data) > settings.max_image_bytes:
                 raise reject(413, "body_too_large", f"{name}: larger than {settings.max_image_bytes} bytes")
             args = dict(channels=engine.channels, size=engine.image_size,

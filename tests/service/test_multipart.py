@@ -1,0 +1,46 @@
+"""The strict multipart reader of POST /classify, on bodies built by httpx (a real client)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from service.multipart import MultipartError, read_files
+
+
+def encoded(files=None, data=None) -> tuple[str, bytes]:
+    req = httpx.Request("POST", "http://127.0.0.1/classify", files=files, data=data)
+    return req.headers["content-type"], req.read()
+
+
+def test_reads_the_files_parts_in_order_and_ignores_other_fields():
+    blobs = [b"\x89PNG first", b"second\r\n--not-a-boundary\r\n", b""]
+    ctype, body = encoded(files=[("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)],
+                          data={"note": "x"})  # fmt: skip
+    assert read_files(ctype, body) == [(f"{i}.png", b) for i, b in enumerate(blobs)]
+
+
+def test_a_quoted_boundary_and_a_filename_with_a_semicolon():
+    body = (b'--b;x\r\nContent-Disposition: form-data; name="files"; filename="a;b.png"\r\n\r\n'
+            b"DATA\r\n--b;x--\r\n")  # fmt: skip
+    assert read_files('multipart/form-data; boundary="b;x"', body) == [("a;b.png", b"DATA")]
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "message"),
+    [
+        ("application/json", b"{}", "not multipart"),
+        (None, b"", "untyped"),
+        ("multipart/form-data", b"--x\r\n", "no boundary"),
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=\"files\"\r\n\r\nab",
+         "truncated"),
+        ("multipart/form-data; boundary=x", b"--x\r\nno separator\r\n--x--", "separator"),
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Type: image/png\r\n\r\nab\r\n--x--", "Disposition"),
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nab\r\n--x--",
+         "no part named 'files'"),
+    ],
+)  # fmt: skip
+def test_malformed_bodies_say_what_to_send(ctype, body, message):
+    with pytest.raises(MultipartError, match=message) as e:
+        read_files(ctype, body)
+    assert "Hint" in str(e.value)

@@ -190,9 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        missing_files = any(e.get("loc", [None, None])[-1] == "files" for e in exc.errors())
-        hint = "Hint: send multipart/form-data with one or more parts named 'files'." if missing_files else ""
-        return JSONResponse(status_code=422, content={"detail": jsonable_errors(exc), "hint": hint})
+        return JSONResponse(status_code=422, content={"detail": jsonable_errors(exc)})
 
     def require_admin(request: Request) -> None:
         if not bearer_ok(request.headers.get("authorization"), getattr(app.state, "admin_token", "")):
@@ -224,9 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=200 if ready else 503, content=body)
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        if getattr(app.state, "batcher", None) is not None:
-            metrics.queued(app.state.batcher.queued_images)
+    async def prometheus_metrics() -> Response:  # the batcher keeps the queue gauge current
         data, content_type = metrics.exposition()
         return Response(data, media_type=content_type)
 

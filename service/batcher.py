@@ -87,7 +87,6 @@ class Pending:
     arrived: float
     deadline: float
     future: asyncio.Future | None = None
-    served_by: str | None = None  # the point it was planned with
 
     @property
     def n(self) -> int:
@@ -198,7 +197,6 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._batch_seconds = 0.0  # moving average of one batch's compute time (for Retry-After)
-        self.running = False  # a batch is computing
 
     # -- control -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -235,10 +233,6 @@ class Batcher:
     @property
     def queued_images(self) -> int:
         return self._queued_images
-
-    @property
-    def idle(self) -> bool:
-        return not self._queue and not self.running
 
     # -- admission -----------------------------------------------------------------------------
     def submit(self, images: torch.Tensor, point: str | None = None) -> asyncio.Future:
@@ -318,7 +312,6 @@ class Batcher:
         images = torch.cat([r.images for r in batch]) if len(batch) > 1 else batch[0].images
         row_points = [pt for r, pt in zip(batch, points, strict=True) for _ in range(r.n)]
         self.observer.batch(images.shape[0], [now - r.arrived for r in batch])
-        self.running = True
         t0 = time.perf_counter()
         try:
             rows = await loop.run_in_executor(self._executor, self._run, images, row_points)
@@ -329,11 +322,9 @@ class Batcher:
                 self._settle(req, exc=e)
             return
         finally:
-            self.running = False
             dt = time.perf_counter() - t0
             self._batch_seconds = dt if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * dt
         start = 0
         for req, point in zip(batch, points, strict=True):
-            req.served_by = point
             self._settle(req, Answer(point, rows[start : start + req.n]))
             start += req.n

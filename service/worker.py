@@ -87,10 +87,6 @@ class EngineProcess(BundleView):
     def warm_up(self) -> None:  # done in the child before it reported ready
         pass
 
-    @property
-    def alive(self) -> bool:
-        return self._proc.is_alive()
-
     def close(self, timeout: float = 5.0) -> None:
         if self._proc.is_alive():
             with contextlib.suppress(OSError):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import check_loopback_url, http_get, request_pool, run_level, summarize
+from benchmarks.loadgen import check_loopback_url, http_get, request_pool, run_async, run_level, summarize
 from benchmarks.server_report import finite, level, machine_info, reference_clients, render_markdown, verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,7 +325,7 @@ def run(args) -> None:
     )
     pngs = fashion_mnist_pngs(args.data_dir, max(1024, 256 * args.images_per_request))
     out_json = Path(args.out_json)
-    servers = asyncio.run(measure_all(args, bundle, pngs, out_json.parent))
+    servers = run_async(measure_all(args, bundle, pngs, out_json.parent))
 
     c = reference_clients(servers)
     seen = level(servers, "batched", c)["mean_batch_size"] if c else None

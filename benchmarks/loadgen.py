@@ -5,6 +5,9 @@ with the server it measures, so every microsecond of client-side Python is charg
 Here a request is one pre-built ``bytes`` object written to a kept-alive connection (one per
 virtual client), and a response is a status line, headers and a Content-Length (or chunked) body.
 
+The generator runs on uvloop where it is installed (the server's own dependency): its CPU per
+request is then about a tenth of the server's.
+
 Closed loop: each of C clients sends its next request when the previous answer arrives. A level
 runs a warm-up, then a measured window; throughput and latency come from the requests that
 *complete* inside the window and succeeded (status 200 and the right number of results).
@@ -28,6 +31,15 @@ MAX_HEAD_BYTES = 64 * 1024
 
 class ProtocolError(Exception):
     """The server's bytes are not an HTTP/1.1 response this client understands."""
+
+
+def run_async(coro):
+    """``asyncio.run(coro)`` on uvloop when it is installed: the cheaper loop for the generator."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 # ---- loopback only

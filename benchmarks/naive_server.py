@@ -24,11 +24,11 @@ from typing import Annotated
 
 import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from service.decode import DecodeError, decode_image
 from service.engine import Engine
-from service.schemas import ClassifyResponse, encode_row
+from service.schemas import ClassifyResponse, classify_body
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # the real server's default decoded-pixel cap
 
@@ -59,7 +59,7 @@ def create_naive_app(bundle: str | Path, device: str = "cpu", top_k: int = 3) ->
     @app.post("/classify", response_model=ClassifyResponse)
     async def classify(
         files: Annotated[list[UploadFile], File()], point: Annotated[str | None, Query()] = None
-    ) -> ClassifyResponse:
+    ) -> Response:
         if not app.state.ready:
             raise HTTPException(503, "the model is not loaded yet", headers={"Retry-After": "1"})
         engine: Engine = app.state.engine
@@ -79,7 +79,7 @@ def create_naive_app(bundle: str | Path, device: str = "cpu", top_k: int = 3) ->
         async with one_at_a_time:
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(app.state.worker, engine.predict, batch, point_id)
-        return ClassifyResponse(point=point_id, results=[encode_row(r) for r in results])
+        return Response(classify_body(point_id, results), media_type="application/json")
 
     return app
 

@@ -11,10 +11,9 @@ import contextlib
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
 
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -33,7 +32,7 @@ from service.schemas import (
     ConfigUpdate,
     ParetoResponse,
     PointOut,
-    encode_row,
+    classify_body,
 )
 from service.settings import Settings
 from service.worker import EngineGone, EngineProcess
@@ -63,7 +62,16 @@ def serving(point) -> str:
     return "batched per image with the requests of the same point"
 
 
-CLASSIFY_BODY = {  # documents the body that read_files parses (FastAPI does not see it)
+CLASSIFY_OPENAPI = {  # documents what the route reads itself (FastAPI does not see it)
+    "parameters": [
+        {
+            "name": "point",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "point id (see GET /pareto); default: the active point",
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -81,7 +89,7 @@ CLASSIFY_BODY = {  # documents the body that read_files parses (FastAPI does not
                 }
             }
         },
-    }
+    },
 }
 
 
@@ -226,11 +234,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data, content_type = metrics.exposition()
         return Response(data, media_type=content_type)
 
-    @app.post("/classify", response_model=ClassifyResponse, openapi_extra=CLASSIFY_BODY)
-    async def classify(
-        request: Request,
-        point: Annotated[str | None, Query(description="point id; default: the active point")] = None,
-    ) -> ClassifyResponse:
+    @app.post("/classify", response_model=ClassifyResponse, openapi_extra=CLASSIFY_OPENAPI)
+    async def classify(request: Request) -> Response:
+        # The hot route reads its query, body and answer itself: FastAPI's parameter solving and
+        # response-model validation were a fifth of the server's CPU per request under load.
+        point = request.query_params.get("point")
         batcher = _ready_batcher()  # draining is refused earlier, by the middleware
         engine: BundleView = app.state.engine
         try:  # the middleware has capped the body at SKIPVIT_MAX_BODY_BYTES
@@ -262,7 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Rejected as e:
             headers = {"Retry-After": str(int(e.retry_after or 1))} if e.status == 503 else None
             raise HTTPException(e.status, str(e), headers=headers) from None
-        return ClassifyResponse(point=answer.point, results=[encode_row(r) for r in answer.rows])
+        return Response(classify_body(answer.point, answer.rows), media_type="application/json")
 
     def _points() -> list[PointOut]:
         active = app.state.batcher.active

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.engine import Engine
+from service.schemas import ClassifyResponse
 from service.settings import Settings
 from tests.service.helpers import bar_image, png_bytes, wait_ready
 
@@ -48,6 +49,8 @@ def test_classify_shape_and_order(client):
     blobs = [png_bytes(bar_image(k)) for k in (0, 1, 2, 3)]
     r = client.post("/classify", files=files(*blobs))
     assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    ClassifyResponse.model_validate_json(r.content)  # the body matches what OpenAPI documents
     body = r.json()
     assert body["point"] == "static" and len(body["results"]) == 4
     for res in body["results"]:
@@ -107,6 +110,12 @@ def test_pareto_and_config(client):
 def test_openapi_lists_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/classify", "/pareto", "/config", "/livez", "/readyz"} <= set(paths)
+    classify = paths["/classify"]["post"]
+    assert [p["name"] for p in classify["parameters"]] == ["point"]
+    assert "multipart/form-data" in classify["requestBody"]["content"]
+    assert classify["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ClassifyResponse"
+    )
 
 
 def test_rl_point_is_served_with_its_paths(tiny_rl_bundle):

@@ -4,18 +4,37 @@ File order follows timm: components -> model -> init -> registry. The per-layer 
 ``AdaptiveViT.forward_features`` is explicit: an ``ExecutionPolicy`` decides per row before
 every layer, the rows that run are compacted (``kernels.compact_rows``), pass through the block
 and are scattered back; skipped rows keep their hidden state; exited rows are answered at once.
+
+Two compaction modes (``compaction=``; ``kernels`` has the contracts):
+
+- ``exact`` (default, and the oracle): each layer computes exactly the R rows that run. R is a
+  shape, so the host reads the device every layer: "does any row exit?" and "how many rows
+  run?", plus the exiting rows' indices when some exit. On a GPU that is two or three syncs
+  per layer, each one idling the device while the host catches up.
+- ``fixed``: each layer computes a fixed number of slots (``capacity``, per layer or one for
+  all, default B); the run mask, the count and the exit bookkeeping stay on the device.
+  Exits are ``torch.where`` updates; a row answered by the model's head is answered at the end,
+  from its hidden state, which no longer changes once it exited; a policy with exit heads of
+  its own (``exit_logits``) is asked for every row at every layer, and its answer is kept for
+  the rows that exit there. One sync per forward remains:
+  the overflow check (did any layer have more running rows than its capacity?), taken at the
+  end. On overflow the forward is rerun in exact mode from the same embedding, so the result
+  never depends on the capacity. ``capacity < B`` is where the savings are (fewer rows through
+  each block); a caller such as the serving engine can pass a running estimate, e.g. from
+  ``ForwardOutput.executed.sum(0)`` of recent batches.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import compact_rows, scatter_rows
+from kernels import compact_rows, compact_rows_fixed, scatter_rows, scatter_rows_fixed
 from model.config import ViTConfig
 from model.policy import EXIT, RUN, ExecutionPolicy, StaticPolicy
 
@@ -109,6 +128,8 @@ class AdaptiveViT(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         init_weights(self)
         self.agent: nn.Module | None = None  # RL sub-agents (model.gates.SkipAgent), when attached
+        self.compaction = "exact"  # default for forward(): "exact" or "fixed" (module docstring)
+        self.capacity: int | Sequence[int] | None = None  # default slots per layer in fixed mode (None: B)
 
     def attach_agent(self, agent: nn.Module) -> None:
         self.agent = agent
@@ -129,10 +150,45 @@ class AdaptiveViT(nn.Module):
     def forward_head(self, h: Tensor) -> Tensor:  # h: (B, T, D) -> (B, C)
         return self.head(self.norm(h[:, 0]))
 
-    def forward_features(self, x: Tensor, policy: ExecutionPolicy | None = None):
-        """Run the per-layer loop. Returns (h, executed, exit_layer, exit_logits, exited)."""
+    def forward_features(
+        self,
+        x: Tensor,
+        policy: ExecutionPolicy | None = None,
+        *,
+        compaction: str | None = None,
+        capacity: int | Sequence[int] | None = None,
+    ):
+        """Run the per-layer loop. Returns (h, executed, exit_layer, exit_logits, exited).
+
+        ``compaction`` is "exact" or "fixed" (default ``self.compaction``); ``capacity`` is the
+        fixed mode's slots per layer, one int or one per layer (default ``self.capacity``, else B).
+        """
         policy = policy or StaticPolicy()
+        mode = compaction or self.compaction
+        if mode not in ("exact", "fixed"):
+            raise ValueError(f"compaction={mode!r}: expected 'exact' or 'fixed'")
         h = self.embed(x)  # (B, T, D)
+        if mode == "fixed" and not policy.always_runs:
+            caps = self.capacities(h.shape[0], self.capacity if capacity is None else capacity)
+            out = self._layers_fixed(h, policy, caps)
+            if out is not None:
+                return out
+            # Overflow: some layer had more running rows than slots. Rerun exactly, same embedding.
+        return self._layers_exact(h, policy)
+
+    def capacities(self, batch: int, capacity: int | Sequence[int] | None) -> list[int]:
+        """Slots per layer for the fixed mode: ``capacity`` (one int or one per layer) capped at B."""
+        caps = [batch] * self.cfg.depth if capacity is None else capacity
+        if isinstance(caps, int):
+            caps = [caps] * self.cfg.depth
+        caps = [int(c) for c in caps]
+        if len(caps) != self.cfg.depth or min(caps, default=0) < 0:
+            raise ValueError(
+                f"capacity={capacity!r}: expected a non-negative int or {self.cfg.depth} of them (one per layer)"
+            )
+        return [min(c, batch) for c in caps]
+
+    def _layers_exact(self, h: Tensor, policy: ExecutionPolicy):
         b, depth = h.shape[0], self.cfg.depth
         executed = torch.zeros(b, depth, dtype=torch.bool, device=h.device)
         exit_layer = torch.full((b,), depth, dtype=torch.long, device=h.device)
@@ -146,8 +202,8 @@ class AdaptiveViT(nn.Module):
                 continue
             decision = policy.decide(j, h, alive)  # (B,) int8
             exiting = alive & (decision == EXIT)
-            if bool(exiting.any()):
-                rows = exiting.nonzero().squeeze(1)  # (E,)
+            if bool(exiting.any()):  # host sync
+                rows = exiting.nonzero().squeeze(1)  # (E,), host sync
                 logits = policy.exit_logits(j, h, rows)
                 if logits is None:
                     logits = self.forward_head(h.index_select(0, rows))  # (E, C)
@@ -156,13 +212,56 @@ class AdaptiveViT(nn.Module):
                 alive = alive & ~exiting
             run = alive & (decision == RUN)  # (B,)
             executed[:, j] = run
-            rows_h, idx = compact_rows(h, run)  # (R, T, D), (R,)
+            rows_h, idx = compact_rows(h, run)  # (R, T, D), (R,); host sync (R)
             if rows_h.shape[0]:
                 h = scatter_rows(h, idx, self.block(j)(rows_h))
         return h, executed, exit_layer, exit_logits, ~alive
 
-    def forward(self, x: Tensor, policy: ExecutionPolicy | None = None) -> ForwardOutput:
-        h, executed, exit_layer, exit_logits, exited = self.forward_features(x, policy)
+    def _layers_fixed(self, h: Tensor, policy: ExecutionPolicy, caps: list[int]):
+        """The loop with ``caps[j]`` slots at layer j and no sync until the end; None on overflow."""
+        b, depth = h.shape[0], self.cfg.depth
+        executed = torch.zeros(b, depth, dtype=torch.bool, device=h.device)
+        exit_layer = torch.full((b,), depth, dtype=torch.long, device=h.device)
+        exit_logits = torch.zeros(b, self.cfg.num_classes, dtype=h.dtype, device=h.device)
+        alive = torch.ones(b, dtype=torch.bool, device=h.device)
+        head_exit = torch.zeros(b, dtype=torch.bool, device=h.device)  # exited, answered by the model head
+        overflow = torch.zeros((), dtype=torch.bool, device=h.device)
+        every = torch.arange(b, device=h.device)  # (B,)
+        policy.begin(h)
+        for j in range(depth):
+            decision = policy.decide(j, h, alive)  # (B,) int8
+            exiting = alive & (decision == EXIT)  # (B,)
+            exit_layer = torch.where(exiting, j, exit_layer)
+            logits = policy.exit_logits(j, h, every)  # (B, C) or None; kept for the exiting rows
+            if logits is None:
+                head_exit = head_exit | exiting
+            else:
+                exit_logits = torch.where(exiting[:, None], logits.to(exit_logits.dtype), exit_logits)
+            alive = alive & ~exiting
+            run = alive & (decision == RUN)  # (B,)
+            executed[:, j] = run
+            rows_h, idx, count = compact_rows_fixed(h, run, caps[j])  # (S, T, D), (S,), ()
+            overflow = overflow | (count > caps[j])
+            if caps[j]:
+                h = scatter_rows_fixed(h, idx, self.block(j)(rows_h))
+        if bool(overflow):  # the one host sync of the forward
+            return None
+        # An exited row never runs again, so its final hidden state is the one it exited with.
+        head = self.forward_head(h).to(exit_logits.dtype)  # (B, C)
+        exit_logits = torch.where(head_exit[:, None], head, exit_logits)
+        return h, executed, exit_layer, exit_logits, ~alive
+
+    def forward(
+        self,
+        x: Tensor,
+        policy: ExecutionPolicy | None = None,
+        *,
+        compaction: str | None = None,
+        capacity: int | Sequence[int] | None = None,
+    ) -> ForwardOutput:
+        h, executed, exit_layer, exit_logits, exited = self.forward_features(
+            x, policy, compaction=compaction, capacity=capacity
+        )
         logits = self.forward_head(h)  # (B, C)
         logits = torch.where(exited[:, None], exit_logits.to(logits.dtype), logits)
         return ForwardOutput(logits=logits, executed=executed, exit_layer=exit_layer)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernels import compact_rows, scatter_rows
+from kernels.reference import compact_rows_fixed_ref, compact_rows_ref, scatter_rows_fixed_ref
 
 
 @pytest.mark.parametrize("b", [1, 3, 64, 257])
@@ -29,3 +30,39 @@ def test_compact_then_scatter(b, kind):
     if kind != "all":
         assert new is not h  # the input stays untouched
         assert torch.equal(h[~mask], new[~mask])
+
+
+@pytest.mark.parametrize("b", [1, 7, 64])
+@pytest.mark.parametrize("kind", ["all", "none", "one", "random"])
+def test_fixed_reference_agrees_with_exact(b, kind):
+    torch.manual_seed(b)
+    h = torch.randn(b, 5, 7)
+    mask = {
+        "all": torch.ones(b, dtype=torch.bool),
+        "none": torch.zeros(b, dtype=torch.bool),
+        "one": torch.arange(b) == b // 2,
+        "random": torch.rand(b) < 0.5,
+    }[kind]
+    rows, idx = compact_rows_ref(h, mask)
+    r = rows.shape[0]
+    for capacity in sorted({0, 1, max(r - 1, 0), r, b}):
+        f_rows, f_idx, count = compact_rows_fixed_ref(h, mask, capacity)
+        n = min(r, capacity)
+        assert count.item() == r and f_rows.shape == (capacity, 5, 7)
+        assert torch.equal(f_idx[:n], idx[:n]) and (f_idx[n:] == b).all()  # padding points at row B
+        assert torch.equal(f_rows[:n], rows[:n]) and (f_rows[n:] == 0).all()
+        out = scatter_rows_fixed_ref(h, f_idx, f_rows * 2 + 1)
+        expect = h.clone()
+        expect[idx[:n]] = rows[:n] * 2 + 1  # the first n running rows updated, padding dropped
+        assert torch.equal(out, expect)
+
+
+def test_fixed_reference_never_reads_the_device():
+    """On the meta device any data-dependent host read raises: the fixed path has none."""
+    h = torch.empty(9, 3, 5, device="meta")
+    mask = torch.empty(9, dtype=torch.bool, device="meta")
+    rows, idx, count = compact_rows_fixed_ref(h, mask, 4)
+    assert rows.shape == (4, 3, 5) and idx.shape == (4,) and count.shape == ()
+    assert scatter_rows_fixed_ref(h, idx, rows).shape == (9, 3, 5)
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        compact_rows_ref(h, mask)  # nonzero must read the mask

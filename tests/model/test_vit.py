@@ -100,3 +100,97 @@ def test_config_round_trip(tiny_cfg):
     assert ViTConfig.from_dict(tiny_cfg.to_dict()) == tiny_cfg
     with pytest.raises(ValueError, match="unknown"):
         ViTConfig.from_dict({**tiny_cfg.to_dict(), "bogus": 1})
+
+
+# ---------------------------------------------------------------- fixed-capacity compaction
+
+
+def mixed_decisions(b, depth, seed=0):
+    """RUN, SKIP and EXIT per row and layer, plus a row that runs everything and one that exits first."""
+    g = torch.Generator().manual_seed(seed)
+    dec = torch.randint(0, 3, (b, depth), generator=g).to(torch.int8)
+    dec[0] = RUN
+    dec[1, 0] = EXIT
+    return dec
+
+
+def assert_same_forward(out, ref):
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.executed, ref.executed)
+    assert torch.equal(out.exit_layer, ref.exit_layer)
+
+
+@pytest.mark.parametrize("capacity", ["none", "enough", "per-layer", "too-small", "zero"])
+def test_fixed_compaction_equals_exact(tiny_model, tiny_cfg, capacity):
+    from kernels.syncs import count_syncs
+
+    torch.manual_seed(2)
+    x = torch.randn(12, 1, 16, 16)
+    dec = mixed_decisions(12, tiny_cfg.depth)
+    ref = tiny_model(x, MaskPolicy(dec))
+    per_layer = ref.executed.sum(0).tolist()  # rows that run each layer
+    cap = {"none": None, "enough": max(per_layer), "per-layer": per_layer,
+           "too-small": max(per_layer) - 1, "zero": 0}[capacity]  # fmt: skip
+    with count_syncs("cpu") as syncs:
+        out = tiny_model(x, MaskPolicy(dec), compaction="fixed", capacity=cap)
+    assert_same_forward(out, ref)
+    overflow = capacity in ("too-small", "zero")
+    if overflow:  # the end-of-forward check, then the exact rerun with its per-layer reads
+        assert syncs.count > tiny_cfg.depth
+    else:
+        assert syncs.count == 1 and syncs.calls == ["__bool__"]
+
+
+def test_fixed_mode_set_on_the_model_and_its_errors(tiny_model, tiny_cfg):
+    x = torch.randn(5, 1, 16, 16)
+    dec = mixed_decisions(5, tiny_cfg.depth, seed=1)
+    ref = tiny_model(x, MaskPolicy(dec))
+    tiny_model.compaction, tiny_model.capacity = "fixed", 3
+    assert_same_forward(tiny_model(x, MaskPolicy(dec)), ref)
+    with pytest.raises(ValueError, match="one per layer"):
+        tiny_model(x, MaskPolicy(dec), capacity=[1, 2])
+    with pytest.raises(ValueError, match="'exact' or 'fixed'"):
+        tiny_model(x, MaskPolicy(dec), compaction="lazy")
+
+
+def test_fixed_mode_uses_policy_exit_logits():
+    cfg = ViTConfig(image_size=8, patch_size=4, dim=16, depth=3, heads=2, num_classes=3)
+    model = build_model(cfg).eval()
+
+    class ExitRowOneAtTwo(ExecutionPolicy):
+        def decide(self, layer, h, alive):
+            d = torch.full((h.shape[0],), RUN, dtype=torch.int8)
+            d[1] = EXIT if layer == 2 else RUN
+            return d
+
+        def exit_logits(self, layer, h, rows):
+            return torch.full((rows.numel(), 3), float(layer))
+
+    x = torch.randn(3, 1, 8, 8)
+    ref = model(x, ExitRowOneAtTwo())
+    out = model(x, ExitRowOneAtTwo(), compaction="fixed", capacity=2)
+    assert torch.equal(out.logits[1], torch.full((3,), 2.0))
+    assert_same_forward(out, ref)
+
+
+@pytest.mark.gpu
+def test_fixed_forward_syncs_once_on_cuda(tiny_cfg):
+    """The fixed path waits for the GPU once per forward (the overflow check); exact waits per layer."""
+    from kernels.syncs import count_syncs
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg).eval().cuda()
+    x = torch.randn(64, 1, 16, 16, device="cuda")
+    dec = mixed_decisions(64, tiny_cfg.depth).cuda()  # on the device: no copy per layer
+    with torch.inference_mode():
+        ref = model(x, MaskPolicy(dec))
+        model(x, MaskPolicy(dec), compaction="fixed")  # warm-up: compiles the kernels
+        torch.cuda.synchronize()
+        with count_syncs("cuda") as fixed:
+            out = model(x, MaskPolicy(dec), compaction="fixed")
+        with count_syncs("cuda") as exact:
+            model(x, MaskPolicy(dec))
+        torch.cuda.synchronize()
+    assert_same_forward(out, ref)
+    assert fixed.count == 1, fixed.calls
+    assert exact.count >= tiny_cfg.depth

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from kernels import set_backend
 from service.auth import admin_token, bearer_ok
 from service.batcher import Batcher, Knobs, Rejected
 from service.decode import DecodeError, decode_image
@@ -96,7 +97,9 @@ CLASSIFY_OPENAPI = {  # documents what the route reads itself (FastAPI does not 
 def start_engine(settings: Settings) -> BundleView:
     """Load the bundle and warm it up, in a child process (default) or in this one."""
     if settings.engine == "process":
-        return EngineProcess(settings.bundle, settings.device, settings.top_k, settings.torch_threads)
+        return EngineProcess(settings.bundle, settings.device, settings.top_k, settings.torch_threads,
+                             compact=settings.compact)  # fmt: skip
+    set_backend(settings.compact)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     engine = Engine.from_dir(settings.bundle, settings.device, settings.top_k)

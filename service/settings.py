@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="torch intra-op threads (default: torch's)"
     )
+    compact: Literal["auto", "torch", "triton"] = Field(
+        "auto", description="row compaction: Triton on CUDA (auto), or force the torch reference or Triton"
+    )
     point: str | None = Field(None, description="point active at start (default: the bundle's default)")
     top_k: int = Field(3, ge=1, le=100)
     # dynamic batching (initial values; PUT /config changes them at runtime)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels import set_backend
 from service.engine import BundleView, Engine, RowResult
 
 
@@ -27,7 +28,8 @@ class EngineGone(RuntimeError):
     pass
 
 
-def _child(conn, bundle_dir: str, device: str, top_k: int, threads: int | None) -> None:
+def _child(conn, bundle_dir: str, device: str, top_k: int, threads: int | None, compact: str) -> None:
+    set_backend(compact)
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -52,11 +54,12 @@ def _child(conn, bundle_dir: str, device: str, top_k: int, threads: int | None) 
 
 
 class EngineProcess(BundleView):
-    def __init__(self, bundle_dir, device: str = "auto", top_k: int = 3, threads: int | None = None) -> None:
+    def __init__(self, bundle_dir, device: str = "auto", top_k: int = 3, threads: int | None = None,
+                 compact: str = "auto") -> None:  # fmt: skip
         super().__init__(bundle_dir, top_k)
         ctx = mp.get_context("spawn")  # never fork a process that has torch threads running
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child, str(bundle_dir), device, top_k, threads),
+        self._proc = ctx.Process(target=_child, args=(child, str(bundle_dir), device, top_k, threads, compact),
                                  name="skipvit-engine", daemon=True)  # fmt: skip
         self._proc.start()
         child.close()

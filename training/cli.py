@@ -197,6 +197,30 @@ def _bench_parser(sub) -> None:
     s.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (test images to send)")
     s.add_argument("--out-json", default="runs/bench/server.json")
     s.add_argument("--out-md", default=None, help="also write the markdown table here")
+    m = bsub.add_parser("model", help="static vs. points in-process: images/s, speedup vs. ideal, "
+                        "gates-on overhead, memory")  # fmt: skip
+    m.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to time")
+    m.add_argument("--points", default="auto",
+                   help="comma-separated point ids, 'all', or 'auto' (default: rl and the leanest nsga point "
+                        "within 5 accuracy points of static)")  # fmt: skip
+    m.add_argument("--batch-sizes", type=_concurrency_list, default=[1, 8, 64, 256, 1024], metavar="B1,B2,...",
+                   help="batch sizes (default 1,8,64,256,1024)")  # fmt: skip
+    m.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    m.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    m.add_argument("--rounds", type=int, default=7, help="rounds over all configurations (median reported)")
+    m.add_argument("--min-seconds", type=float, default=0.25, help="timed seconds per measurement")
+    m.add_argument("--repeats", type=int, default=1, help="at least this many calls per measurement")
+    m.add_argument("--limit", type=int, default=1024, help="first N test images used")
+    m.add_argument("--data-dir", default=None, help="dataset directory (default: the dataset's own)")
+    m.add_argument("--out-json", default="runs/bench/model.json")
+    m.add_argument("--out-md", default=None, help="also write the markdown table here")
+    m.add_argument("--out-png", default=None, help="the plot (default: next to the JSON, .png)")
+    from benchmarks.bench_kernel import add_arguments as kernel_arguments
+
+    k = bsub.add_parser(
+        "kernel", help="row compaction: Triton vs torch boolean indexing (GPU); syncs per forward"
+    )
+    kernel_arguments(k)
 
 
 def build_parser() -> argparse.ArgumentParser:

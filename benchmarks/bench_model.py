@@ -1,0 +1,343 @@
+"""`skipvit bench model`: the model alone, static vs. operating points, at several batch sizes.
+
+One run, every figure measured in it, on real test images of the bundle's dataset:
+
+- configurations: ``static`` (the static point: every row runs every layer, no gates, no
+  compaction), ``gates-on`` (the gated path of the first gated point's weights with every
+  threshold 0.0: p >= 0 always, so every row runs every layer, but every gate is evaluated and
+  the compaction path is taken) and each requested point (``policy_for``, as the service runs it);
+- warm-up: every configuration runs a few untimed forwards at every batch size;
+- timing: ``--rounds`` rounds; in each round the batch sizes, and within a batch size the
+  configurations, come in a freshly shuffled order (seeded), each measured for ``--min-seconds``
+  (and at least ``--repeats`` calls) of back-to-back forwards under ``torch.inference_mode()``,
+  so drift hits every configuration alike; images/s is the median over rounds, and the ratios
+  (achieved speedup, gates-on overhead) are medians of the per-round ratios, paired in time;
+  a measurement cycles through the batches of the first ``--limit`` test images, continuing
+  where the last one stopped;
+- mean layers: after timing, from ``ForwardOutput.executed`` on exactly the images timed, each
+  weighted by how often it was timed (one more untimed forward per distinct batch);
+- memory: after timing, one more forward per (configuration, batch size): on CUDA the peak of
+  ``torch.cuda.max_memory_allocated`` above what was allocated before; on CPU the peak of the
+  bytes torch's CPU allocator held during the forward, from ``torch.profiler``'s memory events
+  ("Total Allocated"). Either way: the activation memory of one forward, weights excluded.
+
+Figures are derived, judged and drawn in ``benchmarks.model_report``; FLOPs in ``model.flops``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.model_report import (
+    MEMORY_MEASURES,
+    derive_rows,
+    flops_summary,
+    model_machine_info,
+    plot_png,
+    render_markdown,
+    verdict,
+)
+from model.bundle import Bundle, Point, load_bundle
+from model.gates import GatePolicy
+from model.points import GATE_METHODS, policy_for
+from model.policy import ExecutionPolicy, StaticPolicy
+from model.vit import AdaptiveViT
+
+NSGA_METHODS = ("nsga", "nsga-joint")
+AUTO_MAX_ACCURACY_DROP = 0.05  # --points auto: the leanest nsga point within 5 points of static
+
+
+@dataclass
+class Config:
+    id: str
+    kind: str  # "static" | "gates-on" | "point"
+    weights: str
+    model: AdaptiveViT
+    make_policy: Callable[[], ExecutionPolicy | None]
+    gates_per_image: int  # gate evaluations per row: GatePolicy evaluates every layer's gate
+    point: Point | None = None
+
+    def meta(self) -> dict:
+        p = self.point
+        return {"id": self.id, "kind": self.kind, "weights": self.weights,
+                "point": p.id if p else None, "method": p.method if p else None,
+                "params": p.params if p else None, "gates_per_image": self.gates_per_image,
+                "bundle_metrics": p.metrics if p else None}  # fmt: skip
+
+
+# ---- what to run
+
+
+def choose_points(bundle: Bundle, spec: str) -> tuple[list[Point], str]:
+    """The points to compare with static, and the rule that chose them."""
+    others = [p for p in bundle.front if p.method != "static"]
+    if spec == "all":
+        return others, "all"
+    if spec != "auto":
+        ids = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+        given = [bundle.point(i) for i in ids]
+        if not given or any(p.method == "static" for p in given):
+            raise ValueError(f"--points {spec!r}: name points other than static (static is always measured); "
+                             "Hint: e.g. --points rl, or auto, or all")  # fmt: skip
+        return given, "given"
+    chosen = [p for p in others if p.id == "rl"]
+    static = next((p for p in bundle.front if p.method == "static"), None)
+    floor = None
+    if static is not None and "accuracy" in static.metrics:
+        floor = static.metrics["accuracy"] - AUTO_MAX_ACCURACY_DROP
+    nsga = [p for p in others if p.method in NSGA_METHODS and "mean_layers" in p.metrics
+            and (floor is None or p.metrics.get("accuracy", -1.0) >= floor)]  # fmt: skip
+    if nsga:
+        chosen.append(min(nsga, key=lambda p: p.metrics["mean_layers"]))
+    if not chosen:
+        chosen = others[:1]
+    if not chosen:
+        raise ValueError(f"{bundle.root} has no point besides static; Hint: train rl or run a search first")
+    rule = (f"auto: `rl` and the {'/'.join(NSGA_METHODS)} point with the fewest mean layers whose "
+            f"accuracy is within {100 * AUTO_MAX_ACCURACY_DROP:g} points of static (bundle metrics)")  # fmt: skip
+    return chosen, rule
+
+
+def build_configs(bundle: Bundle, points: list[Point], device: torch.device) -> list[Config]:
+    models: dict[str, AdaptiveViT] = {}
+
+    def model(weights: str) -> AdaptiveViT:
+        if weights not in models:
+            models[weights] = bundle.build_model(weights, device)
+        return models[weights]
+
+    static_point = next((p for p in bundle.front if p.method == "static"), None)
+    weights = static_point.weights if static_point else points[0].weights
+    configs = [Config("static", "static", weights, model(weights), StaticPolicy, 0, static_point)]
+    gated = [p for p in points if p.method in GATE_METHODS]
+    if gated:
+        m = model(gated[0].weights)
+        if m.agent is None:
+            raise ValueError(
+                f"point {gated[0].id!r} needs RL gates, but weight set {gated[0].weights!r} has none"
+            )
+        configs.append(Config("gates-on", "gates-on", gated[0].weights, m,
+                              lambda m=m: GatePolicy(m.agent, 0.0), m.depth))  # fmt: skip
+    for p in points:
+        m = model(p.weights)
+        policy_for(p, m)  # refuse a method this version cannot run before anything is timed
+        gates = m.depth if p.method in GATE_METHODS else 0
+        configs.append(Config(p.id, "point", p.weights, m, lambda p=p, m=m: policy_for(p, m), gates, p))
+    return configs
+
+
+def load_test_images(bundle: Bundle, data_dir: str | None, limit: int, device: torch.device) -> torch.Tensor:
+    """The first ``limit`` test images of the bundle's dataset, normalised as the bundle expects."""
+    from training.data import load_bundle_splits
+    from training.data.augment import to_float
+
+    ds = bundle.dataset
+    test = load_bundle_splits(ds, data_dir).test.head(limit)
+    return to_float(test.images, ds["mean"], ds["std"]).to(device)  # (N, C, H, W)
+
+
+def batches_of(x: torch.Tensor, b: int) -> list[torch.Tensor]:
+    """ceil(N / b) batches of ``b`` rows that cover every image, wrapping around at the end."""
+    n = x.shape[0]
+    k = -(-n // b)
+    idx = torch.arange(k * b) % n  # (k * b,)
+    return [x[idx[i * b : (i + 1) * b].to(x.device)] for i in range(k)]  # each (b, C, H, W)
+
+
+# ---- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(cfg: Config, batches: list[torch.Tensor], start: int, min_seconds: float, repeats: int,
+          device: torch.device) -> tuple[int, float]:  # fmt: skip
+    """Back-to-back forwards over ``batches`` from index ``start`` until both bounds are met."""
+    _sync(device)
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        cfg.model(batches[(start + calls) % len(batches)], cfg.make_policy())
+        calls += 1
+        if calls >= repeats and time.perf_counter() - t0 >= min_seconds:
+            break
+    _sync(device)
+    return calls, time.perf_counter() - t0
+
+
+def mean_layers(cfg: Config, batches: list[torch.Tensor], calls: int | None = None) -> float:
+    """Mean layers run per image over the first ``calls`` forwards of a measurement that cycles
+    through ``batches`` from index 0 (every batch once if ``calls`` is None): exactly the images
+    timed, each weighted by how often it was timed."""
+    k = len(batches)
+    calls = k if calls is None else calls
+    runs, rows = 0, 0
+    for i, x in enumerate(batches[: min(calls, k)]):
+        times = calls // k + (1 if i < calls % k else 0)
+        out = cfg.model(x, cfg.make_policy())
+        runs += times * int(out.executed.sum())
+        rows += times * out.executed.shape[0]
+    return runs / rows
+
+
+@contextmanager
+def _stderr_to(path: Path):
+    """Send fd 2 to ``path`` (torch's profiler prints start/stop lines there from C++)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory(cfg: Config, x: torch.Tensor, device: torch.device) -> int:
+    """Peak bytes allocated during one forward, above what was allocated before it."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        cfg.model(x, cfg.make_policy())
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "stderr"
+        try:
+            with _stderr_to(log), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                cfg.model(x, cfg.make_policy())
+            trace = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(trace))
+            events = json.loads(trace.read_text())["traceEvents"]
+        except Exception:
+            print(log.read_text(errors="replace"), file=sys.stderr)
+            raise
+    totals = [e["args"]["Total Allocated"] for e in events
+              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]  # fmt: skip
+    return int(max(totals, default=0))
+
+
+def measure(configs: list[Config], x: torch.Tensor, args, device: torch.device) -> dict:
+    """{config id: {batch size: {"mean_layers", "rounds": [{"calls", "seconds"}], "peak_memory_bytes"}}}"""
+    sizes = list(args.batch_sizes)
+    batches = {b: batches_of(x, b) for b in sizes}
+    out: dict = {c.id: {b: {"rounds": []} for b in sizes} for c in configs}
+    t0 = time.perf_counter()
+    for b in sizes:  # warm-up: a few untimed forwards of every configuration at every batch size
+        for c in configs:
+            timed(c, batches[b], 0, min(args.min_seconds, 0.1), 2, device)
+    _log(f"warm-up: {time.perf_counter() - t0:.1f} s")
+    rng = random.Random(0)
+    cursor = {(c.id, b): 0 for c in configs for b in sizes}
+    for r in range(args.rounds):
+        t_round = time.perf_counter()
+        for b in rng.sample(sizes, len(sizes)):
+            for c in rng.sample(configs, len(configs)):
+                calls, seconds = timed(c, batches[b], cursor[c.id, b], args.min_seconds, args.repeats, device)
+                cursor[c.id, b] += calls
+                out[c.id][b]["rounds"].append({"calls": calls, "seconds": seconds,
+                                               "images_per_s": calls * b / seconds})  # fmt: skip
+        _log(f"round {r + 1}/{args.rounds}: {time.perf_counter() - t_round:.1f} s")
+    t0 = time.perf_counter()
+    for b in sizes:
+        for c in configs:
+            out[c.id][b]["mean_layers"] = mean_layers(c, batches[b], cursor[c.id, b])
+            out[c.id][b]["peak_memory_bytes"] = peak_memory(c, batches[b][0], device)
+    _log(f"mean layers and peak memory: {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def _log(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+# ---- the command
+
+
+def _check(args) -> None:
+    if args.rounds < 1 or args.repeats < 1 or args.min_seconds < 0 or args.limit < 1:
+        raise ValueError(
+            "--rounds, --repeats and --limit must be >= 1 and --min-seconds >= 0; "
+            "Hint: e.g. --rounds 5 --min-seconds 0.3"
+        )
+    if args.threads is not None and args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+
+
+def run(args) -> None:
+    from training.device import resolve_device
+
+    _check(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    bundle = load_bundle(args.bundle)
+    points, rule = choose_points(bundle, args.points)
+    configs = build_configs(bundle, points, device)
+    x = load_test_images(bundle, args.data_dir, args.limit, device)
+    cfg = bundle.architecture
+    _log(f"{len(configs)} configurations ({', '.join(c.id for c in configs)}) x batch sizes "
+         f"{','.join(map(str, args.batch_sizes))} on {x.shape[0]} test images, {device.type}")  # fmt: skip
+    with torch.inference_mode():
+        measured = measure(configs, x, args, device)
+    metas = [c.meta() for c in configs]
+    settings = {"batch_sizes": list(args.batch_sizes), "rounds": args.rounds, "min_seconds": args.min_seconds,
+                "repeats": args.repeats, "limit": args.limit, "threads": torch.get_num_threads(),
+                "points": args.points, "points_rule": rule,
+                "compaction": getattr(configs[0].model, "compaction", "exact")}  # fmt: skip
+    report = {
+        "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
+        "machine": model_machine_info(device),
+        "bundle": str(args.bundle),
+        "device": device.type,
+        "settings": settings,
+        "data": {"dataset": bundle.dataset["name"], "split": "test", "images": int(x.shape[0])},
+        "method": {
+            "timing": "warm-up (a few untimed forwards per configuration and batch size), then rounds; "
+            "each round shuffles the batch sizes and, within one, the configurations (seeded); a "
+            "measurement is back-to-back forwards for min_seconds (>= repeats calls) under "
+            "torch.inference_mode(), cycling through the batches; images/s = median over rounds",
+            "mean_layers": "ForwardOutput.executed on exactly the images timed, weighted by times timed",
+            "ratios": "achieved speedup and gates-on overhead are medians over rounds of per-round "
+            "ratios against static at the same batch size",
+            "memory": MEMORY_MEASURES[device.type],
+            "flops": "model.flops: 2 x multiply-adds of the patch embedding, the blocks run, the gates "
+            "evaluated and the head; norms, softmax, GELU, biases and compaction not counted",
+        },
+        "flops_per_image": flops_summary(cfg),
+        "configs": metas,
+        "rows": derive_rows(metas, measured, cfg),
+    }
+    report["targets"] = verdict(report["rows"], device.type)
+    markdown = render_markdown(report)
+    out_json = Path(args.out_json)
+    out_png = Path(args.out_png) if args.out_png else out_json.with_suffix(".png")
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    report["png"] = str(out_png)
+    out_json.write_text(json.dumps(report, indent=2) + "\n")
+    plot_png(report, out_png)
+    if args.out_md:
+        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out_md).write_text(markdown)
+    print(markdown)
+    print(
+        f"written to {out_json}, {out_png}" + (f" and {args.out_md}" if args.out_md else ""), file=sys.stderr
+    )

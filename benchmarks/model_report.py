@@ -1,0 +1,238 @@
+"""The figures, verdict, table and plot of `skipvit bench model`: pure functions of what was measured.
+
+Per (configuration, batch size): images/s (median over rounds), mean layers run, the ideal
+speedups (depth / mean layers, and static FLOPs / point FLOPs from ``model.flops``), the achieved
+speedup (median over rounds of point images/s / static images/s in the same round), achieved
+over ideal, the gates-on overhead (static images/s / gates-on images/s - 1) and peak memory.
+
+Targets (issue 6): at batch >= 64, achieved / ideal (FLOPs) >= 0.85 for every point and the
+gates-on overhead <= 5% (on CPU); at batch 1, achieved / ideal (FLOPs) >= 0.6.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from model.config import ViTConfig
+from model.flops import block_flops, forward_flops, gate_flops
+
+TARGET_LARGE_BATCH, TARGET_EFFICIENCY_LARGE = 64, 0.85
+TARGET_GATES_ON_OVERHEAD = 0.05
+TARGET_EFFICIENCY_BATCH1 = 0.60
+
+MEMORY_MEASURES = {
+    "cpu": "peak bytes held by torch's CPU allocator during one forward, above what was held before it "
+    "(torch.profiler memory events, 'Total Allocated'): activations, weights excluded",
+    "cuda": "torch.cuda.max_memory_allocated during one forward after reset_peak_memory_stats, minus "
+    "memory_allocated before it: activations, weights excluded",
+}
+MEMORY_HEADERS = {"cpu": "peak MiB (torch CPU allocator)", "cuda": "peak MiB (CUDA max allocated)"}
+
+
+def model_machine_info(device) -> dict[str, Any]:
+    """The server benchmark's machine info plus the device the model ran on."""
+    import torch
+
+    from benchmarks.server_report import machine_info
+
+    info = {**machine_info(), "device": device.type}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def flops_summary(cfg: ViTConfig) -> dict[str, float]:
+    static = forward_flops(cfg, cfg.depth)
+    return {"embed": static.embed, "block": block_flops(cfg), "gate": gate_flops(cfg),
+            "head": static.head, "static_total": static.total}  # fmt: skip
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def derive_rows(configs: list[dict], measured: dict, cfg: ViTConfig) -> list[dict]:
+    """One row per (batch size, configuration), in batch-size order, static first.
+
+    ``measured[config id][batch size]`` holds ``mean_layers``, ``peak_memory_bytes`` and
+    ``rounds`` (one ``{"calls", "seconds", "images_per_s"}`` per round, round r of every
+    configuration at one batch size measured within the same round)."""
+    static_total = forward_flops(cfg, cfg.depth).total
+    sizes = sorted({b for c in configs for b in measured[c["id"]]})
+    rows = []
+    for b in sizes:
+        base = [r["images_per_s"] for r in measured["static"][b]["rounds"]]
+        for c in configs:
+            m = measured[c["id"]][b]
+            ips = [r["images_per_s"] for r in m["rounds"]]
+            paired = [p / s for p, s in zip(ips, base, strict=True)]  # per round
+            ml = m["mean_layers"]
+            flops = forward_flops(cfg, ml, c["gates_per_image"])
+            achieved = median(paired)
+            ideal_layers = cfg.depth / ml if ml > 0 else None
+            ideal_flops = static_total / flops.total
+            rows.append({
+                "config": c["id"], "kind": c["kind"], "batch_size": b,
+                "images_per_s": median(ips), "images_per_s_rounds": ips,
+                "calls": sum(r["calls"] for r in m["rounds"]),
+                "seconds": sum(r["seconds"] for r in m["rounds"]),
+                "mean_layers": ml, "gates_per_image": c["gates_per_image"],
+                "flops_per_image": flops.total,
+                "ideal_speedup_layers": ideal_layers, "ideal_speedup_flops": ideal_flops,
+                "achieved_speedup": achieved,
+                "achieved_over_ideal_flops": achieved / ideal_flops,
+                "achieved_over_ideal_layers": _ratio(achieved, ideal_layers),
+                "overhead_vs_static": median(1 / p for p in paired) - 1 if c["kind"] == "gates-on" else None,
+                "peak_memory_bytes": m["peak_memory_bytes"],
+            })  # fmt: skip
+    return rows
+
+
+def _target(name: str, rows: list[dict], key: str, ok, threshold: float, applies: bool = True) -> dict:
+    checked = [{"config": r["config"], "batch_size": r["batch_size"], "value": r[key],
+                "reached": r[key] is not None and ok(r[key])} for r in rows]  # fmt: skip
+    reached = all(c["reached"] for c in checked) if checked and applies else None
+    return {"name": name, "metric": key, "threshold": threshold, "applies": applies,
+            "measured": bool(checked), "reached": reached, "rows": checked}  # fmt: skip
+
+
+def verdict(rows: list[dict], device: str) -> list[dict]:
+    """The three targets; ``reached`` is None where a target was not measured or does not apply."""
+    points = [r for r in rows if r["kind"] == "point"]
+    large = [r for r in points if r["batch_size"] >= TARGET_LARGE_BATCH]
+    gates_on = [r for r in rows if r["kind"] == "gates-on" and r["batch_size"] >= TARGET_LARGE_BATCH]
+    return [
+        _target(f"achieved / ideal (FLOPs) >= {TARGET_EFFICIENCY_LARGE:g} at batch >= {TARGET_LARGE_BATCH}",
+                large, "achieved_over_ideal_flops", lambda v: v >= TARGET_EFFICIENCY_LARGE,
+                TARGET_EFFICIENCY_LARGE),
+        _target(f"gates-on overhead <= {100 * TARGET_GATES_ON_OVERHEAD:g}% at batch >= {TARGET_LARGE_BATCH} "
+                "(CPU)", gates_on, "overhead_vs_static", lambda v: v <= TARGET_GATES_ON_OVERHEAD,
+                TARGET_GATES_ON_OVERHEAD, applies=device == "cpu"),
+        _target(f"achieved / ideal (FLOPs) >= {TARGET_EFFICIENCY_BATCH1:g} at batch 1",
+                [r for r in points if r["batch_size"] == 1], "achieved_over_ideal_flops",
+                lambda v: v >= TARGET_EFFICIENCY_BATCH1, TARGET_EFFICIENCY_BATCH1),
+    ]  # fmt: skip
+
+
+# ---- markdown
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def _outcome(t: dict) -> str:
+    if not t["measured"]:
+        return "not measured (no such batch size or configuration in this run)"
+    if not t["applies"]:
+        return "n/a (a CPU target; this run was on another device)"
+    return "reached" if t["reached"] else "not reached"
+
+
+def render_markdown(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    dev = m["device"] + (f" ({m['gpu']}, CUDA {m['cuda']})" if m.get("gpu") else "")
+    mem_head = MEMORY_HEADERS.get(report["device"], "peak MiB")
+    lines = [
+        f"`{report['command']}`",
+        "",
+        f"Device {dev}; CPU {m['cpu']}, {m['cores']} cores; torch {m['torch']} ({s['threads']} threads); "
+        f"bundle `{report['bundle']}` ({report['data']['images']} {report['data']['dataset']} test images); "
+        f"{s['rounds']} rounds, configurations alternating, >= {s['min_seconds']:g} s and >= {s['repeats']} "
+        f"call(s) per measurement; points: {s['points_rule']}. images/s: median over rounds; achieved "
+        "and gates-on overhead: medians of the per-round ratios to static (paired in time), so they need "
+        "not equal the ratio of the images/s medians.",
+        "",
+        f"| batch | config | images/s | mean layers | ideal (depth/layers) | ideal (FLOPs) | achieved | "
+        f"achieved/ideal (FLOPs) | achieved/ideal (layers) | gates-on overhead | {mem_head} |",
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['batch_size']} | {r['config']} | {_f(r['images_per_s'], 1)} | {_f(r['mean_layers'])} | "
+            f"{_f(r['ideal_speedup_layers'])} | {_f(r['ideal_speedup_flops'])} | {_f(r['achieved_speedup'])} | "
+            f"{_f(r['achieved_over_ideal_flops'])} | {_f(r['achieved_over_ideal_layers'])} | "
+            f"{_pct(r['overhead_vs_static']) if r['kind'] == 'gates-on' else ''} | "
+            f"{_f(r['peak_memory_bytes'] / 2**20, 1)} |"
+        )
+    fl = report["flops_per_image"]
+    lines += ["", f"FLOPs per image (model.flops): embedding {fl['embed']:,.0f}, block {fl['block']:,.0f}, "
+              f"gate {fl['gate']:,.0f}, head {fl['head']:,.0f}; static {fl['static_total']:,.0f}. "
+              "`gates-on`: every gate evaluated with threshold 0.0, so every row runs every layer "
+              "through the compaction path; its overhead is static images/s / gates-on images/s - 1.",
+              "", "Targets:", ""]  # fmt: skip
+    for t in report["targets"]:
+        worst = ""
+        if t["rows"]:
+            key = (lambda c: -(c["value"] or 0)) if t["metric"] == "overhead_vs_static" else (
+                lambda c: c["value"] if c["value"] is not None else -math.inf)  # fmt: skip
+            w = min(t["rows"], key=key)
+            val = _pct(w["value"]) if t["metric"] == "overhead_vs_static" else _f(w["value"])
+            worst = f" (worst: {w['config']} at batch {w['batch_size']}: {val})"
+        lines.append(f"- {t['name']}: **{_outcome(t)}**{worst}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- plot
+
+
+def plot_png(report: dict, path: str | Path) -> None:
+    """Achieved vs. ideal speedup, achieved/ideal, and gates-on overhead, against batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    points = [c["id"] for c in report["configs"] if c["kind"] == "point"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, pid in enumerate(points):
+        rs = [r for r in rows if r["config"] == pid]
+        b = [r["batch_size"] for r in rs]
+        col = colors[i % len(colors)]
+        ax1.plot(b, [r["achieved_speedup"] for r in rs], "o-", color=col, label=f"{pid} achieved")
+        ax1.plot(b, [r["ideal_speedup_flops"] for r in rs], "--", color=col, label=f"{pid} ideal (FLOPs)")
+        ideal_l = [r["ideal_speedup_layers"] for r in rs]
+        if all(v is not None for v in ideal_l):
+            ax1.plot(b, ideal_l, ":", color=col, label=f"{pid} ideal (depth/layers)")
+        ax2.plot(b, [r["achieved_over_ideal_flops"] for r in rs], "o-", color=col, label=pid)
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax2.axhline(TARGET_EFFICIENCY_LARGE, color="green", ls="--", lw=0.8,
+                label=f"target {TARGET_EFFICIENCY_LARGE:g} (batch >= {TARGET_LARGE_BATCH})")  # fmt: skip
+    ax2.axhline(TARGET_EFFICIENCY_BATCH1, color="orange", ls="--", lw=0.8,
+                label=f"target {TARGET_EFFICIENCY_BATCH1:g} (batch 1)")  # fmt: skip
+    on = [r for r in rows if r["kind"] == "gates-on"]
+    if on:
+        ax3.plot([r["batch_size"] for r in on], [100 * r["overhead_vs_static"] for r in on], "o-", color="k",
+                 label="gates-on vs static")  # fmt: skip
+    ax3.axhline(100 * TARGET_GATES_ON_OVERHEAD, color="green", ls="--", lw=0.8,
+                label=f"target {100 * TARGET_GATES_ON_OVERHEAD:g}% (CPU, batch >= {TARGET_LARGE_BATCH})")  # fmt: skip
+    ax3.axhline(0, color="grey", lw=0.8)
+    titles = ("speedup over static", "achieved / ideal (FLOPs)", "gates-on overhead (%)")
+    sizes = report["settings"]["batch_sizes"]
+    for ax, title in zip((ax1, ax2, ax3), titles, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    m = report["machine"]
+    fig.suptitle(f"skipvit bench model: {report['bundle']} on {m.get('gpu') or m['cpu']} "
+                 f"({report['settings']['threads']} threads)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

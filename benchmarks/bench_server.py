@@ -2,9 +2,9 @@
 
 One run, one machine, every figure measured in it: the real server (`skipvit serve`, dynamic
 batching) and the naive endpoint (`benchmarks.naive_server`, one request at a time) each run as a
-subprocess on a free loopback port, one after the other, under the same closed-loop load
-(`benchmarks.loadgen`) at several concurrencies; then, with both stopped, the same engine is timed
-in this process at the batch sizes the server reached. The verdict and the tables are in
+subprocess on a free loopback port, and each level of closed-loop load (`benchmarks.loadgen`)
+runs against one and then the other, so that the figures compared sit seconds apart; then, with
+both stopped, the same engine is timed in this process at the batch sizes the server reached. The verdict and the tables are in
 `benchmarks.server_report`.
 """
 
@@ -183,28 +183,25 @@ def mean_batch(probes: tuple[Any, Any]) -> float | None:
 # ---- load levels
 
 
-async def measure_server(name: str, host: str, port: int, prefix: str, pool: list[bytes], args,
-                         deadline: float) -> list[dict]:  # fmt: skip
-    """One row per concurrency level; the batched server's rows also get its mean batch size."""
-    rows = []
-    for c in args.concurrency:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise SystemExit(
-                f"the overall --timeout of {args.timeout:.0f} s ran out before {name} at {c} clients"
-            )
-        res = await asyncio.wait_for(
-            run_level(host, port, pool, images_per_request=args.images_per_request, concurrency=c,
-                      duration_s=None if args.requests else args.duration, max_requests=args.requests,
-                      warmup_s=args.warmup, request_timeout_s=args.request_timeout,
-                      probe=batch_probe(host, port, prefix) if name == "batched" else None),
-            timeout=left,
-        )  # fmt: skip
-        row = {"server": name, **summarize(res), "mean_batch_size": mean_batch(res.probes)}
-        print(f"  {name:8s} c={c:<4d} {row['images_per_s']:8.1f} images/s  p95 {row['latency_ms']['p95']:8.1f} ms"
-              f"  failed {row['failed']}", file=sys.stderr, flush=True)  # fmt: skip
-        rows.append(row)
-    return rows
+async def measure_level(name: str, host: str, port: int, prefix: str, pool: list[bytes], c: int, args,
+                        deadline: float) -> dict:  # fmt: skip
+    """One concurrency level against one server; the batched server's row gets its mean batch size."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SystemExit(
+            f"the overall --timeout of {args.timeout:.0f} s ran out before {name} at {c} clients"
+        )
+    res = await asyncio.wait_for(
+        run_level(host, port, pool, images_per_request=args.images_per_request, concurrency=c,
+                  duration_s=None if args.requests else args.duration, max_requests=args.requests,
+                  warmup_s=args.warmup, request_timeout_s=args.request_timeout,
+                  probe=batch_probe(host, port, prefix) if name == "batched" else None),
+        timeout=left,
+    )  # fmt: skip
+    row = {"server": name, **summarize(res), "mean_batch_size": mean_batch(res.probes)}
+    print(f"  {name:8s} c={c:<4d} {row['images_per_s']:8.1f} images/s  p95 {row['latency_ms']['p95']:8.1f} ms"
+          f"  failed {row['failed']}", file=sys.stderr, flush=True)  # fmt: skip
+    return row
 
 
 def _targets(args, bundle: Path, log_dir: Path) -> list[tuple[str, ServerProcess | None, str, int, str]]:
@@ -234,22 +231,28 @@ def _targets(args, bundle: Path, log_dir: Path) -> list[tuple[str, ServerProcess
 
 
 async def measure_all(args, bundle: Path, pngs: list[bytes], log_dir: Path) -> dict[str, list[dict]]:
-    """Each server in turn, alone on the machine: start, wait for /readyz, run the levels, stop."""
+    """Start both servers, then run each level against one and then the other, so that the two
+    figures compared at a level are taken a few seconds apart (this machine's speed drifts
+    over minutes). An idle server waits on its sockets and costs the other nothing."""
     deadline = time.monotonic() + args.timeout
-    servers: dict[str, list[dict]] = {}
-    for name, proc, host, port, prefix in _targets(args, bundle, log_dir):
-        pool = request_pool(
-            host, port, f"{prefix}/classify?point={args.point}", pngs, args.images_per_request
-        )
-        try:
+    targets = _targets(args, bundle, log_dir)
+    servers: dict[str, list[dict]] = {name: [] for name, *_ in targets}
+    try:
+        for name, proc, host, port, prefix in targets:
             if proc is not None:
                 print(f"starting the {name} server on port {port} ...", file=sys.stderr, flush=True)
                 proc.start()
                 await proc.wait_ready(args.start_timeout)
             elif (await http_get(host, port, f"{prefix}/readyz")).status != 200:
                 raise SystemExit(f"{args.url}/readyz is not 200; Hint: wait until the server has loaded")
-            servers[name] = await measure_server(name, host, port, prefix, pool, args, deadline)
-        finally:
+        for c in args.concurrency:
+            for name, _, host, port, prefix in targets:
+                pool = request_pool(
+                    host, port, f"{prefix}/classify?point={args.point}", pngs, args.images_per_request
+                )
+                servers[name].append(await measure_level(name, host, port, prefix, pool, c, args, deadline))
+    finally:
+        for _, proc, *_ in targets:
             if proc is not None:
                 proc.stop()
     return servers

@@ -18,8 +18,12 @@ from torch import Tensor
 
 
 def compact_rows_ref(h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows of ``h`` (B, ...) where ``mask`` (B,) is True, in order, and their indices (R,)."""
+    """Rows of ``h`` (B, ...) where ``mask`` (B,) is True, in order, and their indices (R,).
+
+    When every row is set the rows are ``h`` itself, not a copy: callers read them, never write."""
     idx = mask.nonzero().squeeze(1)  # (R,)
+    if idx.shape[0] == h.shape[0]:
+        return h, idx  # every row runs: no copy (the block never writes into its input)
     return h.index_select(0, idx), idx  # (R, ...), (R,)
 
 

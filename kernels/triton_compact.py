@@ -137,6 +137,8 @@ def compact_rows(h: Tensor, mask: Tensor, *, block_b: int | None = None) -> tupl
     Exact shape: reads the count R on the host first (one sync), like ``nonzero`` does.
     """
     r = int(mask.sum())  # the host sync: the output shape depends on it
+    if r == h.shape[0]:
+        return h, torch.arange(r, device=h.device)  # every row runs: no copy, as the reference
     rows, idx, _ = compact_rows_fixed(h, mask, r, block_b=block_b)
     return rows, idx  # (R, ...), (R,)
 

@@ -13,6 +13,7 @@ inference never calls it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.policy import RUN, SKIP, ExecutionPolicy
@@ -37,7 +38,8 @@ class SkipAgent(nn.Module):
         return len(self.gates)
 
     def prob(self, layer: int, cls: Tensor) -> Tensor:  # cls: (B, D) -> (B,)
-        return torch.sigmoid(self.gates[layer](cls).squeeze(-1).float())
+        g = self.gates[layer]  # F.linear, not g(cls): a module call costs as much as the gate itself
+        return torch.sigmoid(F.linear(cls, g.weight, g.bias).squeeze(-1).float())
 
     def baseline(self, layer: int, cls: Tensor) -> Tensor:  # (B, D) -> (B,)
         return self.baselines[layer](cls).squeeze(-1).float()
@@ -69,10 +71,22 @@ class GatePolicy(ExecutionPolicy):
         self.log_probs: list[Tensor] = []  # each (B,): log pi(a_j | c_j) of the sampled action
         self.cls: list[Tensor] = []  # each (B, D): the CLS token the gate saw (for the baseline)
         self._thr: Tensor | None = None
+        self._run_thr: Tensor | None = None  # (B, L): the threshold, +inf where the layer is removed
+
+    @property
+    def may_exit(self) -> bool:
+        return False
 
     def begin(self, h: Tensor) -> None:
         self.log_probs, self.cls = [], []
         self._thr = thresholds_tensor(self.thresholds, h.shape[0], self.agent.depth, h.device)
+        self._run_thr = torch.where(self._thr >= 0, self._thr, torch.inf)
+
+    def run_mask(self, layer: int, h: Tensor, alive: Tensor) -> Tensor:
+        if self.sample:
+            return super().run_mask(layer, h, alive)
+        # Inference: p_j >= threshold_j; a removed layer's +inf threshold is never reached.
+        return self.agent.prob(layer, h[:, 0]) >= self._run_thr[:, layer]  # (B,)
 
     def decide(self, layer: int, h: Tensor, alive: Tensor) -> Tensor:
         # The gate reads a detached CLS token: the policy gradient trains the gates only, and the

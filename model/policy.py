@@ -37,6 +37,16 @@ class ExecutionPolicy:
         """True when the policy never skips or exits, so the loop can skip compaction."""
         return False
 
+    @property
+    def may_exit(self) -> bool:
+        """False when ``decide`` never answers EXIT: the loop then skips the exit bookkeeping and
+        asks ``run_mask`` instead of ``decide``."""
+        return True
+
+    def run_mask(self, layer: int, h: Tensor, alive: Tensor) -> Tensor:
+        """(B,) bool: the rows that run ``layer``; asked only of policies that never exit."""
+        return self.decide(layer, h, alive) == RUN
+
 
 class StaticPolicy(ExecutionPolicy):
     """Every row runs every layer: the plain ViT."""

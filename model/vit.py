@@ -190,32 +190,36 @@ class AdaptiveViT(nn.Module):
 
     def _layers_exact(self, h: Tensor, policy: ExecutionPolicy):
         b, depth = h.shape[0], self.cfg.depth
-        executed = torch.zeros(b, depth, dtype=torch.bool, device=h.device)
         exit_layer = torch.full((b,), depth, dtype=torch.long, device=h.device)
         exit_logits = torch.zeros(b, self.cfg.num_classes, dtype=h.dtype, device=h.device)
         alive = torch.ones(b, dtype=torch.bool, device=h.device)
         policy.begin(h)
-        for j in range(depth):
-            if policy.always_runs:
+        if policy.always_runs:
+            for j in range(depth):
                 h = self.block(j)(h)
-                executed[:, j] = True
-                continue
-            decision = policy.decide(j, h, alive)  # (B,) int8
-            exiting = alive & (decision == EXIT)
-            if bool(exiting.any()):  # host sync
-                rows = exiting.nonzero().squeeze(1)  # (E,), host sync
-                logits = policy.exit_logits(j, h, rows)
-                if logits is None:
-                    logits = self.forward_head(h.index_select(0, rows))  # (E, C)
-                exit_logits[rows] = logits.to(exit_logits.dtype)
-                exit_layer[rows] = j
-                alive = alive & ~exiting
-            run = alive & (decision == RUN)  # (B,)
-            executed[:, j] = run
-            rows_h, idx = compact_rows(h, run)  # (R, T, D), (R,); host sync (R)
+            executed = torch.ones(b, depth, dtype=torch.bool, device=h.device)
+            return h, executed, exit_layer, exit_logits, ~alive
+        runs = []  # (B,) bool per layer, stacked once at the end
+        for j in range(depth):
+            if policy.may_exit:
+                decision = policy.decide(j, h, alive)  # (B,) int8
+                exiting = alive & (decision == EXIT)
+                if bool(exiting.any()):  # host sync
+                    rows = exiting.nonzero().squeeze(1)  # (E,), host sync
+                    logits = policy.exit_logits(j, h, rows)
+                    if logits is None:
+                        logits = self.forward_head(h.index_select(0, rows))  # (E, C)
+                    exit_logits[rows] = logits.to(exit_logits.dtype)
+                    exit_layer[rows] = j
+                    alive = alive & ~exiting
+                run = alive & (decision == RUN)  # (B,)
+            else:  # skip-only policy (the RL gates): every row stays alive
+                run = policy.run_mask(j, h, alive)  # (B,)
+            runs.append(run)
+            rows_h, idx = compact_rows(h, run)  # (R, T, D), (R,); host sync (R); h itself when R = B
             if rows_h.shape[0]:
                 h = scatter_rows(h, idx, self.block(j)(rows_h))
-        return h, executed, exit_layer, exit_logits, ~alive
+        return h, torch.stack(runs, dim=1), exit_layer, exit_logits, ~alive
 
     def _layers_fixed(self, h: Tensor, policy: ExecutionPolicy, caps: list[int]):
         """The loop with ``caps[j]`` slots at layer j and no sync until the end; None on overflow."""

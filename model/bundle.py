@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from model.config import ViTConfig
+from model.exits import ExitSet, attach_exits
 from model.gates import SkipAgent
 from model.vit import AdaptiveViT, build_model
 
@@ -85,6 +86,12 @@ class Bundle:
         if any(k.startswith("agent.") for k in state):
             cfg = self.architecture
             model.attach_agent(SkipAgent(cfg.dim, cfg.depth, SkipAgent.hidden_from_state(state)))
+        try:
+            exits = ExitSet.from_state(self.architecture, state)  # DyCE exit heads, when the set has them
+        except ValueError as e:
+            raise BundleError(f"weight set {weights!r}: {e}") from None
+        if exits is not None:
+            attach_exits(model, exits)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing:
             raise BundleError(f"weight set {weights!r} lacks {len(missing)} tensors, e.g. {missing[0]}")

@@ -48,18 +48,31 @@ METHOD_TEXT = {
     "rl": "RL gates decide per image which layers run",
     "nsga": "RL gates with per-layer thresholds found by NSGA-II (-1 removes a layer)",
     "nsga-joint": "joint RL-NSGA: gates and thresholds searched together",
+    "lac": "LAC: an image stops when the L2 norm of its hidden state stops growing (alpha sets how soon)",
+    "dyce": "DyCE: exit heads after chosen layers; an image leaves at the first exit whose max softmax "
+    "exceeds its threshold",
 }
 
 
 def describe(point) -> str:
     """What a point does (shown by /pareto and the web page)."""
-    return METHOD_TEXT.get(point.method, point.method)
+    text = METHOD_TEXT.get(point.method, point.method)
+    if point.method == "lac":
+        alpha, mode = point.params.get("alpha"), point.params.get("mode", "per-example")
+        who = "the request's images halt together" if mode == "per-batch" else "each image halts on its own"
+        text += f"; {mode}, alpha {alpha}: {who}"
+    return text
 
 
 def serving(point) -> str:
     """How the server batches a point."""
     if point.method in ("rl", "nsga", "nsga-joint"):
         return f"batched per image: shares one forward with every gate point of weights {point.weights!r}"
+    if point.method == "lac":
+        if point.params.get("mode") == "per-batch":
+            return ("one request per forward: the batch whose norm decides is the request's own images, "
+                    "never other requests'")  # fmt: skip
+        return f"batched per image: shares one forward with every per-example LAC point of weights {point.weights!r}"
     return "batched per image with the requests of the same point"
 
 

@@ -7,7 +7,7 @@ the clock and the knobs, so it is tested without a server or a model:
   switch (``set_active``) lands between batches and every batch runs the points it was planned
   with;
 - only requests whose points share a batch key (``Engine.batch_key``) go into one batch; a key of
-  ``None`` means the request runs in a forward of its own;
+  ``None`` means the request runs in a forward of its own, at once (nothing may join it);
 - a group closes when it holds ``max_batch_size`` images, or ``max_wait_ms`` after its oldest
   request arrived, or at once while flushing (draining); the ready group whose oldest request is
   oldest goes first;
@@ -122,10 +122,11 @@ def plan(
     wait = knobs.max_wait_ms / 1000.0
     chosen: list[tuple[Pending, str]] | None = None
     wake: list[float] = []
-    for members in groups.values():  # dicts keep insertion order: oldest group first
+    for group, members in groups.items():  # dicts keep insertion order: oldest group first
         oldest = members[0][0]
         rows = sum(r.n for r, _ in members)
-        if flush or rows >= knobs.max_batch_size or now >= oldest.arrived + wait:
+        alone = group[0] == "alone"  # no company can come, so there is nothing to wait for
+        if flush or alone or rows >= knobs.max_batch_size or now >= oldest.arrived + wait:
             chosen = members
             break
         wake.append(oldest.arrived + wait)

@@ -78,3 +78,20 @@ def tiny_gate_bundle(tiny_rl_bundle, tmp_path_factory) -> Path:
     ])  # fmt: skip
     bundle.save()
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dyce_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle plus weight set ``dyce`` (exit heads after every layer, 3 epochs through the
+    real CLI) and the points of a small ``search dyce``."""
+    import shutil
+
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-dyce"
+    shutil.copytree(tiny_bundle, out)
+    main(["train", "exits", "--bundle", str(out), "--epochs", "3", "--device", "cpu",
+          "--ckpt-dir", str(tmp_path_factory.mktemp("ckpt-exits"))])  # fmt: skip
+    main(["search", "dyce", "--bundle", str(out), "--lambdas", "9", "--thresholds", "12", "--max-points", "6",
+          "--device", "cpu"])  # fmt: skip
+    return out

@@ -249,7 +249,7 @@ def analyze_bundle(
     ``runs/analysis/<bundle name>/<point>/`` under the working directory, not the bundle.
     """
     from model.bundle import load_bundle
-    from model.points import policy_for
+    from model.points import batch_key, policy_for
     from training.data import load_bundle_splits
     from training.data.augment import to_float
     from training.device import resolve_device
@@ -262,7 +262,8 @@ def analyze_bundle(
     splits = load_bundle_splits(ds, data_dir)
     data = splits.test.head(limit)
     model = bundle.build_model(point.weights, dev)
-    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), batch_size, dev)
+    served_batch = 1 if batch_key(point) is None else batch_size  # per-batch LAC: one image per forward
+    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), served_batch, dev)
     images = to_float(data.images, ds["mean"], ds["std"])  # (N, C, H, W) on the CPU
     depth = bundle.architecture.depth
     result: dict[str, Any] = {

@@ -58,6 +58,7 @@ def _train_parser(sub) -> None:
     s.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs of this run, leaving a checkpoint for --resume")  # fmt: skip
     _rl_parser(tsub)
+    _exits_parser(tsub)
 
 
 def _add_reward_args(p: argparse.ArgumentParser, note: str = "") -> None:
@@ -94,6 +95,45 @@ def _rl_parser(tsub) -> None:
     r.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default runs/<out>-<name>)")
     r.add_argument("--resume", action="store_true")
     r.add_argument("--stop-after", type=int, default=None, metavar="N")
+
+
+def _exits_parser(tsub) -> None:
+    e = tsub.add_parser("exits", help="DyCE exit heads on a bundle's frozen backbone (seed 003)")
+    e.add_argument("--bundle", required=True, help="bundle to read the backbone from and write into")
+    e.add_argument("--weights", default="static", help="the backbone's weight set (default: static)")
+    e.add_argument("--name", default="dyce", help="weight set to write: the backbone plus the exits")
+    e.add_argument("--types", default="linear,mlp-s,mlp-m", help="exit types (model.exits.EXIT_TYPES)")
+    e.add_argument("--positions", default=None, help="exits after these layers, e.g. 3,5,7 (default: all)")
+    e.add_argument("--epochs", type=int, default=30)
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--lr", type=float, default=2e-3)
+    e.add_argument("--weight-decay", type=float, default=0.01)
+    e.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the soft targets")
+    e.add_argument("--hard-weight", type=float, default=0.0, help="share of CE on the labels in the loss")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
+    e.add_argument("--ckpt-dir", default=None, help="checkpoint dir (default runs/<bundle>-<name>-exits)")
+    e.add_argument("--resume", action="store_true", help="continue from the checkpoint in --ckpt-dir")
+    e.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop after N epochs of this run, leaving a checkpoint for --resume")  # fmt: skip
+
+
+def _dyce_parser(ssub) -> None:
+    d = ssub.add_parser("dyce", help="DyCE: a lambda sweep picks exits and thresholds (seed 003)")
+    d.add_argument("--bundle", required=True, help="bundle to search and write into")
+    d.add_argument("--weights", default="dyce", help="weight set with exit heads (default: dyce)")
+    d.add_argument("--name", default="dyce", help="point prefix (points <name>-1, <name>-2, ...)")
+    d.add_argument("--lambdas", type=int, default=41, help="lambda values in the sweep")
+    d.add_argument("--lambda-min", type=float, default=0.3, help="smallest lambda (weight of accuracy)")
+    d.add_argument("--lambda-max", type=float, default=0.9995, help="largest lambda")
+    d.add_argument("--thresholds", type=int, default=40, help="thresholds per exit (confidence quantiles)")
+    d.add_argument("--max-rounds", type=int, default=100, help="circular search: most changes applied")
+    d.add_argument("--max-points", type=int, default=16, help="most points written")
+    d.add_argument("--batch-size", type=int, default=512)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--data-dir", default=None)
 
 
 def _evaluate_parser(sub) -> None:
@@ -151,6 +191,39 @@ def _search_parser(sub) -> None:
     )
     n.add_argument("--resume", action="store_true", help="continue the search saved in --ckpt-dir")
     n.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N generations")
+    _dyce_parser(ssub)
+    _lac_parser(ssub)
+
+
+def _lac_parser(ssub) -> None:
+    c = ssub.add_parser("lac", help="LAC: halt when the hidden state's L2 norm stops growing (seed 002)")
+    c.add_argument("--bundle", required=True, help="bundle to evaluate and write into")
+    c.add_argument("--weights", default="static", help="comma-separated weight sets (default: static)")
+    c.add_argument("--alphas", default="0.05,0.1,0.2,0.3,0.4,0.6,0.8,1.0", help="comma-separated alphas")
+    c.add_argument("--modes", default="both", choices=["both", "per-example", "per-batch"])
+    c.add_argument("--batch-size", type=int, default=512, help="per-example: images per forward")
+    c.add_argument("--report-batch", type=int, default=128,
+                   help="per-batch: also report at this many images per forward (0: skip)")  # fmt: skip
+    c.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--data-dir", default=None)
+
+
+def _parity_parser(sub) -> None:
+    p = sub.add_parser("parity", help="seed 002 Table 1: parity with a GRU cell, with and without LAC")
+    p.add_argument("--mode", default="all", choices=["all", "none", "per-batch", "per-example"])
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=10, help="T, the most GRU steps")
+    p.add_argument("--length", type=int, default=16, help="sequence length")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-steps", type=int, default=20_000, help="optimiser steps per mode")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay to 1%%)")
+    p.add_argument("--test-size", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/parity/parity.json", help="results JSON (the table is printed)")
 
 
 def _serve_parser(sub) -> None:
@@ -232,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     _analyze_parser(sub)
     _search_parser(sub)
+    _parity_parser(sub)
     _serve_parser(sub)
     _bench_parser(sub)
     return parser
@@ -289,13 +363,17 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "train":
-            from training import train_rl, train_static
+            from training import train_exits, train_rl, train_static
 
-            {"static": train_static.run, "rl": train_rl.run}[args.method](args)
+            {"static": train_static.run, "rl": train_rl.run, "exits": train_exits.run}[args.method](args)
         elif args.command == "search":
-            from training import search_nsga
+            from training import search_dyce, search_lac, search_nsga
 
-            {"nsga": search_nsga.run}[args.method](args)
+            {"nsga": search_nsga.run, "dyce": search_dyce.run, "lac": search_lac.run}[args.method](args)
+        elif args.command == "parity":
+            from training import parity
+
+            parity.run(args)
         elif args.command == "evaluate":
             cmd_evaluate(args)
         elif args.command == "analyze":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from model.bundle import load_bundle
-from model.points import policy_for
+from model.points import batch_key, policy_for
 from training.data import load_bundle_splits
 from training.device import resolve_device
 from training.evaluate import evaluate
@@ -17,7 +17,15 @@ def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, de
     splits = load_bundle_splits(ds, data_dir)
     data = splits.split(split).head(limit)
     model = bundle.build_model(point.weights, dev)
+    if batch_key(point) is None:  # served one request per forward (per-batch LAC): one image per forward
+        batch_size = 1
     res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), batch_size, dev)
+    relative = res.mean_layers / bundle.architecture.depth
+    if point.method == "dyce":  # FLOPs / static FLOPs, counting the exit heads evaluated on the way
+        from model.dyce import DyCEConfig, relative_compute
+
+        config = DyCEConfig.from_params(point.params)
+        relative = relative_compute(bundle.architecture, config, res.executed.sum(1))
     return {"point": point.id, "method": point.method, "split": split, "n": res.n,
             "accuracy": res.accuracy, "mean_layers": res.mean_layers, "depth": bundle.architecture.depth,
-            "relative_compute": res.mean_layers / bundle.architecture.depth}  # fmt: skip
+            "relative_compute": relative}  # fmt: skip

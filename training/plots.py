@@ -1,4 +1,8 @@
-"""front.png: accuracy vs. mean layers, one colour per method, the static point marked."""
+"""front.png: accuracy vs. compute, one colour per method, the static point marked.
+
+The x axis is compute in layers: ``relative_compute x depth``. For the layer-skipping methods that
+is their mean layers; for a method with heads of its own (DyCE's exits) it also counts those.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,18 @@ def draw_front(bundle: Bundle) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    depth = bundle.architecture.depth
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     methods = sorted({p.method for p in bundle.front})
     for i, method in enumerate(methods):
-        pts = sorted((p for p in bundle.front if p.method == method), key=lambda p: p.metrics["mean_layers"])
-        xs = [p.metrics["mean_layers"] for p in pts]
+        pts = sorted((p for p in bundle.front if p.method == method), key=lambda p: _layers(p, depth))
+        xs = [_layers(p, depth) for p in pts]
         ys = [100 * p.metrics["accuracy"] for p in pts]
         if method == "static":
             ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=3, label="static")
         else:
             ax.plot(xs, ys, "o-", color=f"C{i}", label=method, ms=4)
-    ax.set_xlabel(f"mean layers run (of {bundle.architecture.depth})")
+    ax.set_xlabel(f"compute in layers (relative compute × {depth})")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{bundle.dataset.get('name', '')}: accuracy vs. compute")
     ax.set_xlim(0, bundle.architecture.depth + 0.5)
@@ -30,3 +35,8 @@ def draw_front(bundle: Bundle) -> None:
     fig.tight_layout()
     fig.savefig(bundle.root / "front.png")
     plt.close(fig)
+
+
+def _layers(point, depth: int) -> float:
+    m = point.metrics
+    return m["relative_compute"] * depth if "relative_compute" in m else m["mean_layers"]

@@ -1,0 +1,89 @@
+"""`skipvit search lac` on the tiny bundle, and LAC on a tiny UViT (`train static --shared-layers`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from model.bundle import load_bundle
+from training.cli import main
+from training.search_lac import parse_alphas, point_id
+
+SMALL = ["--limit", "48", "--device", "cpu", "--report-batch", "16"]
+
+
+@pytest.fixture
+def bundle_dir(tiny_bundle, tmp_path):
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle, out)
+    return out
+
+
+def lac_points(root):
+    return {p.id: p for p in load_bundle(root).front if p.method == "lac"}
+
+
+def test_writes_both_modes_per_alpha_with_test_metrics(bundle_dir, capsys):
+    main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.8,0.3", *SMALL])
+    points = lac_points(bundle_dir)  # load_bundle also verifies the manifest
+    assert set(points) == {"lac-ex-0.3", "lac-ex-0.8", "lac-batch-0.3", "lac-batch-0.8"}
+    depth = load_bundle(bundle_dir).architecture.depth
+    for p in points.values():
+        assert p.weights == "static" and p.params["mode"] in ("per-example", "per-batch")
+        m = p.metrics
+        assert m["split"] == "test" and m["n"] == 48 and 0 <= m["accuracy"] <= 1
+        assert 2 <= m["mean_layers"] <= depth and m["relative_compute"] == pytest.approx(
+            m["mean_layers"] / depth, abs=1e-4
+        )
+        assert m["eval_batch"] == (1 if p.params["mode"] == "per-batch" else 512)
+    for a in ("0.3", "0.8"):  # per-batch at one image per forward is per-example: one image is its own batch
+        ex, batch = points[f"lac-ex-{a}"].metrics, points[f"lac-batch-{a}"].metrics
+        assert (ex["accuracy"], ex["mean_layers"]) == (batch["accuracy"], batch["mean_layers"])
+    assert points["lac-ex-0.3"].metrics["mean_layers"] >= points["lac-ex-0.8"].metrics["mean_layers"]
+    report = (bundle_dir / "REPORT.md").read_text()
+    assert "## lac" in report and "skipvit search lac" in report and "per-batch at 16/forward" in report
+    assert "| lac |" in report.split("## fronts", 1)[1]  # the fronts table has a row for LAC
+    assert "lac-batch-0.8" in capsys.readouterr().out
+
+
+def test_a_rerun_replaces_the_earlier_lac_points_and_evaluate_reproduces_them(bundle_dir, capsys):
+    main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.3,0.8", *SMALL])
+    main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.5", "--modes", "per-batch", *SMALL])
+    points = lac_points(bundle_dir)
+    assert set(points) == {"lac-batch-0.5"}
+    assert {p.id for p in load_bundle(bundle_dir).front} >= {"static", "lac-batch-0.5"}
+    capsys.readouterr()
+    main(["evaluate", "--bundle", str(bundle_dir), "--point", "lac-batch-0.5", "--limit", "48", "--json",
+          "--device", "cpu"])  # fmt: skip
+    got = json.loads(capsys.readouterr().out)
+    m = points["lac-batch-0.5"].metrics  # measured one image per forward; evaluate serves it the same way
+    assert got["accuracy"] == pytest.approx(m["accuracy"], abs=1e-5)
+    assert got["mean_layers"] == pytest.approx(m["mean_layers"], abs=1e-4)
+
+
+def test_bad_arguments_say_what_to_do(bundle_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "lac", "--bundle", str(bundle_dir), "--weights", "nope", *SMALL])
+    assert "Hint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.5,-1", *SMALL])
+    assert "alpha" in capsys.readouterr().err
+    assert parse_alphas("1.0, 0.5,0.5") == [0.5, 1.0]
+    assert point_id("static", "per-example", 0.05) == "lac-ex-0.05"
+    assert point_id("rl", "per-batch", 1.0) == "lac-rl-batch-1"
+
+
+def test_a_tiny_uvit_trains_and_lac_runs_on_it(tmp_path):
+    out = tmp_path / "uvit"
+    main(["train", "static", "--data", "synthetic", "--preset", "tiny", "--shared-layers", "--device", "cpu",
+          "--limit-train", "64", "--epochs", "1", "--out", str(out), "--ckpt-dir", str(tmp_path / "ck")])  # fmt: skip
+    bundle = load_bundle(out)
+    assert bundle.architecture.shared_layers
+    state = bundle.load_weights("static")
+    assert any(k.startswith("blocks.0.") for k in state) and not any(k.startswith("blocks.1.") for k in state)
+    main(["search", "lac", "--bundle", str(out), "--alphas", "0.5", *SMALL])
+    points = lac_points(out)
+    assert set(points) == {"lac-ex-0.5", "lac-batch-0.5"}
+    assert all(2 <= p.metrics["mean_layers"] <= bundle.architecture.depth for p in points.values())

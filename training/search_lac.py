@@ -1,0 +1,172 @@
+"""`skipvit search lac`: LAC points (seed 002) for a bundle's weight sets. Nothing is trained.
+
+LAC needs no parameters of its own (``model.lac`` has the rule), so the "search" is a sweep: for
+each weight set (default ``static``), each alpha and each mode, the test split is evaluated
+through the model's real per-layer loop and a point is written:
+
+- ``lac-ex-<alpha>`` (``per-example``): each image halts on its own; evaluated in batches of
+  ``--batch-size`` rows, which changes nothing (the decision of a row reads only that row);
+- ``lac-batch-<alpha>`` (``per-batch``): the whole batch halts together on the norm of the whole
+  batch, so the figures depend on what shares the batch. The server runs these points one request
+  per forward (``model.points.batch_key`` is None), so a request's own images are the batch; the
+  point's metrics are measured as served for the common one-image request: **one image per
+  forward** (which makes them equal to the per-example point's: one image is its own batch). The
+  REPORT section also gives the figures at ``--report-batch`` images per forward (default 128, the
+  paper's batch size) for comparison, which no request of one image sees.
+
+Points on another weight set ``W`` are named ``lac-W-ex-<alpha>`` / ``lac-W-batch-<alpha>``. A rerun
+replaces every earlier LAC point on the weight sets it sweeps. No choice is made, so no validation
+split is read; all swept points go on the front, the test split measures them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from model.lac import MODES, LACPolicy, check_alpha
+
+DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
+
+
+def point_id(weights: str, mode: str, alpha: float) -> str:
+    prefix = "lac" if weights == "static" else f"lac-{weights}"
+    return f"{prefix}-{MODE_TAG[mode]}-{alpha:g}"
+
+
+def parse_alphas(text: str) -> list[float]:
+    try:
+        alphas = [check_alpha(float(a)) for a in text.split(",") if a.strip()]
+    except ValueError as e:
+        raise ValueError(f"--alphas {text!r}: {e}") from None
+    if not alphas:
+        raise ValueError(f"--alphas {text!r} names no alpha; Hint: e.g. --alphas 0.1,0.5,1.0")
+    return sorted(set(alphas))
+
+
+def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: int, device) -> list[dict]:
+    """One record per (mode, alpha): the EvalResult as served, and per-batch at ``report_batch``."""
+    from training.evaluate import evaluate
+
+    records = []
+    for mode in modes:
+        for alpha in alphas:
+            t0 = time.time()
+            served_batch = batch_size if mode == "per-example" else 1
+            res = evaluate(model, data, mean, std, LACPolicy(alpha, mode), served_batch, device)
+            rec = {"mode": mode, "alpha": alpha, "result": res, "batch": served_batch}
+            if mode == "per-batch" and report_batch > 1:
+                rec["at_report_batch"] = evaluate(
+                    model, data, mean, std, LACPolicy(alpha, mode), report_batch, device
+                )
+            rec["seconds"] = time.time() - t0
+            records.append(rec)
+            print(f"  {mode} alpha {alpha:g}: accuracy {100 * res.accuracy:.2f}%, mean layers "
+                  f"{res.mean_layers:.3f} ({rec['seconds']:.0f} s)", flush=True)  # fmt: skip
+    return records
+
+
+def run(args) -> None:
+    from model.bundle import load_bundle
+    from training.data import load_bundle_splits
+    from training.device import resolve_device
+
+    bundle = load_bundle(args.bundle)
+    weight_sets = [w for w in args.weights.split(",") if w]
+    for w in weight_sets:
+        if w not in bundle.weight_sets:
+            raise ValueError(f"{args.bundle} has no weight set {w!r} (it has {', '.join(bundle.weight_sets)}); "
+                             "Hint: pass one of those with --weights")  # fmt: skip
+    alphas = parse_alphas(args.alphas)
+    modes = MODES if args.modes == "both" else (args.modes,)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = resolve_device(args.device)
+    ds = bundle.dataset
+    splits = load_bundle_splits(ds, args.data_dir)
+    data = splits.test.head(args.limit)
+    t0 = time.time()
+    results = {}
+    for w in weight_sets:
+        model = bundle.build_model(w, device)
+        print(f"LAC sweep on weights {w!r} of {args.bundle}: alphas {alphas}, modes {list(modes)}, "
+              f"{len(data)} test images, device {device}", flush=True)  # fmt: skip
+        with torch.inference_mode():
+            results[w] = sweep(model, data, ds["mean"], ds["std"], alphas, modes, args.batch_size,
+                               args.report_batch, device)  # fmt: skip
+    write_points(bundle, results, len(data), len(data) == len(splits.test), args, device, time.time() - t0)
+
+
+def write_points(
+    bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
+) -> None:
+    from model.bundle import Point
+    from training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
+    from training.plots import draw_front
+    from training.report import command_line, environment, markdown_table, update_section
+
+    depth = bundle.architecture.depth
+    points, rows = [], []
+    for w, records in results.items():
+        for rec in records:
+            res, mode, alpha = rec["result"], rec["mode"], rec["alpha"]
+            metrics = res.metrics(depth, "test") | {"eval_batch": rec["batch"]}
+            p = Point(point_id(w, mode, alpha), "lac", w, {"alpha": alpha, "mode": mode}, metrics)
+            points.append(p)
+            hist = torch.bincount(res.executed.sum(1), minlength=depth + 1).tolist()
+            big = rec.get("at_report_batch")
+            rows.append([p.id, w, mode, f"{alpha:g}", f"{100 * res.accuracy:.2f}", f"{res.mean_layers:.3f}",
+                         f"{res.mean_layers / depth:.3f}", " ".join(map(str, hist)),
+                         f"{100 * big.accuracy:.2f} @ {big.mean_layers:.3f}" if big else "—"])  # fmt: skip
+    swept = set(results)
+    bundle.front = [p for p in bundle.front if not (p.method == "lac" and p.weights in swept)]
+    bundle.upsert_points(points)
+    draw_front(bundle)
+    hv = {w: hypervolume(objectives([p for p in points if p.weights == w and p.params["mode"] == "per-example"]))
+          for w in results}  # fmt: skip
+    static = {p.weights: p for p in bundle.front if p.method == "static"}
+    static_text = "".join(
+        f" For reference, point `{static[w].id}` runs every layer of `{w}` at "
+        f"{100 * static[w].metrics['accuracy']:.2f}% (n = {static[w].metrics['n']})."
+        for w in results
+        if w in static
+    )
+    data_text = f"the full test split ({n} images)" if full else f"the first {n} images of the test split"
+    report_text = (
+        f" The last column is per-batch LAC at {args.report_batch} images per forward (the paper's batch "
+        "size, 128 by default), for comparison only: no one-image request is served that way."
+        if args.report_batch > 1
+        else ""
+    )
+    body = f"""
+Command: `{command_line(args.argv)}`
+
+- LAC (seed 002, `model/lac.py`): no training. Before layer j the norm ‖h_j‖₂ of the residual
+  stream (every token and channel, before the final LayerNorm; h_0 = embedding output) gives
+  δ_j = ‖h_j‖ − ‖h_(j−1)‖; the image stops if δ_j < λ_j = α·|max Δ − min Δ| over the earlier
+  changes Δ = {{0, δ_1, …, δ_(j−1)}} (a buffer that starts at zero, as in the authors' code; λ = 0
+  never halts, so the first two layers always run) and is answered by the head from h_j.
+- `per-example`: one norm per image, evaluated in batches of {args.batch_size} (a row's decision
+  reads only that row). `per-batch`: one norm for the whole batch, which stops together; served one
+  request per forward, so its points are measured at **one image per forward** (equal to
+  per-example: one image is its own batch).{report_text}
+- Data: {data_text}; nothing is selected, so no validation split is read.{static_text}
+- Environment: {environment()}, device {device}; sweep wall time {elapsed / 60:.1f} min
+
+Hypervolume of the per-example points (pymoo HV over (mean layers / depth, 1 − accuracy),
+reference {HV_REF}): {", ".join(f"`{w}` **{v:.4f}**" for w, v in hv.items())}.
+
+{markdown_table(["point", "weights", "mode", "alpha", "test acc %", "mean layers", "rel. compute",
+                 f"images by layers run (0..{depth})", f"per-batch at {args.report_batch}/forward: acc % @ layers"],
+                rows)}
+"""  # fmt: skip
+    update_section(bundle.root, "lac", body)
+    update_fronts_section(bundle)
+    bundle.save()
+    print(f"wrote {len(points)} LAC points into {bundle.root}")
+    for p in points:
+        print(
+            f"  {p.id}: test accuracy {100 * p.metrics['accuracy']:.2f}% at {p.metrics['mean_layers']:.3f} layers"
+        )

@@ -1,0 +1,309 @@
+"""`skipvit train exits`: DyCE exit heads (seed 003) on a frozen backbone.
+
+The backbone (a weight set of the bundle, default ``static``) is frozen: ``requires_grad_(False)``
+and eval mode. Every exit type reads only the CLS token and the token mean (``model.exits``), so
+one pass of the backbone over the training split, without gradients, records those two vectors
+after every exit position plus the backbone's final logits; the heads then train for as many
+epochs as asked on the recorded features, all positions and types at once (each head has its own
+parameters, so summing their losses trains each on its own).
+
+Loss (the paper's description): soft cross-entropy against the backbone's final output
+distribution, ``-sum softmax(z_backbone / T) * log_softmax(z_exit / T) * T^2``, optionally mixed
+with the hard labels: ``(1 - w) * soft + w * CE(z_exit, y)`` (``--hard-weight w``, default 0).
+
+Output: weight set ``--name`` (default ``dyce``) = the source weight set's tensors, unchanged,
+plus the heads under ``exits.``. Points on that weight set are measured with the old heads, so
+they are dropped; ``skipvit search dyce`` writes new ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_of, pooled_tokens
+from model.flops import block_flops
+from model.vit import AdaptiveViT
+from training.data.augment import to_float
+from training.data.base import ArrayData
+from training.device import autocast
+from training.schedule import warmup_cosine
+
+
+@dataclass(frozen=True)
+class ExitTrainConfig:
+    types: tuple[str, ...] = tuple(EXIT_TYPES)
+    positions: tuple[int, ...] | None = None  # None: after every layer 1 .. L-1
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    temperature: float = 1.0
+    hard_weight: float = 0.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- the frozen backbone
+
+
+@torch.no_grad()
+def backbone_features(
+    model: AdaptiveViT, data: ArrayData, mean, std, positions: Sequence[int], batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One pass of the frozen backbone: ``pooled_tokens`` after each layer in ``positions``,
+    (N, P, 2, D) float32, and the final logits (N, C) float32, on the CPU.
+
+    The loop is the static forward (every row runs every layer), written out to read the state
+    between layers. ``no_grad`` rather than ``inference_mode``: the heads train on the results.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    want = set(positions)
+    feats, logits = [], []
+    for images, _ in data.batches(batch_size):
+        x = to_float(images.to(device), mean, std)  # (B, C, H, W)
+        with autocast(device):
+            h = model.embed(x)  # (B, T, D)
+            pooled = []
+            for j in range(model.depth):
+                h = model.block(j)(h)  # (B, T, D): the state after layer j + 1
+                if j + 1 in want:
+                    pooled.append(pooled_tokens(h))  # (B, 2, D)
+            z = model.forward_head(h)  # (B, C)
+        feats.append(torch.stack(pooled, dim=1).float().cpu())  # (B, P, 2, D)
+        logits.append(z.float().cpu())
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(logits)
+
+
+def soft_cross_entropy(logits: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over rows of -sum softmax(teacher / T) log_softmax(logits / T), times T^2."""
+    target = (teacher / temperature).softmax(dim=-1)  # (B, C)
+    log_p = F.log_softmax(logits / temperature, dim=-1)  # (B, C)
+    return -(target * log_p).sum(dim=-1).mean() * temperature**2
+
+
+def exits_loss(
+    exits: ExitSet, pooled: Tensor, teacher: Tensor, labels: Tensor, cfg: ExitTrainConfig
+) -> Tensor:
+    """Sum over every head of its loss; ``pooled`` (B, P, 2, D) follows ``exits.positions``."""
+    total = pooled.new_zeros(())
+    index = {k: i for i, k in enumerate(exits.positions)}
+    for k, t in exits.keys:
+        logits = exits.head(k, t).from_pooled(pooled[:, index[k]])  # (B, C)
+        loss = soft_cross_entropy(logits, teacher, cfg.temperature)
+        if cfg.hard_weight:
+            loss = (1 - cfg.hard_weight) * loss + cfg.hard_weight * F.cross_entropy(logits, labels)
+        total = total + loss
+    return total
+
+
+@torch.no_grad()
+def head_stats(exits: ExitSet, pooled: Tensor, teacher: Tensor, labels: Tensor) -> dict[str, dict]:
+    """Per head ("k_type"): accuracy on the labels and agreement with the backbone's prediction."""
+    exits.eval()
+    index = {k: i for i, k in enumerate(exits.positions)}
+    target = teacher.argmax(-1)
+    out = {}
+    for k, t in exits.keys:
+        pred = exits.head(k, t).from_pooled(pooled[:, index[k]]).argmax(-1)  # (N,)
+        out[f"{k}_{t}"] = {"accuracy": (pred == labels).float().mean().item(),
+                           "agreement": (pred == target).float().mean().item()}  # fmt: skip
+    return out
+
+
+def train_epoch(exits: ExitSet, opt, feats: Tensor, teacher: Tensor, labels: Tensor, cfg: ExitTrainConfig,
+                step: int, total_steps: int, g: torch.Generator, device) -> tuple[int, float]:  # fmt: skip
+    exits.train()
+    steps_per_epoch = -(-len(labels) // cfg.batch_size)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    order = torch.randperm(len(labels), generator=g)
+    loss_sum, seen = 0.0, 0
+    for start in range(0, len(labels), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        for group in opt.param_groups:
+            group["lr"] = warmup_cosine(step, total_steps, warmup, group["base_lr"])
+        pooled = feats[idx].to(device)  # (b, P, 2, D)
+        loss = exits_loss(exits, pooled, teacher[idx].to(device), labels[idx].to(device), cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        loss_sum += loss.item() * len(idx)
+        seen += len(idx)
+    return step, loss_sum / max(1, seen)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _int_list(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(
+            f"--positions {text!r}: expected layer numbers separated by commas, e.g. 3,5,7"
+        ) from None
+
+
+def config_from_args(args) -> ExitTrainConfig:
+    types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+    unknown = [t for t in types if t not in EXIT_TYPES]
+    if unknown or not types:
+        raise ValueError(
+            f"--types {args.types!r}: unknown {unknown}; Hint: choose from {', '.join(EXIT_TYPES)}"
+        )
+    if not 0.0 <= args.hard_weight <= 1.0 or args.temperature <= 0:
+        raise ValueError("--hard-weight must lie in [0, 1] and --temperature be > 0")
+    return ExitTrainConfig(
+        types=types, positions=_int_list(args.positions), epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, temperature=args.temperature, hard_weight=args.hard_weight,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def run(args) -> None:
+    from model.bundle import load_bundle
+    from training.data import load_bundle_splits
+    from training.device import resolve_device
+    from training.loop import EpochRunner
+
+    cfg = config_from_args(args)
+    bundle = load_bundle(args.bundle)
+    source, name = args.weights, args.name
+    if source not in bundle.weight_sets:
+        raise ValueError(f"{args.bundle} has no weight set {source!r}; Hint: pick one of "
+                         f"{', '.join(bundle.weight_sets)} with --weights")  # fmt: skip
+    if name == source:
+        raise ValueError(
+            f"--name {name!r} would overwrite the backbone's weight set; Hint: pick another --name"
+        )
+    device = resolve_device(args.device)
+    torch.manual_seed(cfg.seed)
+    model = bundle.build_model(source, device)
+    model.requires_grad_(False)
+    depth = model.depth
+    positions = cfg.positions or tuple(range(1, depth))
+    exits = ExitSet(model.cfg, positions, cfg.types).to(device)
+    splits = load_bundle_splits(bundle.dataset, args.data_dir)
+    train = splits.train.head(args.limit_train)
+    mean, std = bundle.dataset["mean"], bundle.dataset["std"]
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{bundle.root.name}-{name}-exits"
+    print(f"DyCE exits on frozen weights {source!r} of {args.bundle}: {len(exits.heads)} heads "
+          f"(types {', '.join(cfg.types)}; after layers {', '.join(map(str, exits.positions))}) | {cfg} | "
+          f"device {device}")  # fmt: skip
+    t0 = time.time()
+    feats, teacher = backbone_features(model, train, mean, std, exits.positions, device=device)
+    val_feats, val_teacher = backbone_features(model, splits.val, mean, std, exits.positions, device=device)
+    feature_s = time.time() - t0
+    print(f"recorded the backbone's features of {len(train)} train and {len(splits.val)} val images "
+          f"in {feature_s:.0f} s")  # fmt: skip
+    opt = torch.optim.AdamW(exits.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for group in opt.param_groups:
+        group["base_lr"] = cfg.lr
+    runner = EpochRunner(args, ckpt_dir, exits, opt, cfg.seed, cfg.epochs)
+    total_steps = -(-len(train) // cfg.batch_size) * cfg.epochs
+    stats: dict[str, dict] = {}
+    for epoch in runner:
+        runner.step, loss = train_epoch(exits, opt, feats, teacher, train.labels, cfg, runner.step, total_steps,
+                                        runner.g, device)  # fmt: skip
+        stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), splits.val.labels.to(device))
+        agree = np.mean([s["agreement"] for s in stats.values()])
+        best = max(stats.items(), key=lambda kv: kv[1]["agreement"])
+        runner.end_epoch_with(
+            {"epoch": epoch + 1, "loss": round(loss, 4), "val_mean_agreement": round(agree, 4)}
+        )
+        print(f"exits epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} | val agreement with the backbone: "
+              f"mean {agree:.4f}, best {best[0]} {best[1]['agreement']:.4f} ({runner.elapsed / 60:.1f} min)")  # fmt: skip
+    if not runner.finished():
+        return
+    if not stats:  # resumed a finished run: measure the restored heads
+        stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), splits.val.labels.to(device))
+    backbone_acc = (val_teacher.argmax(-1) == splits.val.labels).float().mean().item()
+    write_exits(bundle.root, name, source, exits, cfg, stats, backbone_acc, runner, feature_s, device, args)
+
+
+def exit_state(backbone: dict[str, Tensor], exits: ExitSet) -> dict[str, Tensor]:
+    """The weight set: the backbone's tensors as they are (any old exits left out) plus the heads."""
+    state = {k: v for k, v in backbone.items() if not k.startswith(PREFIX)}
+    state.update({PREFIX + k: v.detach().cpu() for k, v in exits.state_dict().items()})
+    return state
+
+
+def write_exits(root: Path, name: str, source: str, exits: ExitSet, cfg: ExitTrainConfig, stats: dict,
+                backbone_acc: float, runner, feature_s: float, device, args) -> None:  # fmt: skip
+    from model.bundle import load_bundle
+    from training.fronts import update_fronts_section
+    from training.plots import draw_front
+    from training.report import command_line, environment, markdown_table, update_section
+
+    bundle = load_bundle(root)  # afresh: another command may have written points meanwhile
+    bundle.add_weight_set(name, exit_state(bundle.load_weights(source), exits))
+    stale = [p.id for p in bundle.front if p.weights == name]
+    if stale:
+        bundle.front = [p for p in bundle.front if p.weights != name]
+        if bundle.default_point in stale:
+            bundle.default_point = (
+                "static" if any(p.id == "static" for p in bundle.front) else bundle.front[0].id
+            )
+        print(f"dropped {len(stale)} points measured with the old heads ({', '.join(stale)}); "
+              "Hint: run `skipvit search dyce` for new ones")  # fmt: skip
+        draw_front(bundle)
+    loaded = exits_of(bundle.build_model(name))  # the written set loads, with its exits
+    if loaded is None or len(loaded.heads) != len(exits.heads):
+        raise RuntimeError(f"weight set {name!r} does not load back with its {len(exits.heads)} exit heads")
+    arch = bundle.architecture
+    block = block_flops(arch)
+    kinds = [[t, EXIT_TYPES[t].pool, EXIT_TYPES[t].hidden_dim(arch.dim) or "-", exit_flops(arch, t),
+              f"{100 * exit_flops(arch, t) / block:.2f}%"] for t in exits.types]  # fmt: skip
+    rows = [[k] + [f"{100 * stats[f'{k}_{t}']['accuracy']:.2f} / {100 * stats[f'{k}_{t}']['agreement']:.2f}"
+                   if f"{k}_{t}" in stats else "-" for t in exits.types] for k in exits.positions]  # fmt: skip
+    hist = [[h["epoch"], h["loss"], h["val_mean_agreement"], h["elapsed_s"]] for h in runner.history]
+    soft = f"soft cross-entropy against the backbone's softmax at temperature {cfg.temperature}"
+    loss = (
+        soft
+        if not cfg.hard_weight
+        else f"{1 - cfg.hard_weight:g} × {soft} + {cfg.hard_weight:g} × CE(labels)"
+    )
+    body = f"""
+Command: `{command_line(args.argv)}`
+
+- Backbone: weight set `{source}`, frozen (eval mode, no gradients); its tensors are copied unchanged
+  into weight set `{name}` beside the heads (`exits.*`)
+- Heads: {len(exits.heads)} = types {", ".join(f"`{t}`" for t in exits.types)} after layers
+  {", ".join(map(str, exits.positions))} (an exit after layer k decides before layer k + 1)
+- Loss: {loss}, summed over the heads; the backbone's CLS token and token mean after each position
+  recorded once ({feature_s:.0f} s), then AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, batch
+  {cfg.batch_size}, {cfg.epochs} epochs, warmup {cfg.warmup_epochs} epoch then cosine, seed {cfg.seed}
+- Data: the bundle's train split{f" (first {args.limit_train} images)" if args.limit_train else ""}, its
+  validation split for the figures below
+- Environment: {environment()}, device {device}; head training {runner.elapsed / 60:.1f} min
+
+{markdown_table(["type", "reads", "hidden", "FLOPs", "of a block"], kinds)}
+
+Validation accuracy / agreement with the backbone (%; the backbone: {100 * backbone_acc:.2f} / 100):
+
+{markdown_table(["after layer", *exits.types], rows)}
+
+{markdown_table(["epoch", "loss", "mean val agreement", "elapsed s"], hist)}
+"""
+    update_section(root, f"{name}: exits", body)
+    if stale:
+        update_fronts_section(bundle)
+    bundle.save()
+    print(f"wrote weight set {name!r} ({len(exits.heads)} exit heads on {source!r}) into {root}")

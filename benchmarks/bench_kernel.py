@@ -18,7 +18,6 @@ sync debug mode on a GPU, host reads of tensor data on CPU).
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.server_report import machine_info
 from kernels.reference import (
     compact_rows_fixed_ref,
     compact_rows_ref,
@@ -171,15 +171,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    if device.type == "cpu":
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_info()["cpu"]
     return {"device": device.type, "device_name": name, "torch": torch.__version__, "triton": triton_version,
             "torch_threads": torch.get_num_threads()}  # fmt: skip
 

@@ -9,17 +9,22 @@ from kernels import compact_rows, scatter_rows
 from kernels.reference import compact_rows_fixed_ref, compact_rows_ref, scatter_rows_fixed_ref
 
 
-@pytest.mark.parametrize("b", [1, 3, 64, 257])
-@pytest.mark.parametrize("kind", ["all", "none", "one", "random"])
-def test_compact_then_scatter(b, kind):
-    torch.manual_seed(b)
-    h = torch.randn(b, 5, 7)  # non-power-of-two widths
-    mask = {
+def make_mask(b: int, kind: str) -> torch.Tensor:
+    """A (B,) run mask: every row, none, the middle one, or about half at random."""
+    return {
         "all": torch.ones(b, dtype=torch.bool),
         "none": torch.zeros(b, dtype=torch.bool),
         "one": torch.arange(b) == b // 2,
         "random": torch.rand(b) < 0.5,
     }[kind]
+
+
+@pytest.mark.parametrize("b", [1, 3, 64, 257])
+@pytest.mark.parametrize("kind", ["all", "none", "one", "random"])
+def test_compact_then_scatter(b, kind):
+    torch.manual_seed(b)
+    h = torch.randn(b, 5, 7)  # non-power-of-two widths
+    mask = make_mask(b, kind)
     rows, idx = compact_rows(h, mask)
     assert torch.equal(idx, mask.nonzero().squeeze(1))
     assert torch.equal(rows, h[mask])
@@ -37,12 +42,7 @@ def test_compact_then_scatter(b, kind):
 def test_fixed_reference_agrees_with_exact(b, kind):
     torch.manual_seed(b)
     h = torch.randn(b, 5, 7)
-    mask = {
-        "all": torch.ones(b, dtype=torch.bool),
-        "none": torch.zeros(b, dtype=torch.bool),
-        "one": torch.arange(b) == b // 2,
-        "random": torch.rand(b) < 0.5,
-    }[kind]
+    mask = make_mask(b, kind)
     rows, idx = compact_rows_ref(h, mask)
     r = rows.shape[0]
     for capacity in sorted({0, 1, max(r - 1, 0), r, b}):

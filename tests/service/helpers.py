@@ -33,3 +33,8 @@ def wait_ready(client, timeout: float = 60.0):
             return client
         time.sleep(0.05)
     raise AssertionError(f"not ready after {timeout} s: {client.get('/readyz').json()}")
+
+
+def files(*blobs: bytes) -> list[tuple]:
+    """Multipart ``files`` for TestClient: one PNG part per blob, in order."""
+    return [("files", (f"img{i}.png", b, "image/png")) for i, b in enumerate(blobs)]

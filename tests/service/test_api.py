@@ -15,7 +15,7 @@ from service.app import create_app
 from service.engine import Engine
 from service.schemas import ClassifyResponse
 from service.settings import Settings
-from tests.service.helpers import bar_image, png_bytes, wait_ready
+from tests.service.helpers import bar_image, files, png_bytes, wait_ready
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,10 +34,6 @@ def gates(tiny_gate_bundle):
     app = create_app(Settings(bundle=tiny_gate_bundle, device="cpu", admin_token=TOKEN))
     with TestClient(app) as c:
         yield wait_ready(c)
-
-
-def files(*blobs):
-    return [("files", (f"img{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
 
 
 def test_health(client):

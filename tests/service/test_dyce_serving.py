@@ -11,7 +11,7 @@ from model.bundle import load_bundle
 from model.points import batch_key, policy_for
 from service.app import create_app
 from service.settings import Settings
-from tests.service.helpers import bar_image, png_bytes, wait_ready
+from tests.service.helpers import bar_image, files, png_bytes, wait_ready
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -22,10 +22,6 @@ def dyce(tiny_dyce_bundle):
     app = create_app(Settings(bundle=tiny_dyce_bundle, device="cpu", admin_token=TOKEN))
     with TestClient(app) as c:
         yield wait_ready(c)
-
-
-def files(*blobs):
-    return [("files", (f"img{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
 
 
 def _images():

@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from kernels import set_backend
+from model.points import batch_key
 from service.auth import admin_token, bearer_ok
 from service.batcher import Batcher, Knobs, Rejected
 from service.decode import DecodeError, decode_image
@@ -64,15 +65,15 @@ def describe(point) -> str:
     return text
 
 
-def serving(point) -> str:
-    """How the server batches a point."""
-    if point.method in ("rl", "nsga", "nsga-joint"):
-        return f"batched per image: shares one forward with every gate point of weights {point.weights!r}"
-    if point.method == "lac":
-        if point.params.get("mode") == "per-batch":
-            return ("one request per forward: the batch whose norm decides is the request's own images, "
-                    "never other requests'")  # fmt: skip
-        return f"batched per image: shares one forward with every per-example LAC point of weights {point.weights!r}"
+def serving(point, front) -> str:
+    """How the server batches a point: read off its batch key (``model.points.batch_key``)."""
+    key = batch_key(point)
+    if key is None:
+        return ("one request per forward, started at once: the request's own images are the batch, "
+                "never other requests'")  # fmt: skip
+    peers = sum(1 for p in front if p.id != point.id and batch_key(p) == key)
+    if peers:
+        return f"batched per image: shares one forward with {peers} other points of weights {point.weights!r}"
     return "batched per image with the requests of the same point"
 
 
@@ -289,9 +290,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(classify_body(answer.point, answer.rows), media_type="application/json")
 
     def _points() -> list[PointOut]:
-        active = app.state.batcher.active
-        return [PointOut(**p.to_dict(), description=describe(p), active=p.id == active, serving=serving(p))
-                for p in app.state.engine.bundle.front]  # fmt: skip
+        active, front = app.state.batcher.active, app.state.engine.bundle.front
+        return [PointOut(**p.to_dict(), description=describe(p), active=p.id == active, serving=serving(p, front))
+                for p in front]  # fmt: skip
 
     @app.get("/pareto", response_model=ParetoResponse)
     async def pareto() -> ParetoResponse:

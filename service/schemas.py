@@ -45,7 +45,8 @@ def encode_row(r) -> dict[str, Any]:
 
 def classify_body(point: str, rows: Sequence) -> bytes:
     """The ``ClassifyResponse`` JSON for ``rows`` (``RowResult``s, in request order)."""
-    return json.dumps({"point": point, "results": [encode_row(r) for r in rows]}).encode()
+    body = {"point": point, "results": [encode_row(r) for r in rows]}
+    return json.dumps(body, separators=(",", ":")).encode()  # compact, as the other routes answer
 
 
 class PointOut(BaseModel):

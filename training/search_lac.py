@@ -27,7 +27,6 @@ import torch
 
 from model.lac import MODES, LACPolicy, check_alpha
 
-DEFAULT_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
 
 

@@ -1,7 +1,7 @@
 """FastAPI app factory. The bundle is loaded in the lifespan, never at import.
 
-decode (service.decode) -> batch (service.batcher) -> predict (service.engine) -> encode
-(service.schemas); the routes only wire those together and map errors to status codes.
+The routes only wire the parts together and map errors to status codes; the hot one,
+``POST /classify``, is a plain ASGI app (``service.classify``) that ``ServiceMiddleware`` routes to.
 """
 
 from __future__ import annotations
@@ -16,32 +16,24 @@ import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from kernels import set_backend
 from model.points import batch_key
 from service.auth import admin_token, bearer_ok
-from service.batcher import Batcher, Knobs, Rejected
-from service.decode import DecodeError, decode_image
+from service.batcher import Batcher, Knobs
+from service.classify import DOC_ROUTE, Classify
 from service.engine import BundleView, Engine, RowResult
 from service.metrics import Metrics
 from service.middleware import Admission, ServiceMiddleware
-from service.multipart import MultipartError, read_files
-from service.schemas import (
-    ClassifyResponse,
-    ConfigResponse,
-    ConfigUpdate,
-    ParetoResponse,
-    PointOut,
-    classify_body,
-)
+from service.schemas import ConfigResponse, ConfigUpdate, ParetoResponse, PointOut
 from service.settings import Settings
 from service.worker import EngineGone, EngineProcess
 
 log = logging.getLogger("skipvit.service")
 STATIC = Path(__file__).parent / "static"
-DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode on the event loop; bigger ones in a thread
 
 
 METHOD_TEXT = {
@@ -75,37 +67,6 @@ def serving(point, front) -> str:
     if peers:
         return f"batched per image: shares one forward with {peers} other points of weights {point.weights!r}"
     return "batched per image with the requests of the same point"
-
-
-CLASSIFY_OPENAPI = {  # documents what the route reads itself (FastAPI does not see it)
-    "parameters": [
-        {
-            "name": "point",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "point id (see GET /pareto); default: the active point",
-        }
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "PNG, JPEG or WebP images, answered in this order",
-                        }
-                    },
-                }
-            }
-        },
-    },
-}
 
 
 def start_engine(settings: Settings) -> BundleView:
@@ -188,8 +149,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admission = admission
     app.state.ready = False
     app.state.load_error = None
-    app.add_middleware(ServiceMiddleware, metrics=metrics, admission=admission,
-                       max_body_bytes=settings.max_body_bytes)  # fmt: skip
+    app.add_middleware(ServiceMiddleware, classify=Classify(app.state, settings, metrics), metrics=metrics,
+                       admission=admission, max_body_bytes=settings.max_body_bytes)  # fmt: skip
+
+    def openapi() -> dict:  # the routes, plus /classify (a plain ASGI app, see service.classify)
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                             routes=[*app.routes, DOC_ROUTE])  # fmt: skip
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     async def drain(timeout: float | None = None) -> bool:
         """Stop admitting /classify (503) and answer everything admitted; return once nothing is in
@@ -250,44 +219,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def prometheus_metrics() -> Response:  # the batcher keeps the queue gauge current
         data, content_type = metrics.exposition()
         return Response(data, media_type=content_type)
-
-    @app.post("/classify", response_model=ClassifyResponse, openapi_extra=CLASSIFY_OPENAPI)
-    async def classify(request: Request) -> Response:
-        # The hot route reads its query, body and answer itself: FastAPI's parameter solving and
-        # response-model validation were a fifth of the server's CPU per request under load.
-        point = request.query_params.get("point")
-        batcher = _ready_batcher()  # draining is refused earlier, by the middleware
-        engine: BundleView = app.state.engine
-        try:  # the middleware has capped the body at SKIPVIT_MAX_BODY_BYTES
-            files = read_files(request.headers.get("content-type"), await request.body())
-        except MultipartError as e:
-            raise reject(422, "bad_image", str(e)) from None
-        if len(files) > settings.max_files:
-            raise reject(413, "too_many_files",
-                         f"{len(files)} files in one request; the limit is {settings.max_files} "
-                         "(SKIPVIT_MAX_FILES); Hint: split the images over several requests")  # fmt: skip
-        if point is not None:
-            _known(point)
-        tensors = []
-        for i, (filename, data) in enumerate(files):
-            name = filename or f"file {i}"
-            if len(data) > settings.max_image_bytes:
-                raise reject(413, "body_too_large", f"{name}: larger than {settings.max_image_bytes} bytes")
-            args = dict(channels=engine.channels, size=engine.image_size,
-                        max_pixels=settings.max_image_pixels, name=name)  # fmt: skip
-            try:
-                if len(data) <= DECODE_INLINE_BYTES:
-                    tensors.append(decode_image(data, **args))
-                else:
-                    tensors.append(await run_in_threadpool(decode_image, data, **args))
-            except DecodeError as e:
-                raise reject(e.status, "bad_image", str(e)) from None
-        try:
-            answer = await batcher.submit(torch.stack(tensors), point)  # (n, C, H, W)
-        except Rejected as e:
-            headers = {"Retry-After": str(int(e.retry_after or 1))} if e.status == 503 else None
-            raise HTTPException(e.status, str(e), headers=headers) from None
-        return Response(classify_body(answer.point, answer.rows), media_type="application/json")
 
     def _points() -> list[PointOut]:
         active, front = app.state.batcher.active, app.state.engine.bundle.front

@@ -1,5 +1,8 @@
 """One pure-ASGI middleware in front of every route: admission, body limit, request metrics.
 
+It also routes: ``/classify`` goes straight to ``service.classify.Classify`` (a plain ASGI app,
+for speed), everything else to the FastAPI app.
+
 - While draining, ``POST /classify`` is refused with 503 before its body is read; requests
   admitted earlier are counted (``Admission.inflight``) so that the drain can wait for them.
 - A body larger than ``max_body_bytes`` gets 413: at once when Content-Length says so, or as soon
@@ -10,9 +13,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
+from service.asgi import send_json
 from service.metrics import Metrics, route_label
 
 
@@ -59,16 +62,6 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    data = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                    *headers],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": data})
-
-
 async def _discard_body(receive, limit: int) -> None:
     seen = 0
     while seen <= limit:
@@ -81,8 +74,9 @@ async def _discard_body(receive, limit: int) -> None:
 
 
 class ServiceMiddleware:
-    def __init__(self, app, *, metrics: Metrics, admission: Admission, max_body_bytes: int) -> None:
+    def __init__(self, app, *, classify, metrics: Metrics, admission: Admission, max_body_bytes: int) -> None:
         self.app = app
+        self.classify = classify  # the ASGI app of /classify
         self.metrics = metrics
         self.admission = admission
         self.max_body = max_body_bytes
@@ -128,7 +122,7 @@ class ServiceMiddleware:
                     await _discard_body(receive, self.max_body)
                     self.metrics.rejected("draining")
                     status = 503
-                    await _send_json(send, 503, {"detail": "the server is draining; Hint: retry on another replica"},
+                    await send_json(send, 503, {"detail": "the server is draining; Hint: retry on another replica"},
                                      [(b"retry-after", b"1"), (b"connection", b"close")])  # fmt: skip
                     return
                 self.admission.enter()
@@ -137,13 +131,14 @@ class ServiceMiddleware:
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 too_large = True
                 raise _BodyTooLarge
-            await self.app(scope, receive_wrapper, send_wrapper)
+            target = self.classify if route == "/classify" else self.app
+            await target(scope, receive_wrapper, send_wrapper)
         except _BodyTooLarge:
             if started:
                 raise
             self.metrics.rejected("body_too_large")
             status = 413
-            await _send_json(send, 413, {
+            await send_json(send, 413, {
                 "detail": f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
                           "Hint: send fewer or smaller images per request"},
                 [(b"connection", b"close")])  # fmt: skip

@@ -114,6 +114,28 @@ def test_openapi_lists_the_routes(client):
     )
 
 
+def test_classify_takes_only_post(client):
+    r = client.get("/classify")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "POST" in r.json()["detail"]
+
+
+def test_a_failed_batch_is_a_500_with_the_reason_and_the_next_request_is_served(tiny_bundle, monkeypatch):
+    settings = Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, engine="thread")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        wait_ready(c)
+        real = Engine.predict
+
+        def broken(self, images, points=None):
+            raise RuntimeError("out of memory")
+
+        monkeypatch.setattr(Engine, "predict", broken)
+        r = c.post("/classify", files=files(png_bytes(bar_image(0))))
+        assert r.status_code == 500 and "out of memory" in r.json()["detail"]
+        monkeypatch.setattr(Engine, "predict", real)
+        assert c.post("/classify", files=files(png_bytes(bar_image(0)))).status_code == 200
+        assert 'skipvit_requests_total{route="/classify",status="500"} 1.0' in c.get("/metrics").text
+
+
 def test_rl_point_is_served_with_its_paths(tiny_rl_bundle):
     app = create_app(Settings(bundle=tiny_rl_bundle, device="cpu"))
     blobs = [png_bytes(bar_image(k)) for k in range(4)]

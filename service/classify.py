@@ -1,0 +1,159 @@
+"""``POST /classify``, the hot route, as a plain ASGI app.
+
+Why not a FastAPI route: with one small image per request the model's share of the work is small,
+and on the 2-core machine the server's own CPU per request competes with the model for the cores.
+Under load FastAPI's layers around the handler (routing, dependency solving, the ``Request``
+object, query parsing, ``Response``) were about half of the event loop's CPU per request.
+``ServiceMiddleware`` hands every request for ``/classify`` to this app directly (after admission
+and the body limit); the other routes stay FastAPI routes. OpenAPI still documents the route
+(``DOC_ROUTE``), and a test validates the answers against ``ClassifyResponse``.
+
+decode (``service.decode``) -> batch (``service.batcher``) -> encode (``service.schemas``): this
+module only reads the request, wires those together and maps errors to statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import parse_qsl
+
+import torch
+from fastapi.routing import APIRoute
+
+from service.asgi import ClientGone, header, read_body, send_json
+from service.batcher import Rejected
+from service.decode import DecodeError, decode_image
+from service.metrics import Metrics
+from service.multipart import MultipartError, read_files
+from service.schemas import ClassifyResponse, classify_body
+from service.settings import Settings
+
+log = logging.getLogger("skipvit.service")
+DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode on the event loop; bigger ones in a thread
+
+
+class HTTPError(Exception):
+    """An answer other than 200. ``reason`` (a ``service.metrics.REASONS`` label) counts it as a
+    rejection; None does not."""
+
+    def __init__(self, status: int, message: str, reason: str | None = None, headers=()) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.headers = status, reason, list(headers)
+
+
+class Classify:
+    """The ASGI app of ``/classify``. ``state`` is the FastAPI app's state: ``ready``, ``batcher``
+    and ``engine`` are read at each request (they appear once the bundle is loaded)."""
+
+    def __init__(self, state, settings: Settings, metrics: Metrics) -> None:
+        self.state, self.settings, self.metrics = state, settings, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["method"] != "POST":
+            await send_json(send, 405, {"detail": "Method Not Allowed; Hint: POST images as multipart/form-data"},
+                            [(b"allow", b"POST")])  # fmt: skip
+            return
+        try:
+            status, body, headers = 200, await self.answer(scope, receive), []
+        except ClientGone:  # nobody to answer
+            return
+        except HTTPError as e:
+            if e.reason:
+                self.metrics.rejected(e.reason)
+            status, body, headers = e.status, {"detail": str(e)}, e.headers
+        await send_json(send, status, body, headers)
+
+    async def answer(self, scope, receive) -> bytes:
+        s, state = self.settings, self.state
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        point = query.get("point")
+        if not state.ready:  # draining is refused earlier, by the middleware
+            raise HTTPError(503, "the model is not loaded yet; Hint: retry shortly", "not_ready",
+                            [(b"retry-after", b"1")])  # fmt: skip
+        batcher, engine = state.batcher, state.engine
+        body = await read_body(receive)
+        try:
+            files = read_files(header(scope, b"content-type"), body)
+        except MultipartError as e:
+            raise HTTPError(422, str(e), "bad_image") from None
+        if len(files) > s.max_files:
+            raise HTTPError(413, f"{len(files)} files in one request; the limit is {s.max_files} "
+                            "(SKIPVIT_MAX_FILES); Hint: split the images over several requests",
+                            "too_many_files")  # fmt: skip
+        if point is not None:
+            try:
+                engine.point(point)
+            except KeyError:
+                known = ", ".join(p.id for p in engine.bundle.front)
+                raise HTTPError(404, f"unknown point {point!r}; known points: {known} (see GET /pareto)",
+                                "unknown_point") from None  # fmt: skip
+        tensors = []
+        for i, (filename, data) in enumerate(files):
+            name = filename or f"file {i}"
+            if len(data) > s.max_image_bytes:
+                raise HTTPError(413, f"{name}: larger than {s.max_image_bytes} bytes", "body_too_large")
+            args = dict(
+                channels=engine.channels, size=engine.image_size, max_pixels=s.max_image_pixels, name=name
+            )
+            try:
+                if len(data) <= DECODE_INLINE_BYTES:
+                    tensors.append(decode_image(data, **args))
+                else:
+                    tensors.append(await asyncio.to_thread(decode_image, data, **args))
+            except DecodeError as e:
+                raise HTTPError(e.status, str(e), "bad_image") from None
+        images = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # (n, C, H, W)
+        try:
+            answer = await batcher.submit(images, point)
+        except Rejected as e:  # counted by the batcher
+            headers = [(b"retry-after", str(int(e.retry_after or 1)).encode())] if e.status == 503 else []
+            raise HTTPError(e.status, str(e), None, headers) from None
+        except Exception as e:  # the engine failed on this batch (every request in it hears so)
+            log.error("a batch failed: %s: %s", type(e).__name__, e)
+            raise HTTPError(
+                500, f"the model failed on this request's batch ({type(e).__name__}: {e})"
+            ) from None
+        return classify_body(answer.point, answer.rows)
+
+
+CLASSIFY_OPENAPI = {  # what the ASGI app reads, for the docs
+    "parameters": [
+        {
+            "name": "point",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "point id (see GET /pareto); default: the active point",
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "PNG, JPEG or WebP images, answered in this order",
+                        }
+                    },
+                }
+            }
+        },
+    },
+}
+
+
+def _classify_doc() -> ClassifyResponse:  # pragma: no cover - never routed, only documented
+    """Classify images: one result per file, in order, each naming its label, top-k probabilities,
+    layers run and path. Answered by ``service.classify.Classify``."""
+    raise NotImplementedError
+
+
+# Documents ``POST /classify`` in /openapi.json; never added to the router.
+DOC_ROUTE = APIRoute("/classify", _classify_doc, methods=["POST"], response_model=ClassifyResponse,
+                     openapi_extra=CLASSIFY_OPENAPI, summary="Classify")  # fmt: skip

@@ -95,20 +95,21 @@ class Engine(BundleView):
         probs = out.logits.float().softmax(-1).cpu()  # (B, K)
         top_p, top_i = probs.topk(self.top_k, dim=-1)  # (B, k)
         executed = out.executed.cpu()  # (B, L)
+        # Plain lists once, then Python per row: indexing tensors element by element costs more.
+        classes = self.classes
         results = []
-        for b in range(images.shape[0]):
-            idx = int(top_i[b, 0])
+        for ps, ids, ran in zip(
+            top_p.tolist(), top_i.tolist(), executed.to(torch.uint8).tolist(), strict=True
+        ):
+            top_k = [(classes[i], i, p) for p, i in zip(ps, ids, strict=True)]
             results.append(
                 RowResult(
-                    index=idx,
-                    label=self.classes[idx],
-                    probability=float(top_p[b, 0]),
-                    top_k=[
-                        (self.classes[int(i)], int(i), float(p))
-                        for p, i in zip(top_p[b], top_i[b], strict=True)
-                    ],
-                    layers_executed=int(executed[b].sum()),
-                    path="".join("1" if e else "0" for e in executed[b].tolist()),
+                    index=ids[0],
+                    label=classes[ids[0]],
+                    probability=ps[0],
+                    top_k=top_k,
+                    layers_executed=sum(ran),
+                    path="".join(map(str, ran)),
                 )
             )
         if len(results) != images.shape[0]:

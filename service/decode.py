@@ -73,9 +73,12 @@ def decode_image(
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise DecodeError(f"{name}: the image could not be decoded ({e}); is it truncated?") from None
     img = _flatten_alpha(_to_8bit(img))
-    img = img.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode != mode:
+        img = img.convert(mode)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, 3)
-    t = torch.from_numpy(arr.copy())
-    return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()  # (C, H, W)
+    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)  # row-major (H, W[, 3])
+    if channels == 1:
+        return pixels.view(1, size, size)
+    return pixels.view(size, size, 3).permute(2, 0, 1).contiguous()  # (C, H, W)

@@ -3,9 +3,10 @@
 One run, one machine, every figure measured in it: the real server (`skipvit serve`, dynamic
 batching) and the naive endpoint (`benchmarks.naive_server`, one request at a time) each run as a
 subprocess on a free loopback port, and each level of closed-loop load (`benchmarks.loadgen`)
-runs against one and then the other, so that the figures compared sit seconds apart; then, with
-both stopped, the same engine is timed in this process at the batch sizes the server reached. The verdict and the tables are in
-`benchmarks.server_report`.
+runs against one and then the other, so that the figures compared sit seconds apart. The reference
+level (64 clients) runs ``--rounds`` times, and each round ends with the same engine timed in this
+process at the batch size the server reached, while both servers sit idle. The verdict (the median
+round of each ratio) and the tables are in `benchmarks.server_report`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import check_loopback_url, http_get, request_pool, run_async, run_level, summarize
-from benchmarks.server_report import finite, level, machine_info, reference_clients, render_markdown, verdict
+from benchmarks.server_report import (
+    TARGET_CLIENTS,
+    finite,
+    machine_info,
+    reference_clients,
+    render_markdown,
+    verdict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -230,13 +238,24 @@ def _targets(args, bundle: Path, log_dir: Path) -> list[tuple[str, ServerProcess
     return out
 
 
-async def measure_all(args, bundle: Path, pngs: list[bytes], log_dir: Path) -> dict[str, list[dict]]:
+def reference_level(concurrency: list[int]) -> int:
+    """The level the targets are read at: 64 clients if run, else the highest."""
+    return TARGET_CLIENTS if TARGET_CLIENTS in concurrency else max(concurrency)
+
+
+async def measure_all(
+    args, bundle: Path, pngs: list[bytes], log_dir: Path, inproc=None
+) -> dict[str, list[dict]]:
     """Start both servers, then run each level against one and then the other, so that the two
     figures compared at a level are taken a few seconds apart (this machine's speed drifts
-    over minutes). An idle server waits on its sockets and costs the other nothing."""
+    over minutes). An idle server waits on its sockets and costs the other nothing.
+
+    The reference level runs ``args.rounds`` times; after each round ``inproc(batch_size, round)``
+    (if given) times the engine in this process at the batched server's mean batch of round 1."""
     deadline = time.monotonic() + args.timeout
     targets = _targets(args, bundle, log_dir)
     servers: dict[str, list[dict]] = {name: [] for name, *_ in targets}
+    ref_c = reference_level(args.concurrency)
     try:
         for name, proc, host, port, prefix in targets:
             if proc is not None:
@@ -245,12 +264,20 @@ async def measure_all(args, bundle: Path, pngs: list[bytes], log_dir: Path) -> d
                 await proc.wait_ready(args.start_timeout)
             elif (await http_get(host, port, f"{prefix}/readyz")).status != 200:
                 raise SystemExit(f"{args.url}/readyz is not 200; Hint: wait until the server has loaded")
+        ref_batch = None
         for c in args.concurrency:
-            for name, _, host, port, prefix in targets:
-                pool = request_pool(
-                    host, port, f"{prefix}/classify?point={args.point}", pngs, args.images_per_request
-                )
-                servers[name].append(await measure_level(name, host, port, prefix, pool, c, args, deadline))
+            rounds = args.rounds if c == ref_c else 1
+            for rnd in range(1, rounds + 1):
+                for name, _, host, port, prefix in targets:
+                    pool = request_pool(
+                        host, port, f"{prefix}/classify?point={args.point}", pngs, args.images_per_request
+                    )
+                    row = await measure_level(name, host, port, prefix, pool, c, args, deadline)
+                    servers[name].append(row if rounds == 1 else {**row, "round": rnd})
+                    if name == "batched" and c == ref_c and rnd == 1 and row["mean_batch_size"]:
+                        ref_batch = max(1, round(row["mean_batch_size"]))
+                if c == ref_c and inproc is not None and ref_batch is not None:
+                    inproc(ref_batch, rnd if rounds > 1 else None, c)
     finally:
         for _, proc, *_ in targets:
             if proc is not None:
@@ -284,27 +311,38 @@ def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds:
             "images_per_s": done * batch_size / elapsed}  # fmt: skip
 
 
-def measure_inprocess(args, bundle: Path, pngs: list[bytes], sizes: dict[int, list[str]]) -> list[dict]:
-    """The ceiling: the same engine, images and point in this process, servers stopped."""
-    import torch
+class InProcess:
+    """The ceiling: the same engine, images and point in this process. Loaded before the servers
+    start, so that the reference level can time it between rounds."""
 
-    from service.decode import decode_image
-    from service.engine import Engine
+    def __init__(self, args, bundle: Path, pngs: list[bytes]) -> None:
+        import torch
 
-    engine = Engine.from_dir(bundle, args.device)
-    images = torch.stack([decode_image(p, channels=engine.channels, size=engine.image_size,
-                                       max_pixels=1 << 30) for p in pngs])  # fmt: skip  # (N, C, H, W)
-    engine.warm_up()
-    rows = []
-    for b, why in sizes.items():
-        rows.append({**inprocess_images_per_s(engine, images, b, args.point, args.inproc_seconds),
-                     "why": "; ".join(why)})  # fmt: skip
+        from service.decode import decode_image
+        from service.engine import Engine
+
+        self.args = args
+        self.engine = Engine.from_dir(bundle, args.device)
+        self.images = torch.stack([decode_image(p, channels=self.engine.channels, size=self.engine.image_size,
+                                                max_pixels=1 << 30) for p in pngs])  # fmt: skip  # (N, C, H, W)
+        self.engine.warm_up()
+        self.rows: list[dict] = []
+
+    def measure(self, batch_size: int, why: str, rnd: int | None = None) -> dict:
+        row = {**inprocess_images_per_s(self.engine, self.images, batch_size, self.args.point,
+                                        self.args.inproc_seconds), "why": why}  # fmt: skip
+        if rnd is not None:
+            row["round"] = rnd
+        self.rows.append(row)
         print(
-            f"  in-process batch {b:<4d} {rows[-1]['images_per_s']:8.1f} images/s",
+            f"  in-process batch {batch_size:<4d} {row['images_per_s']:8.1f} images/s",
             file=sys.stderr,
             flush=True,
         )
-    return rows
+        return row
+
+    def at_reference(self, batch_size: int, rnd: int | None, clients: int) -> None:
+        self.measure(batch_size, f"the batched server's mean batch at {clients} clients", rnd)
 
 
 def run(args) -> None:
@@ -319,8 +357,11 @@ def run(args) -> None:
             "--images-per-request and --duration must be positive; Hint: e.g. --images-per-request 1"
         )
     per_level = args.warmup + (args.duration if not args.requests else 0)
-    if not args.requests and 2 * len(args.concurrency) * per_level > args.timeout:
-        raise ValueError(f"{len(args.concurrency)} levels x 2 servers x {per_level:g} s exceed --timeout "
+    if args.rounds < 1:
+        raise ValueError("--rounds must be >= 1; Hint: e.g. --rounds 3")
+    runs = len(args.concurrency) + args.rounds - 1
+    if not args.requests and 2 * runs * per_level > args.timeout:
+        raise ValueError(f"{runs} levels x 2 servers x {per_level:g} s exceed --timeout "
                          f"{args.timeout:g} s; Hint: lower --duration or raise --timeout")  # fmt: skip
     max_batch = args.max_batch_size or int(server_default("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
     max_wait = (
@@ -328,22 +369,25 @@ def run(args) -> None:
     )
     pngs = fashion_mnist_pngs(args.data_dir, max(1024, 256 * args.images_per_request))
     out_json = Path(args.out_json)
-    servers = run_async(measure_all(args, bundle, pngs, out_json.parent))
+    inproc = InProcess(args, bundle, pngs)
+    servers = run_async(measure_all(args, bundle, pngs, out_json.parent, inproc.at_reference))
 
     c = reference_clients(servers)
-    seen = level(servers, "batched", c)["mean_batch_size"] if c else None
-    sizes: dict[int, list[str]] = {args.images_per_request: ["the naive endpoint's batch (one request)"]}
-    if seen:
-        ref_batch = max(1, round(seen))
-        sizes.setdefault(ref_batch, []).append(f"the batched server's mean batch at {c} clients")
-        sizes.setdefault(max_batch, []).append("max_batch_size")
-    else:  # no skipvit_batch_size histogram: compare at the largest batch, the ceiling
+    measured = {r["batch_size"] for r in inproc.rows}
+    ref_batch = inproc.rows[0]["batch_size"] if inproc.rows else None  # the reference rounds' batch
+    extra = {args.images_per_request: "the naive endpoint's batch (one request)"}
+    if ref_batch is None:  # no skipvit_batch_size histogram: compare at the largest batch, the ceiling
         ref_batch = max_batch
-        sizes.setdefault(max_batch, []).append("max_batch_size (the server's mean batch size is n/a)")
-    inproc = measure_inprocess(args, bundle, pngs, sizes)
+        extra[max_batch] = f"max_batch_size (the server's mean batch size at {c} clients is n/a)"
+    else:
+        extra.setdefault(max_batch, "max_batch_size")
+    for b, why in extra.items():  # once each, servers stopped
+        if b not in measured:
+            inproc.measure(b, why)
 
     settings = {"images_per_request": args.images_per_request, "duration_s": args.duration,
                 "requests": args.requests, "warmup_s": args.warmup, "concurrency": args.concurrency,
+                "rounds": args.rounds,
                 "device": args.device, "max_batch_size": max_batch, "max_wait_ms": max_wait}  # fmt: skip
     report = {
         "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
@@ -353,8 +397,8 @@ def run(args) -> None:
         "url": args.url,
         "settings": settings,
         "servers": servers,
-        "in_process": inproc,
-        "targets": verdict(servers, inproc, ref_batch),
+        "in_process": inproc.rows,
+        "targets": verdict(servers, inproc.rows, ref_batch),
     }
     markdown = render_markdown(report)
     out_json.parent.mkdir(parents=True, exist_ok=True)

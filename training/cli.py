@@ -256,6 +256,9 @@ def _bench_parser(sub) -> None:
                    help="measure this already running server instead of starting one (loopback only)")  # fmt: skip
     s.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32, 64], metavar="C1,C2,...",
                    help="closed-loop clients per level (default 1,8,32,64)")  # fmt: skip
+    s.add_argument("--rounds", type=int, default=3,
+                   help="runs of the reference level (64 clients), each with an in-process timing; the verdict "
+                        "reads the median round")  # fmt: skip
     s.add_argument("--images-per-request", type=int, default=1)
     s.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
     s.add_argument("--requests", type=int, default=None, help="measured requests per level (not --duration)")

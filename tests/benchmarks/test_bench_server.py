@@ -11,6 +11,7 @@ import math
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,6 +198,41 @@ def test_verdict_uses_the_highest_common_concurrency_without_64():
     assert not v["speedup"]["met"] and not v["speedup"]["no_failures"]  # failures never pass
 
 
+def test_verdict_reads_the_median_round_and_pairs_in_process_by_round():
+    def rnd(row, r):
+        return {**row, "round": r}
+
+    servers = {
+        "batched": [_level("batched", 8, 500, 20, mean=6.0)]
+        + [rnd(_level("batched", 64, ips, p95, mean=32.0), r) for r, ips, p95 in ((1, 900, 90), (2, 1000, 80), (3, 700, 95))],
+        "naive": [_level("naive", 8, 300, 30)]
+        + [rnd(_level("naive", 64, ips, 300), r) for r, ips in ((1, 250, ), (2, 200), (3, 280))],
+    }  # fmt: skip
+    inproc = [{"batch_size": 32, "images_per_s": ips, "why": "mean batch", "round": r}
+              for r, ips in ((1, 1200.0), (2, 1600.0), (3, 1000.0))]  # fmt: skip
+    inproc.append({"batch_size": 1, "images_per_s": 400.0, "why": "naive"})
+    v = verdict(servers, inproc, ref_batch=32)
+    # speedups 3.6, 5.0, 2.5 -> round 1; efficiencies 0.75, 0.625, 0.70 -> round 3
+    assert v["speedup"]["round"] == 1 and v["speedup"]["ratio"] == pytest.approx(3.6)
+    assert v["speedup"]["rounds"] == pytest.approx([3.6, 5.0, 2.5]) and v["speedup"]["met"]
+    assert v["speedup"]["batched_p95_ms"] == 90  # the p95s of the median round
+    assert v["efficiency"]["round"] == 3 and v["efficiency"]["ratio"] == pytest.approx(0.70)
+    assert v["efficiency"]["rounds"] == pytest.approx([0.75, 0.625, 0.70]) and v["efficiency"]["met"]
+    servers["naive"][2]["failed"] = 1  # a failure in any round fails the first target
+    assert not verdict(servers, inproc, 32)["speedup"]["met"]
+    report = {
+        "command": "skipvit bench server", "bundle": "b", "point": "static", "servers": servers,
+        "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
+        "settings": {"images_per_request": 1, "duration_s": 10.0, "requests": None, "warmup_s": 1.0,
+                     "max_batch_size": 64, "max_wait_ms": 5.0},
+        "in_process": inproc, "targets": v,
+    }  # fmt: skip
+    md = render_markdown(report)
+    assert "| batched | 64 (round 2) | 1,000.0 |" in md and "| 32 (round 3) | 1,000.0 |" in md
+    assert "(rounds: 3.60x, 5.00x, 2.50x)" in md and "(rounds: 75.0%, 62.5%, 70.0%)" in md
+    assert "median of 3 rounds" in md
+
+
 def test_render_markdown_has_one_row_per_level_and_the_verdict():
     servers = {
         "batched": [_level("batched", 64, 1200, 60, mean=None)],
@@ -277,6 +313,37 @@ def test_fashion_mnist_pngs_encode_the_idx_test_images(tmp_path):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(pngs[1]))), images[1].astype(np.uint8))
     with pytest.raises(FileNotFoundError, match="Hint"):
         fashion_mnist_pngs(str(tmp_path / "missing"), 2)
+
+
+def _fake_fashion_mnist(root: Path, n: int = 8) -> Path:
+    images = (np.arange(n * 28 * 28, dtype=np.uint32).reshape(n, 28, 28) * 7) % 251
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(header + images.astype(np.uint8).tobytes())
+    return root
+
+
+@pytest.mark.slow
+def test_bench_server_end_to_end_with_rounds(tiny_bundle, tmp_path):
+    """The whole command on the tiny bundle: both servers, two levels, two reference rounds with
+    their in-process timings, the JSON and the markdown."""
+    from training.cli import main
+
+    data = _fake_fashion_mnist(tmp_path)
+    out = tmp_path / "bench"
+    main(["bench", "server", "--bundle", str(tiny_bundle), "--data-dir", str(data), "--concurrency", "1,4",
+          "--rounds", "2", "--duration", "0.4", "--warmup", "0.1", "--inproc-seconds", "0.1",
+          "--max-wait-ms", "2", "--out-json", str(out / "server.json"), "--out-md", str(out / "server.md")])  # fmt: skip
+    report = json.loads((out / "server.json").read_text())
+    for name in ("batched", "naive"):
+        rows = report["servers"][name]
+        assert [(r["concurrency"], r.get("round")) for r in rows] == [(1, None), (4, 1), (4, 2)]
+        assert all(r["requests"] > 0 and r["failed"] == 0 for r in rows), rows
+    ref = [r for r in report["in_process"] if "round" in r]
+    assert [r["round"] for r in ref] == [1, 2] and len({r["batch_size"] for r in ref}) == 1
+    t = report["targets"]
+    assert t["clients"] == 4 and len(t["speedup"]["rounds"]) == 2 and len(t["efficiency"]["rounds"]) == 2
+    assert "(round 2)" in (out / "server.md").read_text()
 
 
 # ---- the load generator, end to end

@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 knobs=Knobs(settings.max_batch_size, settings.max_wait_ms, settings.max_queue),
                 timeout_s=settings.request_timeout_s,
                 observer=metrics,
+                depth=settings.pipeline_depth,
             )
             batcher.start()
             app.state.batcher = batcher

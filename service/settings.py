@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a batch to fill")
     max_queue: int = Field(1024, ge=1, description="images waiting before 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not started by then gets 504")
+    pipeline_depth: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="batches handed to the engine at once (2: the next one waits while one computes)",
+    )
     # input limits
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     max_files: int = Field(64, ge=1, description="most images in one request")

@@ -7,8 +7,9 @@ a one-image batch took 50 ms instead of 3 ms under load. A child process has its
 crosses a pipe as a uint8 array (64 Fashion-MNIST images: 50 KB) and comes back as ``RowResult``s.
 
 ``EngineProcess`` offers what the app needs of an ``Engine`` (metadata from the bundle, read in
-this process; ``predict`` in the child). One batch at a time, as the batcher's single worker
-thread guarantees. If the child dies, ``predict`` raises ``EngineGone`` for that batch and after.
+this process; ``predict`` in the child). The child runs one batch at a time; the batcher may hand
+over the next one while it computes (it waits in the pipe). If the child dies, ``predict`` raises
+``EngineGone`` for every batch in flight and after.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class EngineProcess(BundleView):
                                  name="skipvit-engine", daemon=True)  # fmt: skip
         self._proc.start()
         child.close()
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._sent = self._received = 0  # tickets: answers come back in the order batches were sent
+        self._dead = False
         status, payload = self._recv()
         if status != "ready":
             self.close()
@@ -77,15 +81,37 @@ class EngineProcess(BundleView):
             raise EngineGone(f"the engine process exited (code {self._proc.exitcode})") from None
 
     def predict(self, images: torch.Tensor, points: str | Sequence[str] | None = None) -> list[RowResult]:
-        with self._lock:
+        """Send the batch and wait for its answer. Several threads may call at once: the child
+        takes batches in the order they were sent, so the next one already waits in the pipe when
+        it finishes one, and answers come back in that order (a ticket per batch)."""
+        with self._send_lock:
+            ticket = self._sent
+            self._sent += 1
             try:
                 self._conn.send((images.numpy(), points))
             except (BrokenPipeError, OSError):
-                raise EngineGone(f"the engine process exited (code {self._proc.exitcode})") from None
-            status, payload = self._recv()
+                self._gone()
+        with self._turn:
+            self._turn.wait_for(lambda: self._received == ticket or self._dead)
+            if self._dead:
+                self._gone()
+            try:
+                status, payload = self._recv()
+            except EngineGone:
+                self._dead = True
+                raise
+            finally:
+                self._received += 1
+                self._turn.notify_all()
         if status != "ok":
             raise RuntimeError(f"engine: {payload}")
         return payload
+
+    def _gone(self):
+        with self._turn:
+            self._dead = True
+            self._turn.notify_all()
+        raise EngineGone(f"the engine process exited (code {self._proc.exitcode})")
 
     def warm_up(self) -> None:  # done in the child before it reported ready
         pass

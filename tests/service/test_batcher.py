@@ -105,6 +105,21 @@ def test_flush_runs_at_once():
     assert plan(q, now=0.0, knobs=knobs(wait_ms=1000), active="s", key=keyed, flush=True).batch == q
 
 
+def test_while_the_engine_is_busy_a_batch_keeps_gathering_until_the_hold():
+    q = [req(arrived=0.0), req(arrived=0.001)]
+    p = plan(q, now=0.020, knobs=knobs(wait_ms=10), active="static", key=keyed, hold_until=0.030)
+    assert p.batch == [] and p.wake_at == pytest.approx(0.030)  # max_wait has passed, the hold not
+    p = plan(q, now=0.030, knobs=knobs(wait_ms=10), active="static", key=keyed, hold_until=0.030)
+    assert p.batch == q
+    full = [req(2, arrived=0.0), req(2, arrived=0.001)]  # a full batch never waits
+    assert (
+        plan(full, now=0.002, knobs=knobs(batch=4), active="static", key=keyed, hold_until=9.0).batch == full
+    )
+    p = plan(q, now=0.002, knobs=knobs(wait_ms=10), active="static", key=keyed, hold_until=0.001)
+    assert p.batch == [] and p.wake_at == pytest.approx(0.010)  # the hold never shortens max_wait
+    assert plan(q, now=0.0, knobs=knobs(), active="static", key=keyed, flush=True, hold_until=9.0).batch == q
+
+
 def test_knobs_validate_and_update():
     with pytest.raises(ValueError):
         Knobs(max_batch_size=0)
@@ -175,7 +190,7 @@ def test_queue_full_is_refused_at_once_with_a_retry_hint():
     async def main():
         engine = FakeEngine()
         engine.gate.clear()  # the engine is stuck: nothing leaves the queue
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, max_queue=6))
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, max_queue=6), depth=1)
         b.start()
         first = b.submit(images([1, 2, 3, 4]), None)  # taken into the (stuck) batch
         await asyncio.sleep(0.05)
@@ -198,7 +213,7 @@ def test_requests_past_their_deadline_get_504_and_never_reach_the_engine():
     async def main():
         engine = FakeEngine()
         engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), timeout_s=0.05)
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), timeout_s=0.05, depth=1)
         b.start()
         first = b.submit(images([1]), None)
         await asyncio.sleep(0.02)
@@ -219,7 +234,7 @@ def test_a_switch_lands_between_batches():
     async def main():
         engine = FakeEngine()
         engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, 100))
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, 100), depth=1)
         b.start()
         running = b.submit(images([1]), None)
         await asyncio.sleep(0.02)  # planned with 'static', now computing
@@ -251,7 +266,7 @@ def test_a_cancelled_request_is_dropped_before_compute():
     async def main():
         engine = FakeEngine()
         engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100))
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=1)
         b.start()
         first = b.submit(images([1]), None)
         await asyncio.sleep(0.02)
@@ -270,7 +285,7 @@ def test_stop_answers_what_is_still_queued_and_refuses_new_work():
     async def main():
         engine = FakeEngine()
         engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100))
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=1)
         b.start()
         running = b.submit(images([1]), None)
         await asyncio.sleep(0.02)
@@ -284,5 +299,49 @@ def test_stop_answers_what_is_still_queued_and_refuses_new_work():
             await queued
         with pytest.raises(Draining):
             b.submit(images([3]), None)
+
+    run(main())
+
+
+def test_depth_two_hands_over_the_next_batch_while_one_computes():
+    async def main():
+        engine = FakeEngine()
+        engine.gate.clear()  # batches handed over block until the gate opens
+        entered = []
+        real = engine.__call__
+
+        def run_batch(images, points):
+            entered.append(int(images[0].flatten()[0]))
+            return real(images, points)
+
+        b = Batcher(run_batch, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=2)
+        b.start()
+        futures = [b.submit(images([i]), None) for i in (1, 2, 3)]
+        await asyncio.sleep(0.1)
+        assert entered == [1, 2]  # two handed over at once, the third waits in the queue
+        assert b.queued_images == 1
+        engine.gate.set()
+        answers = await asyncio.gather(*futures)
+        assert [a.rows for a in answers] == [[("static", i)] for i in (1, 2, 3)]
+        assert entered == [1, 2, 3]
+        await b.stop()
+        with pytest.raises(ValueError):
+            Batcher(run_batch, active="static", key=keyed, depth=0)
+
+    run(main())
+
+
+def test_stop_waits_for_every_batch_handed_over():
+    async def main():
+        engine = FakeEngine(delay=0.02)
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=2)
+        b.start()
+        futures = [b.submit(images([i]), None) for i in range(4)]
+        await asyncio.sleep(0.01)
+        await b.stop()
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        answered = [o for o in outcomes if isinstance(o, Answer)]
+        assert all(isinstance(o, Answer | Draining) for o in outcomes)
+        assert len(answered) == len(engine.batches) >= 2  # both handed-over batches were answered
 
     run(main())

@@ -181,6 +181,53 @@ def batch_probe(host: str, port: int, prefix: str = ""):
     return probe
 
 
+def process_tree_cpu(pid: int) -> tuple[float, float] | None:
+    """CPU seconds (user + system) of process ``pid`` itself and of all its descendants, from
+    /proc (Linux); None where that cannot be read."""
+
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def children(p: int) -> list[int]:
+        kids = []
+        for f in Path(f"/proc/{p}/task").glob("*/children"):
+            kids += [int(x) for x in f.read_text().split()]
+        return kids
+
+    try:
+        main, rest, todo = own(pid), 0.0, children(pid)
+        while todo:
+            k = todo.pop()
+            try:
+                rest += own(k)
+                todo += children(k)
+            except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+                pass
+        return main, rest
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def level_probe(batch, pid: int | None):
+    """At the window's start and end: the batch-size histogram (if ``batch``) and the server's CPU."""
+
+    async def probe() -> dict:
+        return {"batch": await batch() if batch else None, "cpu": process_tree_cpu(pid) if pid else None}
+
+    return probe
+
+
+def cpu_ms_per_request(probes: tuple[Any, Any], answered: int) -> dict | None:
+    """The server's CPU over the window per answered request: its own process ("process") and its
+    children ("children": the engine process of `skipvit serve`)."""
+    before, after = (p["cpu"] if p else None for p in probes)
+    if before is None or after is None or answered <= 0:
+        return None
+    return {"process": 1000 * (after[0] - before[0]) / answered,
+            "children": 1000 * (after[1] - before[1]) / answered}  # fmt: skip
+
+
 def mean_batch(probes: tuple[Any, Any]) -> float | None:
     before, after = probes
     if before is None or after is None or after[1] <= before[1]:
@@ -192,8 +239,9 @@ def mean_batch(probes: tuple[Any, Any]) -> float | None:
 
 
 async def measure_level(name: str, host: str, port: int, prefix: str, pool: list[bytes], c: int, args,
-                        deadline: float) -> dict:  # fmt: skip
-    """One concurrency level against one server; the batched server's row gets its mean batch size."""
+                        deadline: float, pid: int | None = None) -> dict:  # fmt: skip
+    """One concurrency level against one server; the batched server's row gets its mean batch size,
+    and both the server's CPU per request when its process is known (``pid``)."""
     left = deadline - time.monotonic()
     if left <= 0:
         raise SystemExit(
@@ -203,10 +251,12 @@ async def measure_level(name: str, host: str, port: int, prefix: str, pool: list
         run_level(host, port, pool, images_per_request=args.images_per_request, concurrency=c,
                   duration_s=None if args.requests else args.duration, max_requests=args.requests,
                   warmup_s=args.warmup, request_timeout_s=args.request_timeout,
-                  probe=batch_probe(host, port, prefix) if name == "batched" else None),
+                  probe=level_probe(batch_probe(host, port, prefix) if name == "batched" else None, pid)),
         timeout=left,
     )  # fmt: skip
-    row = {"server": name, **summarize(res), "mean_batch_size": mean_batch(res.probes)}
+    batches = tuple(p["batch"] if p else None for p in res.probes)
+    row = {"server": name, **summarize(res), "mean_batch_size": mean_batch(batches),
+           "server_cpu_ms_per_request": cpu_ms_per_request(res.probes, res.ok + res.failed)}  # fmt: skip
     print(f"  {name:8s} c={c:<4d} {row['images_per_s']:8.1f} images/s  p95 {row['latency_ms']['p95']:8.1f} ms"
           f"  failed {row['failed']}", file=sys.stderr, flush=True)  # fmt: skip
     return row
@@ -268,11 +318,12 @@ async def measure_all(
         for c in args.concurrency:
             rounds = args.rounds if c == ref_c else 1
             for rnd in range(1, rounds + 1):
-                for name, _, host, port, prefix in targets:
+                for name, proc, host, port, prefix in targets:
                     pool = request_pool(
                         host, port, f"{prefix}/classify?point={args.point}", pngs, args.images_per_request
                     )
-                    row = await measure_level(name, host, port, prefix, pool, c, args, deadline)
+                    pid = proc.proc.pid if proc is not None and proc.proc is not None else None
+                    row = await measure_level(name, host, port, prefix, pool, c, args, deadline, pid)
                     servers[name].append(row if rounds == 1 else {**row, "round": rnd})
                     if name == "batched" and c == ref_c and rnd == 1 and row["mean_batch_size"]:
                         ref_batch = max(1, round(row["mean_batch_size"]))
@@ -300,15 +351,17 @@ def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds:
         batches = [torch.cat([images] * reps)[:batch_size]]
     for b in batches[:3]:
         engine.predict(b, point)
-    done, t0 = 0, time.perf_counter()
+    done, t0, cpu0 = 0, time.perf_counter(), time.process_time()
     while True:
         engine.predict(batches[done % len(batches)], point)
         done += 1
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds and done >= 5:
             break
+    cpu = time.process_time() - cpu0
     return {"batch_size": batch_size, "calls": done, "seconds": round(elapsed, 3),
-            "images_per_s": done * batch_size / elapsed}  # fmt: skip
+            "images_per_s": done * batch_size / elapsed,
+            "cpu_ms_per_image": 1000 * cpu / (done * batch_size)}  # fmt: skip
 
 
 class InProcess:

@@ -119,6 +119,15 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.0f}%"
 
 
+def _server_cpu(cpu: dict | None) -> str:
+    """ "process + children" (the HTTP process and the engine process), or the process alone."""
+    if not cpu:
+        return "n/a"
+    if cpu["children"] > 0.005:
+        return f"{cpu['process']:.2f} + {cpu['children']:.2f}"
+    return f"{cpu['process']:.2f}"
+
+
 def _round(row: dict) -> str:
     return f" (round {row['round']})" if "round" in row else ""
 
@@ -143,8 +152,10 @@ def _spread(target: dict, unit: str) -> str:
 def render_markdown(report: dict) -> str:
     """The header line, the load table, the in-process table and the verdict, as markdown.
 
-    Load-generator CPU is this process's CPU time over the window, in % of one core: what the
-    generator took from the server on a small machine."""
+    Server CPU is per answered request over the window, from /proc: the server process, plus its
+    children (the engine process) where it has any. Load-generator CPU is this process's CPU time
+    over the window, in % of one core: what the generator took from the server on a small machine.
+    In-process CPU is this process's CPU time per image while the engine is timed."""
     m, s = report["machine"], report["settings"]
     window = f"{s['requests']} requests" if s["requests"] else f"{s['duration_s']:g} s"
     lines = [
@@ -156,8 +167,8 @@ def render_markdown(report: dict) -> str:
         f"max_batch_size {s['max_batch_size']}, max_wait_ms {_f(s['max_wait_ms'], 0)}.",
         "",
         "| server | clients | requests/s | images/s | p50 ms | p95 ms | p99 ms | failed | 503 | mean batch "
-        "| load-generator CPU |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| server CPU ms/request | load-generator CPU |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, rows in report["servers"].items():
         for r in rows:
@@ -166,12 +177,12 @@ def render_markdown(report: dict) -> str:
                 f"| {name} | {r['concurrency']}{_round(r)} | {_f(r['requests_per_s'])} | {_f(r['images_per_s'])} | "
                 f"{_f(lat['p50'])} | {_f(lat['p95'])} | {_f(lat['p99'])} | {r['failed']} | {r['status_503']} | "
                 f"{_f(r['mean_batch_size'], 2) if name == 'batched' else '1 request'} | "
-                f"{_pct(r.get('client_cpu_cores'))} |"
+                f"{_server_cpu(r.get('server_cpu_ms_per_request'))} | {_pct(r.get('client_cpu_cores'))} |"
             )
     lines += ["", "In-process `engine.predict` (same bundle, point, images and device; no request in flight):", "",
-              "| batch size | images/s | why |", "|--:|--:|---|"]  # fmt: skip
+              "| batch size | images/s | CPU ms/image | why |", "|--:|--:|--:|---|"]  # fmt: skip
     lines += [
-        f"| {r['batch_size']}{_round(r)} | {_f(r['images_per_s'])} | {r['why']} |"
+        f"| {r['batch_size']}{_round(r)} | {_f(r['images_per_s'])} | {_f(r.get('cpu_ms_per_image'), 2)} | {r['why']} |"
         for r in report["in_process"]
     ]
     v = report["targets"]

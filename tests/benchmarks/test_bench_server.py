@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -18,9 +19,11 @@ import pytest
 from PIL import Image
 
 from benchmarks.bench_server import (
+    cpu_ms_per_request,
     fashion_mnist_pngs,
     histogram_sum_count,
     mean_batch,
+    process_tree_cpu,
     render_markdown,
     verdict,
 )
@@ -157,6 +160,29 @@ def test_histogram_sum_count_reads_prometheus_text():
     assert histogram_sum_count("skipvit_requests_total 3\n", "skipvit_batch_size") is None
     labelled = 'h_sum{point="a"} 2\nh_sum{point="b"} 3\nh_count{point="a"} 1\nh_count{point="b"} 1\n'
     assert histogram_sum_count(labelled, "h") == (5.0, 2.0)
+
+
+def test_process_tree_cpu_counts_the_process_and_its_children():
+    import subprocess
+    import sys
+
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            own, children = process_tree_cpu(os.getpid())
+            if children >= 0.25:
+                break
+            time.sleep(0.05)
+        assert own > 0 and children >= 0.25
+    finally:
+        child.kill()
+        child.wait()
+    assert process_tree_cpu(2**22 + 12345) is None  # no such process
+    probes = ({"cpu": (1.0, 2.0)}, {"cpu": (1.5, 4.0)})
+    assert cpu_ms_per_request(probes, 100) == {"process": pytest.approx(5.0), "children": pytest.approx(20.0)}
+    assert cpu_ms_per_request(({"cpu": None}, {"cpu": (1.0, 1.0)}), 10) is None
 
 
 def test_mean_batch_is_the_delta_ratio_or_none():
@@ -339,6 +365,10 @@ def test_bench_server_end_to_end_with_rounds(tiny_bundle, tmp_path):
         rows = report["servers"][name]
         assert [(r["concurrency"], r.get("round")) for r in rows] == [(1, None), (4, 1), (4, 2)]
         assert all(r["requests"] > 0 and r["failed"] == 0 for r in rows), rows
+        assert all(r["server_cpu_ms_per_request"]["process"] > 0 for r in rows)
+    # the batched server's engine runs in a child process, the naive one's in its own
+    assert all(r["server_cpu_ms_per_request"]["children"] > 0 for r in report["servers"]["batched"])
+    assert all(r["cpu_ms_per_image"] > 0 for r in report["in_process"])
     ref = [r for r in report["in_process"] if "round" in r]
     assert [r["round"] for r in ref] == [1, 2] and len({r["batch_size"] for r in ref}) == 1
     t = report["targets"]

@@ -20,9 +20,9 @@ the clock and the knobs, so it is tested without a server or a model:
 ``Batcher`` owns the queue and a task on the event loop that follows the plan. It hands the engine
 up to ``depth`` batches at once, each from a worker thread, so the loop keeps accepting requests
 while a batch computes. With the default depth of 2 the next batch is already waiting when the
-engine finishes one: measured on the 2-core machine, the engine otherwise sat idle about a sixth of
-the time while its answer travelled back and the next batch was planned and sent (every thread
-waking on busy cores). The engine itself runs one batch at a time. Every request's future is
+engine finishes one; otherwise, as a trace on the 2-core machine showed, the engine sits idle while
+its answer travels back and the next batch is planned and sent (every thread waking on busy
+cores). The engine itself runs one batch at a time. Every request's future is
 resolved exactly once: with its rows, or with one of the ``Rejected`` errors, or with the
 engine's exception.
 """

@@ -24,7 +24,7 @@ from kernels import set_backend
 from model.points import batch_key
 from service.auth import admin_token, bearer_ok
 from service.batcher import Batcher, Knobs
-from service.classify import DOC_ROUTE, Classify
+from service.classify import Classify, document
 from service.engine import BundleView, Engine, RowResult
 from service.metrics import Metrics
 from service.middleware import Admission, ServiceMiddleware
@@ -155,8 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi() -> dict:  # the routes, plus /classify (a plain ASGI app, see service.classify)
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                             routes=[*app.routes, DOC_ROUTE])  # fmt: skip
+            app.openapi_schema = document(get_openapi(title=app.title, version=app.version,
+                                                      description=app.description, routes=app.routes))  # fmt: skip
         return app.openapi_schema
 
     app.openapi = openapi

@@ -159,6 +159,15 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
+def stuck_batcher(knobs: Knobs, **kwargs) -> tuple[FakeEngine, Batcher]:
+    """A started batcher (one batch handed over at a time) whose engine blocks until its gate opens."""
+    engine = FakeEngine()
+    engine.gate.clear()
+    b = Batcher(engine, active="static", key=keyed, knobs=knobs, depth=1, **kwargs)
+    b.start()
+    return engine, b
+
+
 def test_every_request_is_answered_once_with_its_rows_in_order():
     async def main():
         engine = FakeEngine(delay=0.001)
@@ -188,10 +197,7 @@ def test_every_request_is_answered_once_with_its_rows_in_order():
 
 def test_queue_full_is_refused_at_once_with_a_retry_hint():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()  # the engine is stuck: nothing leaves the queue
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, max_queue=6), depth=1)
-        b.start()
+        engine, b = stuck_batcher(Knobs(4, 0.0, max_queue=6))
         first = b.submit(images([1, 2, 3, 4]), None)  # taken into the (stuck) batch
         await asyncio.sleep(0.05)
         queued = [b.submit(images([5, 6, 7]), None), b.submit(images([8, 9, 10]), None)]
@@ -211,10 +217,7 @@ def test_queue_full_is_refused_at_once_with_a_retry_hint():
 
 def test_requests_past_their_deadline_get_504_and_never_reach_the_engine():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), timeout_s=0.05, depth=1)
-        b.start()
+        engine, b = stuck_batcher(Knobs(1, 0.0, 100), timeout_s=0.05)
         first = b.submit(images([1]), None)
         await asyncio.sleep(0.02)
         late = b.submit(images([2]), None)
@@ -232,10 +235,7 @@ def test_requests_past_their_deadline_get_504_and_never_reach_the_engine():
 
 def test_a_switch_lands_between_batches():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(4, 0.0, 100), depth=1)
-        b.start()
+        engine, b = stuck_batcher(Knobs(4, 0.0, 100))
         running = b.submit(images([1]), None)
         await asyncio.sleep(0.02)  # planned with 'static', now computing
         waiting = b.submit(images([2]), None)
@@ -264,10 +264,7 @@ def test_an_engine_error_fails_its_batch_once_and_the_loop_goes_on():
 
 def test_a_cancelled_request_is_dropped_before_compute():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=1)
-        b.start()
+        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
         first = b.submit(images([1]), None)
         await asyncio.sleep(0.02)
         gone = b.submit(images([2]), None)
@@ -283,10 +280,7 @@ def test_a_cancelled_request_is_dropped_before_compute():
 
 def test_stop_answers_what_is_still_queued_and_refuses_new_work():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=1)
-        b.start()
+        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
         running = b.submit(images([1]), None)
         await asyncio.sleep(0.02)
         queued = b.submit(images([2]), None)

@@ -3,18 +3,32 @@
 Only PNG, JPEG and WebP are opened. The declared size is checked against a pixel cap before any
 pixel is decoded, so decompression bombs are refused cheaply. Any mode (1, L, P, RGB, RGBA, LA,
 CMYK, 16-bit I;16, 32-bit I/F) is converted to greyscale or RGB as the bundle expects.
+
+A PNG that is already exactly what the bundle takes (8-bit greyscale or RGB, the bundle's size)
+is decoded by libspng (``pyspng``) instead: the same pixels, without Pillow's per-image Python
+(about 8 µs against 30-45 µs for a Fashion-MNIST image, a large part of the server's CPU per
+request). Anything else, and anything libspng refuses, goes through Pillow, which also words
+the errors.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+try:
+    import pyspng
+except ImportError:  # no wheel for this platform: Pillow decodes everything
+    pyspng = None
+
 FORMATS = ("PNG", "JPEG", "WEBP")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR = {1: 0, 3: 2}  # bundle channels -> PNG colour type (0 greyscale, 2 RGB)
 
 
 class DecodeError(ValueError):
@@ -44,12 +58,32 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return img
 
 
+def _png_as_is(data: bytes, channels: int, size: int) -> torch.Tensor | None:
+    """The (C, size, size) pixels of a PNG already in the bundle's layout, or None: only 8-bit
+    greyscale (or RGB) of exactly ``size`` x ``size``, read from its header before decoding."""
+    if pyspng is None or len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if (width, height) != (size, size) or depth != 8 or colour != PNG_COLOUR.get(channels):
+        return None
+    try:
+        arr = pyspng.load(data)
+    except Exception:  # corrupt or truncated: Pillow decides and says why
+        return None
+    if arr.dtype != np.uint8 or arr.shape != ((size, size) if channels == 1 else (size, size, 3)):
+        return None
+    pixels = torch.from_numpy(arr)
+    return pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1).contiguous()
+
+
 def decode_image(
     data: bytes, *, channels: int, size: int, max_pixels: int, name: str = "upload"
 ) -> torch.Tensor:
     """Decode ``data`` to a (C, size, size) uint8 tensor."""
     if not data:
         raise DecodeError(f"{name}: the file is empty")
+    if size * size <= max_pixels and (fast := _png_as_is(data, channels, size)) is not None:
+        return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -80,3 +80,82 @@ def test_pixel_cap_is_413_before_decoding():
     with pytest.raises(DecodeError, match="exceeds") as e:
         decode_image(data, channels=1, size=16, max_pixels=300 * 299)
     assert e.value.status == 413
+
+
+# -- the libspng fast path ----------------------------------------------------------------------
+
+
+def _png(img: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def spng_calls(monkeypatch):
+    """Counts the PNGs that libspng decodes."""
+    import service.decode as decode
+
+    if decode.pyspng is None:
+        pytest.skip("pyspng is not installed on this platform (Pillow decodes every PNG)")
+    calls = []
+    real = decode.pyspng.load
+
+    class Spy:
+        @staticmethod
+        def load(data, *args, **kwargs):
+            calls.append(len(data))
+            return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "pyspng", Spy)
+    return calls
+
+
+def _pillow_only(data: bytes, monkeypatch, **kw):
+    import service.decode as decode
+
+    with monkeypatch.context() as m:
+        m.setattr(decode, "pyspng", None)
+        return decode_image(data, **kw)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    "save", [{}, {"compress_level": 0}, {"compress_level": 9}, {"optimize": True}, "trns"]
+)
+def test_a_png_in_the_bundle_layout_takes_libspng_with_the_same_pixels(
+    channels, save, spng_calls, monkeypatch
+):
+    rng = np.random.default_rng(channels)
+    arr = rng.integers(0, 256, (16, 16) if channels == 1 else (16, 16, 3), dtype=np.uint8)
+    if save == "trns":  # a transparent colour (tRNS): Pillow keeps the pixels as they are, so must libspng
+        save = {"transparency": 7 if channels == 1 else (1, 2, 3)}
+    data = _png(Image.fromarray(arr), **save)
+    kw = {**KW, "channels": channels}
+    fast = decode_image(data, **kw)
+    assert spng_calls == [len(data)]
+    assert fast.equal(_pillow_only(data, monkeypatch, **kw)) and fast.shape == (channels, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: Image.fromarray(a).resize((17, 16)),  # another size
+        lambda a: Image.fromarray(a).convert("RGB"),  # RGB for a greyscale bundle
+        lambda a: Image.fromarray(a).convert("LA"),  # alpha
+        lambda a: Image.fromarray(a).convert("P"),  # palette
+        lambda a: Image.fromarray(a.astype(np.uint16) * 257),  # 16-bit
+    ],
+)
+def test_other_pngs_go_through_pillow(make, spng_calls, monkeypatch):
+    data = _png(make(np.random.default_rng(3).integers(0, 256, (16, 16), dtype=np.uint8)))
+    assert decode_image(data, **KW).equal(_pillow_only(data, monkeypatch, **KW))
+    assert spng_calls == []
+
+
+def test_a_broken_png_in_the_bundle_layout_gets_pillows_error(spng_calls):
+    data = _png(Image.fromarray(np.random.default_rng(4).integers(0, 256, (16, 16), dtype=np.uint8)))
+    cut = data[: len(data) // 2]  # the header intact, the pixel data cut short
+    with pytest.raises(DecodeError, match="could not be decoded") as e:
+        decode_image(cut, **KW)
+    assert e.value.status == 422 and spng_calls == [len(cut)]

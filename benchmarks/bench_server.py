@@ -26,10 +26,9 @@ from typing import Any
 
 from benchmarks.loadgen import check_loopback_url, http_get, request_pool, run_async, run_level, summarize
 from benchmarks.server_report import (
-    TARGET_CLIENTS,
     finite,
     machine_info,
-    reference_clients,
+    reference_level,
     render_markdown,
     verdict,
 )
@@ -288,11 +287,6 @@ def _targets(args, bundle: Path, log_dir: Path) -> list[tuple[str, ServerProcess
     return out
 
 
-def reference_level(concurrency: list[int]) -> int:
-    """The level the targets are read at: 64 clients if run, else the highest."""
-    return TARGET_CLIENTS if TARGET_CLIENTS in concurrency else max(concurrency)
-
-
 async def measure_all(
     args, bundle: Path, pngs: list[bytes], log_dir: Path, inproc=None
 ) -> dict[str, list[dict]]:
@@ -300,8 +294,8 @@ async def measure_all(
     figures compared at a level are taken a few seconds apart (this machine's speed drifts
     over minutes). An idle server waits on its sockets and costs the other nothing.
 
-    The reference level runs ``args.rounds`` times; after each round ``inproc(batch_size, round)``
-    (if given) times the engine in this process at the batched server's mean batch of round 1."""
+    The reference level runs ``args.rounds`` times; after each round ``inproc(mean batch, round,
+    clients)`` (if given) times the engine in this process at that round's mean batch size."""
     deadline = time.monotonic() + args.timeout
     targets = _targets(args, bundle, log_dir)
     servers: dict[str, list[dict]] = {name: [] for name, *_ in targets}
@@ -314,7 +308,6 @@ async def measure_all(
                 await proc.wait_ready(args.start_timeout)
             elif (await http_get(host, port, f"{prefix}/readyz")).status != 200:
                 raise SystemExit(f"{args.url}/readyz is not 200; Hint: wait until the server has loaded")
-        ref_batch = None
         for c in args.concurrency:
             rounds = args.rounds if c == ref_c else 1
             for rnd in range(1, rounds + 1):
@@ -325,10 +318,8 @@ async def measure_all(
                     pid = proc.proc.pid if proc is not None and proc.proc is not None else None
                     row = await measure_level(name, host, port, prefix, pool, c, args, deadline, pid)
                     servers[name].append(row if rounds == 1 else {**row, "round": rnd})
-                    if name == "batched" and c == ref_c and rnd == 1 and row["mean_batch_size"]:
-                        ref_batch = max(1, round(row["mean_batch_size"]))
-                if c == ref_c and inproc is not None and ref_batch is not None:
-                    inproc(ref_batch, rnd if rounds > 1 else None, c)
+                if c == ref_c and inproc is not None:
+                    inproc(servers["batched"][-1]["mean_batch_size"], rnd if rounds > 1 else None, c)
     finally:
         for _, proc, *_ in targets:
             if proc is not None:
@@ -368,13 +359,13 @@ class InProcess:
     """The ceiling: the same engine, images and point in this process. Loaded before the servers
     start, so that the reference level can time it between rounds."""
 
-    def __init__(self, args, bundle: Path, pngs: list[bytes]) -> None:
+    def __init__(self, args, bundle: Path, pngs: list[bytes], max_batch: int) -> None:
         import torch
 
         from service.decode import decode_image
         from service.engine import Engine
 
-        self.args = args
+        self.args, self.max_batch = args, max_batch
         self.engine = Engine.from_dir(bundle, args.device)
         self.images = torch.stack([decode_image(p, channels=self.engine.channels, size=self.engine.image_size,
                                                 max_pixels=1 << 30) for p in pngs])  # fmt: skip  # (N, C, H, W)
@@ -394,8 +385,17 @@ class InProcess:
         )
         return row
 
-    def at_reference(self, batch_size: int, rnd: int | None, clients: int) -> None:
-        self.measure(batch_size, f"the batched server's mean batch at {clients} clients", rnd)
+    def at_reference(self, mean_batch: float | None, rnd: int | None, clients: int) -> None:
+        """The ceiling for one round: the engine at the batched server's mean batch size in it, or
+        at ``max_batch_size`` where the server reports none."""
+        if mean_batch:
+            batch, why = max(1, round(mean_batch)), f"the batched server's mean batch at {clients} clients"
+        else:
+            batch, why = (
+                self.max_batch,
+                f"max_batch_size (the server's mean batch size at {clients} clients is n/a)",
+            )
+        self.measure(batch, why, rnd)["reference"] = True
 
 
 def run(args) -> None:
@@ -422,18 +422,10 @@ def run(args) -> None:
     )
     pngs = fashion_mnist_pngs(args.data_dir, max(1024, 256 * args.images_per_request))
     out_json = Path(args.out_json)
-    inproc = InProcess(args, bundle, pngs)
+    inproc = InProcess(args, bundle, pngs, max_batch)
     servers = run_async(measure_all(args, bundle, pngs, out_json.parent, inproc.at_reference))
-
-    c = reference_clients(servers)
     measured = {r["batch_size"] for r in inproc.rows}
-    ref_batch = inproc.rows[0]["batch_size"] if inproc.rows else None  # the reference rounds' batch
-    extra = {args.images_per_request: "the naive endpoint's batch (one request)"}
-    if ref_batch is None:  # no skipvit_batch_size histogram: compare at the largest batch, the ceiling
-        ref_batch = max_batch
-        extra[max_batch] = f"max_batch_size (the server's mean batch size at {c} clients is n/a)"
-    else:
-        extra.setdefault(max_batch, "max_batch_size")
+    extra = {args.images_per_request: "the naive endpoint's batch (one request)", max_batch: "max_batch_size"}
     for b, why in extra.items():  # once each, servers stopped
         if b not in measured:
             inproc.measure(b, why)
@@ -451,7 +443,7 @@ def run(args) -> None:
         "settings": settings,
         "servers": servers,
         "in_process": inproc.rows,
-        "targets": verdict(servers, inproc.rows, ref_batch),
+        "targets": verdict(servers, inproc.rows),
     }
     markdown = render_markdown(report)
     out_json.parent.mkdir(parents=True, exist_ok=True)

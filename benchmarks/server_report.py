@@ -39,13 +39,16 @@ def machine_info() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def reference_level(concurrency) -> int:
+    """The level the targets are read at: 64 clients if run, else the highest."""
+    return TARGET_CLIENTS if TARGET_CLIENTS in concurrency else max(concurrency)
+
+
 def reference_clients(servers: dict[str, list[dict]]) -> int | None:
-    """64 clients if both servers ran at 64, else the highest concurrency both ran at."""
+    """The reference level among those both servers ran at."""
     batched = {r["concurrency"] for r in servers.get("batched", [])}
     common = batched & {r["concurrency"] for r in servers.get("naive", [])}
-    if not common:
-        return None
-    return TARGET_CLIENTS if TARGET_CLIENTS in common else max(common)
+    return reference_level(common) if common else None
 
 
 def level(servers: dict[str, list[dict]], name: str, c: int, rnd: int | None = None) -> dict:
@@ -63,9 +66,10 @@ def _median_round(values: list[tuple[int, float]]) -> tuple[int, float]:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def verdict(servers: dict[str, list[dict]], inproc: list[dict], ref_batch: int | None) -> dict:
+def verdict(servers: dict[str, list[dict]], inproc: list[dict]) -> dict:
     """The two targets at the reference concurrency (64 clients, or the highest one run), read off
-    the median round; ``inproc`` rows with a ``round`` pair with that round's servers."""
+    the median round. The ``inproc`` rows marked ``reference`` pair with their round's servers
+    (rows without a round are round 1)."""
     c = reference_clients(servers)
     if c is None:
         return {}
@@ -87,13 +91,13 @@ def verdict(servers: dict[str, list[dict]], inproc: list[dict], ref_batch: int |
     }  # fmt: skip
     eff = []
     for rnd in rows:
-        ref = next((r for r in inproc if r["batch_size"] == ref_batch and r.get("round", 1) == rnd), None)
+        ref = next((r for r in inproc if r.get("reference") and r.get("round", 1) == rnd), None)
         if ref is not None:
             eff.append((rnd, rows[rnd][0]["images_per_s"] / ref["images_per_s"], ref))
     if eff:
         rnd, ratio = _median_round([(r, v) for r, v, _ in eff])
         ref = next(x for r, _, x in eff if r == rnd)
-        out["efficiency"] = {"round": rnd, "batch_size": ref_batch, "basis": ref["why"],
+        out["efficiency"] = {"round": rnd, "batch_size": ref["batch_size"], "basis": ref["why"],
                              "served_images_per_s": rows[rnd][0]["images_per_s"],
                              "inprocess_images_per_s": ref["images_per_s"], "ratio": ratio,
                              "rounds": [v for _, v, _ in eff], "met": bool(ratio >= TARGET_EFFICIENCY)}  # fmt: skip

@@ -202,16 +202,17 @@ def test_verdict_checks_both_targets_at_64_clients():
         "batched": [_level("batched", 8, 500, 20, mean=6.0), _level("batched", 64, 1200, 60, mean=31.6)],
         "naive": [_level("naive", 8, 300, 30), _level("naive", 64, 350, 190)],
     }
-    inproc = [{"batch_size": 32, "images_per_s": 1500.0, "why": "mean batch"}]
-    v = verdict(servers, inproc, ref_batch=32)
+    inproc = [{"batch_size": 32, "images_per_s": 1500.0, "why": "mean batch", "reference": True},
+              {"batch_size": 1, "images_per_s": 300.0, "why": "naive"}]  # fmt: skip
+    v = verdict(servers, inproc)
     assert v["clients"] == 64
     assert v["speedup"]["ratio"] == pytest.approx(1200 / 350) and v["speedup"]["met"]
     assert v["efficiency"]["ratio"] == pytest.approx(0.8) and v["efficiency"]["met"]
     # worse p95 than naive fails the first target even at a high speedup
     servers["batched"][1]["latency_ms"]["p95"] = 200
-    assert not verdict(servers, inproc, 32)["speedup"]["met"]
+    assert not verdict(servers, inproc)["speedup"]["met"]
     # below 70% of in-process fails the second
-    assert not verdict(servers, [{**inproc[0], "images_per_s": 1800.0}], 32)["efficiency"]["met"]
+    assert not verdict(servers, [{**inproc[0], "images_per_s": 1800.0}])["efficiency"]["met"]
 
 
 def test_verdict_uses_the_highest_common_concurrency_without_64():
@@ -219,7 +220,7 @@ def test_verdict_uses_the_highest_common_concurrency_without_64():
         "batched": [_level("batched", 16, 900, 30, failed=2)],
         "naive": [_level("naive", 16, 100, 160)],
     }
-    v = verdict(servers, [], ref_batch=None)
+    v = verdict(servers, [])
     assert v["clients"] == 16 and "efficiency" not in v
     assert not v["speedup"]["met"] and not v["speedup"]["no_failures"]  # failures never pass
 
@@ -234,18 +235,19 @@ def test_verdict_reads_the_median_round_and_pairs_in_process_by_round():
         "naive": [_level("naive", 8, 300, 30)]
         + [rnd(_level("naive", 64, ips, 300), r) for r, ips in ((1, 250, ), (2, 200), (3, 280))],
     }  # fmt: skip
-    inproc = [{"batch_size": 32, "images_per_s": ips, "why": "mean batch", "round": r}
+    inproc = [{"batch_size": 32 + r, "images_per_s": ips, "why": "mean batch", "round": r, "reference": True}
               for r, ips in ((1, 1200.0), (2, 1600.0), (3, 1000.0))]  # fmt: skip
     inproc.append({"batch_size": 1, "images_per_s": 400.0, "why": "naive"})
-    v = verdict(servers, inproc, ref_batch=32)
+    v = verdict(servers, inproc)
     # speedups 3.6, 5.0, 2.5 -> round 1; efficiencies 0.75, 0.625, 0.70 -> round 3
     assert v["speedup"]["round"] == 1 and v["speedup"]["ratio"] == pytest.approx(3.6)
     assert v["speedup"]["rounds"] == pytest.approx([3.6, 5.0, 2.5]) and v["speedup"]["met"]
     assert v["speedup"]["batched_p95_ms"] == 90  # the p95s of the median round
     assert v["efficiency"]["round"] == 3 and v["efficiency"]["ratio"] == pytest.approx(0.70)
+    assert v["efficiency"]["batch_size"] == 35  # each round at its own mean batch
     assert v["efficiency"]["rounds"] == pytest.approx([0.75, 0.625, 0.70]) and v["efficiency"]["met"]
     servers["naive"][2]["failed"] = 1  # a failure in any round fails the first target
-    assert not verdict(servers, inproc, 32)["speedup"]["met"]
+    assert not verdict(servers, inproc)["speedup"]["met"]
     report = {
         "command": "skipvit bench server", "bundle": "b", "point": "static", "servers": servers,
         "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
@@ -254,7 +256,7 @@ def test_verdict_reads_the_median_round_and_pairs_in_process_by_round():
         "in_process": inproc, "targets": v,
     }  # fmt: skip
     md = render_markdown(report)
-    assert "| batched | 64 (round 2) | 1,000.0 |" in md and "| 32 (round 3) | 1,000.0 |" in md
+    assert "| batched | 64 (round 2) | 1,000.0 |" in md and "| 35 (round 3) | 1,000.0 |" in md
     assert "(rounds: 3.60x, 5.00x, 2.50x)" in md and "(rounds: 75.0%, 62.5%, 70.0%)" in md
     assert "median of 3 rounds" in md
 
@@ -264,13 +266,13 @@ def test_render_markdown_has_one_row_per_level_and_the_verdict():
         "batched": [_level("batched", 64, 1200, 60, mean=None)],
         "naive": [_level("naive", 64, 350, 190)],
     }
-    inproc = [{"batch_size": 64, "images_per_s": 1500.0, "why": "max_batch_size"}]
+    inproc = [{"batch_size": 64, "images_per_s": 1500.0, "why": "max_batch_size", "reference": True}]
     report = {
         "command": "skipvit bench server", "bundle": "b", "point": "static", "servers": servers,
         "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
         "settings": {"images_per_request": 1, "duration_s": 10.0, "requests": None, "warmup_s": 1.0,
                      "max_batch_size": 64, "max_wait_ms": float("nan")},
-        "in_process": inproc, "targets": verdict(servers, inproc, 64),
+        "in_process": inproc, "targets": verdict(servers, inproc),
     }  # fmt: skip
     md = render_markdown(report)
     assert "| batched | 64 | 1,200.0 | 1,200.0 |" in md and "| naive | 64 |" in md
@@ -369,8 +371,10 @@ def test_bench_server_end_to_end_with_rounds(tiny_bundle, tmp_path):
     # the batched server's engine runs in a child process, the naive one's in its own
     assert all(r["server_cpu_ms_per_request"]["children"] > 0 for r in report["servers"]["batched"])
     assert all(r["cpu_ms_per_image"] > 0 for r in report["in_process"])
-    ref = [r for r in report["in_process"] if "round" in r]
-    assert [r["round"] for r in ref] == [1, 2] and len({r["batch_size"] for r in ref}) == 1
+    ref = [r for r in report["in_process"] if r.get("reference")]
+    assert [r["round"] for r in ref] == [1, 2]
+    means = [r["mean_batch_size"] for r in report["servers"]["batched"] if r.get("round")]
+    assert [r["batch_size"] for r in ref] == [max(1, round(m)) for m in means]
     t = report["targets"]
     assert t["clients"] == 4 and len(t["speedup"]["rounds"]) == 2 and len(t["efficiency"]["rounds"]) == 2
     assert "(round 2)" in (out / "server.md").read_text()

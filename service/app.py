@@ -24,7 +24,7 @@ from kernels import set_backend
 from model.points import batch_key
 from service.auth import admin_token, bearer_ok
 from service.batcher import Batcher, Knobs
-from service.classify import Classify, document
+from service.classify import NOT_READY, Classify, document, unknown_point
 from service.engine import BundleView, Engine, RowResult
 from service.metrics import Metrics
 from service.middleware import Admission, ServiceMiddleware
@@ -195,12 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          {"WWW-Authenticate": "Bearer"})  # fmt: skip
 
     def _known(point_id: str) -> None:
-        try:
-            app.state.engine.point(point_id)
-        except KeyError:
-            known = ", ".join(p.id for p in app.state.engine.bundle.front)
-            raise reject(404, "unknown_point",
-                         f"unknown point {point_id!r}; known points: {known} (see GET /pareto)") from None  # fmt: skip
+        if why := unknown_point(app.state.engine, point_id):
+            raise reject(404, "unknown_point", why)
 
     @app.get("/livez")
     async def livez() -> JSONResponse:
@@ -233,8 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _ready_batcher() -> Batcher:
         if not app.state.ready:
-            raise reject(503, "not_ready", "the model is not loaded yet; Hint: retry shortly",
-                         {"Retry-After": "1"})  # fmt: skip
+            raise reject(503, "not_ready", NOT_READY, {"Retry-After": "1"})
         return app.state.batcher
 
     def _config() -> ConfigResponse:

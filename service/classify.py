@@ -32,6 +32,19 @@ log = logging.getLogger("skipvit.service")
 DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode on the event loop; bigger ones in a thread
 
 
+NOT_READY = "the model is not loaded yet; Hint: retry shortly"
+
+
+def unknown_point(engine, point_id: str) -> str | None:
+    """Why ``point_id`` cannot be served (it is not on the bundle's front), or None if it can."""
+    try:
+        engine.point(point_id)
+    except KeyError:
+        known = ", ".join(p.id for p in engine.bundle.front)
+        return f"unknown point {point_id!r}; known points: {known} (see GET /pareto)"
+    return None
+
+
 class HTTPError(Exception):
     """An answer other than 200. ``reason`` (a ``service.metrics.REASONS`` label) counts it as a
     rejection; None does not."""
@@ -68,8 +81,7 @@ class Classify:
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
         point = query.get("point")
         if not state.ready:  # draining is refused earlier, by the middleware
-            raise HTTPError(503, "the model is not loaded yet; Hint: retry shortly", "not_ready",
-                            [(b"retry-after", b"1")])  # fmt: skip
+            raise HTTPError(503, NOT_READY, "not_ready", [(b"retry-after", b"1")])
         batcher, engine = state.batcher, state.engine
         body = await read_body(receive)
         try:
@@ -80,13 +92,8 @@ class Classify:
             raise HTTPError(413, f"{len(files)} files in one request; the limit is {s.max_files} "
                             "(SKIPVIT_MAX_FILES); Hint: split the images over several requests",
                             "too_many_files")  # fmt: skip
-        if point is not None:
-            try:
-                engine.point(point)
-            except KeyError:
-                known = ", ".join(p.id for p in engine.bundle.front)
-                raise HTTPError(404, f"unknown point {point!r}; known points: {known} (see GET /pareto)",
-                                "unknown_point") from None  # fmt: skip
+        if point is not None and (why := unknown_point(engine, point)):
+            raise HTTPError(404, why, "unknown_point")
         tensors = []
         for i, (filename, data) in enumerate(files):
             name = filename or f"file {i}"

@@ -4,8 +4,9 @@ One run, one machine, every figure measured in it: the real server (`skipvit ser
 batching) and the naive endpoint (`benchmarks.naive_server`, one request at a time) each run as a
 subprocess on a free loopback port, and each level of closed-loop load (`benchmarks.loadgen`)
 runs against one and then the other, so that the figures compared sit seconds apart. The reference
-level (64 clients) runs ``--rounds`` times, and each round ends with the same engine timed in this
-process at the batch size the server reached, while both servers sit idle. The verdict (the median
+level (64 clients) runs ``--rounds`` times; in each round the batched server's window is followed
+at once by the same engine timed in this process at the batch size the server reached (both
+servers idle), then by the naive endpoint's window. The verdict (the median
 round of each ratio) and the tables are in `benchmarks.server_report`.
 """
 
@@ -294,8 +295,10 @@ async def measure_all(
     figures compared at a level are taken a few seconds apart (this machine's speed drifts
     over minutes). An idle server waits on its sockets and costs the other nothing.
 
-    The reference level runs ``args.rounds`` times; after each round ``inproc(mean batch, round,
-    clients)`` (if given) times the engine in this process at that round's mean batch size."""
+    The reference level runs ``args.rounds`` times; in each round, right after the batched server's
+    window (before the naive one), ``inproc(mean batch, round, clients)`` (if given) times the engine
+    in this process at that round's mean batch size, so that the two figures of that ratio are
+    seconds apart."""
     deadline = time.monotonic() + args.timeout
     targets = _targets(args, bundle, log_dir)
     servers: dict[str, list[dict]] = {name: [] for name, *_ in targets}
@@ -318,8 +321,8 @@ async def measure_all(
                     pid = proc.proc.pid if proc is not None and proc.proc is not None else None
                     row = await measure_level(name, host, port, prefix, pool, c, args, deadline, pid)
                     servers[name].append(row if rounds == 1 else {**row, "round": rnd})
-                if c == ref_c and inproc is not None:
-                    inproc(servers["batched"][-1]["mean_batch_size"], rnd if rounds > 1 else None, c)
+                    if name == "batched" and c == ref_c and inproc is not None:
+                        inproc(row["mean_batch_size"], rnd if rounds > 1 else None, c)
     finally:
         for _, proc, *_ in targets:
             if proc is not None:
@@ -366,6 +369,7 @@ class InProcess:
         from service.engine import Engine
 
         self.args, self.max_batch = args, max_batch
+        self.seconds = args.inproc_seconds if args.inproc_seconds is not None else args.duration
         self.engine = Engine.from_dir(bundle, args.device)
         self.images = torch.stack([decode_image(p, channels=self.engine.channels, size=self.engine.image_size,
                                                 max_pixels=1 << 30) for p in pngs])  # fmt: skip  # (N, C, H, W)
@@ -373,8 +377,8 @@ class InProcess:
         self.rows: list[dict] = []
 
     def measure(self, batch_size: int, why: str, rnd: int | None = None) -> dict:
-        row = {**inprocess_images_per_s(self.engine, self.images, batch_size, self.args.point,
-                                        self.args.inproc_seconds), "why": why}  # fmt: skip
+        row = {**inprocess_images_per_s(self.engine, self.images, batch_size, self.args.point, self.seconds),
+               "why": why}  # fmt: skip
         if rnd is not None:
             row["round"] = rnd
         self.rows.append(row)
@@ -405,9 +409,16 @@ def run(args) -> None:
     if args.url:
         check_loopback_url(args.url)  # refuse before anything starts
     args.point = resolve_point(bundle, args.point)
-    if args.images_per_request < 1 or args.duration <= 0 or args.warmup < 0:
+    inproc_s = getattr(args, "inproc_seconds", None)
+    if (
+        args.images_per_request < 1
+        or args.duration <= 0
+        or args.warmup < 0
+        or (inproc_s is not None and inproc_s <= 0)
+    ):
         raise ValueError(
-            "--images-per-request and --duration must be positive; Hint: e.g. --images-per-request 1"
+            "--images-per-request, --duration and --inproc-seconds must be positive; "
+            "Hint: e.g. --images-per-request 1"
         )
     per_level = args.warmup + (args.duration if not args.requests else 0)
     if args.rounds < 1:

@@ -5,7 +5,7 @@ images/s at no worse p95 (and neither fails a request), and >= 70% of the images
 reaches in-process at the server's mean batch size.
 
 The reference level may run in several rounds (``round`` 1..N on its rows), each one batched,
-naive, in-process, seconds apart. Each target's ratio is taken within a round and the verdict
+in-process, naive, seconds apart. Each target's ratio is taken within a round and the verdict
 reads the median round, because this machine's speed drifts more between minutes than within
 seconds; every round is reported.
 """

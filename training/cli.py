@@ -256,7 +256,7 @@ def _bench_parser(sub) -> None:
                    help="measure this already running server instead of starting one (loopback only)")  # fmt: skip
     s.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32, 64], metavar="C1,C2,...",
                    help="closed-loop clients per level (default 1,8,32,64)")  # fmt: skip
-    s.add_argument("--rounds", type=int, default=3,
+    s.add_argument("--rounds", type=int, default=5,
                    help="runs of the reference level (64 clients), each with an in-process timing; the verdict "
                         "reads the median round")  # fmt: skip
     s.add_argument("--images-per-request", type=int, default=1)
@@ -268,7 +268,8 @@ def _bench_parser(sub) -> None:
     s.add_argument("--start-timeout", type=float, default=120.0, help="seconds a server may take to be ready")
     s.add_argument("--max-batch-size", type=int, default=None, help="SKIPVIT_MAX_BATCH_SIZE for the server")
     s.add_argument("--max-wait-ms", type=float, default=None, help="SKIPVIT_MAX_WAIT_MS for the server")
-    s.add_argument("--inproc-seconds", type=float, default=3.0, help="seconds per in-process batch size")
+    s.add_argument("--inproc-seconds", type=float, default=None,
+                   help="seconds per in-process timing (default: --duration, as long as a level's window)")  # fmt: skip
     s.add_argument("--device", default="cpu", help="cpu, cuda or auto (servers and in-process alike)")
     s.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (test images to send)")
     s.add_argument("--out-json", default="runs/bench/server.json")

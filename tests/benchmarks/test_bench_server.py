@@ -326,9 +326,18 @@ def test_cli_parses_the_bench_server_flags():
         [1, 16],
         32,
     )
-    assert build_parser().parse_args(["bench", "server"]).concurrency == [1, 8, 32, 64]
+    defaults = build_parser().parse_args(["bench", "server"])
+    assert (defaults.concurrency, defaults.rounds, defaults.inproc_seconds) == ([1, 8, 32, 64], 5, None)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "server", "--concurrency", "0,8"])
+
+
+def test_the_cli_refuses_a_non_positive_inproc_time_before_starting_anything(capsys, tmp_path):
+    (tmp_path / "bundle.json").write_text('{"default_point": "static", "front": [{"id": "static"}]}')
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "server", "--bundle", str(tmp_path), "--inproc-seconds", "0"])
+    assert e.value.code == 2
+    assert "--inproc-seconds must be positive" in capsys.readouterr().err
 
 
 def test_fashion_mnist_pngs_encode_the_idx_test_images(tmp_path):

@@ -23,15 +23,16 @@ RUN python -m venv /opt/venv \
     && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY model/ model/
 COPY training/ training/
 COPY kernels/ kernels/
 COPY service/ service/
 
 # `.` is the local project (version fixed by pyproject.toml; hadolint's DL3013
-# does not apply to a local path). Runtime dependencies only, no extras.
-RUN pip install --no-cache-dir . \
+# does not apply to a local path). Runtime dependencies only, no extras, each at
+# the version in constraints.txt (the set the test suite passed with).
+RUN pip install --no-cache-dir -c constraints.txt . \
     && python -c "import model, training, kernels, service"
 
 # ---------------------------------------------------------------------------

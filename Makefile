@@ -9,7 +9,7 @@ APT_DEV_PACKAGES := chromium chromium-driver prometheus
 TORCH_SPEC := torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test lint setup setup-dev apt clean help
+.PHONY: serve test lint setup setup-dev apt clean help upgrade lock
 
 help:
 	@echo "make serve   set up and serve the default bundle on http://127.0.0.1:8000"
@@ -47,15 +47,28 @@ $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is needed"'
 	$(PYTHON) -m venv $(VENV)
 
+# Every package at the version in constraints.txt (the set the suite last passed with).
+PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
+
 # torch first and pinned, so that the range in pyproject.toml never pulls a CUDA build.
-$(VENV)/.stamp-runtime: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/pip install -q --disable-pip-version-check -e .
+$(VENV)/.stamp-runtime: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) $(TORCH_SPEC)
+	$(PIP_INSTALL) -e .
 	@touch $@
 
-$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-runtime
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+$(VENV)/.stamp-dev: pyproject.toml constraints.txt $(VENV)/.stamp-runtime
+	$(PIP_INSTALL) -e '.[dev]'
 	@touch $@
+
+# Newer versions: the newest releases within pyproject.toml's ranges (torch stays at
+# TORCH_SPEC), then the suite; `make lock` then records them in constraints.txt.
+upgrade: setup-dev
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager $(TORCH_SPEC) -e '.[dev]'
+	$(MAKE) test
+
+lock:
+	{ grep '^#' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 setup: $(VENV)/.stamp-apt $(VENV)/.stamp-runtime
 setup-dev: $(VENV)/.stamp-apt-dev $(VENV)/.stamp-dev

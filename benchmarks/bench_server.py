@@ -409,12 +409,11 @@ def run(args) -> None:
     if args.url:
         check_loopback_url(args.url)  # refuse before anything starts
     args.point = resolve_point(bundle, args.point)
-    inproc_s = getattr(args, "inproc_seconds", None)
     if (
         args.images_per_request < 1
         or args.duration <= 0
         or args.warmup < 0
-        or (inproc_s is not None and inproc_s <= 0)
+        or (args.inproc_seconds is not None and args.inproc_seconds <= 0)
     ):
         raise ValueError(
             "--images-per-request, --duration and --inproc-seconds must be positive; "

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "load-test-token"
@@ -40,9 +40,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.output()}")
             try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                if httpx2.get(f"{self.base}/readyz", timeout=1).status_code == 200:
                     return self
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             time.sleep(0.2)
         self.stop()

@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-import httpx
+import httpx2
 import pytest
 from PIL import Image
 
@@ -59,11 +59,11 @@ class Outcome:
     error: str = ""
 
 
-async def one(client: httpx.AsyncClient, blobs: list[bytes], point: str | None) -> Outcome:
+async def one(client: httpx2.AsyncClient, blobs: list[bytes], point: str | None) -> Outcome:
     sent = time.monotonic()
     try:
         r = await client.post("/classify", files=upload(blobs), params={"point": point} if point else None)
-    except httpx.TransportError as e:
+    except httpx2.TransportError as e:
         return Outcome(sent, time.monotonic(), len(blobs), point, error=type(e).__name__)
     out = Outcome(sent, time.monotonic(), len(blobs), point, r.status_code)
     if r.status_code == 200:
@@ -96,8 +96,8 @@ def test_32_clients_x_50_requests_with_20_switches(server, pngs):
         return switches
 
     async def main():
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=server.base, timeout=60, limits=limits) as client:
+        limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx2.AsyncClient(base_url=server.base, timeout=60, limits=limits) as client:
             start = time.monotonic()
             initial = (await client.get("/config")).json()["point"]
             tasks = [client_task(client, k) for k in range(32)]
@@ -126,31 +126,31 @@ def test_32_clients_x_50_requests_with_20_switches(server, pngs):
 
 
 def test_a_full_queue_answers_503_with_retry_after(server, pngs):
-    with httpx.Client(base_url=server.base, timeout=30) as c:
+    with httpx2.Client(base_url=server.base, timeout=30) as c:
         old = c.get("/config").json()
         r = c.put("/config", json={"max_queue": 2, "max_batch_size": 1, "max_wait_ms": 0}, headers=ADMIN)
         assert r.status_code == 200
 
     async def flood():
-        async with httpx.AsyncClient(base_url=server.base, timeout=60) as client:
+        async with httpx2.AsyncClient(base_url=server.base, timeout=60) as client:
             return await asyncio.gather(*(one(client, pngs[i : i + 2], None) for i in range(64)))
 
     try:
         outcomes = asyncio.run(flood())
     finally:
-        with httpx.Client(base_url=server.base, timeout=30) as c:
+        with httpx2.Client(base_url=server.base, timeout=30) as c:
             knobs = {k: old[k] for k in ("max_queue", "max_batch_size", "max_wait_ms")}
             assert c.put("/config", json=knobs, headers=ADMIN).status_code == 200
     statuses = [o.status for o in outcomes]
     assert set(statuses) <= {200, 503}, statuses
     assert statuses.count(503) > 0 and statuses.count(200) > 0
-    with httpx.Client(base_url=server.base, timeout=30) as c:
+    with httpx2.Client(base_url=server.base, timeout=30) as c:
         r = c.post("/classify", files=upload(pngs[:2]))
         assert r.status_code == 200
         text = c.get("/metrics").text
     assert 'skipvit_rejections_total{reason="queue_full"}' in text
     # and the header, on a fresh flood of one more request than the queue takes
-    with httpx.Client(base_url=server.base, timeout=30) as c:
+    with httpx2.Client(base_url=server.base, timeout=30) as c:
         c.put("/config", json={"max_queue": 1}, headers=ADMIN)
         r = c.post("/classify", files=upload(pngs[:2]))
         c.put("/config", json={"max_queue": old["max_queue"]}, headers=ADMIN)
@@ -188,7 +188,7 @@ def malformed_payloads(pngs: list[bytes]) -> list[dict]:
 
 
 def test_malformed_uploads_never_give_5xx(server, pngs):
-    with httpx.Client(base_url=server.base, timeout=30) as c:
+    with httpx2.Client(base_url=server.base, timeout=30) as c:
         for payload in malformed_payloads(pngs):
             r = c.post("/classify", **payload)
             assert r.status_code < 500, (payload.get("params"), r.status_code, r.text)
@@ -218,8 +218,8 @@ def test_sigterm_mid_load_loses_nothing_in_flight(server, pngs):
         server.proc.send_signal(signal.SIGTERM)
 
     async def main():
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-        async with httpx.AsyncClient(base_url=server.base, timeout=60, limits=limits) as client:
+        limits = httpx2.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx2.AsyncClient(base_url=server.base, timeout=60, limits=limits) as client:
             results = await asyncio.gather(*(client_task(client) for _ in range(16)), killer())
             return [o for outs in results[:-1] for o in outs]
 

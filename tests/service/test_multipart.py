@@ -1,15 +1,15 @@
-"""The strict multipart reader of POST /classify, on bodies built by httpx (a real client)."""
+"""The strict multipart reader of POST /classify, on bodies built by httpx2 (a real client)."""
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 import pytest
 
 from service.multipart import MultipartError, read_files
 
 
 def encoded(files=None, data=None) -> tuple[str, bytes]:
-    req = httpx.Request("POST", "http://127.0.0.1/classify", files=files, data=data)
+    req = httpx2.Request("POST", "http://127.0.0.1/classify", files=files, data=data)
     return req.headers["content-type"], req.read()
 
 

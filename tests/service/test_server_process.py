@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-import httpx
+import httpx2
 import numpy as np
 import pytest
 
@@ -32,7 +32,7 @@ def test_real_images_through_a_real_server(server):
     images = test.images[:n, 0].numpy()  # (N, 28, 28)
     labels = test.labels[:n].tolist()
     predicted: list[int] = []
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx2.Client(base_url=base, timeout=60) as client:
         for start in range(0, n, 16):  # multi-image requests, answered in input order
             chunk = [png_bytes(img) for img in images[start : start + 16]]
             files = [("files", (f"{start + i}.png", b, "image/png")) for i, b in enumerate(chunk)]
@@ -48,7 +48,7 @@ def test_real_images_through_a_real_server(server):
 
 def test_bad_uploads_to_a_real_server(server):
     base, _ = server
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx2.Client(base_url=base, timeout=30) as client:
         r = client.post("/classify", files=[("files", ("x.txt", b"plain text", "text/plain"))])
         assert r.status_code == 422 and "PNG, JPEG or WebP" in r.json()["detail"]
         r = client.post("/classify", content=b"{}", headers={"content-type": "application/json"})

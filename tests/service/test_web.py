@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import FMNIST_DIR, SHIPPED_BUNDLE
@@ -115,7 +115,7 @@ def test_upload_shows_the_label_top_k_and_path_of_the_api(browser, server, image
     label = browser.find_element(By.ID, "result-label").text
     card = browser.find_element(By.CSS_SELECTOR, "#results .result")
     served = card.get_attribute("data-point")
-    r = httpx.post(f"{server.base}/classify", params={"point": served},
+    r = httpx2.post(f"{server.base}/classify", params={"point": served},
                    files=[("files", ("x.png", image_png.read_bytes(), "image/png"))], timeout=60)  # fmt: skip
     assert r.status_code == 200, r.text
     want = r.json()["results"][0]
@@ -145,7 +145,7 @@ def test_switch_point_moves_the_active_marker_and_a_wrong_token_does_not(browser
     from selenium.webdriver.support.ui import Select
 
     before = open_page(browser, server)
-    assert before == httpx.get(f"{server.base}/config").json()["point"]
+    assert before == httpx2.get(f"{server.base}/config").json()["point"]
     spot = marker_spot(browser)
     target = "static" if before != "static" else "rl"
     try:
@@ -157,7 +157,7 @@ def test_switch_point_moves_the_active_marker_and_a_wrong_token_does_not(browser
         status = browser.find_element(By.ID, "switch-status")
         wait(browser, lambda d: status.get_attribute("data-state") == "ok", "no success message")
         assert target in status.text
-        assert httpx.get(f"{server.base}/config").json()["point"] == target
+        assert httpx2.get(f"{server.base}/config").json()["point"] == target
         row = browser.find_element(By.CSS_SELECTOR, "#pareto-table tr.active")
         assert row.get_attribute("data-point") == target
         assert browser.find_element(By.ID, "active-point").text == target
@@ -171,9 +171,9 @@ def test_switch_point_moves_the_active_marker_and_a_wrong_token_does_not(browser
         wait(browser, lambda d: status.get_attribute("data-state") == "error", "no error for a wrong token")
         assert "401" in status.text and "token" in status.text
         assert active_marker(browser) == target
-        assert httpx.get(f"{server.base}/config").json()["point"] == target
+        assert httpx2.get(f"{server.base}/config").json()["point"] == target
     finally:
-        httpx.put(f"{server.base}/config", json={"point": before}, headers=ADMIN).raise_for_status()
+        httpx2.put(f"{server.base}/config", json={"point": before}, headers=ADMIN).raise_for_status()
 
 
 def test_nothing_is_loaded_from_off_host(browser, server, image_png):

@@ -90,8 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def run_batch(images: torch.Tensor, points: list[str]) -> list[RowResult]:  # worker thread
         try:
             rows = app.state.engine.predict(images, points)
-        except EngineGone as e:  # /livez fails from now on, so that an orchestrator restarts us
+        except EngineGone as e:  # /livez and /readyz fail from now on, so that an orchestrator restarts us
             app.state.load_error = str(e)
+            metrics.ready.set(0)
             raise
         metrics.rows(points, [r.path for r in rows])
         return rows
@@ -172,9 +173,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if batcher is not None:
             batcher.flush()
         done = await admission.wait_idle(timeout, quiet=settings.drain_quiet_s)
-        log.info(
-            "drained: %s", "every admitted request answered" if done else f"timed out after {timeout:g} s"
-        )
+        if done:
+            log.info("drained: every admitted request answered")
+        else:  # what still waits for the engine hears 503 now; what computes gets until uvicorn's own timeout
+            dropped = batcher.reject_queued() if batcher is not None else 0
+            log.warning("drain timed out after %g s: %d queued requests answered 503", timeout, dropped)
         return done
 
     app.state.drain = drain
@@ -188,7 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": jsonable_errors(exc)})
 
     def require_admin(request: Request) -> None:
-        if not bearer_ok(request.headers.get("authorization"), getattr(app.state, "admin_token", "")):
+        token = getattr(app.state, "admin_token", None)  # set in lifespan; without it nothing passes
+        if not token or not bearer_ok(request.headers.get("authorization"), token):
             raise reject(401, "unauthorized",
                          "missing or wrong admin token; Hint: send 'Authorization: Bearer <token>' with the "
                          "token from SKIPVIT_ADMIN_TOKEN or the server's token file",
@@ -206,7 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = bool(app.state.ready) and not admission.draining
+        ready = bool(app.state.ready) and not admission.draining and not app.state.load_error
         body = {"ready": ready, "draining": admission.draining}
         if app.state.load_error:
             body["error"] = app.state.load_error
@@ -251,6 +255,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _known(update.point)
         knobs = batcher.knobs.update(max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms,
                                      max_queue=update.max_queue)  # fmt: skip
+        if knobs.max_wait_ms >= 1000 * batcher.timeout_s:
+            raise HTTPException(status_code=422, detail=(
+                f"max_wait_ms {knobs.max_wait_ms:g} is not below the request timeout ({batcher.timeout_s:g} s, "
+                "SKIPVIT_REQUEST_TIMEOUT_S): every request that waits for company would time out; "
+                "Hint: choose a shorter wait"))  # fmt: skip
         if update.point is not None and update.point != batcher.active:
             p = app.state.engine.point(update.point)
             batcher.set_active(p.id)  # on the event loop, so never inside a batch being planned

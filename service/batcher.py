@@ -218,6 +218,9 @@ class Batcher:
         self._compute_s = 0.0  # moving average of one batch's compute time (Retry-After, hand-over)
         self._free_at = 0.0  # clock time the engine is expected to finish what it was handed
         self._last_done = 0.0  # clock time the last batch came back
+        self._timer: asyncio.TimerHandle | None = (
+            None  # wakes the loop at a deadline while the engine is busy
+        )
 
     # -- control -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -238,14 +241,22 @@ class Batcher:
         self._flush = True
         self._poke()
 
+    def reject_queued(self) -> int:
+        """Answer every request still waiting with ``Draining`` (503), at once; return how many.
+        Batches already handed to the engine are not touched."""
+        queued = self._queue
+        self._queue, self._queued_images = [], 0
+        self.observer.queued(0)
+        for req in queued:
+            self.observer.rejected(Draining.reason)
+            self._settle(req, exc=Draining("the server is shutting down; Hint: retry on another replica"))
+        self._poke()
+        return len(queued)
+
     async def stop(self) -> None:
         """Answer everything still queued (``Draining``), let a running batch finish, end the loop."""
         self._closed = True
-        for req in self._queue:
-            self._settle(req, exc=Draining("the server is shutting down; Hint: retry on another replica"))
-        self._queue.clear()
-        self._queued_images = 0
-        self._poke()
+        self.reject_queued()
         if self._task is not None:
             await self._task
         if self._executor is not None:
@@ -312,6 +323,13 @@ class Batcher:
             # A request whose client went away is dropped before compute.
             self._remove([r for r in self._queue if r.future is not None and r.future.done()])
             if len(self._running) >= self.depth:  # the engine has enough: plan when a batch is back
+                # ...but a request whose deadline passes meanwhile is answered then (504), even if
+                # the engine never comes back.
+                now = self.clock()
+                if expired := [r for r in self._queue if now >= r.deadline]:
+                    self._expire(expired)
+                if self._queue:
+                    self._poke_in(loop, min(r.deadline for r in self._queue) - now)
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -321,12 +339,7 @@ class Batcher:
             hold = self._free_at - HAND_OVER_LEAD * self._compute_s if self._running else None
             p = plan(self._queue, now, self.knobs, self.active, self.key, flush=self._flush, hold_until=hold)
             if p.expired:
-                self._remove(p.expired)
-                for req in p.expired:
-                    self.observer.rejected(DeadlineExceeded.reason)
-                    self._settle(req, exc=DeadlineExceeded(
-                        f"not started within {self.timeout_s:g} s (SKIPVIT_REQUEST_TIMEOUT_S); "
-                        "Hint: the server is overloaded, retry later"))  # fmt: skip
+                self._expire(p.expired)
             if p.batch:
                 self._remove(p.batch)
                 self._free_at = max(now, self._free_at) + self._compute_s
@@ -338,8 +351,32 @@ class Batcher:
             timeout = None if p.wake_at is None else max(0.0, p.wake_at - self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+        if self._timer is not None:
+            self._timer.cancel()
         if self._running:
             await asyncio.gather(*self._running)
+
+    def _poke_in(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Wake the loop ``delay`` seconds from now, unless a wake-up is already set for no later.
+        One timer at a time: a plain handle, cheaper on the hot path than a ``wait_for``."""
+        when = loop.time() + max(0.0, delay)
+        if self._timer is not None and self._timer.when() <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._poke()
+
+    def _expire(self, reqs: list[Pending]) -> None:
+        self._remove(reqs)
+        for req in reqs:
+            self.observer.rejected(DeadlineExceeded.reason)
+            self._settle(req, exc=DeadlineExceeded(
+                f"not started within {self.timeout_s:g} s (SKIPVIT_REQUEST_TIMEOUT_S); "
+                "Hint: the server is overloaded, retry later"))  # fmt: skip
 
     def _finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)

@@ -15,24 +15,77 @@ module only reads the request, wires those together and maps errors to statuses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs
 
 import torch
 
 from service.asgi import ClientGone, header, read_body, send_json
 from service.batcher import Rejected
-from service.decode import DecodeError, decode_image
+from service.decode import DecodeError, decode_as_is, decode_image
 from service.metrics import Metrics
-from service.multipart import MultipartError, read_files
+from service.multipart import MultipartError, TooManyParts, read_files
 from service.schemas import ClassifyResponse, classify_body
 from service.settings import Settings
+from service.worker import EngineGone
 
 log = logging.getLogger("skipvit.service")
-DECODE_INLINE_BYTES = 64 * 1024  # smaller uploads decode on the event loop; bigger ones in a thread
+WATCH_DISCONNECT_AFTER_S = 0.25  # a request still unanswered by then is dropped if its client leaves
 
 
 NOT_READY = "the model is not loaded yet; Hint: retry shortly"
+ENGINE_GONE = "the model process has exited and this server must be restarted; Hint: retry on another replica"
+SHUTTING_DOWN = "the server shut down before this request was answered; Hint: retry on another replica"
+
+
+def point_param(query_string: bytes) -> str | None:
+    """The ``point`` of the query string: None when absent; one non-empty value, else 422."""
+    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("point")
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise HTTPError(422, f"point= given {len(values)} times; Hint: name one point (see GET /pareto)",
+                        "bad_request")  # fmt: skip
+    if not values[0]:
+        raise HTTPError(422, "point= is empty; Hint: omit it to use the active point, or name one "
+                        "(see GET /pareto)", "bad_request")  # fmt: skip
+    return values[0]
+
+
+async def answer_or_gone(future: asyncio.Future, receive):
+    """Await the batcher's ``future``; ``ClientGone`` if the client disconnects meanwhile.
+
+    The disconnect is watched only once the request has waited ``WATCH_DISCONNECT_AFTER_S``: a
+    task per request would cost the hot path, and most answers come sooner. A request whose client
+    has gone is cancelled, so the batcher drops it before compute (or ignores its rows)."""
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task | None = None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        future.cancel()
+
+    def start() -> None:
+        nonlocal watcher
+        if not future.done():
+            watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_DISCONNECT_AFTER_S, start)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientGone from None
+        raise
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 def unknown_point(engine, point_id: str) -> str | None:
@@ -70,6 +123,13 @@ class Classify:
             status, body, headers = 200, await self.answer(scope, receive), []
         except ClientGone:  # nobody to answer
             return
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its graceful-shutdown time is up (a
+            # drain that timed out): they still get an answer, not a bare 500.
+            with contextlib.suppress(Exception):
+                await send_json(send, 503, {"detail": SHUTTING_DOWN},
+                                [(b"retry-after", b"1"), (b"connection", b"close")])  # fmt: skip
+            raise
         except HTTPError as e:
             if e.reason:
                 self.metrics.rejected(e.reason)
@@ -78,20 +138,20 @@ class Classify:
 
     async def answer(self, scope, receive) -> bytes:
         s, state = self.settings, self.state
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-        point = query.get("point")
         if not state.ready:  # draining is refused earlier, by the middleware
             raise HTTPError(503, NOT_READY, "not_ready", [(b"retry-after", b"1")])
+        if state.load_error:  # the engine process died: /livez and /readyz say so too
+            raise HTTPError(503, ENGINE_GONE, "engine_gone", [(b"retry-after", b"1")])
         batcher, engine = state.batcher, state.engine
         body = await read_body(receive)
+        point = point_param(scope["query_string"])
         try:
-            files = read_files(header(scope, b"content-type"), body)
+            files = read_files(header(scope, b"content-type"), body, max_files=s.max_files)
+        except TooManyParts as e:
+            raise HTTPError(413, f"{e} (SKIPVIT_MAX_FILES); Hint: split the images over several requests",
+                            "too_many_files") from None  # fmt: skip
         except MultipartError as e:
             raise HTTPError(422, str(e), "bad_image") from None
-        if len(files) > s.max_files:
-            raise HTTPError(413, f"{len(files)} files in one request; the limit is {s.max_files} "
-                            "(SKIPVIT_MAX_FILES); Hint: split the images over several requests",
-                            "too_many_files")  # fmt: skip
         if point is not None and (why := unknown_point(engine, point)):
             raise HTTPError(404, why, "unknown_point")
         tensors = []
@@ -103,18 +163,24 @@ class Classify:
                 channels=engine.channels, size=engine.image_size, max_pixels=s.max_image_pixels, name=name
             )
             try:
-                if len(data) <= DECODE_INLINE_BYTES:
-                    tensors.append(decode_image(data, **args))
-                else:
-                    tensors.append(await asyncio.to_thread(decode_image, data, **args))
+                # A PNG already in the bundle's layout decodes in microseconds, on the event loop;
+                # anything else may take Pillow a while (a few KB can declare 16 megapixels), so
+                # it decodes in a thread and never holds up the other requests.
+                if (pixels := decode_as_is(data, **args)) is None:
+                    pixels = await asyncio.to_thread(decode_image, data, **args)
+                tensors.append(pixels)
             except DecodeError as e:
                 raise HTTPError(e.status, str(e), "bad_image") from None
         images = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # (n, C, H, W)
         try:
-            answer = await batcher.submit(images, point)
+            answer = await answer_or_gone(batcher.submit(images, point), receive)
         except Rejected as e:  # counted by the batcher
             headers = [(b"retry-after", str(int(e.retry_after or 1)).encode())] if e.status == 503 else []
             raise HTTPError(e.status, str(e), None, headers) from None
+        except ClientGone:
+            raise
+        except EngineGone:
+            raise HTTPError(503, ENGINE_GONE, "engine_gone", [(b"retry-after", b"1")]) from None
         except Exception as e:  # the engine failed on this batch (every request in it hears so)
             log.error("a batch failed: %s: %s", type(e).__name__, e)
             raise HTTPError(

@@ -58,22 +58,41 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return img
 
 
-def _png_as_is(data: bytes, channels: int, size: int) -> torch.Tensor | None:
-    """The (C, size, size) pixels of a PNG already in the bundle's layout, or None: only 8-bit
-    greyscale (or RGB) of exactly ``size`` x ``size``, read from its header before decoding."""
-    if pyspng is None or len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
-        return None
+def _in_layout(data: bytes, channels: int, size: int) -> bool:
+    """True iff ``data`` is a PNG whose header declares the bundle's layout: 8-bit greyscale (or
+    RGB), exactly ``size`` x ``size``. Reads the header only."""
+    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return False
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    if (width, height) != (size, size) or depth != 8 or colour != PNG_COLOUR.get(channels):
+    return (width, height) == (size, size) and depth == 8 and colour == PNG_COLOUR.get(channels)
+
+
+def _spng(data: bytes, channels: int, size: int) -> torch.Tensor | None:
+    """The (C, size, size) pixels of a PNG in the bundle's layout, by libspng; None if pyspng is
+    missing or refuses the bytes (then Pillow decides, and words the error)."""
+    if pyspng is None:
         return None
     try:
         arr = pyspng.load(data)
-    except Exception:  # corrupt or truncated: Pillow decides and says why
+    except Exception:  # corrupt or truncated
         return None
     if arr.dtype != np.uint8 or arr.shape != ((size, size) if channels == 1 else (size, size, 3)):
         return None
     pixels = torch.from_numpy(arr)
     return pixels.unsqueeze(0) if channels == 1 else pixels.permute(2, 0, 1).contiguous()
+
+
+def decode_as_is(
+    data: bytes, *, channels: int, size: int, max_pixels: int, name: str = "upload"
+) -> torch.Tensor | None:
+    """``decode_image`` for a PNG whose header declares the bundle's layout, None for anything
+    else. Cheap whatever the bytes claim (at most ``size`` x ``size`` pixels), so the server calls
+    it on the event loop and sends everything else to a thread."""
+    if size * size > max_pixels or not _in_layout(data, channels, size):
+        return None
+    if (fast := _spng(data, channels, size)) is not None:
+        return fast
+    return _pillow(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
 
 
 def decode_image(
@@ -82,8 +101,15 @@ def decode_image(
     """Decode ``data`` to a (C, size, size) uint8 tensor."""
     if not data:
         raise DecodeError(f"{name}: the file is empty")
-    if size * size <= max_pixels and (fast := _png_as_is(data, channels, size)) is not None:
-        return fast
+    fast = decode_as_is(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
+    return (
+        fast
+        if fast is not None
+        else _pillow(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
+    )
+
+
+def _pillow(data: bytes, *, channels: int, size: int, max_pixels: int, name: str) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

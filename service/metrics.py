@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 ROUTES = ("/", "/classify", "/pareto", "/config", "/metrics", "/livez", "/readyz", "/docs", "/openapi.json")
 REASONS = (
     "queue_full", "deadline", "draining", "not_ready", "body_too_large", "too_many_files",
-    "bad_image", "unknown_point", "unauthorized",
+    "bad_image", "unknown_point", "unauthorized", "bad_request", "engine_gone",
 )  # fmt: skip
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

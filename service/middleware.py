@@ -7,7 +7,8 @@ for speed), everything else to the FastAPI app.
   admitted earlier are counted (``Admission.inflight``) so that the drain can wait for them.
 - A body larger than ``max_body_bytes`` gets 413: at once when Content-Length says so, or as soon
   as the streamed bytes pass the limit (the rest is never read).
-- Every response is counted by route and status, and timed.
+- Every response is counted by route and status, and timed; a request whose client left before
+  it was answered counts as status 499 (nginx's "client closed request"), not as an error.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 
 from service.asgi import send_json
 from service.metrics import Metrics, route_label
+
+CLIENT_GONE = 499  # the status label of a request whose client left before its answer (nginx's)
 
 
 class Admission:
@@ -133,6 +136,8 @@ class ServiceMiddleware:
                 raise _BodyTooLarge
             target = self.classify if route == "/classify" else self.app
             await target(scope, receive_wrapper, send_wrapper)
+            if not started:  # the app gave up without an answer: the client had gone
+                status = CLIENT_GONE
         except _BodyTooLarge:
             if started:
                 raise

@@ -16,8 +16,15 @@ _DISPOSITION_PARAM = re.compile(rb'(\w+)="((?:[^"\\]|\\.)*)"|(\w+)=([^;\s]+)')
 HINT = "Hint: send multipart/form-data with one or more parts named 'files' (e.g. curl -F files=@a.png)."
 
 
+MAX_OTHER_PARTS = 16  # parts not named ``field`` that a body may carry besides its files
+
+
 class MultipartError(ValueError):
     pass
+
+
+class TooManyParts(MultipartError):
+    """More parts than the limit: refused before they are parsed (answered 413)."""
 
 
 def boundary_of(content_type: str | None) -> bytes:
@@ -40,9 +47,16 @@ def _disposition(head: bytes) -> dict[bytes, bytes]:
     raise MultipartError(f"a part has no Content-Disposition header; {HINT}")
 
 
-def read_files(content_type: str | None, body: bytes, field: str = "files") -> list[tuple[str, bytes]]:
-    """The (filename, bytes) of every part named ``field``, in order."""
+def read_files(content_type: str | None, body: bytes, field: str = "files",
+               max_files: int | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
+    """The (filename, bytes) of every part named ``field``, in order. ``TooManyParts`` when there
+    are more than ``max_files`` of them: decided by counting the delimiters (in C) first, so that a
+    body of a million tiny parts is refused without walking it in Python."""
     delimiter = b"\r\n--" + boundary_of(content_type)
+    if max_files is not None and (parts := body.count(delimiter) + body.startswith(delimiter[2:]) - 1) > (
+        max_files + MAX_OTHER_PARTS
+    ):
+        raise TooManyParts(f"{parts} parts in one request; the limit is {max_files} files")
     chunks = (b"\r\n" + body).split(delimiter)  # chunks[0]: preamble
     if len(chunks) < 2 or not chunks[-1].startswith(b"--"):
         raise MultipartError(f"the multipart body is truncated (no closing boundary); {HINT}")
@@ -56,4 +70,6 @@ def read_files(content_type: str | None, body: bytes, field: str = "files") -> l
             files.append((params.get(b"filename", b"").decode("utf-8", "replace"), data))
     if not files:
         raise MultipartError(f"no part named {field!r}; {HINT}")
+    if max_files is not None and len(files) > max_files:
+        raise TooManyParts(f"{len(files)} files in one request; the limit is {max_files}")
     return files

@@ -74,9 +74,10 @@ class ConfigResponse(BaseModel):
 
 
 class ConfigUpdate(BaseModel):
-    """PUT /config: any of the fields; the others keep their values."""
+    """PUT /config: any of the fields; the others keep their values. Strict: ``true`` is not a
+    batch size, nor ``"7"`` a wait."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     point: str | None = Field(None, min_length=1, max_length=200)
     max_batch_size: int | None = Field(None, ge=1, le=4096)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,3 +55,12 @@ class Settings(BaseSettings):
         0.5, ge=0, description="while draining, exit only after this long without a new request"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @model_validator(mode="after")
+    def _wait_below_timeout(self) -> Settings:
+        if self.max_wait_ms >= 1000 * self.request_timeout_s:
+            raise ValueError(
+                f"SKIPVIT_MAX_WAIT_MS ({self.max_wait_ms:g}) must be below SKIPVIT_REQUEST_TIMEOUT_S "
+                f"({self.request_timeout_s:g} s): every request that waits for company would time out"
+            )
+        return self

@@ -15,6 +15,7 @@ from service.app import create_app
 from service.engine import Engine
 from service.schemas import ClassifyResponse
 from service.settings import Settings
+from service.worker import EngineGone
 from tests.service.helpers import bar_image, files, png_bytes, wait_ready
 
 TOKEN = "test-admin-token"
@@ -66,6 +67,13 @@ def test_point_query(client):
     assert client.post("/classify?point=static", files=files(blob)).json()["point"] == "static"
     r = client.post("/classify?point=nope", files=files(blob))
     assert r.status_code == 404 and "static" in r.json()["detail"]
+    for query in (
+        "point=",
+        "point=nope&point=static",
+        "point=static&point=",
+    ):  # never silently the active one
+        r = client.post(f"/classify?{query}", files=files(blob))
+        assert r.status_code == 422 and "Hint" in r.json()["detail"], query
 
 
 @pytest.mark.parametrize(
@@ -136,6 +144,27 @@ def test_a_failed_batch_is_a_500_with_the_reason_and_the_next_request_is_served(
         assert 'skipvit_requests_total{route="/classify",status="500"} 1.0' in c.get("/metrics").text
 
 
+def test_when_the_engine_process_dies_every_probe_and_request_says_so(tiny_bundle, monkeypatch):
+    settings = Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, engine="thread")
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+
+        def gone(self, images, points=None):
+            raise EngineGone("the engine process exited (code -9)")
+
+        monkeypatch.setattr(Engine, "predict", gone)
+        for _ in range(2):  # the batch it died on, then the next request (refused before the queue)
+            r = c.post("/classify", files=files(png_bytes(bar_image(0))))
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert "restarted" in r.json()["detail"]
+        assert c.get("/livez").status_code == 503
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "code -9" in r.json()["error"]
+        text = c.get("/metrics").text
+        assert 'skipvit_rejections_total{reason="engine_gone"} 2.0' in text
+        assert "skipvit_model_ready 0.0" in text
+
+
 def test_rl_point_is_served_with_its_paths(tiny_rl_bundle):
     app = create_app(Settings(bundle=tiny_rl_bundle, device="cpu"))
     blobs = [png_bytes(bar_image(k)) for k in range(4)]
@@ -167,11 +196,24 @@ def test_admin_routes_need_the_token(client):
 def test_put_config_validates(client):
     r = client.put("/config", json={"point": "nope"}, headers=ADMIN)
     assert r.status_code == 404 and "static" in r.json()["detail"]
-    for body in ({}, {"point": 3}, {"max_batch_size": 0}, {"colour": "red"}, "not json", {"max_wait_ms": -1}):
+    for body in ({}, {"point": 3}, {"max_batch_size": 0}, {"colour": "red"}, "not json", {"max_wait_ms": -1},
+                 {"max_batch_size": True}, {"max_wait_ms": "7"}, {"max_queue": 2.0}):  # fmt: skip
         r = client.put("/config", json=body, headers=ADMIN)
         assert r.status_code == 422, (body, r.text)
     r = client.put("/config", content=b"{", headers={**ADMIN, "content-type": "application/json"})
     assert r.status_code == 422
+
+
+def test_the_wait_for_company_stays_below_the_request_timeout(tiny_bundle):
+    with pytest.raises(ValueError, match="must be below SKIPVIT_REQUEST_TIMEOUT_S"):
+        Settings(bundle=tiny_bundle, max_wait_ms=2000, request_timeout_s=1)
+    app = create_app(Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, request_timeout_s=1))
+    with TestClient(app) as c:
+        wait_ready(c)
+        r = c.put("/config", json={"max_wait_ms": 1000, "point": "static"}, headers=ADMIN)
+        assert r.status_code == 422 and "request timeout" in r.json()["detail"]
+        assert c.get("/config").json()["max_wait_ms"] == 5.0  # nothing of the refused update applied
+        assert c.put("/config", json={"max_wait_ms": 999}, headers=ADMIN).status_code == 200
 
 
 def test_knobs_change_at_runtime(client):

@@ -340,3 +340,38 @@ def test_stop_waits_for_every_batch_handed_over():
         assert len(answered) == len(engine.batches) >= 2  # both handed-over batches were answered
 
     run(main())
+
+
+def test_a_deadline_passing_while_the_engine_is_stuck_is_answered_at_once():
+    async def main():
+        engine, b = stuck_batcher(Knobs(1, 0.0, 100), timeout_s=0.05)
+        first = b.submit(images([1]), None)  # handed over; the engine never returns it meanwhile
+        await asyncio.sleep(0.02)
+        late = b.submit(images([2]), None)
+        with pytest.raises(DeadlineExceeded):  # not after the engine comes back: at its deadline
+            await asyncio.wait_for(late, 1.0)
+        assert not first.done() and b.queued_images == 0
+        engine.gate.set()
+        assert (await first).rows == [("static", 1)]
+        await b.stop()
+        assert [pts for _, pts in engine.batches] == [["static"]]
+
+    run(main())
+
+
+def test_reject_queued_answers_the_queue_and_leaves_the_running_batch():
+    async def main():
+        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
+        running = b.submit(images([1]), None)
+        await asyncio.sleep(0.02)
+        queued = [b.submit(images([i]), None) for i in (2, 3)]
+        assert b.reject_queued() == 2 and b.queued_images == 0
+        for f in queued:
+            with pytest.raises(Draining):
+                await f
+        engine.gate.set()
+        assert (await running).rows == [("static", 1)]
+        await b.stop()
+        assert [n for n, _ in engine.batches] == [1]
+
+    run(main())

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from service.decode import DecodeError, decode_image
@@ -159,3 +160,23 @@ def test_a_broken_png_in_the_bundle_layout_gets_pillows_error(spng_calls):
     with pytest.raises(DecodeError, match="could not be decoded") as e:
         decode_image(cut, **KW)
     assert e.value.status == 422 and spng_calls == [len(cut)]
+
+
+def test_decode_as_is_takes_only_what_is_cheap_to_decode(monkeypatch):
+    """What the server decodes on its event loop: only PNGs whose header declares the bundle's
+    layout (at most size x size pixels), with or without libspng; None sends the rest to a thread."""
+    import service.decode as decode
+
+    arr = np.random.default_rng(5).integers(0, 256, (16, 16), dtype=np.uint8)
+    in_layout = _png(Image.fromarray(arr))
+    tiny_but_huge = _png(Image.new("L", (4096, 4096)), optimize=True)  # a few KB that declare 16 MP
+    for spng in (decode.pyspng, None):
+        with monkeypatch.context() as m:
+            m.setattr(decode, "pyspng", spng)
+            assert decode.decode_as_is(in_layout, **KW).equal(torch.from_numpy(arr).unsqueeze(0))
+            assert decode.decode_as_is(tiny_but_huge, **KW) is None
+            assert decode.decode_as_is(png_bytes(arr, fmt="WEBP"), **KW) is None
+            assert decode.decode_as_is(_png(Image.fromarray(arr).convert("RGB")), **KW) is None
+            assert decode.decode_as_is(in_layout, **{**KW, "max_pixels": 255}) is None  # the cap still holds
+            with pytest.raises(DecodeError, match="could not be decoded"):  # broken: Pillow's error
+                decode.decode_as_is(in_layout[: len(in_layout) // 2], **KW)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from service.multipart import MultipartError, read_files
+from service.multipart import MultipartError, TooManyParts, read_files
 
 
 def encoded(files=None, data=None) -> tuple[str, bytes]:
@@ -44,3 +44,19 @@ def test_malformed_bodies_say_what_to_send(ctype, body, message):
     with pytest.raises(MultipartError, match=message) as e:
         read_files(ctype, body)
     assert "Hint" in str(e.value)
+
+
+def test_more_files_than_the_limit_are_refused_before_the_parts_are_parsed():
+    blob = b"\x89PNG x"
+    ctype, body = encoded(
+        files=[("files", (f"{i}.png", blob, "image/png")) for i in range(5)], data={"note": "x"}
+    )
+    assert len(read_files(ctype, body, max_files=5)) == 5  # a form field besides the files is fine
+    with pytest.raises(TooManyParts, match="5 files in one request; the limit is 4"):
+        read_files(ctype, body, max_files=4)
+    # A flood of parts (here unparseable ones) is refused by counting, without reading any of them.
+    flood = b"--x\r\n" + b"junk\r\n--x\r\n" * 1000 + b"junk\r\n--x--\r\n"
+    with pytest.raises(TooManyParts, match="1001 parts in one request; the limit is 4 files"):
+        read_files("multipart/form-data; boundary=x", flood, max_files=4)
+    with pytest.raises(MultipartError, match="separator"):  # without a limit it is parsed, and refused
+        read_files("multipart/form-data; boundary=x", flood)

@@ -1,0 +1,87 @@
+"""The pieces of POST /classify that need no model: the point query and the disconnect watch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import service.classify as classify
+from service.asgi import ClientGone
+from service.classify import HTTPError, answer_or_gone, point_param
+
+
+def test_point_param():
+    assert point_param(b"") is None
+    assert point_param(b"other=1") is None
+    assert point_param(b"point=rl") == "rl"
+    assert point_param(b"point=nsga%2D1") == "nsga-1"
+    for query, words in (
+        (b"point=", "empty"),
+        (b"point=rl&point=static", "2 times"),
+        (b"point=&point=", "2 times"),
+    ):
+        with pytest.raises(HTTPError, match=words) as e:
+            point_param(query)
+        assert e.value.status == 422 and "Hint" in str(e.value)
+
+
+def test_a_request_whose_client_leaves_is_cancelled(monkeypatch):
+    monkeypatch.setattr(classify, "WATCH_DISCONNECT_AFTER_S", 0.01)
+
+    async def main():
+        future = asyncio.get_running_loop().create_future()  # the batcher never answers it
+        messages = asyncio.Queue()
+
+        async def receive():
+            return await messages.get()
+
+        waiting = asyncio.create_task(answer_or_gone(future, receive))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        messages.put_nowait({"type": "http.disconnect"})
+        with pytest.raises(ClientGone):
+            await waiting
+        assert future.cancelled()  # so the batcher drops it before compute
+
+    asyncio.run(main())
+
+
+def test_an_answer_before_the_watch_starts_reads_nothing(monkeypatch):
+    monkeypatch.setattr(classify, "WATCH_DISCONNECT_AFTER_S", 0.05)
+
+    async def main():
+        future = asyncio.get_running_loop().create_future()
+        reads = []
+
+        async def receive():
+            reads.append(1)
+            await asyncio.sleep(10)
+
+        asyncio.get_running_loop().call_later(0.01, future.set_result, "rows")
+        assert await answer_or_gone(future, receive) == "rows"
+        await asyncio.sleep(0.1)  # the watch would have started by now
+        assert reads == []
+
+    asyncio.run(main())
+
+
+def test_an_answer_after_the_watch_started_stops_it(monkeypatch):
+    monkeypatch.setattr(classify, "WATCH_DISCONNECT_AFTER_S", 0.01)
+
+    async def main():
+        future = asyncio.get_running_loop().create_future()
+        pending = asyncio.Event()
+
+        async def receive():
+            pending.set()
+            await asyncio.sleep(10)  # the client stays
+
+        asyncio.get_running_loop().call_later(0.05, future.set_result, "rows")
+        assert await answer_or_gone(future, receive) == "rows"
+        assert pending.is_set()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.sleep(0)
+        assert all(t.done() or t.cancelling() for t in tasks)  # the watcher does not outlive the request
+
+    asyncio.run(main())

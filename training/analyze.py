@@ -23,7 +23,7 @@ from torch import Tensor
 
 from model.policy import RUN, SKIP, MaskPolicy
 from model.vit import AdaptiveViT
-from training.device import autocast
+from training.device import full_precision
 from training.report import markdown_table
 
 TOP_PATHS = 15
@@ -93,7 +93,7 @@ def unnecessary_matrix(
     for start in range(0, pairs.shape[0], batch_size):
         idx, off = pairs[start : start + batch_size].unbind(1)  # (b,), (b,)
         policy = MaskPolicy(replay_decisions(ex[idx], off).to(device))
-        with autocast(device):
+        with full_precision(device):
             out = model(images_float[idx].to(device), policy)
         still[start : start + idx.shape[0]] = out.logits.argmax(-1).cpu() == labels[idx]
     model.train(was_training)

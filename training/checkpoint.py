@@ -42,6 +42,25 @@ def has_checkpoint(directory: Path) -> bool:
     return (directory / CKPT_TENSORS).is_file() and (directory / CKPT_META).is_file()
 
 
+def read_meta(directory: Path) -> dict[str, Any]:
+    """The ``meta`` saved with the checkpoint in ``directory``, without loading any tensor."""
+    if not has_checkpoint(directory):
+        raise FileNotFoundError(f"no checkpoint in {directory}; Hint: drop --resume to start fresh")
+    return json.loads((directory / CKPT_META).read_text())["meta"]
+
+
+def changed_settings(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two JSON-like configs (compared as JSON
+    reads them back, so tuples and lists are alike)."""
+    saved, now = json.loads(json.dumps(saved)), json.loads(json.dumps(now))
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return [] if saved == now else [prefix or "config"]
+    out: list[str] = []
+    for key in list(now) + [k for k in saved if k not in now]:
+        out += changed_settings(saved.get(key), now.get(key), f"{prefix}{key}.")
+    return [name.rstrip(".") for name in out]
+
+
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG state; return the saved ``meta``."""
     if not has_checkpoint(directory):

@@ -13,7 +13,9 @@ from training.data import DATASETS
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, choices=DATASETS, help="dataset name")
     p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train carved out for validation")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of train carved out for validation (default 0.1; a run that starts from or "
+                        "writes into an existing bundle keeps the split that bundle recorded)")  # fmt: skip
     p.add_argument("--data-opt", action="append", default=[], type=_data_opt, metavar="KEY=VALUE",
                    help="loader option, e.g. image_size=32 for folder (repeatable; kept in the bundle)")  # fmt: skip
 

@@ -20,7 +20,14 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA, nothing on CPU."""
+    """bf16 autocast on CUDA, nothing on CPU. For training forwards and backwards only: figures
+    that go into a bundle, or choices made on them, are measured under ``full_precision``."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def full_precision(device: torch.device | str):
+    """fp32, even inside an enclosing autocast: the precision the service serves in
+    (service/engine.py), so a point's metrics, and the searches' selections, are what it serves."""
+    return torch.autocast(torch.device(device).type, enabled=False)

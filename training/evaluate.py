@@ -10,7 +10,7 @@ from model.policy import ExecutionPolicy
 from model.vit import AdaptiveViT
 from training.data.augment import to_float
 from training.data.base import ArrayData
-from training.device import autocast
+from training.device import full_precision
 
 
 @dataclass
@@ -48,7 +48,7 @@ def evaluate(
     preds, executed = [], []
     for images, _ in data.batches(batch_size):
         x = to_float(images.to(device), mean, std)
-        with autocast(device):
+        with full_precision(device):
             out = model(x, policy)
         preds.append(out.logits.argmax(-1).cpu())
         executed.append(out.executed.cpu())

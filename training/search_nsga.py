@@ -48,7 +48,7 @@ from model.gates import GatePolicy
 from model.vit import AdaptiveViT
 from training.data.augment import augment, to_float
 from training.data.base import ArrayData, DatasetInfo
-from training.device import autocast
+from training.device import autocast, full_precision
 from training.fronts import hypervolume
 from training.rl import RewardConfig, rewards
 
@@ -173,7 +173,7 @@ def score(model: AdaptiveViT, x: Tensor, y: Tensor, genes: np.ndarray, rows_per_
         thr = thresholds[start : start + per]
         c = len(thr)
         rows = thr.repeat_interleave(b, dim=0).to(x.device)  # (c*B, L)
-        with autocast(x.device):
+        with full_precision(x.device):
             out = model(x.repeat(c, 1, 1, 1), GatePolicy(model.agent, rows))
         correct.append((out.logits.argmax(-1) == y.repeat(c)).view(c, b).cpu())
         executed.append(out.executed.view(c, b, depth).cpu())
@@ -221,7 +221,8 @@ def finetune(model, opt, train: ArrayData, info: DatasetInfo, genes: np.ndarray,
     totals = {"ce": 0.0, "correct": 0, "layers": 0.0, "n": 0}
     for _ in range(steps):
         idx = torch.randint(len(train), (rl_cfg.batch_size,), generator=g)
-        x = augment(to_float(train.images[idx], info.mean, info.std), rl_cfg.augment, info.hflip, g)
+        x = to_float(train.images[idx], info.mean, info.std)
+        x = augment(x, rl_cfg.augment, info.hflip, g, info.mean, info.std)
         y = train.labels[idx].to(device)
         rows = thresholds[torch.randint(len(thresholds), (len(idx),), generator=g)].to(device)
         with autocast(device):
@@ -321,8 +322,17 @@ class NSGASearch:
             raise ValueError(f"{path} was written by a search with other settings ({changed}); "
                              "Hint: drop --resume, or repeat the original flags")  # fmt: skip
         if self.cfg.joint:
-            from training.checkpoint import load_checkpoint
+            from training.checkpoint import CKPT_META, load_checkpoint, read_meta
 
+            # _save writes the weights, then search.json: a crash between the two leaves weights one
+            # fine-tune ahead of the population, which no resume can line up again.
+            weights_gen = read_meta(self.state_dir).get("generation")
+            if weights_gen != state["generation"]:
+                raise ValueError(
+                    f"{self.state_dir / CKPT_META} holds the weights after generation {weights_gen}, but "
+                    f"{path} the population after generation {state['generation']} (the search stopped "
+                    "while saving); Hint: drop --resume to start the search afresh"
+                )
             load_checkpoint(self.state_dir, self.model, self.opt)
         X, F = np.array(state["X"], dtype=int), np.array(state["F"], dtype=float)
         # One throwaway initial ask/tell puts pymoo in its running state; then the saved population,

@@ -33,7 +33,7 @@ from model.flops import block_flops
 from model.vit import AdaptiveViT
 from training.data.augment import to_float
 from training.data.base import ArrayData
-from training.device import autocast
+from training.device import full_precision
 from training.schedule import warmup_cosine
 
 
@@ -75,7 +75,7 @@ def backbone_features(
     feats, logits = [], []
     for images, _ in data.batches(batch_size):
         x = to_float(images.to(device), mean, std)  # (B, C, H, W)
-        with autocast(device):
+        with full_precision(device):  # the exits decide on these in fp32 when served
             h = model.embed(x)  # (B, T, D)
             pooled = []
             for j in range(model.depth):
@@ -181,7 +181,7 @@ def run(args) -> None:
     from model.bundle import load_bundle
     from training.data import load_bundle_splits
     from training.device import resolve_device
-    from training.loop import EpochRunner
+    from training.loop import EpochRunner, weights_id
 
     cfg = config_from_args(args)
     bundle = load_bundle(args.bundle)
@@ -216,7 +216,9 @@ def run(args) -> None:
     opt = torch.optim.AdamW(exits.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for group in opt.param_groups:
         group["base_lr"] = cfg.lr
-    runner = EpochRunner(args, ckpt_dir, exits, opt, cfg.seed, cfg.epochs)
+    run_settings = {"train": cfg.to_dict(), "positions": list(exits.positions), "backbone": weights_id(bundle, source),
+                    "split": bundle.dataset.get("split", {}), "limit_train": args.limit_train}  # fmt: skip
+    runner = EpochRunner(args, ckpt_dir, exits, opt, cfg.seed, cfg.epochs, run_settings)
     total_steps = -(-len(train) // cfg.batch_size) * cfg.epochs
     stats: dict[str, dict] = {}
     for epoch in runner:
@@ -248,19 +250,14 @@ def exit_state(backbone: dict[str, Tensor], exits: ExitSet) -> dict[str, Tensor]
 def write_exits(root: Path, name: str, source: str, exits: ExitSet, cfg: ExitTrainConfig, stats: dict,
                 backbone_acc: float, runner, feature_s: float, device, args) -> None:  # fmt: skip
     from model.bundle import load_bundle
-    from training.fronts import update_fronts_section
+    from training.fronts import drop_points_on, update_fronts_section
     from training.plots import draw_front
     from training.report import command_line, environment, markdown_table, update_section
 
     bundle = load_bundle(root)  # afresh: another command may have written points meanwhile
     bundle.add_weight_set(name, exit_state(bundle.load_weights(source), exits))
-    stale = [p.id for p in bundle.front if p.weights == name]
+    stale = drop_points_on(bundle, name)
     if stale:
-        bundle.front = [p for p in bundle.front if p.weights != name]
-        if bundle.default_point in stale:
-            bundle.default_point = (
-                "static" if any(p.id == "static" for p in bundle.front) else bundle.front[0].id
-            )
         print(f"dropped {len(stale)} points measured with the old heads ({', '.join(stale)}); "
               "Hint: run `skipvit search dyce` for new ones")  # fmt: skip
         draw_front(bundle)

@@ -3,6 +3,10 @@
 Starts from a bundle's weights (`--init-from`, the usual route: fine-tune a static model) or from
 scratch. `--freeze-backbone` trains only the head and the gates (transfer learning, thesis 4.2.1);
 the head is re-initialised when the new dataset has a different number of classes.
+
+Into an existing bundle: the run keeps the bundle's train/val split (its searches select on that
+validation split), replaces weight set ``--name`` and drops the other points measured on it (they
+describe the old weights), and refuses a ``--name`` that is another method's weight set.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
@@ -22,12 +27,26 @@ from training.data import DataSplits, load_dataset
 from training.data.augment import AugmentConfig, augment, to_float
 from training.device import autocast, resolve_device
 from training.evaluate import evaluate
-from training.loop import EpochRunner
+from training.fronts import drop_points_on, update_fronts_section
+from training.loop import EpochRunner, weights_id
 from training.plots import draw_front
 from training.report import command_line, environment, markdown_table, update_section
 from training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
 from training.schedule import warmup_cosine
-from training.train_static import dataset_meta, gradient_step, model_config, param_groups
+from training.train_static import (
+    dataset_meta,
+    gradient_step,
+    model_config,
+    param_groups,
+    run_split,
+    same_dataset,
+    settings,
+)
+
+# Points that only set a knob (thresholds, genes, alpha) on a weight set: when `train rl` replaces
+# the weight set they are stale and go. Points of any other method mean the weight set is another
+# command's (static, dyce, nsga-joint): `train rl` refuses to overwrite it.
+KNOB_METHODS = ("rl", "nsga", "lac")
 
 
 @dataclass(frozen=True)
@@ -60,14 +79,17 @@ def config_from_args(args) -> RLConfig:
     )  # fmt: skip
 
 
-def initial_model(args, splits: DataSplits, cfg: RLConfig) -> tuple[AdaptiveViT, str]:
-    """The model to start from, with an agent attached, and a line saying where it came from."""
+def init_weights(args, src: Bundle) -> str:
+    """The weight set of ``--init-from`` to start from: ``--init-weights``, else static, else the first."""
+    return args.init_weights or ("static" if "static" in src.weight_sets else next(iter(src.weight_sets)))
+
+
+def initial_model(args, splits: DataSplits, cfg: RLConfig, src: Bundle | None) -> tuple[AdaptiveViT, str]:
+    """The model to start from (``src``: the ``--init-from`` bundle), with an agent attached, and a
+    line saying where it came from."""
     info = splits.info
-    if args.init_from:
-        src = load_bundle(args.init_from)
-        weights = args.init_weights or (
-            "static" if "static" in src.weight_sets else next(iter(src.weight_sets))
-        )
+    if src is not None:
+        weights = init_weights(args, src)
         model = src.build_model(weights)
         arch = src.architecture
         if (arch.image_size, arch.in_channels) != (info.image_size, info.channels):
@@ -138,7 +160,8 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
     for images, labels in bar:
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, total_steps, warmup, group["base_lr"])
-        x = augment(to_float(images, info.mean, info.std), cfg.augment, info.hflip, g).to(device)
+        x = to_float(images, info.mean, info.std)
+        x = augment(x, cfg.augment, info.hflip, g, info.mean, info.std).to(device)
         y = labels.to(device)
         with autocast(device):
             loss, st = rl_step(model, x, y, cfg)
@@ -159,17 +182,30 @@ def run(args) -> None:
     device = resolve_device(args.device)
     cfg = config_from_args(args)
     torch.manual_seed(cfg.seed)
-    splits = load_dataset(
-        args.data, args.data_dir, val_fraction=args.val_fraction, seed=cfg.seed, **dict(args.data_opt)
+    out = Path(args.out)
+    target = _existing_bundle(out)
+    if target is not None:
+        _check_dataset(target, args)
+    src = load_bundle(args.init_from) if args.init_from else None
+    # The split of the bundle written into (its searches select on its validation split), else of
+    # the bundle started from (its weights trained on its train split), else --val-fraction/--seed.
+    recorded = (
+        target if target is not None else src if src is not None and same_dataset(src.dataset, args) else None
     )
+    split = run_split(args, recorded)
+    splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
     if args.limit_train:
         splits.train = splits.train.head(args.limit_train)
-    model, origin = initial_model(args, splits, cfg)
+    model, origin = initial_model(args, splits, cfg, src)
+    if target is not None:  # refuse before training, not after
+        _check_target(target, model, args.name)
     model.to(device)
     opt = optimizer_for(model, cfg)
-    out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-{args.name}"
-    runner = EpochRunner(args, ckpt_dir, model, opt, cfg.seed, cfg.epochs)
+    init = weights_id(src, init_weights(args, src)) if src is not None else None
+    runner = EpochRunner(
+        args, ckpt_dir, model, opt, cfg.seed, cfg.epochs, settings(cfg, args, split, model.cfg, init)
+    )
     print(f"RL training from {origin} | {cfg} | device {device}")
     total_steps = -(-len(splits.train) // cfg.batch_size) * cfg.epochs
     for epoch in runner:
@@ -189,30 +225,69 @@ def run(args) -> None:
         model, splits.test, splits.info.mean, splits.info.std, GatePolicy(model.agent), device=device
     )
     print(f"test accuracy {test.accuracy:.4f} at {test.mean_layers:.3f} mean layers on {test.n} images")
-    write_rl_bundle(out, model, splits, cfg, test, runner.history, runner.elapsed, device, origin, args)
+    write_rl_bundle(
+        out, model, splits, split, cfg, test, runner.history, runner.elapsed, device, origin, args
+    )
 
 
-def _target_bundle(out: Path, model: AdaptiveViT, splits: DataSplits, args) -> Bundle:
-    """The bundle at ``out`` when it has this architecture and dataset, else a new one."""
+def _existing_bundle(out: Path) -> Bundle | None:
+    """The bundle at ``out``, or None where ``out`` is missing or empty."""
     if (out / "bundle.json").is_file():
-        b = load_bundle(out)
-        if b.architecture == model.cfg and b.dataset.get("name") == splits.info.name:
-            return b
-        raise SystemExit(
-            f"{out} holds a bundle with another architecture or dataset; Hint: pick another --out"
-        )
+        return load_bundle(out)
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
-    b = new_bundle(out, model.cfg, dataset_meta(splits, args))
-    b.default_point = "rl"
-    return b
+    return None
+
+
+def _check_dataset(bundle: Bundle, args) -> None:
+    if not same_dataset(bundle.dataset, args):
+        raise SystemExit(
+            f"{bundle.root} holds a bundle with another architecture or dataset; Hint: pick another --out"
+        )
+
+
+def _check_target(bundle: Bundle, model: AdaptiveViT, name: str) -> None:
+    """Refuse to write into ``bundle`` when its architecture differs, or when weight set ``name``
+    is there and is not an RL weight set whose points only set knobs on it."""
+    if bundle.architecture != model.cfg:
+        raise SystemExit(
+            f"{bundle.root} holds a bundle with another architecture or dataset; Hint: pick another --out"
+        )
+    clash = next((p for p in bundle.front if p.id == name and p.weights != name), None)
+    if clash is not None:
+        raise ValueError(f"--name {name!r} would replace point {name!r} ({clash.method}, on weights "
+                         f"{clash.weights!r}) of {bundle.root}; Hint: pick another --name")  # fmt: skip
+    if name not in bundle.weight_sets:
+        return
+    others = sorted({p.method for p in bundle.front if p.weights == name} - set(KNOB_METHODS))
+    with safe_open(str(bundle.root / bundle.weight_sets[name]), "pt") as f:
+        keys = list(f.keys())
+    gates, heads = any(k.startswith("agent.") for k in keys), any(k.startswith("exits.") for k in keys)
+    if others or not gates or heads:
+        whose = (
+            f"which points of method {', '.join(others)} use" if others
+            else "which holds exit heads" if heads else "which has no gates"
+        )  # fmt: skip
+        raise ValueError(f"--name {name!r} would overwrite weight set {name!r} of {bundle.root}, {whose}; "
+                         "Hint: pick another --name")  # fmt: skip
 
 
 def write_rl_bundle(
-    out: Path, model, splits, cfg: RLConfig, test, history, elapsed, device, origin, args
+    out: Path, model, splits, split: dict, cfg: RLConfig, test, history, elapsed, device, origin, args
 ) -> None:
-    bundle = _target_bundle(out, model, splits, args)
     name = args.name
+    bundle = _existing_bundle(out)  # afresh: another command may have written into it meanwhile
+    if bundle is not None:
+        _check_dataset(bundle, args)
+        _check_target(bundle, model, name)
+    else:
+        bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, args))
+        bundle.default_point = name
+    # The other points on the weight set being replaced were measured on the old weights.
+    stale = drop_points_on(bundle, name, keep=name)
+    if stale:
+        print(f"dropped {len(stale)} points measured on the old {name!r} weights ({', '.join(stale)}); "
+              "Hint: run `skipvit search nsga` (or `search lac --weights`) for new ones")  # fmt: skip
     bundle.add_weight_set(name, model.state_dict())
     depth = model.depth
     metrics = test.metrics(depth, "test")
@@ -227,7 +302,8 @@ def write_rl_bundle(
 Command: `{command_line(args.argv)}`
 
 - Start: {origin}; backbone {"frozen (head and gates train)" if cfg.freeze_backbone else "trained jointly"}
-- Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}
+- Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train: fraction
+  {split["val_fraction"]}, seed {split["seed"]}) / test {len(splits.test)}
 - RL: REINFORCE with a per-layer baseline (2-layer MLP, hidden {cfg.baseline_hidden}); reward
   R = {cfg.reward.w_acc}·A − {cfg.reward.w_layers}·L + ({cfg.reward.eps}); gamma {cfg.reward.gamma}; returns whitened over
   the (batch × layers) matrix; loss = CE + {cfg.rl_weight}·policy + {cfg.baseline_weight}·baseline MSE
@@ -243,6 +319,11 @@ Per-layer processing ratio: {", ".join(f"{r:.2f}" for r in ratio)}.
 
 {markdown_table(["epoch", "CE", "train acc", "sampled layers", "val acc", "val layers", "elapsed s"], rows)}
 """
+    if stale:
+        body += (f"\nDropped the points measured on the previous `{name}` weights: {', '.join(stale)} (measured on "
+                 "weights this bundle no longer holds; their report sections are kept as a record).\n")  # fmt: skip
     update_section(out, name, body)
+    if stale:
+        update_fronts_section(bundle)
     bundle.save()
     print(f"wrote weight set and point {name!r} into {out}")

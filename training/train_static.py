@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from model.bundle import Point, load_bundle, new_bundle
+from model.bundle import Bundle, Point, load_bundle, new_bundle
 from model.config import ViTConfig
 from model.policy import StaticPolicy
 from model.vit import PRESETS, AdaptiveViT, build_model
@@ -19,7 +20,7 @@ from training.data import DataSplits, load_dataset
 from training.data.augment import AugmentConfig, augment, to_float
 from training.device import autocast, resolve_device
 from training.evaluate import evaluate
-from training.loop import EpochRunner
+from training.loop import EpochRunner, weights_id
 from training.plots import draw_front
 from training.report import command_line, environment, markdown_table, read_section, update_section
 from training.schedule import warmup_cosine
@@ -91,7 +92,8 @@ def train_epoch(
         lr = warmup_cosine(step, total_steps, warmup, cfg.lr, cfg.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
-        x = augment(to_float(images, info.mean, info.std), cfg.augment, info.hflip, g).to(device)
+        x = to_float(images, info.mean, info.std)
+        x = augment(x, cfg.augment, info.hflip, g, info.mean, info.std).to(device)
         y = labels.to(device)
         with autocast(device):
             logits = model(x, StaticPolicy()).logits
@@ -112,14 +114,14 @@ def run(args) -> None:
     if args.no_augment:
         cfg = replace(cfg, augment=AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0))
     torch.manual_seed(cfg.seed)
-    splits = load_dataset(
-        args.data, args.data_dir, val_fraction=args.val_fraction, seed=cfg.seed, **dict(args.data_opt)
-    )
+    src = load_bundle(args.init_from) if args.init_from else None
+    # A second stage keeps the first stage's split: its validation images stay unseen.
+    split = run_split(args, src if src is not None and same_dataset(src.dataset, args) else None)
+    splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
     if args.limit_train:
         splits.train = splits.train.head(args.limit_train)
     origin = ""
-    if args.init_from:  # continue training a bundle's static weights (a second stage)
-        src = load_bundle(args.init_from)
+    if src is not None:  # continue training a bundle's static weights (a second stage)
         model, arch = src.build_model("static"), src.architecture
         previous = read_section(src.root, "static") or "(no report)"
         origin = (
@@ -134,7 +136,10 @@ def run(args) -> None:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-static"
-    runner = EpochRunner(args, ckpt_dir, model, opt, cfg.seed, cfg.epochs)
+    init = weights_id(src, "static") if src is not None else None
+    runner = EpochRunner(
+        args, ckpt_dir, model, opt, cfg.seed, cfg.epochs, settings(cfg, args, split, arch, init)
+    )
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"{arch} | {n_params:,} parameters | device {device} | train {len(splits.train)}, val {len(splits.val)}"
@@ -157,6 +162,7 @@ def run(args) -> None:
         out,
         model,
         splits,
+        split,
         cfg,
         test.metrics(arch.depth, "test"),
         runner.history,
@@ -167,21 +173,68 @@ def run(args) -> None:
     )
 
 
-def dataset_meta(splits: DataSplits, args) -> dict:
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def same_dataset(dataset: dict, args) -> bool:
+    """Whether a bundle's ``dataset`` entry is the dataset this run loads (name and options)."""
+    return dataset.get("name") == args.data and dataset.get("options", {}) == dict(args.data_opt)
+
+
+def run_split(args, bundle: Bundle | None) -> dict:
+    """The run's train/val split: the one ``bundle`` recorded, when the run starts from or writes into
+    an existing bundle (its searches select on that validation split, so the weights must not train on
+    it), else ``--val-fraction`` (default 0.1) and ``--seed``. ``--seed`` also seeds the training, so
+    only an explicit ``--val-fraction`` can conflict with a recorded split."""
+    if bundle is None:
+        fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+        return {"val_fraction": fraction, "seed": args.seed}
+    split = {"val_fraction": DEFAULT_VAL_FRACTION, "seed": 0} | bundle.dataset.get("split", {})
+    if args.val_fraction is not None and args.val_fraction != split["val_fraction"]:
+        raise ValueError(
+            f"--val-fraction {args.val_fraction} conflicts with the split recorded in {bundle.root} "
+            f"(val_fraction {split['val_fraction']}, seed {split['seed']}), which this run keeps so that "
+            "the bundle's validation images stay out of training; Hint: drop --val-fraction, or pick "
+            "another --out (and no --init-from) for a new split"
+        )
+    return split
+
+
+def settings(cfg, args, split: dict, arch: ViTConfig, init: dict | None) -> dict:
+    """What determines a training run's result, for ``EpochRunner`` to check on --resume."""
+    data = {
+        "name": args.data,
+        "split": split,
+        "options": dict(args.data_opt),
+        "limit_train": args.limit_train,
+    }
+    return {"train": asdict(cfg), "data": data, "architecture": arch.to_dict(), "init": init}
+
+
+def dataset_meta(splits: DataSplits, split: dict, args) -> dict:
     """The bundle's dataset entry: enough to rebuild the same splits later (evaluate, search)."""
-    split = {"val_fraction": args.val_fraction, "seed": args.seed}
     return splits.info.to_dict() | {"split": split, "options": dict(args.data_opt)}
 
 
+def _contents(root: Path) -> str:
+    """`` (dropping weight sets a, b and N points)`` for the bundle at ``root``, best effort."""
+    try:
+        meta = json.loads((root / "bundle.json").read_text())
+        return f" (dropping weight sets {', '.join(meta['weight_sets'])} and {len(meta['front'])} points)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def write_static_bundle(
-    out: Path, model, splits, cfg, metrics, history, elapsed, device, args, origin=""
+    out: Path, model, splits, split, cfg, metrics, history, elapsed, device, args, origin=""
 ) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / "bundle.json").is_file():
             raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
-        print(f"replacing the bundle in {out}: `train static` starts a bundle afresh")
+        # Nothing measured on the old weights survives, so no point is left stale; say what goes.
+        print(f"replacing the bundle in {out}: `train static` starts a bundle afresh{_contents(out)}")
         shutil.rmtree(out)
-    bundle = new_bundle(out, model.cfg, dataset_meta(splits, args))
+    bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, args))
     bundle.add_weight_set("static", model.state_dict())
     bundle.upsert_points([Point("static", "static", "static", {}, metrics)])
     draw_front(bundle)
@@ -189,7 +242,7 @@ def write_static_bundle(
     body = f"""
 Command: `{command_line(args.argv)}`
 
-- Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train, seed {cfg.seed}) / test {len(splits.test)}
+- Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train: fraction {split["val_fraction"]}, seed {split["seed"]}) / test {len(splits.test)}
 - Model: {model.cfg.to_dict()}
 - Training: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup_epochs} epoch, cosine),
   weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, augmentation {cfg.augment}, seed {cfg.seed}

@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.service.helpers import bar_image, png_bytes, wait_ready
 
 LAC_POINTS = {
-    "lac-batch-0.5": {"alpha": 0.5, "mode": "per-batch"},
+    "lac-batch-0.3": {"alpha": 0.3, "mode": "per-batch"},
     "lac-ex-0.5": {"alpha": 0.5, "mode": "per-example"},
     "lac-ex-0.8": {"alpha": 0.8, "mode": "per-example"},
 }
@@ -38,7 +38,7 @@ def lac_bundle(tiny_bundle, tmp_path_factory):
 
 def images() -> dict[str, np.ndarray]:
     """Request A: one image; request B: four more. On the tiny bundle, A alone runs all 4 layers under
-    per-batch LAC at alpha 0.5, but in one batch with B's images the batch halts after 2."""
+    per-batch LAC at alpha 0.3, but in one batch with B's images the batch halts after 2."""
     rng = np.random.default_rng(0)
     b = [bar_image(k) for k in (0, 2, 3)] + [rng.integers(0, 256, (16, 16), dtype=np.uint8)]
     return {"A": np.stack([bar_image(1)]), "B": np.stack(b)}
@@ -50,11 +50,11 @@ def as_tensor(arr: np.ndarray) -> torch.Tensor:
 
 def test_batch_keys_and_plan(lac_bundle):
     view = BundleView(lac_bundle)
-    assert view.batch_key("lac-batch-0.5") is None
+    assert view.batch_key("lac-batch-0.3") is None
     assert view.batch_key("lac-ex-0.5") == view.batch_key("lac-ex-0.8") != view.batch_key("static")
     knobs = Knobs(max_batch_size=64, max_wait_ms=50, max_queue=100)
     q = [Pending(torch.zeros(n, 1, 16, 16, dtype=torch.uint8), p, 0.0, 100.0)
-         for n, p in ((1, "lac-batch-0.5"), (4, "lac-batch-0.5"), (1, "lac-ex-0.5"), (2, "lac-ex-0.8"))]  # fmt: skip
+         for n, p in ((1, "lac-batch-0.3"), (4, "lac-batch-0.3"), (1, "lac-ex-0.5"), (2, "lac-ex-0.8"))]  # fmt: skip
     # a per-batch request runs alone and at once (no company may join it, so it does not wait) ...
     assert plan(q, 0.0, knobs, "static", view.batch_key).batch == q[:1]
     assert plan(q[1:], 0.0, knobs, "static", view.batch_key).batch == q[1:2]
@@ -67,8 +67,8 @@ def test_per_batch_answers_would_depend_on_company_if_batched(lac_bundle):
     """The hazard the server avoids: the same image halts elsewhere in another batch."""
     engine = Engine(load_bundle(lac_bundle), torch.device("cpu"))
     imgs = images()
-    alone = engine.predict(as_tensor(imgs["A"]), "lac-batch-0.5")[0]
-    together = engine.predict(as_tensor(np.concatenate([imgs["A"], imgs["B"]])), "lac-batch-0.5")[0]
+    alone = engine.predict(as_tensor(imgs["A"]), "lac-batch-0.3")[0]
+    together = engine.predict(as_tensor(np.concatenate([imgs["A"], imgs["B"]])), "lac-batch-0.3")[0]
     assert alone.layers_executed == 4 and together.layers_executed == 2
     # per example, company changes nothing
     ex_alone = engine.predict(as_tensor(imgs["A"]), "lac-ex-0.5")[0]
@@ -119,11 +119,11 @@ def post_together(client, jobs: list[tuple[np.ndarray, str]]) -> list[dict]:
 def test_per_batch_answer_never_depends_on_other_requests(served):
     client, calls = served
     imgs = images()
-    solo = {name: post(client, arr, "lac-batch-0.5")["results"] for name, arr in imgs.items()}
+    solo = {name: post(client, arr, "lac-batch-0.3")["results"] for name, arr in imgs.items()}
     assert solo["A"][0]["layers_executed"] == 4  # as alone in the engine test above
     calls.clear()
     for _ in range(2):
-        together = post_together(client, [(imgs["A"], "lac-batch-0.5"), (imgs["B"], "lac-batch-0.5")])
+        together = post_together(client, [(imgs["A"], "lac-batch-0.3"), (imgs["B"], "lac-batch-0.3")])
         assert together[0]["results"] == solo["A"] and together[1]["results"] == solo["B"]
     assert sorted(n for n, _ in calls) == [1, 1, 4, 4]  # one forward per request, never a shared one
 
@@ -149,6 +149,6 @@ def test_per_example_points_share_forwards_and_answer_as_alone(served):
 def test_pareto_says_how_lac_points_are_served(served):
     client, _ = served
     points = {p["id"]: p for p in client.get("/pareto").json()["points"]}
-    assert points["lac-batch-0.5"]["serving"].startswith("one request per forward")
-    assert "per-batch" in points["lac-batch-0.5"]["description"]
+    assert points["lac-batch-0.3"]["serving"].startswith("one request per forward")
+    assert "per-batch" in points["lac-batch-0.3"]["description"]
     assert points["lac-ex-0.5"]["serving"].startswith("batched per image")

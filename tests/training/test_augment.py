@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from training.data.augment import AugmentConfig, augment, random_crop, random_erase, random_hflip, to_float
+from training.data.augment import (
+    AugmentConfig,
+    augment,
+    black,
+    random_crop,
+    random_erase,
+    random_hflip,
+    to_float,
+)
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -60,6 +68,29 @@ def test_random_crop_is_a_shift() -> None:
         )
 
 
+def test_random_crop_pads_with_black_in_pixel_space() -> None:
+    # torchvision's RandomCrop(padding) pads the uint8 image with 0 before Normalize; the test images'
+    # borders are black too. Padding the normalised batch with 0 would be the mean (grey) instead.
+    mean, std = (0.2860, 0.5, 0.1), (0.3530, 0.25, 0.2)
+    images = torch.full((64, 3, 6, 6), 200, dtype=torch.uint8)
+    cfg = AugmentConfig(crop_padding=2, hflip=False, erase_prob=0.0)
+    out = augment(to_float(images, mean, std), cfg, True, _gen(), mean, std)
+    pixels = ((out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)) * 255).round()
+    assert set(pixels.unique().tolist()) == {0.0, 200.0}  # black pad, the image, nothing grey
+    padded = pixels == 0
+    assert (
+        padded.any() and torch.equal(padded[:, 0], padded[:, 1]) and torch.equal(padded[:, 0], padded[:, 2])
+    )
+    assert torch.allclose(
+        torch.tensor(black(mean, std)), (torch.zeros(3) - torch.tensor(mean)) / torch.tensor(std)
+    )
+    # The crop itself is unchanged: the same shift as with a zero pad, only the fill differs.
+    x = to_float(images, mean, std)
+    same = random_crop(x, 2, _gen(4), fill=black(mean, std))
+    zero = random_crop(x, 2, _gen(4))
+    assert torch.equal(same == x[0, :, 0, 0].view(1, 3, 1, 1), zero != 0)
+
+
 def test_hflip_flips_exactly() -> None:
     x = _batch()
     out = random_hflip(x, _gen(5))
@@ -83,9 +114,10 @@ def test_random_erase() -> None:
 def test_seeded_augment_is_deterministic() -> None:
     x = _batch()
     cfg = AugmentConfig(crop_padding=2, hflip=True, erase_prob=0.5)
-    a = augment(x, cfg, True, _gen(7))
-    assert torch.equal(a, augment(x, cfg, True, _gen(7)))
-    assert not torch.equal(a, augment(x, cfg, True, _gen(8)))
+    ms = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    a = augment(x, cfg, True, _gen(7), *ms)
+    assert torch.equal(a, augment(x, cfg, True, _gen(7), *ms))
+    assert not torch.equal(a, augment(x, cfg, True, _gen(8), *ms))
     assert a.shape == x.shape
     no_flip = AugmentConfig(crop_padding=0, hflip=True, erase_prob=0.0)
-    assert torch.equal(augment(x, no_flip, False, _gen(7)), x)  # hflip_ok=False disables flips
+    assert torch.equal(augment(x, no_flip, False, _gen(7), *ms), x)  # hflip_ok=False disables flips

@@ -130,6 +130,19 @@ def test_an_interrupted_search_resumes_exactly(rl_parts, tmp_path, joint):
         changed.run(resume=True)
 
 
+def test_a_joint_resume_refuses_weights_out_of_step_with_the_population(rl_parts, tmp_path):
+    first = _search(rl_parts, tmp_path, joint=True, generations=3)
+    assert not first.run(stop_after=1)
+    after_one = (tmp_path / "search.json").read_text()
+    second = _search(rl_parts, tmp_path, joint=True, generations=3)
+    assert not second.run(resume=True, stop_after=1)
+    # A crash between the two writes of generation 2: the weights saved, search.json not yet.
+    (tmp_path / "search.json").write_text(after_one)
+    third = _search(rl_parts, tmp_path, joint=True, generations=3)
+    with pytest.raises(ValueError, match=r"after generation 2, but .* after generation 1.*Hint"):
+        third.run(resume=True)
+
+
 def test_the_joint_search_trains_the_weights_and_scores_the_reward(rl_parts, tmp_path):
     s = _search(rl_parts, tmp_path, joint=True)
     before = {k: v.clone() for k, v in s.model.state_dict().items()}

@@ -95,6 +95,17 @@ def test_resume_continues_to_the_same_heads(tiny_bundle, tmp_path):
     }
 
 
+def test_resume_refuses_a_checkpoint_of_other_settings(tiny_bundle, tmp_path, capsys):
+    args = ["train", "exits", "--bundle", str(tiny_bundle), "--epochs", "2", "--types", "linear", "--positions",
+            "2", "--device", "cpu", "--ckpt-dir", str(tmp_path / "ck")]  # fmt: skip
+    main([*args, "--stop-after", "1"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--temperature", "2", "--resume"])
+    err = capsys.readouterr().err
+    assert "other settings (train.temperature)" in err and "Hint:" in err
+
+
 def test_retraining_drops_points_measured_with_old_heads(tiny_dyce_bundle, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(tiny_dyce_bundle, out)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from model.bundle import load_bundle
 from training.cli import main
+from training.data import load_dataset
 
 COMMON = ["--data", "synthetic", "--device", "cpu", "--epochs", "1", "--limit-train", "256"]
 
@@ -38,3 +42,79 @@ def test_transfer_learning_freezes_the_backbone(tiny_bundle, tmp_path):
     assert after["head.weight"].shape[0] == 6
     assert any(not torch.equal(after[f"agent.gates.{j}.bias"], torch.full((1,), 2.0)) for j in range(4))
     main(["evaluate", "--bundle", str(out), "--limit", "20", "--device", "cpu"])
+
+
+def test_retraining_drops_the_points_measured_on_the_old_weights(tiny_gate_bundle, tmp_path, capsys):
+    out = tmp_path / "b"
+    shutil.copytree(tiny_gate_bundle, out)
+    before = load_bundle(out)
+    assert {p.id for p in before.front if p.weights == "rl"} == {"rl", "rl-t0.8", "nsga-a"}
+    main(
+        [
+            "train",
+            "rl",
+            *COMMON,
+            "--init-from",
+            str(out),
+            "--out",
+            str(out),
+            "--ckpt-dir",
+            str(tmp_path / "c"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    bundle = load_bundle(out)  # also checks the manifest
+    assert {p.id for p in bundle.front} == {"static", "rl"}
+    assert "dropped 2 points" in printed and "nsga-a" in printed and "Hint:" in printed
+    assert bundle.point("rl").metrics["n"] == 500 and bundle.default_point == before.default_point
+    report = (out / "REPORT.md").read_text()
+    assert "Dropped the points measured on the previous `rl` weights: rl-t0.8, nsga-a" in report
+
+
+@pytest.mark.parametrize("fixture, name, message", [
+    ("tiny_bundle", "static", "points of method static use"),
+    ("tiny_dyce_bundle", "dyce", "points of method dyce use"),
+    ("tiny_dyce_bundle", "dyce-1", "would replace point 'dyce-1'"),
+])  # fmt: skip
+def test_rl_refuses_to_overwrite_another_methods_weight_set(
+    request, tmp_path, capsys, fixture, name, message
+):
+    out = tmp_path / "b"
+    shutil.copytree(request.getfixturevalue(fixture), out)
+    with pytest.raises(SystemExit):
+        main(["train", "rl", *COMMON, "--init-from", str(out), "--out", str(out), "--name", name,
+              "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert message in err and "Hint: pick another --name" in err
+    assert not (tmp_path / "c").exists()  # refused before any training
+
+
+def test_rl_trains_on_the_split_of_the_bundle_it_writes_into(tiny_bundle, tmp_path, monkeypatch, capsys):
+    import training.train_rl
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("val_fraction", "seed")})
+        return load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(training.train_rl, "load_dataset", spy)
+    out = tmp_path / "b"
+    shutil.copytree(tiny_bundle, out)
+    recorded = load_bundle(out).dataset["split"]
+    assert recorded == {"val_fraction": 0.1, "seed": 0}
+    # --seed 3 seeds the training; the split stays the bundle's, on which its searches select.
+    main(["train", "rl", *COMMON, "--seed", "3", "--init-from", str(out), "--out", str(out),
+          "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    assert seen == [recorded] and load_bundle(out).dataset["split"] == recorded
+    # A fresh bundle still carves its split with --val-fraction and --seed.
+    main(["train", "rl", *COMMON, "--seed", "3", "--val-fraction", "0.2", "--preset", "tiny",
+          "--out", str(tmp_path / "fresh"), "--ckpt-dir", str(tmp_path / "c2")])  # fmt: skip
+    assert seen[-1] == {"val_fraction": 0.2, "seed": 3}
+    assert load_bundle(tmp_path / "fresh").dataset["split"] == {"val_fraction": 0.2, "seed": 3}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "rl", *COMMON, "--val-fraction", "0.2", "--init-from", str(out), "--out", str(out),
+              "--ckpt-dir", str(tmp_path / "c3")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--val-fraction 0.2 conflicts with the split recorded" in err and "Hint:" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from safetensors.torch import load_file
 
 from model.bundle import load_bundle
@@ -19,7 +20,9 @@ def test_tiny_bundle_is_complete(tiny_bundle):
     assert point.method == "static" and point.weights == "static"
     assert point.metrics["split"] == "test" and point.metrics["n"] == 500
     assert point.metrics["mean_layers"] == b.architecture.depth
-    assert point.metrics["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    # 4 classes: chance is 0.25. Crops pad with black (pixel 0), but the synthetic images' background
+    # is noise, so three epochs reach about 0.48 (0.63 when the pad was the mean).
+    assert point.metrics["accuracy"] > 0.4
     report = (tiny_bundle / "REPORT.md").read_text()
     assert "skipvit train static" in report and "--data synthetic" in report
     assert (tiny_bundle / "front.png").stat().st_size > 1000
@@ -60,3 +63,41 @@ def test_second_stage_continues_from_a_bundle(tiny_bundle, tmp_path):
     assert "Continued from the `static` weights" in report
     assert "> Command: `skipvit train static --data synthetic" in report  # the first stage's command
     assert load_bundle(tmp_path / "s2").architecture == load_bundle(tiny_bundle).architecture
+
+
+def test_second_stage_keeps_the_first_stages_split(tiny_bundle, tmp_path, capsys):
+    # TRAIN has --seed 3, the first stage seed 0: the second stage must not train on the first's val.
+    main([*TRAIN, "--epochs", "1", "--init-from", str(tiny_bundle), "--out", str(tmp_path / "s2"),
+          "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    assert load_bundle(tmp_path / "s2").dataset["split"] == {"val_fraction": 0.1, "seed": 0}
+    assert "(carved from train: fraction 0.1, seed 0)" in (tmp_path / "s2" / "REPORT.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*TRAIN, "--epochs", "1", "--val-fraction", "0.3", "--init-from", str(tiny_bundle),
+              "--out", str(tmp_path / "s3"), "--ckpt-dir", str(tmp_path / "c3")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--val-fraction 0.3 conflicts with the split recorded in" in err and "Hint:" in err
+
+
+@pytest.mark.parametrize("change, named", [(["--lr", "5e-4"], "train.lr"), (["--seed", "7"], "train.seed"),
+                                           (["--epochs", "1"], "train.epochs"),
+                                           (["--limit-train", "128"], "data.limit_train")])  # fmt: skip
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys, change, named):
+    main([*TRAIN, "--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "c"), "--stop-after", "1"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*TRAIN, *change, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "c"), "--resume"])
+    err = capsys.readouterr().err
+    assert "was written by a run with other settings" in err and named in err and "Hint:" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_resume_refuses_a_checkpoint_without_settings(tmp_path, capsys):
+    main([*TRAIN, "--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "c"), "--stop-after", "1"])
+    meta = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
+    del meta["meta"]["config"]  # as the checkpoints written before settings were recorded
+    (tmp_path / "c" / "checkpoint.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*TRAIN, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "c"), "--resume"])
+    assert "records no settings" in capsys.readouterr().err

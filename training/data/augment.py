@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -25,12 +24,23 @@ class AugmentConfig:
     erase_area: tuple[float, float] = (0.02, 0.2)
 
 
-def random_crop(x: Tensor, padding: int, g: torch.Generator | None = None) -> Tensor:
-    """Zero-pad by ``padding`` and crop back to the original size at a random offset per row."""
+def black(mean: Sequence[float], std: Sequence[float]) -> tuple[float, ...]:
+    """The normalised value of pixel 0 per channel: what ``to_float`` makes of a black border."""
+    return tuple(-m / s for m, s in zip(mean, std, strict=True))
+
+
+def random_crop(
+    x: Tensor, padding: int, g: torch.Generator | None = None, fill: Sequence[float] | float = 0.0
+) -> Tensor:
+    """Pad by ``padding`` with ``fill`` (per channel, or one value) and crop back to the original
+    size at a random offset per row. On a normalised batch, pass ``black(mean, std)`` as ``fill``:
+    the pad is then black in pixel space, as torchvision's RandomCrop pads before normalising."""
     if padding <= 0:
         return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
+    b, c, h, w = x.shape
+    value = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand(c)  # (C,)
+    padded = value.view(1, c, 1, 1).repeat(b, 1, h + 2 * padding, w + 2 * padding)  # (B, C, H+2p, W+2p)
+    padded[:, :, padding : padding + h, padding : padding + w] = x
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=g)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=g)
     rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (B, H)
@@ -67,9 +77,16 @@ def random_erase(
     return x.masked_fill(box[:, None], 0.0)
 
 
-def augment(x: Tensor, cfg: AugmentConfig, hflip_ok: bool, g: torch.Generator | None = None) -> Tensor:
-    """Augment a normalised float batch (B, C, H, W)."""
-    x = random_crop(x, cfg.crop_padding, g)
+def augment(
+    x: Tensor,
+    cfg: AugmentConfig,
+    hflip_ok: bool,
+    g: torch.Generator | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Tensor:
+    """Augment a batch (B, C, H, W) normalised with ``mean``/``std``; crops pad with black."""
+    x = random_crop(x, cfg.crop_padding, g, fill=black(mean, std))
     if cfg.hflip and hflip_ok:
         x = random_hflip(x, g)
     return random_erase(x, cfg.erase_prob, cfg.erase_area, g)

@@ -465,7 +465,8 @@ def run(args) -> None:
         raise ValueError(f"{args.bundle} has no weight set 'rl'; Hint: run `skipvit train rl` first, "
                          "or name a weight set with gates through --weights")  # fmt: skip
     if cfg.joint and name == weights:
-        raise ValueError(f"the joint search writes its own weight set; --name {name!r} would overwrite it")
+        raise ValueError(f"the joint search writes its own weight set; --name {name!r} would overwrite the "
+                         f"weights it starts from; Hint: pick another --name, e.g. nsga-joint")  # fmt: skip
     device = resolve_device(args.device)
     torch.manual_seed(cfg.seed)
     model = bundle.build_model(weights, device)

@@ -225,7 +225,7 @@ def test_evaluate_reproduces_a_written_point(tiny_rl_bundle, tmp_path, capsys):
     assert got["mean_layers"] == pytest.approx(point.metrics["mean_layers"], abs=1e-3)
 
 
-def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path):
+def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path, capsys):
     out = tmp_path / "b"
     shutil.copytree(tiny_rl_bundle, out)
     main(["search", "nsga", "--bundle", str(out), "--joint", *SMALL, "--steps-per-generation", "2",
@@ -236,5 +236,7 @@ def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path):
     assert "nsga-joint" in b.weight_sets and "rl" in b.weight_sets
     assert b.build_model("nsga-joint").agent is not None
     assert "## nsga-joint" in (out / "REPORT.md").read_text()
+    capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["search", "nsga", "--bundle", str(out), "--joint", "--name", "rl", *SMALL])
+    assert "would overwrite the weights it starts from; Hint: pick another --name" in capsys.readouterr().err

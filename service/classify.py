@@ -39,6 +39,25 @@ ENGINE_GONE = "the model process has exited and this server must be restarted; H
 SHUTTING_DOWN = "the server shut down before this request was answered; Hint: retry on another replica"
 
 
+def unknown_point(engine, point_id: str) -> str | None:
+    """Why ``point_id`` cannot be served (it is not on the bundle's front), or None if it can."""
+    try:
+        engine.point(point_id)
+    except KeyError:
+        known = ", ".join(p.id for p in engine.bundle.front)
+        return f"unknown point {point_id!r}; known points: {known} (see GET /pareto)"
+    return None
+
+
+class HTTPError(Exception):
+    """An answer other than 200. ``reason`` (a ``service.metrics.REASONS`` label) counts it as a
+    rejection; None does not."""
+
+    def __init__(self, status: int, message: str, reason: str | None = None, headers=()) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.headers = status, reason, list(headers)
+
+
 def point_param(query_string: bytes) -> str | None:
     """The ``point`` of the query string: None when absent; one non-empty value, else 422."""
     values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("point")
@@ -86,25 +105,6 @@ async def answer_or_gone(future: asyncio.Future, receive):
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
-
-
-def unknown_point(engine, point_id: str) -> str | None:
-    """Why ``point_id`` cannot be served (it is not on the bundle's front), or None if it can."""
-    try:
-        engine.point(point_id)
-    except KeyError:
-        known = ", ".join(p.id for p in engine.bundle.front)
-        return f"unknown point {point_id!r}; known points: {known} (see GET /pareto)"
-    return None
-
-
-class HTTPError(Exception):
-    """An answer other than 200. ``reason`` (a ``service.metrics.REASONS`` label) counts it as a
-    rejection; None does not."""
-
-    def __init__(self, status: int, message: str, reason: str | None = None, headers=()) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.headers = status, reason, list(headers)
 
 
 class Classify:

@@ -193,6 +193,11 @@ def run(args) -> None:
         raise ValueError(
             f"--name {name!r} would overwrite the backbone's weight set; Hint: pick another --name"
         )
+    # Replacing an earlier run's exits is fine (its points go, as stale); another method's weights are not.
+    others = sorted({p.method for p in bundle.front if p.weights == name} - {"dyce"})
+    if others:
+        raise ValueError(f"--name {name!r} would overwrite weight set {name!r}, which points of method "
+                         f"{', '.join(others)} use; Hint: pick another --name")  # fmt: skip
     device = resolve_device(args.device)
     torch.manual_seed(cfg.seed)
     model = bundle.build_model(source, device)

@@ -127,3 +127,12 @@ def test_bad_arguments_are_refused_with_a_hint(tiny_bundle, tmp_path, capsys, ex
         main(["train", "exits", "--bundle", str(tiny_bundle), "--device", "cpu", "--ckpt-dir", str(tmp_path),
               *extra])  # fmt: skip
     assert message in capsys.readouterr().err
+
+
+def test_another_methods_weight_set_is_not_overwritten(tiny_rl_bundle, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "exits", "--bundle", str(tiny_rl_bundle), "--name", "rl", "--device", "cpu",
+              "--ckpt-dir", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "would overwrite weight set 'rl', which points of method rl use" in err and "Hint:" in err
+    assert "rl" in load_bundle(tiny_rl_bundle).weight_sets

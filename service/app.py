@@ -139,10 +139,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            engine = getattr(app.state, "engine", None)
             if getattr(app.state, "batcher", None) is not None:
-                await app.state.batcher.stop()
-            if getattr(app.state, "engine", None) is not None:
-                await run_in_threadpool(app.state.engine.close)
+                stopping = asyncio.ensure_future(app.state.batcher.stop())
+                done, _ = await asyncio.wait({stopping}, timeout=settings.drain_timeout_s)
+                if not done and engine is not None:
+                    # The engine holds a batch past the drain's bound (hung): ending its process
+                    # fails that batch (503), and the batcher can stop.
+                    log.warning(
+                        "the engine did not finish its batch within %g s; stopping it",
+                        settings.drain_timeout_s,
+                    )
+                    await run_in_threadpool(engine.close)
+                await stopping
+            if engine is not None:
+                await run_in_threadpool(engine.close)
 
     app = FastAPI(title="skipvit", version="0.1.0", lifespan=lifespan,
                   description="Adaptive-depth ViT classification: each image runs only the layers it needs.")  # fmt: skip

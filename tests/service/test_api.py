@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import threading
 import time
 
@@ -163,6 +165,25 @@ def test_when_the_engine_process_dies_every_probe_and_request_says_so(tiny_bundl
         text = c.get("/metrics").text
         assert 'skipvit_rejections_total{reason="engine_gone"} 2.0' in text
         assert "skipvit_model_ready 0.0" in text
+
+
+def test_shutdown_ends_an_engine_process_that_hangs(tiny_bundle):
+    """A batch stuck in a hung engine process does not hold shutdown forever: past the drain's
+    bound the process is ended, and the request in it hears 503."""
+    settings = Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, drain_timeout_s=0.5)
+    answers = []
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        os.kill(c.app.state.engine._proc.pid, signal.SIGSTOP)  # hung, not dead
+        asking = threading.Thread(
+            target=lambda: answers.append(c.post("/classify", files=files(png_bytes(bar_image(0)))))
+        )
+        asking.start()
+        time.sleep(0.3)  # the batch waits in the engine's pipe
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 15  # drain bound + the engine's close (join, then kill)
+    asking.join(10)
+    assert len(answers) == 1 and answers[0].status_code == 503, answers
 
 
 def test_rl_point_is_served_with_its_paths(tiny_rl_bundle):

@@ -28,7 +28,7 @@ class Admission:
     def __init__(self) -> None:
         self.draining = False
         self.inflight = 0
-        self.last_arrival = time.monotonic()  # of any request, on any route
+        self.last_arrival = time.monotonic()  # of the last request to /classify
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -46,6 +46,9 @@ class Admission:
 
         The quiet period matters: a request can sit in a socket buffer, unseen, while the
         in-flight count is zero. Shutting down then would cut it off; answering it 503 does not.
+        Only ``/classify`` arrivals count: a probe of ``/readyz`` or a scrape of ``/metrics`` is
+        answered at once and loses nothing if cut off, and probes every 0.5 s would otherwise
+        stretch every drain to its timeout.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -89,7 +92,8 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         route = route_label(scope["path"])
-        self.admission.last_arrival = time.monotonic()
+        if route == "/classify":
+            self.admission.last_arrival = time.monotonic()
         t0 = time.perf_counter()
         status = 500
         started = False

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # shutdown
     drain_timeout_s: float = Field(15.0, ge=0, description="longest SIGTERM waits for in-flight requests")
     drain_quiet_s: float = Field(
-        0.5, ge=0, description="while draining, exit only after this long without a new request"
+        0.5, ge=0, description="while draining, exit only after this long without a new /classify request"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -34,7 +34,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -215,6 +215,7 @@ class Batcher:
             raise ValueError("depth must be >= 1")
         self.depth = depth  # batches handed to the engine at once (``run`` is called from as many threads)
         self._running: set[asyncio.Task] = set()  # batches handed over and not yet answered
+        self._in_engine: set[Future] = set()  # the worker threads' calls of ``run`` not yet returned
         self._compute_s = 0.0  # moving average of one batch's compute time (Retry-After, hand-over)
         self._free_at = 0.0  # clock time the engine is expected to finish what it was handed
         self._last_done = 0.0  # clock time the last batch came back
@@ -253,18 +254,32 @@ class Batcher:
         self._poke()
         return len(queued)
 
-    async def stop(self) -> None:
-        """Answer everything still queued (``Draining``), let a running batch finish, end the loop."""
+    async def stop(self, timeout: float | None = None) -> bool:
+        """Answer everything still queued (``Draining``), let the batches handed over finish, end
+        the loop. True if they did; False if one still computed after ``timeout`` seconds (a hung
+        engine): its requests are then answered ``Draining`` (503) and its worker thread left
+        behind, so the caller decides what to do with an engine that may never return."""
         self._closed = True
         self.reject_queued()
         if self._task is not None:
-            await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                for task in list(self._running):
+                    task.cancel()
+                await asyncio.wait({self._task})  # it ends once the cancelled batches have
+        hung = self.computing
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=not hung, cancel_futures=True)
+        return not hung
 
     @property
     def queued_images(self) -> int:
         return self._queued_images
+
+    @property
+    def computing(self) -> bool:
+        """Whether a worker thread is inside the engine now (its batch may have been given up)."""
+        return any(not f.done() for f in list(self._in_engine))
 
     # -- admission -----------------------------------------------------------------------------
     def submit(self, images: torch.Tensor, point: str | None = None) -> asyncio.Future:
@@ -343,7 +358,7 @@ class Batcher:
             if p.batch:
                 self._remove(p.batch)
                 self._free_at = max(now, self._free_at) + self._compute_s
-                task = loop.create_task(self._compute(loop, p.batch, p.points, now))
+                task = loop.create_task(self._compute(p.batch, p.points, now))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
                 continue
@@ -382,14 +397,24 @@ class Batcher:
         self._running.discard(task)
         self._poke()
 
-    async def _compute(self, loop, batch: list[Pending], points: list[str], now: float) -> None:
+    async def _compute(self, batch: list[Pending], points: list[str], now: float) -> None:
         images = torch.cat([r.images for r in batch]) if len(batch) > 1 else batch[0].images
         row_points = [pt for r, pt in zip(batch, points, strict=True) for _ in range(r.n)]
         self.observer.batch(images.shape[0], [now - r.arrived for r in batch])
         try:
-            rows = await loop.run_in_executor(self._executor, self._run, images, row_points)
+            call = self._executor.submit(self._run, images, row_points)
+            self._in_engine.add(call)
+            call.add_done_callback(self._in_engine.discard)  # in the worker thread; set ops are atomic
+            rows = await asyncio.wrap_future(call)
             if len(rows) != images.shape[0]:
                 raise RuntimeError(f"the engine answered {len(rows)} rows for {images.shape[0]} images")
+        except asyncio.CancelledError:  # ``stop`` gave up on the engine: still one answer each
+            for req in batch:
+                self.observer.rejected(Draining.reason)
+                self._settle(req, exc=Draining(
+                    "the server shut down before the engine finished this request's batch; "
+                    "Hint: retry on another replica"))  # fmt: skip
+            raise
         except Exception as e:  # every request of the batch gets the error, exactly once
             for req in batch:
                 self._settle(req, exc=e)

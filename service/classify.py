@@ -125,11 +125,13 @@ class Classify:
             return
         except asyncio.CancelledError:
             # uvicorn cancels the requests still running when its graceful-shutdown time is up (a
-            # drain that timed out): they still get an answer, not a bare 500.
+            # drain that timed out): they still get an answer, not a bare 500. Answered, the
+            # request ends here: re-raised, uvicorn would log the expected cancellation as an
+            # "Exception in ASGI application" with its traceback.
             with contextlib.suppress(Exception):
                 await send_json(send, 503, {"detail": SHUTTING_DOWN},
                                 [(b"retry-after", b"1"), (b"connection", b"close")])  # fmt: skip
-            raise
+            return
         except HTTPError as e:
             if e.reason:
                 self.metrics.rejected(e.reason)

@@ -58,8 +58,8 @@ class BundleView:
     def depth(self) -> int:
         return self.bundle.architecture.depth
 
-    def close(self) -> None:
-        pass
+    def close(self, timeout: float = 5.0) -> None:
+        """Release the engine; ``timeout`` bounds the wait for a process engine's child."""
 
 
 class Engine(BundleView):

@@ -2,13 +2,17 @@
 
 The first SIGTERM (or Ctrl+C) starts the drain: /readyz and new /classify requests answer 503,
 every request already admitted is answered, then uvicorn shuts down and the process exits 0. The
-drain is bounded by ``SKIPVIT_DRAIN_TIMEOUT_S``; a second signal exits without waiting.
+drain is bounded by ``SKIPVIT_DRAIN_TIMEOUT_S``. An engine that never returns a batch is given up
+after as long again (its requests hear 503) and the process exits 1: a process engine is ended, a
+thread engine left behind. A second signal exits without waiting (1 if a batch was still in the
+engine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import uvicorn
@@ -33,7 +37,19 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)))  # fmt: skip
-    DrainingServer(config, app.state.drain).run()
+    server = DrainingServer(config, app.state.drain)
+    server.run()
+    batcher = getattr(app.state, "batcher", None)
+    if app.state.engine_hung or (batcher is not None and batcher.computing):
+        # A batch never came back from the engine (its requests were answered 503, or a second
+        # signal did not wait for them). The interpreter would wait for the worker thread at exit,
+        # maybe forever: end a process engine, and leave without the thread.
+        log.error("exiting with the engine still running a batch")
+        engine = getattr(app.state, "engine", None)
+        if engine is not None:
+            engine.close(timeout=1.0)
+        logging.shutdown()
+        os._exit(1)
 
 
 class DrainingServer(uvicorn.Server):

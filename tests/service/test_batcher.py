@@ -297,6 +297,38 @@ def test_stop_answers_what_is_still_queued_and_refuses_new_work():
     run(main())
 
 
+def test_stop_with_a_timeout_gives_up_on_a_hung_engine_and_still_answers_everyone():
+    async def main():
+        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
+        running = b.submit(images([1]), None)  # handed over; the engine never returns it
+        await asyncio.sleep(0.02)
+        queued = b.submit(images([2]), None)
+        t0 = time.monotonic()
+        assert await b.stop(timeout=0.1) is False
+        assert time.monotonic() - t0 < 1.0
+        for future in (running, queued):
+            with pytest.raises(Draining):
+                await future
+        assert b.computing  # the worker thread is still inside the engine
+        engine.gate.set()  # it comes back later: nobody is answered twice
+        await asyncio.sleep(0.05)
+        assert engine.batches == [(1, ["static"])] and not b.computing
+
+    run(main())
+
+
+def test_stop_with_a_timeout_is_true_when_the_engine_returns_in_time():
+    async def main():
+        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
+        running = b.submit(images([1]), None)
+        await asyncio.sleep(0.02)
+        asyncio.get_running_loop().call_later(0.05, engine.gate.set)
+        assert await b.stop(timeout=5.0) is True
+        assert (await running).rows == [("static", 1)]
+
+    run(main())
+
+
 def test_depth_two_hands_over_the_next_batch_while_one_computes():
     async def main():
         engine = FakeEngine()

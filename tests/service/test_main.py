@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,7 +18,7 @@ from service.engine import Engine
 from service.main import DrainingServer
 from service.settings import Settings
 from tests.service.helpers import bar_image, files, png_bytes
-from tests.service.server import free_port
+from tests.service.server import REPO, free_port
 
 
 @pytest.mark.parametrize("engine_returns", [True, False], ids=["engine-returns", "engine-stuck"])
@@ -75,3 +78,62 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
     assert sum("shutting down" in d for d in details) == 2  # the two that waited in the queue
     if not engine_returns:
         assert any("shut down before this request was answered" in d for d in details)
+
+
+HUNG_THREAD_ENGINE = """
+import threading, sys
+from service.engine import Engine
+real = Engine.predict
+def predict(self, images, points=None):
+    if images.shape[0] == 2:  # the test's request: hangs for good
+        threading.Event().wait()
+    return real(self, images, points)
+Engine.predict = predict
+from service.main import serve
+serve()
+"""
+
+
+def test_serve_exits_when_a_thread_engine_never_returns(tiny_bundle, tmp_path):
+    """`skipvit serve` with SKIPVIT_ENGINE=thread and a batch that never comes back: SIGTERM still
+    ends the process within its bounds (drain, uvicorn's grace, then as long again for the engine),
+    exit code 1, and the request in the hung batch hears 503."""
+    port = free_port()
+    env = {**os.environ, "SKIPVIT_BUNDLE": str(tiny_bundle), "SKIPVIT_PORT": str(port), "SKIPVIT_DEVICE": "cpu",
+           "SKIPVIT_ENGINE": "thread", "SKIPVIT_ADMIN_TOKEN": "t", "SKIPVIT_DRAIN_TIMEOUT_S": "0.5",
+           "SKIPVIT_DRAIN_QUIET_S": "0.1", "SKIPVIT_REQUEST_TIMEOUT_S": "30", "SKIPVIT_LOG_LEVEL": "info"}  # fmt: skip
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", HUNG_THREAD_ENGINE], env=env, cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx2.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.1)
+        answers = []
+        asking = threading.Thread(target=lambda: answers.append(httpx2.post(
+            f"{base}/classify", files=files(png_bytes(bar_image(0)), png_bytes(bar_image(1))), timeout=30)))  # fmt: skip
+        asking.start()
+        time.sleep(0.5)  # the batch is in the engine, which never returns it
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        took = time.monotonic() - t0
+        asking.join(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert code == 1, text
+    assert took < 10, text  # 0.5 s drain + 1 s of uvicorn's grace + 0.5 s for the engine, and the start
+    assert "exiting with the engine still running a batch" in text
+    assert "Exception in ASGI application" not in text  # the cancelled request was answered, not an error
+    assert len(answers) == 1 and answers[0].status_code == 503, answers

@@ -38,6 +38,7 @@ from training.train_static import (
     gradient_step,
     model_config,
     param_groups,
+    recorded_split,
     run_split,
     same_dataset,
     settings,
@@ -178,6 +179,19 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
                   "train_layers": layers_sum / max(1, seen)}  # fmt: skip
 
 
+def _check_same_split(src: Bundle, target: Bundle) -> None:
+    """Refuse weights trained on another split of the same data than the bundle written into: some
+    of the target's validation images, on which its searches select, would be their training images."""
+    a, b = recorded_split(src), recorded_split(target)
+    if a != b:
+        raise ValueError(
+            f"{src.root} was trained on another split of this dataset (val_fraction {a['val_fraction']}, "
+            f"seed {a['seed']}) than {target.root} records (val_fraction {b['val_fraction']}, seed {b['seed']}): "
+            f"its weights have seen some of {target.root}'s validation images; Hint: --init-from a bundle "
+            "made with that split (e.g. the --out bundle itself), or pick another --out"
+        )
+
+
 def run(args) -> None:
     device = resolve_device(args.device)
     cfg = config_from_args(args)
@@ -192,6 +206,8 @@ def run(args) -> None:
     recorded = (
         target if target is not None else src if src is not None and same_dataset(src.dataset, args) else None
     )
+    if target is not None and src is not None and same_dataset(src.dataset, args):
+        _check_same_split(src, target)
     split = run_split(args, recorded)
     splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
     if args.limit_train:

@@ -181,6 +181,11 @@ def same_dataset(dataset: dict, args) -> bool:
     return dataset.get("name") == args.data and dataset.get("options", {}) == dict(args.data_opt)
 
 
+def recorded_split(bundle: Bundle) -> dict:
+    """The train/val split ``bundle`` was made with (bundles from before it was recorded: the default)."""
+    return {"val_fraction": DEFAULT_VAL_FRACTION, "seed": 0} | bundle.dataset.get("split", {})
+
+
 def run_split(args, bundle: Bundle | None) -> dict:
     """The run's train/val split: the one ``bundle`` recorded, when the run starts from or writes into
     an existing bundle (its searches select on that validation split, so the weights must not train on
@@ -189,7 +194,7 @@ def run_split(args, bundle: Bundle | None) -> dict:
     if bundle is None:
         fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
         return {"val_fraction": fraction, "seed": args.seed}
-    split = {"val_fraction": DEFAULT_VAL_FRACTION, "seed": 0} | bundle.dataset.get("split", {})
+    split = recorded_split(bundle)
     if args.val_fraction is not None and args.val_fraction != split["val_fraction"]:
         raise ValueError(
             f"--val-fraction {args.val_fraction} conflicts with the split recorded in {bundle.root} "

@@ -118,3 +118,19 @@ def test_rl_trains_on_the_split_of_the_bundle_it_writes_into(tiny_bundle, tmp_pa
               "--ckpt-dir", str(tmp_path / "c3")])  # fmt: skip
     err = capsys.readouterr().err
     assert "--val-fraction 0.2 conflicts with the split recorded" in err and "Hint:" in err
+
+
+def test_rl_refuses_weights_from_another_split_than_the_bundle_it_writes_into(tiny_bundle, tmp_path, capsys):
+    """`--init-from A --out B` where A and B split the same data differently: A's weights trained on
+    some of B's validation images, on which B's searches select. Refused before any training."""
+    out = tmp_path / "b"
+    shutil.copytree(tiny_bundle, out)
+    b = load_bundle(out)
+    b.dataset["split"] = {"val_fraction": 0.1, "seed": 5}  # as `train static --seed 5` would record
+    b.save()
+    with pytest.raises(SystemExit):
+        main(["train", "rl", *COMMON, "--init-from", str(tiny_bundle), "--out", str(out),
+              "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "was trained on another split of this dataset" in err and "Hint:" in err
+    assert not (tmp_path / "c").exists()

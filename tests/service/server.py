@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -19,6 +20,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def poll_ready(base: str, timeout: float = 60.0, check: Callable[[], None] | None = None) -> bool:
+    """Poll ``GET {base}/readyz`` until it answers 200 (True) or ``timeout`` passes (False).
+    ``check`` runs before each try; it raises if the server can no longer come up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check is not None:
+            check()
+        try:
+            if httpx2.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 class ServerProcess:
@@ -35,16 +52,12 @@ class ServerProcess:
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 120) -> ServerProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def alive() -> None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.output()}")
-            try:
-                if httpx2.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.2)
+
+        if poll_ready(self.base, timeout, alive):
+            return self
         self.stop()
         raise RuntimeError(f"server did not become ready in {timeout} s:\n{self.output()}")
 

@@ -18,7 +18,7 @@ from service.engine import Engine
 from service.main import DrainingServer
 from service.settings import Settings
 from tests.service.helpers import bar_image, files, png_bytes
-from tests.service.server import REPO, free_port
+from tests.service.server import REPO, free_port, poll_ready
 
 
 @pytest.mark.parametrize("engine_returns", [True, False], ids=["engine-returns", "engine-stuck"])
@@ -37,14 +37,7 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
     serving = threading.Thread(target=server.run, daemon=True)
     serving.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.05)
+    assert poll_ready(base)
     release = threading.Event()
     real = Engine.predict
 
@@ -108,15 +101,11 @@ def test_serve_exits_when_a_thread_engine_never_returns(tiny_bundle, tmp_path):
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def alive() -> None:
             assert proc.poll() is None, log.read_text()
-            try:
-                if httpx2.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.1)
+
+        assert poll_ready(base, check=alive)
         answers = []
         asking = threading.Thread(target=lambda: answers.append(httpx2.post(
             f"{base}/classify", files=files(png_bytes(bar_image(0)), png_bytes(bar_image(1))), timeout=30)))  # fmt: skip

@@ -203,11 +203,10 @@ def run(args) -> None:
     src = load_bundle(args.init_from) if args.init_from else None
     # The split of the bundle written into (its searches select on its validation split), else of
     # the bundle started from (its weights trained on its train split), else --val-fraction/--seed.
-    recorded = (
-        target if target is not None else src if src is not None and same_dataset(src.dataset, args) else None
-    )
-    if target is not None and src is not None and same_dataset(src.dataset, args):
+    same_src = src is not None and same_dataset(src.dataset, args)
+    if target is not None and same_src:
         _check_same_split(src, target)
+    recorded = target if target is not None else src if same_src else None
     split = run_split(args, recorded)
     splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
     if args.limit_train:

@@ -30,7 +30,7 @@ from service.metrics import Metrics
 from service.middleware import Admission, ServiceMiddleware
 from service.schemas import ConfigResponse, ConfigUpdate, ParetoResponse, PointOut
 from service.settings import Settings
-from service.worker import EngineGone, EngineProcess
+from service.worker import EngineGone, EngineProcess, layout
 
 log = logging.getLogger("skipvit.service")
 STATIC = Path(__file__).parent / "static"
@@ -70,10 +70,13 @@ def serving(point, front) -> str:
 
 
 def start_engine(settings: Settings) -> BundleView:
-    """Load the bundle and warm it up, in a child process (default) or in this one."""
+    """Load the bundle and warm it up, in child processes (default) or in this one."""
     if settings.engine == "process":
-        return EngineProcess(settings.bundle, settings.device, settings.top_k, settings.torch_threads,
-                             compact=settings.compact)  # fmt: skip
+        workers, threads = layout(settings.device, settings.engine_workers, settings.torch_threads)
+        log.info("engine: %d process%s, %s torch thread%s each", workers, "es" if workers > 1 else "",
+                 threads or "default", "s" if threads != 1 else "")  # fmt: skip
+        return EngineProcess(settings.bundle, settings.device, settings.top_k, threads,
+                             compact=settings.compact, workers=workers)  # fmt: skip
     set_backend(settings.compact)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)

@@ -19,8 +19,19 @@ class Settings(BaseSettings):
     engine: Literal["process", "thread"] = Field(
         "process", description="run the model in a child process (own GIL) or in a thread of this one"
     )
+    engine_workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="engine processes a batch is split across (default: one per core on CPU, at most "
+        "4; one on CUDA)",
+    )
     torch_threads: int | None = Field(
-        None, ge=1, le=256, description="torch intra-op threads (default: torch's)"
+        None,
+        ge=1,
+        le=256,
+        description="torch intra-op threads in each engine process (default: the cores shared among "
+        "them on CPU; torch's own on CUDA or for the thread engine)",
     )
     compact: Literal["auto", "torch", "triton"] = Field(
         "auto", description="row compaction: Triton on CUDA (auto), or force the torch reference or Triton"
@@ -62,5 +73,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SKIPVIT_MAX_WAIT_MS ({self.max_wait_ms:g}) must be below SKIPVIT_REQUEST_TIMEOUT_S "
                 f"({self.request_timeout_s:g} s): every request that waits for company would time out"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_need_processes(self) -> Settings:
+        if self.engine == "thread" and (self.engine_workers or 1) > 1:
+            raise ValueError(
+                f"SKIPVIT_ENGINE_WORKERS={self.engine_workers} needs SKIPVIT_ENGINE=process: a thread "
+                "engine is one forward at a time in this process"
             )
         return self

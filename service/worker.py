@@ -1,28 +1,44 @@
-"""The engine in a process of its own (``SKIPVIT_ENGINE=process``, the default).
+"""The engine in processes of its own (``SKIPVIT_ENGINE=process``, the default).
 
-Why: the model's forward is a Python loop over layers whose torch ops each release and re-take
-the GIL. In the server's process the event loop holds the GIL while it parses and answers
+Why a process: the model's forward is a Python loop over layers whose torch ops each release and
+re-take the GIL. In the server's process the event loop holds the GIL while it parses and answers
 requests, so every re-take can wait a whole switch interval: measured on the 2-core CPU machine,
 a one-image batch took 50 ms instead of 3 ms under load. A child process has its own GIL; a batch
 crosses a pipe as a uint8 array (64 Fashion-MNIST images: 50 KB) and comes back as ``RowResult``s.
 
+Why several (``SKIPVIT_ENGINE_WORKERS``; on CPU one per core by default, each with one torch
+thread): one process with a thread per core runs each op as a parallel region that ends at a
+barrier. When the event loop takes a core from one of those threads, the others spin at the
+barrier until it is back, so every millisecond of HTTP work stalled every core. Here a batch is cut
+into one contiguous slice per process; the slices run side by side with no barrier between them,
+and a process the event loop pre-empts delays only its own slice (measured: `skipvit bench server`,
+see the README). A batch whose answer depends on its other rows (a point with a batch key of
+None, per-batch LAC) is never cut.
+
 ``EngineProcess`` offers what the app needs of an ``Engine`` (metadata from the bundle, read in
-this process; ``predict`` in the child). The child runs one batch at a time; the batcher may hand
-over the next one while it computes (it waits in the pipe). If the child dies, ``predict`` raises
-``EngineGone`` for every batch in flight and after.
+this process; ``predict`` in the children). Each child runs one slice at a time; the batcher may
+hand over the next batch while one computes (its slices wait in the pipes). If a child dies,
+``predict`` raises ``EngineGone`` for every batch in flight and after.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing as mp
+import os
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
 
 import torch
 
 from kernels import set_backend
-from service.engine import BundleView, Engine, RowResult
+from service.engine import BundleView, Engine, RowResult, resolve_device
+
+MAX_AUTO_WORKERS = 4  # the default's cap: slices of a full batch (32) stay >= 8 rows
 
 
 class EngineGone(RuntimeError):
@@ -54,74 +70,180 @@ def _child(conn, bundle_dir: str, device: str, top_k: int, threads: int | None, 
             conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
-class EngineProcess(BundleView):
-    def __init__(self, bundle_dir, device: str = "auto", top_k: int = 3, threads: int | None = None,
-                 compact: str = "auto") -> None:  # fmt: skip
-        super().__init__(bundle_dir, top_k)
-        ctx = mp.get_context("spawn")  # never fork a process that has torch threads running
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child, str(bundle_dir), device, top_k, threads, compact),
-                                 name="skipvit-engine", daemon=True)  # fmt: skip
-        self._proc.start()
-        child.close()
-        self._send_lock = threading.Lock()
-        self._turn = threading.Condition()
-        self._sent = self._received = 0  # tickets: answers come back in the order batches were sent
-        self._dead = False
-        status, payload = self._recv()
-        if status != "ready":
-            self.close()
-            raise EngineGone(f"the engine process could not start: {payload}")
-        self.device = torch.device(payload)
-
-    def _recv(self):
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container
+    limited to 2 CPUs on a 16-core host sees all 16 in its affinity)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
         try:
-            return self._conn.recv()
+            fields = (cgroup / quota_file).read_text().split()
+            quota = fields[0]
+            period = fields[1] if period_file is None else (cgroup / period_file).read_text().strip()
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1"):
+            with contextlib.suppress(ValueError, ZeroDivisionError):
+                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        break
+    return cores
+
+
+def layout(device: str, workers: int | None, threads: int | None) -> tuple[int, int | None]:
+    """(engine processes, torch threads in each) for ``device`` where the settings leave them open.
+
+    On CPU: one process per usable core (at most ``MAX_AUTO_WORKERS``), the cores shared out as
+    threads. On CUDA: one process (the GPU does the parallel work), torch's own thread count."""
+    if resolve_device(device).type != "cpu":
+        return workers or 1, threads
+    cores = usable_cores()
+    workers = workers or max(1, min(cores, MAX_AUTO_WORKERS))
+    return workers, threads or max(1, cores // workers)
+
+
+class _Child:
+    """One engine process and its pipe. It takes slices in the order they were sent and answers in
+    that order: a ticket per slice."""
+
+    def __init__(self, ctx, name: str, args: tuple) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_child, args=(child, *args), name=name, daemon=True)
+        self.proc.start()
+        child.close()
+        self.turn = threading.Condition()
+        self.sent = self.received = 0
+        self.dead = False
+
+    def recv(self):
+        try:
+            return self.conn.recv()
         except (EOFError, OSError):
-            raise EngineGone(f"the engine process exited (code {self._proc.exitcode})") from None
+            raise EngineGone(f"the engine process exited (code {self.proc.exitcode})") from None
+
+    def send(self, msg) -> int:
+        """Under the engine's send lock, so that every child sees batches in the same order."""
+        ticket = self.sent
+        self.sent += 1
+        self.conn.send(msg)
+        return ticket
+
+    def answer(self, ticket: int):
+        with self.turn:
+            self.turn.wait_for(lambda: self.received == ticket or self.dead)
+            if self.dead:
+                raise EngineGone(f"the engine process exited (code {self.proc.exitcode})")
+            try:
+                return self.recv()
+            finally:
+                self.received += 1
+                self.turn.notify_all()
+
+    def mark_dead(self) -> None:
+        with self.turn:
+            self.dead = True
+            self.turn.notify_all()
+
+
+class EngineProcess(BundleView):
+    """``workers`` child processes with ``threads`` torch threads each (``layout`` for the
+    defaults); a batch is cut into one slice per child, answers are put back in row order."""
+
+    def __init__(self, bundle_dir, device: str = "auto", top_k: int = 3, threads: int | None = None,
+                 compact: str = "auto", workers: int = 1) -> None:  # fmt: skip
+        super().__init__(bundle_dir, top_k)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        ctx = mp.get_context("spawn")  # never fork a process that has torch threads running
+        args = (str(bundle_dir), device, top_k, threads, compact)
+        self._children: list[_Child] = []
+        self._send_lock = threading.Lock()
+        self._next = 0  # the child that takes the first slice of the next batch (round robin)
+        try:
+            for i in range(workers):  # all load at once
+                self._children.append(_Child(ctx, "skipvit-engine" + (f"-{i}" if workers > 1 else ""), args))
+            for c in self._children:
+                status, payload = c.recv()
+                if status != "ready":
+                    raise EngineGone(f"the engine process could not start: {payload}")
+        except BaseException:
+            self.close()
+            raise
+        self.device = torch.device(payload)
+        self.threads = threads
+
+    @property
+    def processes(self) -> list[mp.Process]:
+        return [c.proc for c in self._children]
+
+    def _slices(self, n: int, points: str | Sequence[str] | None) -> int:
+        """How many slices a batch of ``n`` rows is cut into: one per child, at most one per row,
+        and one where a row's answer depends on the others (a batch key of None)."""
+        distinct = {points} if points is None or isinstance(points, str) else set(points)
+        if any(p is not None and self.batch_key(p) is None for p in distinct):
+            return 1
+        return max(1, min(n, len(self._children)))
 
     def predict(self, images: torch.Tensor, points: str | Sequence[str] | None = None) -> list[RowResult]:
-        """Send the batch and wait for its answer. Several threads may call at once: the child
-        takes batches in the order they were sent, so the next one already waits in the pipe when
-        it finishes one, and answers come back in that order (a ticket per batch)."""
+        """Send the batch's slices and wait for their answers. Several threads may call at once:
+        each child takes slices in the order they were sent, so the next batch already waits in
+        the pipes when a child finishes its slice."""
+        n = images.shape[0]
+        per_row = None if points is None or isinstance(points, str) else list(points)
+        if per_row is not None and len(per_row) != n:
+            raise ValueError(f"{n} images but {len(per_row)} row points")
+        k = self._slices(n, points)
+        cuts = [i * n // k for i in range(k + 1)]
+        array = images.numpy()
+        sent: list[tuple[_Child, int]] = []
         with self._send_lock:
-            ticket = self._sent
-            self._sent += 1
+            first = self._next
+            self._next = (first + k) % len(self._children)
             try:
-                self._conn.send((images.numpy(), points))
+                for i in range(k):
+                    child = self._children[(first + i) % len(self._children)]
+                    lo, hi = cuts[i], cuts[i + 1]
+                    rows_points = points if per_row is None else per_row[lo:hi]
+                    sent.append((child, child.send((array[lo:hi], rows_points))))
             except (BrokenPipeError, OSError):
                 self._gone()
-        with self._turn:
-            self._turn.wait_for(lambda: self._received == ticket or self._dead)
-            if self._dead:
-                self._gone()
+        rows: list[RowResult] = []
+        error = None
+        for child, ticket in sent:
             try:
-                status, payload = self._recv()
+                status, payload = child.answer(ticket)
             except EngineGone:
-                self._dead = True
-                raise
-            finally:
-                self._received += 1
-                self._turn.notify_all()
-        if status != "ok":
-            raise RuntimeError(f"engine: {payload}")
-        return payload
+                self._gone()
+            if status == "ok":
+                rows.extend(payload)
+            else:
+                error = error or payload
+        if error is not None:
+            raise RuntimeError(f"engine: {error}")
+        return rows
 
-    def _gone(self):
-        with self._turn:
-            self._dead = True
-            self._turn.notify_all()
-        raise EngineGone(f"the engine process exited (code {self._proc.exitcode})")
+    def _gone(self) -> NoReturn:
+        """One child gone is the engine gone: every batch waiting on any child hears it."""
+        for c in self._children:
+            c.mark_dead()
+        codes = ", ".join(str(c.proc.exitcode) for c in self._children if not c.proc.is_alive())
+        raise EngineGone(f"the engine process exited (code {codes or 'unknown'})")
 
-    def warm_up(self) -> None:  # done in the child before it reported ready
+    def warm_up(self) -> None:  # done in the children before they reported ready
         pass
 
     def close(self, timeout: float = 5.0) -> None:
-        if self._proc.is_alive():
-            with contextlib.suppress(OSError):
-                self._conn.send(None)
-            self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(timeout)
-        self._conn.close()
+        """Ask every child to stop, wait up to ``timeout`` for all of them, then kill the rest."""
+        for c in self._children:
+            if c.proc.is_alive():
+                with contextlib.suppress(OSError):
+                    c.conn.send(None)
+        deadline = time.monotonic() + timeout
+        for c in self._children:
+            c.proc.join(max(0.0, deadline - time.monotonic()))
+        for c in self._children:
+            if c.proc.is_alive():
+                c.proc.kill()
+                c.proc.join(timeout)
+            c.conn.close()

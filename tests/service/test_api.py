@@ -174,7 +174,7 @@ def test_shutdown_ends_an_engine_process_that_hangs(tiny_bundle):
     answers = []
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
-        os.kill(c.app.state.engine._proc.pid, signal.SIGSTOP)  # hung, not dead
+        os.kill(c.app.state.engine.processes[0].pid, signal.SIGSTOP)  # hung, not dead
         asking = threading.Thread(
             target=lambda: answers.append(c.post("/classify", files=files(png_bytes(bar_image(0)))))
         )

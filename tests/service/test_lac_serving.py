@@ -152,3 +152,23 @@ def test_pareto_says_how_lac_points_are_served(served):
     assert points["lac-batch-0.3"]["serving"].startswith("one request per forward")
     assert "per-batch" in points["lac-batch-0.3"]["description"]
     assert points["lac-ex-0.5"]["serving"].startswith("batched per image")
+
+
+def test_an_engine_of_several_processes_never_cuts_a_per_batch_forward(lac_bundle):
+    """Two engine processes cut a batch in two, except where the rows' answers depend on each
+    other: a per-batch LAC batch runs whole in one of them, as in one process."""
+    from service.worker import EngineProcess
+
+    imgs = as_tensor(np.concatenate([images()["A"], images()["B"][:1]]))  # cut in two, A would run alone
+    local = Engine(load_bundle(lac_bundle), torch.device("cpu"))
+    remote = EngineProcess(lac_bundle, device="cpu", threads=1, workers=2)
+    try:
+        whole = remote.predict(imgs, "lac-batch-0.3")
+        assert [r.path for r in whole] == [r.path for r in local.predict(imgs, "lac-batch-0.3")]
+        assert whole[0].layers_executed == 2  # halted with its company; alone it runs all 4
+        assert [c.sent for c in remote._children] == [1, 0]
+        ex = ["lac-ex-0.5", "lac-ex-0.8"]  # rows that do not depend on each other: cut in two
+        assert [r.path for r in remote.predict(imgs, ex)] == [r.path for r in local.predict(imgs, ex)]
+        assert [c.sent for c in remote._children] == [2, 1]
+    finally:
+        remote.close()

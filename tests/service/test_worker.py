@@ -1,4 +1,5 @@
-"""The engine in a child process answers like the in-process engine, and a dead child is reported."""
+"""The engine in child processes answers like the in-process engine, a batch cut across several
+children comes back whole and in order, and a dead child is reported."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from service.engine import Engine
-from service.worker import EngineGone, EngineProcess
+from service.settings import Settings
+from service.worker import EngineGone, EngineProcess, layout
 
 
 def test_the_child_answers_like_the_engine_and_a_dead_child_is_reported(tiny_gate_bundle):
@@ -23,8 +25,8 @@ def test_the_child_answers_like_the_engine_and_a_dead_child_is_reported(tiny_gat
         with pytest.raises(RuntimeError, match="cannot share"):  # an engine error, the child lives on
             remote.predict(images[:2], ["static", "rl"])
         assert remote.predict(images[:1], "static")[0].path == "1111"
-        remote._proc.kill()
-        remote._proc.join(10)
+        remote.processes[0].kill()
+        remote.processes[0].join(10)
         with pytest.raises(EngineGone, match="exited"):
             remote.predict(images[:1], "static")
     finally:
@@ -56,8 +58,8 @@ def test_batches_sent_from_several_threads_each_get_their_own_answer(tiny_gate_b
         with ThreadPoolExecutor(3) as pool:  # up to three batches in flight at once
             got = list(pool.map(lambda k: remote.predict(batches[k], points[k % 3]), range(24)))
         assert got == [local.predict(b, points[k % 3]) for k, b in enumerate(batches)]
-        remote._proc.kill()
-        remote._proc.join(10)
+        remote.processes[0].kill()
+        remote.processes[0].join(10)
         with ThreadPoolExecutor(2) as pool:  # every batch in flight hears that the child is gone
             futures = [pool.submit(remote.predict, batches[0], "static") for _ in range(4)]
             for f in futures:
@@ -65,3 +67,82 @@ def test_batches_sent_from_several_threads_each_get_their_own_answer(tiny_gate_b
                     f.result(timeout=10)
     finally:
         remote.close()
+
+
+def test_several_children_each_take_a_slice_and_the_rows_come_back_in_order(tiny_gate_bundle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = Engine.from_dir(tiny_gate_bundle, device="cpu")
+    remote = EngineProcess(tiny_gate_bundle, device="cpu", threads=1, workers=2)
+    try:
+        g = torch.Generator().manual_seed(3)
+        images = torch.randint(0, 256, (7, local.channels, local.image_size, local.image_size),
+                               dtype=torch.uint8, generator=g)  # fmt: skip
+        points = ["rl", "nsga-a", "rl-t0.8", "static"]
+        for pts in (points[:3] * 2 + ["rl"], "rl", "static"):
+            got, want = remote.predict(images, pts), local.predict(images, pts)
+            assert [(r.index, r.path, r.top_k[0][:2]) for r in got] == [
+                (r.index, r.path, r.top_k[0][:2]) for r in want
+            ]
+            assert [r.probability for r in got] == pytest.approx([r.probability for r in want], abs=1e-5)
+        assert [c.sent for c in remote._children] == [3, 3]  # each batch of 7 was cut in two
+        remote.predict(images[:1], "rl")  # one row: one child, taken in turn
+        remote.predict(images[:1], "rl")
+        assert [c.sent for c in remote._children] == [4, 4]
+        with pytest.raises(RuntimeError, match="cannot share"):  # an engine error, the children live on
+            remote.predict(images[:4], ["static", "rl"] * 2)
+        with pytest.raises(ValueError, match="row points"):
+            remote.predict(images[:2], ["rl"])
+        batches = [images[: 1 + k % 7] for k in range(20)]
+        with ThreadPoolExecutor(3) as pool:  # several batches in flight, slices queued in both pipes
+            got = list(pool.map(lambda k: remote.predict(batches[k], points[k % 4]), range(20)))
+        assert [[r.path for r in rows] for rows in got] == [[r.path for r in local.predict(b, points[k % 4])]
+                                                            for k, b in enumerate(batches)]  # fmt: skip
+        remote.processes[1].kill()
+        remote.processes[1].join(10)
+        with ThreadPoolExecutor(2) as pool:  # one child gone is the engine gone, for every batch
+            futures = [pool.submit(remote.predict, images, "static") for _ in range(3)]
+            for f in futures:
+                with pytest.raises(EngineGone):
+                    f.result(timeout=10)
+        with pytest.raises(EngineGone):
+            remote.predict(images[:1], "static")
+    finally:
+        remote.close()
+
+
+def test_layout_gives_each_cpu_core_a_process_and_cuda_one(monkeypatch):
+    import os
+
+    from service import worker
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.setattr(worker, "usable_cores", lambda: 2)
+    assert layout("cpu", None, None) == (2, 1)
+    assert layout("cpu", 1, None) == (1, 2)
+    assert layout("cpu", 3, 2) == (3, 2)
+    monkeypatch.setattr(worker, "usable_cores", lambda: 16)
+    assert layout("cpu", None, None) == (4, 4)  # at most 4 by default: slices of >= 8 rows at batch 32
+    assert layout("cuda", None, None) == (1, None)
+    with pytest.raises(ValueError, match="SKIPVIT_ENGINE=process"):
+        Settings(engine="thread", engine_workers=2)
+
+
+def test_usable_cores_respects_a_cgroup_cpu_quota(monkeypatch, tmp_path):
+    import os
+
+    from service.worker import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert usable_cores(tmp_path) == 16  # no cgroup files: the affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(tmp_path) == 16  # no quota
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert usable_cores(tmp_path) == 2  # 1.5 CPUs: 2 threads' worth, rounded up
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(tmp_path) == 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cores(tmp_path) == 16

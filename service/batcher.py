@@ -45,7 +45,7 @@ HAND_OVER_LEAD = 0.25  # hand the next batch over this fraction of a batch's com
 
 @dataclass(frozen=True)
 class Knobs:
-    max_batch_size: int = 64  # images in one forward
+    max_batch_size: int = 32  # images in one forward
     max_wait_ms: float = 5.0  # longest a request waits for company
     max_queue: int = 1024  # images waiting; beyond it new requests get QueueFull
 

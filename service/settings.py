@@ -39,7 +39,13 @@ class Settings(BaseSettings):
     point: str | None = Field(None, description="point active at start (default: the bundle's default)")
     top_k: int = Field(3, ge=1, le=100)
     # dynamic batching (initial values; PUT /config changes them at runtime)
-    max_batch_size: int = Field(64, ge=1, le=4096, description="images in one forward pass")
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="images in one forward pass (32: under heavy load two batches take turns, one "
+        "computing while the next gathers; see the README)",
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a batch to fill")
     max_queue: int = Field(1024, ge=1, description="images waiting before 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not started by then gets 504")

@@ -110,7 +110,7 @@ def test_pareto_and_config(client):
     assert [p["id"] for p in body["points"]] == ["static"]
     assert body["points"][0]["metrics"]["split"] == "test"
     config = client.get("/config").json()
-    assert config["point"] == "static" and config["max_batch_size"] == 64 and config["max_wait_ms"] == 5.0
+    assert config["point"] == "static" and config["max_batch_size"] == 32 and config["max_wait_ms"] == 5.0
 
 
 def test_openapi_lists_the_routes(client):
@@ -243,7 +243,7 @@ def test_knobs_change_at_runtime(client):
     assert client.get("/config").json()["max_batch_size"] == 8
     blobs = [png_bytes(bar_image(k)) for k in range(4)]
     assert client.post("/classify", files=files(*blobs)).status_code == 200
-    client.put("/config", json={"max_batch_size": 64, "max_wait_ms": 5.0}, headers=ADMIN)
+    client.put("/config", json={"max_batch_size": 32, "max_wait_ms": 5.0}, headers=ADMIN)
 
 
 def test_body_over_the_limit_is_413(client):

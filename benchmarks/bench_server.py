@@ -36,7 +36,7 @@ from benchmarks.server_report import (
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-DEFAULT_MAX_BATCH_SIZE = 64  # the server's documented default, if its Settings do not say
+DEFAULT_MAX_BATCH_SIZE = 32  # the server's documented default, if its Settings do not say
 
 
 # ---- inputs
@@ -358,9 +358,59 @@ def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds:
             "cpu_ms_per_image": 1000 * cpu / (done * batch_size)}  # fmt: skip
 
 
+def engine_processes_images_per_s(engine, images, batch_size: int, point: str, seconds: float,
+                                  depth: int = 2) -> dict:  # fmt: skip
+    """The server's own engine (``service.worker.EngineProcess``) fed directly, ``depth`` batches in
+    flight as the batcher hands them over: its ceiling without HTTP."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = images.shape[0]
+    batches = [images[s : s + batch_size] for s in range(0, max(1, n - batch_size + 1), batch_size)][:64]
+    if batches[0].shape[0] < batch_size:
+        batches = [images.repeat(math.ceil(batch_size / n), 1, 1, 1)[:batch_size]]
+
+    def cpu() -> float:
+        return sum((process_tree_cpu(p.pid) or (0.0, 0.0))[0] for p in engine.processes)
+
+    with ThreadPoolExecutor(depth) as pool:
+        for b in batches[:3]:
+            engine.predict(b, point)
+        done, t0, cpu0 = 0, time.perf_counter(), cpu()
+        flight = [pool.submit(engine.predict, batches[k % len(batches)], point) for k in range(depth)]
+        while True:
+            flight.pop(0).result()
+            done += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds and done >= 5:
+                break
+            flight.append(pool.submit(engine.predict, batches[(done + depth) % len(batches)], point))
+        for f in flight:  # in flight past the window: finished, not counted
+            f.result()
+        cpu_s = cpu() - cpu0
+    return {"batch_size": batch_size, "calls": done, "seconds": round(elapsed, 3),
+            "images_per_s": done * batch_size / elapsed,
+            "cpu_ms_per_image": 1000 * cpu_s / (done * batch_size)}  # fmt: skip
+
+
+def served_layout(args) -> tuple[int, int | None] | None:
+    """(engine processes, threads each) of the batched server this command starts, from the same
+    SKIPVIT_* settings it reads; None for --url (unknown) or a thread engine."""
+    if args.url or os.environ.get("SKIPVIT_ENGINE", "process") != "process":
+        return None
+    from service.worker import layout
+
+    def env(name: str) -> int | None:
+        value = os.environ.get(f"SKIPVIT_{name}")
+        return int(value) if value else None
+
+    return layout(args.device, env("ENGINE_WORKERS"), env("TORCH_THREADS"))
+
+
 class InProcess:
-    """The ceiling: the same engine, images and point in this process. Loaded before the servers
-    start, so that the reference level can time it between rounds."""
+    """The ceiling: the same engine, images and point without HTTP. Loaded before the servers
+    start, so that the reference level can time it between rounds: ``engine.predict`` in this
+    process (torch's threads), and, where the server splits batches across several engine
+    processes, those processes fed directly too. A round's reference is the faster of the two."""
 
     def __init__(self, args, bundle: Path, pngs: list[bytes], max_batch: int) -> None:
         import torch
@@ -374,20 +424,37 @@ class InProcess:
         self.images = torch.stack([decode_image(p, channels=self.engine.channels, size=self.engine.image_size,
                                                 max_pixels=1 << 30) for p in pngs])  # fmt: skip  # (N, C, H, W)
         self.engine.warm_up()
+        self.processes, self.processes_label = None, ""
+        shape = served_layout(args)
+        if shape is not None and shape[0] > 1:
+            from service.worker import EngineProcess
+
+            workers, threads = shape
+            self.processes = EngineProcess(bundle, args.device, threads=threads, workers=workers)
+            self.processes_label = (
+                f"the server's: {workers} processes x {threads or 'default'} thread(s), fed directly"
+            )
+        self.label = f"this process, {torch.get_num_threads()} torch thread(s)"
         self.rows: list[dict] = []
 
-    def measure(self, batch_size: int, why: str, rnd: int | None = None) -> dict:
-        row = {**inprocess_images_per_s(self.engine, self.images, batch_size, self.args.point, self.seconds),
-               "why": why}  # fmt: skip
-        if rnd is not None:
-            row["round"] = rnd
-        self.rows.append(row)
-        print(
-            f"  in-process batch {batch_size:<4d} {row['images_per_s']:8.1f} images/s",
-            file=sys.stderr,
-            flush=True,
-        )
-        return row
+    def close(self) -> None:
+        if self.processes is not None:
+            self.processes.close()
+
+    def measure(self, batch_size: int, why: str, rnd: int | None = None, reference: bool = False) -> None:
+        runs = [(self.label, inprocess_images_per_s, self.engine)]
+        if reference and self.processes is not None:
+            runs.append((self.processes_label, engine_processes_images_per_s, self.processes))
+        for label, timing, engine in runs:
+            row = {**timing(engine, self.images, batch_size, self.args.point, self.seconds), "why": why,
+                   "engine": label}  # fmt: skip
+            if rnd is not None:
+                row["round"] = rnd
+            if reference:
+                row["reference"] = True
+            self.rows.append(row)
+            print(f"  in-process batch {batch_size:<4d} {row['images_per_s']:8.1f} images/s ({label})",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     def at_reference(self, mean_batch: float | None, rnd: int | None, clients: int) -> None:
         """The ceiling for one round: the engine at the batched server's mean batch size in it, or
@@ -399,7 +466,7 @@ class InProcess:
                 self.max_batch,
                 f"max_batch_size (the server's mean batch size at {clients} clients is n/a)",
             )
-        self.measure(batch, why, rnd)["reference"] = True
+        self.measure(batch, why, rnd, reference=True)
 
 
 def run(args) -> None:
@@ -433,12 +500,18 @@ def run(args) -> None:
     pngs = fashion_mnist_pngs(args.data_dir, max(1024, 256 * args.images_per_request))
     out_json = Path(args.out_json)
     inproc = InProcess(args, bundle, pngs, max_batch)
-    servers = run_async(measure_all(args, bundle, pngs, out_json.parent, inproc.at_reference))
-    measured = {r["batch_size"] for r in inproc.rows}
-    extra = {args.images_per_request: "the naive endpoint's batch (one request)", max_batch: "max_batch_size"}
-    for b, why in extra.items():  # once each, servers stopped
-        if b not in measured:
-            inproc.measure(b, why)
+    try:
+        servers = run_async(measure_all(args, bundle, pngs, out_json.parent, inproc.at_reference))
+        measured = {r["batch_size"] for r in inproc.rows}
+        extra = {
+            args.images_per_request: "the naive endpoint's batch (one request)",
+            max_batch: "max_batch_size",
+        }
+        for b, why in extra.items():  # once each, servers stopped
+            if b not in measured:
+                inproc.measure(b, why)
+    finally:
+        inproc.close()
 
     settings = {"images_per_request": args.images_per_request, "duration_s": args.duration,
                 "requests": args.requests, "warmup_s": args.warmup, "concurrency": args.concurrency,

@@ -234,11 +234,25 @@ class EngineProcess(BundleView):
         pass
 
     def close(self, timeout: float = 5.0) -> None:
-        """Ask every child to stop, wait up to ``timeout`` for all of them, then kill the rest."""
-        for c in self._children:
-            if c.proc.is_alive():
-                with contextlib.suppress(OSError):
-                    c.conn.send(None)
+        """Ask every child to stop, wait up to ``timeout`` for all of them, then kill the rest.
+
+        The request to stop goes from a thread of its own: a hung child stops reading, and a batch
+        may then sit blocked in its full pipe (holding the send lock); close() does not wait behind
+        it, and killing the child ends that send with an error."""
+
+        def ask() -> None:
+            if not self._send_lock.acquire(timeout=timeout):
+                return
+            try:
+                for c in self._children:
+                    if c.proc.is_alive():
+                        with contextlib.suppress(OSError):
+                            c.conn.send(None)
+            finally:
+                self._send_lock.release()
+
+        asking = threading.Thread(target=ask, name="skipvit-engine-stop", daemon=True)
+        asking.start()
         deadline = time.monotonic() + timeout
         for c in self._children:
             c.proc.join(max(0.0, deadline - time.monotonic()))
@@ -246,4 +260,8 @@ class EngineProcess(BundleView):
             if c.proc.is_alive():
                 c.proc.kill()
                 c.proc.join(timeout)
+        asking.join(timeout)
+        if self._send_lock.acquire(timeout=timeout):  # a send cut short by the kill has raised
+            self._send_lock.release()
+        for c in self._children:
             c.conn.close()

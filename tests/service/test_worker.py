@@ -146,3 +146,32 @@ def test_usable_cores_respects_a_cgroup_cpu_quota(monkeypatch, tmp_path):
     assert usable_cores(tmp_path) == 4
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert usable_cores(tmp_path) == 16
+
+
+def test_close_returns_while_a_hung_child_leaves_a_batch_stuck_in_a_full_pipe(tiny_bundle):
+    """A hung child stops reading: a big batch then blocks in the pipe, and close() must still
+    end the child within its bound instead of waiting behind that batch to say goodbye."""
+    import os
+    import signal
+    import threading
+    import time
+
+    remote = EngineProcess(tiny_bundle, device="cpu", threads=1)
+    os.kill(remote.processes[0].pid, signal.SIGSTOP)
+    heard: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            remote.predict(torch.zeros(4000, 1, 16, 16, dtype=torch.uint8), "static")  # 1 MB: fills the pipe
+        except BaseException as e:  # whatever it hears, it must hear something
+            heard.append(e)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    remote.close(timeout=1.0)
+    assert time.monotonic() - t0 < 5
+    asking.join(5)
+    assert not asking.is_alive() and isinstance(heard[0], EngineGone)
+    assert not remote.processes[0].is_alive()

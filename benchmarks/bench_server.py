@@ -333,16 +333,22 @@ async def measure_all(
 # ---- in-process reference
 
 
-def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds: float) -> dict:
-    """engine.predict on ``batch_size`` real images at a time, as fast as it goes: the ceiling."""
+def timing_batches(images, batch_size: int) -> list:
+    """Up to 64 distinct batches of ``batch_size`` of ``images`` (N, C, H, W), or one made by
+    repeating them where there are fewer images than one batch."""
     import torch
 
     n = images.shape[0]
     starts = range(0, max(1, n - batch_size + 1), batch_size)
     batches = [images[s : s + batch_size] for s in starts][:64] or [images[:batch_size]]
     if batches[0].shape[0] < batch_size:  # fewer images than one batch: repeat them
-        reps = math.ceil(batch_size / n)
-        batches = [torch.cat([images] * reps)[:batch_size]]
+        batches = [torch.cat([images] * math.ceil(batch_size / n))[:batch_size]]
+    return batches
+
+
+def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds: float) -> dict:
+    """engine.predict on ``batch_size`` real images at a time, as fast as it goes: the ceiling."""
+    batches = timing_batches(images, batch_size)
     for b in batches[:3]:
         engine.predict(b, point)
     done, t0, cpu0 = 0, time.perf_counter(), time.process_time()
@@ -364,10 +370,7 @@ def engine_processes_images_per_s(engine, images, batch_size: int, point: str, s
     flight as the batcher hands them over: its ceiling without HTTP."""
     from concurrent.futures import ThreadPoolExecutor
 
-    n = images.shape[0]
-    batches = [images[s : s + batch_size] for s in range(0, max(1, n - batch_size + 1), batch_size)][:64]
-    if batches[0].shape[0] < batch_size:
-        batches = [images.repeat(math.ceil(batch_size / n), 1, 1, 1)[:batch_size]]
+    batches = timing_batches(images, batch_size)
 
     def cpu() -> float:
         return sum((process_tree_cpu(p.pid) or (0.0, 0.0))[0] for p in engine.processes)
@@ -395,15 +398,15 @@ def engine_processes_images_per_s(engine, images, batch_size: int, point: str, s
 def served_layout(args) -> tuple[int, int | None] | None:
     """(engine processes, threads each) of the batched server this command starts, from the same
     SKIPVIT_* settings it reads; None for --url (unknown) or a thread engine."""
-    if args.url or os.environ.get("SKIPVIT_ENGINE", "process") != "process":
+    if args.url:
         return None
+    from service.settings import Settings
     from service.worker import layout
 
-    def env(name: str) -> int | None:
-        value = os.environ.get(f"SKIPVIT_{name}")
-        return int(value) if value else None
-
-    return layout(args.device, env("ENGINE_WORKERS"), env("TORCH_THREADS"))
+    settings = Settings()
+    if settings.engine != "process":
+        return None
+    return layout(args.device, settings.engine_workers, settings.torch_threads)
 
 
 class InProcess:

@@ -171,7 +171,6 @@ class EngineProcess(BundleView):
             self.close()
             raise
         self.device = torch.device(payload)
-        self.threads = threads
 
     @property
     def processes(self) -> list[mp.Process]:

@@ -24,16 +24,18 @@ RUN python -m venv /opt/venv \
 
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY skipvit/ skipvit/
 COPY model/ model/
 COPY training/ training/
 COPY kernels/ kernels/
 COPY service/ service/
+COPY benchmarks/ benchmarks/
 
 # `.` is the local project (version fixed by pyproject.toml; hadolint's DL3013
 # does not apply to a local path). Runtime dependencies only, no extras, each at
 # the version in constraints.txt (the set the test suite passed with).
 RUN pip install --no-cache-dir -c constraints.txt . \
-    && python -c "import model, training, kernels, service"
+    && python -c "import skipvit.cli, skipvit.model, skipvit.training, skipvit.kernels, skipvit.service"
 
 # ---------------------------------------------------------------------------
 FROM python:3.11.11-slim-bookworm AS runtime

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.server_report import machine_info
-from kernels.reference import (
+from skipvit.benchmarks.server_report import machine_info
+from skipvit.kernels.reference import (
     compact_rows_fixed_ref,
     compact_rows_ref,
     scatter_rows_fixed_ref,
@@ -46,8 +46,13 @@ def _float_list(text: str) -> list[float]:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 64, 256, 1024], metavar="B1,B2,...")
-    parser.add_argument("--densities", type=_float_list, default=[0.1, 0.5, 0.9], metavar="P1,P2,...",
-                        help="fraction of rows that run the layer")  # fmt: skip
+    parser.add_argument(
+        "--densities",
+        type=_float_list,
+        default=[0.1, 0.5, 0.9],
+        metavar="P1,P2,...",
+        help="fraction of rows that run the layer",
+    )
     parser.add_argument("--tokens", type=int, default=50, help="T of the hidden state (B, T, D)")
     parser.add_argument("--dim", type=int, default=96, help="D of the hidden state (B, T, D)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -83,7 +88,7 @@ def methods(h: torch.Tensor, mask: torch.Tensor) -> dict[str, Callable[[], Any]]
 
     found = {"torch bool-index": bool_index, "reference": reference, "reference fixed": reference_fixed}
     if h.is_cuda:
-        from kernels.dispatch import triton_module
+        from skipvit.kernels.dispatch import triton_module
 
         tc = triton_module()
         if tc is not None:
@@ -137,10 +142,10 @@ def bench_kernels(args, device: torch.device) -> list[dict]:
 
 
 def count_forward_syncs(args, device: torch.device) -> dict:
-    from kernels.syncs import count_syncs
-    from model.config import ViTConfig
-    from model.policy import EXIT, RUN, SKIP, MaskPolicy
-    from model.vit import PRESETS, build_model
+    from skipvit.kernels.syncs import count_syncs
+    from skipvit.model.config import ViTConfig
+    from skipvit.model.policy import EXIT, RUN, SKIP, MaskPolicy
+    from skipvit.model.vit import PRESETS, build_model
 
     torch.manual_seed(args.seed)
     cfg = ViTConfig(**PRESETS["fmnist-9"], num_classes=10)
@@ -149,8 +154,11 @@ def count_forward_syncs(args, device: torch.device) -> dict:
     x = torch.randn(b, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
     u = torch.rand(b, cfg.depth, device=device)
     dec = torch.where(u < 0.6, RUN, torch.where(u < 0.97, SKIP, EXIT)).to(torch.int8)  # on the device
-    result: dict[str, Any] = {"batch": b, "depth": cfg.depth,
-                              "counted": "CUDA sync debug mode" if device.type == "cuda" else "host reads (CPU)"}  # fmt: skip
+    result: dict[str, Any] = {
+        "batch": b,
+        "depth": cfg.depth,
+        "counted": "CUDA sync debug mode" if device.type == "cuda" else "host reads (CPU)",
+    }
     with torch.inference_mode():
         for mode in ("exact", "fixed"):
             model(x, MaskPolicy(dec), compaction=mode)  # warm-up (compiles the kernels on CUDA)
@@ -172,8 +180,13 @@ def environment(device: torch.device) -> dict[str, Any]:
     except ImportError:
         triton_version = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_info()["cpu"]
-    return {"device": device.type, "device_name": name, "torch": torch.__version__, "triton": triton_version,
-            "torch_threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "device": device.type,
+        "device_name": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def render_markdown(result: dict) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.model_report import (
+from skipvit.benchmarks.model_report import (
     MEMORY_MEASURES,
     derive_rows,
     flops_summary,
@@ -49,11 +49,11 @@ from benchmarks.model_report import (
     render_markdown,
     verdict,
 )
-from model.bundle import Bundle, Point, load_bundle
-from model.gates import GatePolicy
-from model.points import GATE_METHODS, policy_for
-from model.policy import ExecutionPolicy, StaticPolicy
-from model.vit import AdaptiveViT
+from skipvit.model.bundle import Bundle, Point, load_bundle
+from skipvit.model.gates import GatePolicy
+from skipvit.model.points import GATE_METHODS, policy_for
+from skipvit.model.policy import ExecutionPolicy, StaticPolicy
+from skipvit.model.vit import AdaptiveViT
 
 NSGA_METHODS = ("nsga", "nsga-joint")
 AUTO_MAX_ACCURACY_DROP = 0.05  # --points auto: the leanest nsga point within 5 points of static
@@ -71,10 +71,16 @@ class Config:
 
     def meta(self) -> dict:
         p = self.point
-        return {"id": self.id, "kind": self.kind, "weights": self.weights,
-                "point": p.id if p else None, "method": p.method if p else None,
-                "params": p.params if p else None, "gates_per_image": self.gates_per_image,
-                "bundle_metrics": p.metrics if p else None}  # fmt: skip
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "weights": self.weights,
+            "point": p.id if p else None,
+            "method": p.method if p else None,
+            "params": p.params if p else None,
+            "gates_per_image": self.gates_per_image,
+            "bundle_metrics": p.metrics if p else None,
+        }
 
 
 # ---- what to run
@@ -89,24 +95,33 @@ def choose_points(bundle: Bundle, spec: str) -> tuple[list[Point], str]:
         ids = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
         given = [bundle.point(i) for i in ids]
         if not given or any(p.method == "static" for p in given):
-            raise ValueError(f"--points {spec!r}: name points other than static (static is always measured); "
-                             "Hint: e.g. --points rl, or auto, or all")  # fmt: skip
+            raise ValueError(
+                f"--points {spec!r}: name points other than static (static is always measured); "
+                "Hint: e.g. --points rl, or auto, or all"
+            )
         return given, "given"
     chosen = [p for p in others if p.id == "rl"]
     static = next((p for p in bundle.front if p.method == "static"), None)
     floor = None
     if static is not None and "accuracy" in static.metrics:
         floor = static.metrics["accuracy"] - AUTO_MAX_ACCURACY_DROP
-    nsga = [p for p in others if p.method in NSGA_METHODS and "mean_layers" in p.metrics
-            and (floor is None or p.metrics.get("accuracy", -1.0) >= floor)]  # fmt: skip
+    nsga = [
+        p
+        for p in others
+        if p.method in NSGA_METHODS
+        and "mean_layers" in p.metrics
+        and (floor is None or p.metrics.get("accuracy", -1.0) >= floor)
+    ]
     if nsga:
         chosen.append(min(nsga, key=lambda p: p.metrics["mean_layers"]))
     if not chosen:
         chosen = others[:1]
     if not chosen:
         raise ValueError(f"{bundle.root} has no point besides static; Hint: train rl or run a search first")
-    rule = (f"auto: `rl` and the {'/'.join(NSGA_METHODS)} point with the fewest mean layers whose "
-            f"accuracy is within {100 * AUTO_MAX_ACCURACY_DROP:g} points of static (bundle metrics)")  # fmt: skip
+    rule = (
+        f"auto: `rl` and the {'/'.join(NSGA_METHODS)} point with the fewest mean layers whose "
+        f"accuracy is within {100 * AUTO_MAX_ACCURACY_DROP:g} points of static (bundle metrics)"
+    )
     return chosen, rule
 
 
@@ -128,8 +143,9 @@ def build_configs(bundle: Bundle, points: list[Point], device: torch.device) -> 
             raise ValueError(
                 f"point {gated[0].id!r} needs RL gates, but weight set {gated[0].weights!r} has none"
             )
-        configs.append(Config("gates-on", "gates-on", gated[0].weights, m,
-                              lambda m=m: GatePolicy(m.agent, 0.0), m.depth))  # fmt: skip
+        configs.append(
+            Config("gates-on", "gates-on", gated[0].weights, m, lambda m=m: GatePolicy(m.agent, 0.0), m.depth)
+        )
     for p in points:
         m = model(p.weights)
         policy_for(p, m)  # refuse a method this version cannot run before anything is timed
@@ -140,8 +156,8 @@ def build_configs(bundle: Bundle, points: list[Point], device: torch.device) -> 
 
 def load_test_images(bundle: Bundle, data_dir: str | None, limit: int, device: torch.device) -> torch.Tensor:
     """The first ``limit`` test images of the bundle's dataset, normalised as the bundle expects."""
-    from training.data import load_bundle_splits
-    from training.data.augment import to_float
+    from skipvit.training.data import load_bundle_splits
+    from skipvit.training.data.augment import to_float
 
     ds = bundle.dataset
     test = load_bundle_splits(ds, data_dir).test.head(limit)
@@ -164,8 +180,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(cfg: Config, batches: list[torch.Tensor], start: int, min_seconds: float, repeats: int,
-          device: torch.device) -> tuple[int, float]:  # fmt: skip
+def timed(
+    cfg: Config,
+    batches: list[torch.Tensor],
+    start: int,
+    min_seconds: float,
+    repeats: int,
+    device: torch.device,
+) -> tuple[int, float]:
     """Back-to-back forwards over ``batches`` from index ``start`` until both bounds are met."""
     _sync(device)
     calls, t0 = 0, time.perf_counter()
@@ -230,8 +252,11 @@ def peak_memory(cfg: Config, x: torch.Tensor, device: torch.device) -> int:
         except Exception:
             print(log.read_text(errors="replace"), file=sys.stderr)
             raise
-    totals = [e["args"]["Total Allocated"] for e in events
-              if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0]  # fmt: skip
+    totals = [
+        e["args"]["Total Allocated"]
+        for e in events
+        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == 0
+    ]
     return int(max(totals, default=0))
 
 
@@ -253,8 +278,9 @@ def measure(configs: list[Config], x: torch.Tensor, args, device: torch.device) 
             for c in rng.sample(configs, len(configs)):
                 calls, seconds = timed(c, batches[b], cursor[c.id, b], args.min_seconds, args.repeats, device)
                 cursor[c.id, b] += calls
-                out[c.id][b]["rounds"].append({"calls": calls, "seconds": seconds,
-                                               "images_per_s": calls * b / seconds})  # fmt: skip
+                out[c.id][b]["rounds"].append(
+                    {"calls": calls, "seconds": seconds, "images_per_s": calls * b / seconds}
+                )
         _log(f"round {r + 1}/{args.rounds}: {time.perf_counter() - t_round:.1f} s")
     t0 = time.perf_counter()
     for b in sizes:
@@ -283,7 +309,7 @@ def _check(args) -> None:
 
 
 def run(args) -> None:
-    from training.device import resolve_device
+    from skipvit.training.device import resolve_device
 
     _check(args)
     if args.threads:
@@ -294,15 +320,24 @@ def run(args) -> None:
     configs = build_configs(bundle, points, device)
     x = load_test_images(bundle, args.data_dir, args.limit, device)
     cfg = bundle.architecture
-    _log(f"{len(configs)} configurations ({', '.join(c.id for c in configs)}) x batch sizes "
-         f"{','.join(map(str, args.batch_sizes))} on {x.shape[0]} test images, {device.type}")  # fmt: skip
+    _log(
+        f"{len(configs)} configurations ({', '.join(c.id for c in configs)}) x batch sizes "
+        f"{','.join(map(str, args.batch_sizes))} on {x.shape[0]} test images, {device.type}"
+    )
     with torch.inference_mode():
         measured = measure(configs, x, args, device)
     metas = [c.meta() for c in configs]
-    settings = {"batch_sizes": list(args.batch_sizes), "rounds": args.rounds, "min_seconds": args.min_seconds,
-                "repeats": args.repeats, "limit": args.limit, "threads": torch.get_num_threads(),
-                "points": args.points, "points_rule": rule,
-                "compaction": getattr(configs[0].model, "compaction", "exact")}  # fmt: skip
+    settings = {
+        "batch_sizes": list(args.batch_sizes),
+        "rounds": args.rounds,
+        "min_seconds": args.min_seconds,
+        "repeats": args.repeats,
+        "limit": args.limit,
+        "threads": torch.get_num_threads(),
+        "points": args.points,
+        "points_rule": rule,
+        "compaction": getattr(configs[0].model, "compaction", "exact"),
+    }
     report = {
         "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
         "machine": model_machine_info(device),

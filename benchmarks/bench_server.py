@@ -25,8 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import check_loopback_url, http_get, request_pool, run_async, run_level, summarize
-from benchmarks.server_report import (
+from skipvit.benchmarks.loadgen import (
+    check_loopback_url,
+    http_get,
+    request_pool,
+    run_async,
+    run_level,
+    summarize,
+)
+from skipvit.benchmarks.server_report import (
     finite,
     machine_info,
     reference_level,
@@ -46,7 +53,7 @@ def fashion_mnist_pngs(data_dir: str | None, n: int) -> list[bytes]:
     """The first ``n`` Fashion-MNIST test images as PNG files: what a client would upload."""
     from PIL import Image
 
-    from training.data.fashion_mnist import DEFAULT_DIR, FILES, read_idx
+    from skipvit.training.data.fashion_mnist import DEFAULT_DIR, FILES, read_idx
 
     root = Path(data_dir) if data_dir else DEFAULT_DIR
     path = root / FILES["test"][0]
@@ -79,7 +86,7 @@ def server_default(name: str, fallback: int | float) -> int | float:
     if env:
         return type(fallback)(env)
     try:
-        from service.settings import Settings
+        from skipvit.service.settings import Settings
 
         field = Settings.model_fields.get(name)
         return field.default if field is not None and field.default is not None else fallback
@@ -224,8 +231,10 @@ def cpu_ms_per_request(probes: tuple[Any, Any], answered: int) -> dict | None:
     before, after = (p["cpu"] if p else None for p in probes)
     if before is None or after is None or answered <= 0:
         return None
-    return {"process": 1000 * (after[0] - before[0]) / answered,
-            "children": 1000 * (after[1] - before[1]) / answered}  # fmt: skip
+    return {
+        "process": 1000 * (after[0] - before[0]) / answered,
+        "children": 1000 * (after[1] - before[1]) / answered,
+    }
 
 
 def mean_batch(probes: tuple[Any, Any]) -> float | None:
@@ -238,8 +247,17 @@ def mean_batch(probes: tuple[Any, Any]) -> float | None:
 # ---- load levels
 
 
-async def measure_level(name: str, host: str, port: int, prefix: str, pool: list[bytes], c: int, args,
-                        deadline: float, pid: int | None = None) -> dict:  # fmt: skip
+async def measure_level(
+    name: str,
+    host: str,
+    port: int,
+    prefix: str,
+    pool: list[bytes],
+    c: int,
+    args,
+    deadline: float,
+    pid: int | None = None,
+) -> dict:
     """One concurrency level against one server; the batched server's row gets its mean batch size,
     and both the server's CPU per request when its process is known (``pid``)."""
     left = deadline - time.monotonic()
@@ -248,17 +266,33 @@ async def measure_level(name: str, host: str, port: int, prefix: str, pool: list
             f"the overall --timeout of {args.timeout:.0f} s ran out before {name} at {c} clients"
         )
     res = await asyncio.wait_for(
-        run_level(host, port, pool, images_per_request=args.images_per_request, concurrency=c,
-                  duration_s=None if args.requests else args.duration, max_requests=args.requests,
-                  warmup_s=args.warmup, request_timeout_s=args.request_timeout,
-                  probe=level_probe(batch_probe(host, port, prefix) if name == "batched" else None, pid)),
+        run_level(
+            host,
+            port,
+            pool,
+            images_per_request=args.images_per_request,
+            concurrency=c,
+            duration_s=None if args.requests else args.duration,
+            max_requests=args.requests,
+            warmup_s=args.warmup,
+            request_timeout_s=args.request_timeout,
+            probe=level_probe(batch_probe(host, port, prefix) if name == "batched" else None, pid),
+        ),
         timeout=left,
-    )  # fmt: skip
+    )
     batches = tuple(p["batch"] if p else None for p in res.probes)
-    row = {"server": name, **summarize(res), "mean_batch_size": mean_batch(batches),
-           "server_cpu_ms_per_request": cpu_ms_per_request(res.probes, res.ok + res.failed)}  # fmt: skip
-    print(f"  {name:8s} c={c:<4d} {row['images_per_s']:8.1f} images/s  p95 {row['latency_ms']['p95']:8.1f} ms"
-          f"  failed {row['failed']}", file=sys.stderr, flush=True)  # fmt: skip
+    row = {
+        "server": name,
+        **summarize(res),
+        "mean_batch_size": mean_batch(batches),
+        "server_cpu_ms_per_request": cpu_ms_per_request(res.probes, res.ok + res.failed),
+    }
+    print(
+        f"  {name:8s} c={c:<4d} {row['images_per_s']:8.1f} images/s  p95 {row['latency_ms']['p95']:8.1f} ms"
+        f"  failed {row['failed']}",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
@@ -277,11 +311,28 @@ def _targets(args, bundle: Path, log_dir: Path) -> list[tuple[str, ServerProcess
         out.append(("batched", None, host, port, prefix))
     else:
         port = free_port()
-        cmd = [py, "-m", "training.cli", "serve", "--bundle", str(bundle), "--host", HOST, "--port", str(port)]  # fmt: skip
-        out.append(("batched", ServerProcess("batched", cmd, batched_env, port, log_dir / "server-batched.log"),
-                    HOST, port, ""))  # fmt: skip
+        cmd = [py, "-m", "skipvit", "serve", "--bundle", str(bundle), "--host", HOST, "--port", str(port)]
+        out.append(
+            (
+                "batched",
+                ServerProcess("batched", cmd, batched_env, port, log_dir / "server-batched.log"),
+                HOST,
+                port,
+                "",
+            )
+        )
     port = free_port()
-    cmd = [py, "-m", "benchmarks.naive_server", "--bundle", str(bundle), "--port", str(port), "--device", args.device]  # fmt: skip
+    cmd = [
+        py,
+        "-m",
+        "skipvit.benchmarks.naive_server",
+        "--bundle",
+        str(bundle),
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+    ]
     out.append(
         ("naive", ServerProcess("naive", cmd, env, port, log_dir / "server-naive.log"), HOST, port, "")
     )
@@ -359,13 +410,18 @@ def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds:
         if elapsed >= seconds and done >= 5:
             break
     cpu = time.process_time() - cpu0
-    return {"batch_size": batch_size, "calls": done, "seconds": round(elapsed, 3),
-            "images_per_s": done * batch_size / elapsed,
-            "cpu_ms_per_image": 1000 * cpu / (done * batch_size)}  # fmt: skip
+    return {
+        "batch_size": batch_size,
+        "calls": done,
+        "seconds": round(elapsed, 3),
+        "images_per_s": done * batch_size / elapsed,
+        "cpu_ms_per_image": 1000 * cpu / (done * batch_size),
+    }
 
 
-def engine_processes_images_per_s(engine, images, batch_size: int, point: str, seconds: float,
-                                  depth: int = 2) -> dict:  # fmt: skip
+def engine_processes_images_per_s(
+    engine, images, batch_size: int, point: str, seconds: float, depth: int = 2
+) -> dict:
     """The server's own engine (``service.worker.EngineProcess``) fed directly, ``depth`` batches in
     flight as the batcher hands them over: its ceiling without HTTP."""
     from concurrent.futures import ThreadPoolExecutor
@@ -390,9 +446,13 @@ def engine_processes_images_per_s(engine, images, batch_size: int, point: str, s
         for f in flight:  # in flight past the window: finished, not counted
             f.result()
         cpu_s = cpu() - cpu0
-    return {"batch_size": batch_size, "calls": done, "seconds": round(elapsed, 3),
-            "images_per_s": done * batch_size / elapsed,
-            "cpu_ms_per_image": 1000 * cpu_s / (done * batch_size)}  # fmt: skip
+    return {
+        "batch_size": batch_size,
+        "calls": done,
+        "seconds": round(elapsed, 3),
+        "images_per_s": done * batch_size / elapsed,
+        "cpu_ms_per_image": 1000 * cpu_s / (done * batch_size),
+    }
 
 
 def served_layout(args) -> tuple[int, int | None] | None:
@@ -400,8 +460,8 @@ def served_layout(args) -> tuple[int, int | None] | None:
     SKIPVIT_* settings it reads; None for --url (unknown) or a thread engine."""
     if args.url:
         return None
-    from service.settings import Settings
-    from service.worker import layout
+    from skipvit.service.settings import Settings
+    from skipvit.service.worker import layout
 
     settings = Settings()
     if settings.engine != "process":
@@ -418,19 +478,20 @@ class InProcess:
     def __init__(self, args, bundle: Path, pngs: list[bytes], max_batch: int) -> None:
         import torch
 
-        from service.decode import decode_image
-        from service.engine import Engine
+        from skipvit.service.decode import decode_image
+        from skipvit.service.engine import Engine
 
         self.args, self.max_batch = args, max_batch
         self.seconds = args.inproc_seconds if args.inproc_seconds is not None else args.duration
         self.engine = Engine.from_dir(bundle, args.device)
-        self.images = torch.stack([decode_image(p, channels=self.engine.channels, size=self.engine.image_size,
-                                                max_pixels=1 << 30) for p in pngs])  # fmt: skip  # (N, C, H, W)
+        channels, size = self.engine.channels, self.engine.image_size
+        decoded = [decode_image(p, channels=channels, size=size, max_pixels=1 << 30) for p in pngs]
+        self.images = torch.stack(decoded)  # (N, C, H, W)
         self.engine.warm_up()
         self.processes, self.processes_label = None, ""
         shape = served_layout(args)
         if shape is not None and shape[0] > 1:
-            from service.worker import EngineProcess
+            from skipvit.service.worker import EngineProcess
 
             workers, threads = shape
             self.processes = EngineProcess(bundle, args.device, threads=threads, workers=workers)
@@ -449,15 +510,21 @@ class InProcess:
         if reference and self.processes is not None:
             runs.append((self.processes_label, engine_processes_images_per_s, self.processes))
         for label, timing, engine in runs:
-            row = {**timing(engine, self.images, batch_size, self.args.point, self.seconds), "why": why,
-                   "engine": label}  # fmt: skip
+            row = {
+                **timing(engine, self.images, batch_size, self.args.point, self.seconds),
+                "why": why,
+                "engine": label,
+            }
             if rnd is not None:
                 row["round"] = rnd
             if reference:
                 row["reference"] = True
             self.rows.append(row)
-            print(f"  in-process batch {batch_size:<4d} {row['images_per_s']:8.1f} images/s ({label})",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"  in-process batch {batch_size:<4d} {row['images_per_s']:8.1f} images/s ({label})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def at_reference(self, mean_batch: float | None, rnd: int | None, clients: int) -> None:
         """The ceiling for one round: the engine at the batched server's mean batch size in it, or
@@ -494,8 +561,10 @@ def run(args) -> None:
         raise ValueError("--rounds must be >= 1; Hint: e.g. --rounds 3")
     runs = len(args.concurrency) + args.rounds - 1
     if not args.requests and 2 * runs * per_level > args.timeout:
-        raise ValueError(f"{runs} levels x 2 servers x {per_level:g} s exceed --timeout "
-                         f"{args.timeout:g} s; Hint: lower --duration or raise --timeout")  # fmt: skip
+        raise ValueError(
+            f"{runs} levels x 2 servers x {per_level:g} s exceed --timeout "
+            f"{args.timeout:g} s; Hint: lower --duration or raise --timeout"
+        )
     max_batch = args.max_batch_size or int(server_default("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
     max_wait = (
         args.max_wait_ms if args.max_wait_ms is not None else server_default("max_wait_ms", float("nan"))
@@ -516,10 +585,17 @@ def run(args) -> None:
     finally:
         inproc.close()
 
-    settings = {"images_per_request": args.images_per_request, "duration_s": args.duration,
-                "requests": args.requests, "warmup_s": args.warmup, "concurrency": args.concurrency,
-                "rounds": args.rounds,
-                "device": args.device, "max_batch_size": max_batch, "max_wait_ms": max_wait}  # fmt: skip
+    settings = {
+        "images_per_request": args.images_per_request,
+        "duration_s": args.duration,
+        "requests": args.requests,
+        "warmup_s": args.warmup,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "device": args.device,
+        "max_batch_size": max_batch,
+        "max_wait_ms": max_wait,
+    }
     report = {
         "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
         "machine": machine_info(),

@@ -105,8 +105,9 @@ def classify_request(host: str, port: int, path: str, pngs: Sequence[bytes]) -> 
     return head.encode() + body
 
 
-def request_pool(host: str, port: int, path: str, pngs: Sequence[bytes], per_request: int,
-                 size: int = 256) -> list[bytes]:  # fmt: skip
+def request_pool(
+    host: str, port: int, path: str, pngs: Sequence[bytes], per_request: int, size: int = 256
+) -> list[bytes]:
     """``size`` distinct requests of ``per_request`` images each, cycling through ``pngs``."""
     if not pngs or per_request < 1:
         raise ValueError("need at least one image and one image per request")
@@ -344,9 +345,12 @@ def summarize(res: LevelResult) -> dict[str, Any]:
     lat = sorted(res.latencies_ms)
     elapsed = res.elapsed_s if res.elapsed_s > 0 else float("nan")
     latency = {
-        "p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
-        "mean": sum(lat) / len(lat) if lat else float("nan"), "max": lat[-1] if lat else float("nan"),
-    }  # fmt: skip
+        "p50": percentile(lat, 50),
+        "p95": percentile(lat, 95),
+        "p99": percentile(lat, 99),
+        "mean": sum(lat) / len(lat) if lat else float("nan"),
+        "max": lat[-1] if lat else float("nan"),
+    }
     return {
         "concurrency": res.concurrency,
         "images_per_request": res.images_per_request,

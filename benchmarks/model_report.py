@@ -16,8 +16,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from model.config import ViTConfig
-from model.flops import block_flops, forward_flops, gate_flops
+from skipvit.model.config import ViTConfig
+from skipvit.model.flops import block_flops, forward_flops, gate_flops
 
 TARGET_LARGE_BATCH, TARGET_EFFICIENCY_LARGE = 64, 0.85
 TARGET_GATES_ON_OVERHEAD = 0.05
@@ -36,7 +36,7 @@ def model_machine_info(device) -> dict[str, Any]:
     """The server benchmark's machine info plus the device the model ran on."""
     import torch
 
-    from benchmarks.server_report import machine_info
+    from skipvit.benchmarks.server_report import machine_info
 
     info = {**machine_info(), "device": device.type}
     if device.type == "cuda":
@@ -47,8 +47,13 @@ def model_machine_info(device) -> dict[str, Any]:
 
 def flops_summary(cfg: ViTConfig) -> dict[str, float]:
     static = forward_flops(cfg, cfg.depth)
-    return {"embed": static.embed, "block": block_flops(cfg), "gate": gate_flops(cfg),
-            "head": static.head, "static_total": static.total}  # fmt: skip
+    return {
+        "embed": static.embed,
+        "block": block_flops(cfg),
+        "gate": gate_flops(cfg),
+        "head": static.head,
+        "static_total": static.total,
+    }
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -77,29 +82,52 @@ def derive_rows(configs: list[dict], measured: dict, cfg: ViTConfig) -> list[dic
             achieved = median(paired)
             ideal_layers = cfg.depth / ml if ml > 0 else None
             ideal_flops = static_total / flops.total
-            rows.append({
-                "config": c["id"], "kind": c["kind"], "batch_size": b,
-                "images_per_s": median(ips), "images_per_s_rounds": ips,
-                "calls": sum(r["calls"] for r in m["rounds"]),
-                "seconds": sum(r["seconds"] for r in m["rounds"]),
-                "mean_layers": ml, "gates_per_image": c["gates_per_image"],
-                "flops_per_image": flops.total,
-                "ideal_speedup_layers": ideal_layers, "ideal_speedup_flops": ideal_flops,
-                "achieved_speedup": achieved,
-                "achieved_over_ideal_flops": achieved / ideal_flops,
-                "achieved_over_ideal_layers": _ratio(achieved, ideal_layers),
-                "overhead_vs_static": median(1 / p for p in paired) - 1 if c["kind"] == "gates-on" else None,
-                "peak_memory_bytes": m["peak_memory_bytes"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "config": c["id"],
+                    "kind": c["kind"],
+                    "batch_size": b,
+                    "images_per_s": median(ips),
+                    "images_per_s_rounds": ips,
+                    "calls": sum(r["calls"] for r in m["rounds"]),
+                    "seconds": sum(r["seconds"] for r in m["rounds"]),
+                    "mean_layers": ml,
+                    "gates_per_image": c["gates_per_image"],
+                    "flops_per_image": flops.total,
+                    "ideal_speedup_layers": ideal_layers,
+                    "ideal_speedup_flops": ideal_flops,
+                    "achieved_speedup": achieved,
+                    "achieved_over_ideal_flops": achieved / ideal_flops,
+                    "achieved_over_ideal_layers": _ratio(achieved, ideal_layers),
+                    "overhead_vs_static": median(1 / p for p in paired) - 1
+                    if c["kind"] == "gates-on"
+                    else None,
+                    "peak_memory_bytes": m["peak_memory_bytes"],
+                }
+            )
     return rows
 
 
 def _target(name: str, rows: list[dict], key: str, ok, threshold: float, applies: bool = True) -> dict:
-    checked = [{"config": r["config"], "batch_size": r["batch_size"], "value": r[key],
-                "reached": r[key] is not None and ok(r[key])} for r in rows]  # fmt: skip
+    checked = [
+        {
+            "config": r["config"],
+            "batch_size": r["batch_size"],
+            "value": r[key],
+            "reached": r[key] is not None and ok(r[key]),
+        }
+        for r in rows
+    ]
     reached = all(c["reached"] for c in checked) if checked and applies else None
-    return {"name": name, "metric": key, "threshold": threshold, "applies": applies,
-            "measured": bool(checked), "reached": reached, "rows": checked}  # fmt: skip
+    return {
+        "name": name,
+        "metric": key,
+        "threshold": threshold,
+        "applies": applies,
+        "measured": bool(checked),
+        "reached": reached,
+        "rows": checked,
+    }
 
 
 def verdict(rows: list[dict], device: str) -> list[dict]:
@@ -108,16 +136,30 @@ def verdict(rows: list[dict], device: str) -> list[dict]:
     large = [r for r in points if r["batch_size"] >= TARGET_LARGE_BATCH]
     gates_on = [r for r in rows if r["kind"] == "gates-on" and r["batch_size"] >= TARGET_LARGE_BATCH]
     return [
-        _target(f"achieved / ideal (FLOPs) >= {TARGET_EFFICIENCY_LARGE:g} at batch >= {TARGET_LARGE_BATCH}",
-                large, "achieved_over_ideal_flops", lambda v: v >= TARGET_EFFICIENCY_LARGE,
-                TARGET_EFFICIENCY_LARGE),
-        _target(f"gates-on overhead <= {100 * TARGET_GATES_ON_OVERHEAD:g}% at batch >= {TARGET_LARGE_BATCH} "
-                "(CPU)", gates_on, "overhead_vs_static", lambda v: v <= TARGET_GATES_ON_OVERHEAD,
-                TARGET_GATES_ON_OVERHEAD, applies=device == "cpu"),
-        _target(f"achieved / ideal (FLOPs) >= {TARGET_EFFICIENCY_BATCH1:g} at batch 1",
-                [r for r in points if r["batch_size"] == 1], "achieved_over_ideal_flops",
-                lambda v: v >= TARGET_EFFICIENCY_BATCH1, TARGET_EFFICIENCY_BATCH1),
-    ]  # fmt: skip
+        _target(
+            f"achieved / ideal (FLOPs) >= {TARGET_EFFICIENCY_LARGE:g} at batch >= {TARGET_LARGE_BATCH}",
+            large,
+            "achieved_over_ideal_flops",
+            lambda v: v >= TARGET_EFFICIENCY_LARGE,
+            TARGET_EFFICIENCY_LARGE,
+        ),
+        _target(
+            f"gates-on overhead <= {100 * TARGET_GATES_ON_OVERHEAD:g}% at batch >= {TARGET_LARGE_BATCH} "
+            "(CPU)",
+            gates_on,
+            "overhead_vs_static",
+            lambda v: v <= TARGET_GATES_ON_OVERHEAD,
+            TARGET_GATES_ON_OVERHEAD,
+            applies=device == "cpu",
+        ),
+        _target(
+            f"achieved / ideal (FLOPs) >= {TARGET_EFFICIENCY_BATCH1:g} at batch 1",
+            [r for r in points if r["batch_size"] == 1],
+            "achieved_over_ideal_flops",
+            lambda v: v >= TARGET_EFFICIENCY_BATCH1,
+            TARGET_EFFICIENCY_BATCH1,
+        ),
+    ]
 
 
 # ---- markdown
@@ -166,16 +208,24 @@ def render_markdown(report: dict) -> str:
             f"{_f(r['peak_memory_bytes'] / 2**20, 1)} |"
         )
     fl = report["flops_per_image"]
-    lines += ["", f"FLOPs per image (model.flops): embedding {fl['embed']:,.0f}, block {fl['block']:,.0f}, "
-              f"gate {fl['gate']:,.0f}, head {fl['head']:,.0f}; static {fl['static_total']:,.0f}. "
-              "`gates-on`: every gate evaluated with threshold 0.0, so every row runs every layer "
-              "through the compaction path; its overhead is static images/s / gates-on images/s - 1.",
-              "", "Targets:", ""]  # fmt: skip
+    lines += [
+        "",
+        f"FLOPs per image (model.flops): embedding {fl['embed']:,.0f}, block {fl['block']:,.0f}, "
+        f"gate {fl['gate']:,.0f}, head {fl['head']:,.0f}; static {fl['static_total']:,.0f}. "
+        "`gates-on`: every gate evaluated with threshold 0.0, so every row runs every layer "
+        "through the compaction path; its overhead is static images/s / gates-on images/s - 1.",
+        "",
+        "Targets:",
+        "",
+    ]
     for t in report["targets"]:
         worst = ""
         if t["rows"]:
-            key = (lambda c: -(c["value"] or 0)) if t["metric"] == "overhead_vs_static" else (
-                lambda c: c["value"] if c["value"] is not None else -math.inf)  # fmt: skip
+            key = (
+                (lambda c: -(c["value"] or 0))
+                if t["metric"] == "overhead_vs_static"
+                else (lambda c: c["value"] if c["value"] is not None else -math.inf)
+            )
             w = min(t["rows"], key=key)
             val = _pct(w["value"]) if t["metric"] == "overhead_vs_static" else _f(w["value"])
             worst = f" (worst: {w['config']} at batch {w['batch_size']}: {val})"
@@ -208,16 +258,36 @@ def plot_png(report: dict, path: str | Path) -> None:
             ax1.plot(b, ideal_l, ":", color=col, label=f"{pid} ideal (depth/layers)")
         ax2.plot(b, [r["achieved_over_ideal_flops"] for r in rs], "o-", color=col, label=pid)
     ax1.axhline(1.0, color="grey", lw=0.8)
-    ax2.axhline(TARGET_EFFICIENCY_LARGE, color="green", ls="--", lw=0.8,
-                label=f"target {TARGET_EFFICIENCY_LARGE:g} (batch >= {TARGET_LARGE_BATCH})")  # fmt: skip
-    ax2.axhline(TARGET_EFFICIENCY_BATCH1, color="orange", ls="--", lw=0.8,
-                label=f"target {TARGET_EFFICIENCY_BATCH1:g} (batch 1)")  # fmt: skip
+    ax2.axhline(
+        TARGET_EFFICIENCY_LARGE,
+        color="green",
+        ls="--",
+        lw=0.8,
+        label=f"target {TARGET_EFFICIENCY_LARGE:g} (batch >= {TARGET_LARGE_BATCH})",
+    )
+    ax2.axhline(
+        TARGET_EFFICIENCY_BATCH1,
+        color="orange",
+        ls="--",
+        lw=0.8,
+        label=f"target {TARGET_EFFICIENCY_BATCH1:g} (batch 1)",
+    )
     on = [r for r in rows if r["kind"] == "gates-on"]
     if on:
-        ax3.plot([r["batch_size"] for r in on], [100 * r["overhead_vs_static"] for r in on], "o-", color="k",
-                 label="gates-on vs static")  # fmt: skip
-    ax3.axhline(100 * TARGET_GATES_ON_OVERHEAD, color="green", ls="--", lw=0.8,
-                label=f"target {100 * TARGET_GATES_ON_OVERHEAD:g}% (CPU, batch >= {TARGET_LARGE_BATCH})")  # fmt: skip
+        ax3.plot(
+            [r["batch_size"] for r in on],
+            [100 * r["overhead_vs_static"] for r in on],
+            "o-",
+            color="k",
+            label="gates-on vs static",
+        )
+    ax3.axhline(
+        100 * TARGET_GATES_ON_OVERHEAD,
+        color="green",
+        ls="--",
+        lw=0.8,
+        label=f"target {100 * TARGET_GATES_ON_OVERHEAD:g}% (CPU, batch >= {TARGET_LARGE_BATCH})",
+    )
     ax3.axhline(0, color="grey", lw=0.8)
     titles = ("speedup over static", "achieved / ideal (FLOPs)", "gates-on overhead (%)")
     sizes = report["settings"]["batch_sizes"]
@@ -230,8 +300,11 @@ def plot_png(report: dict, path: str | Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     m = report["machine"]
-    fig.suptitle(f"skipvit bench model: {report['bundle']} on {m.get('gpu') or m['cpu']} "
-                 f"({report['settings']['threads']} threads)", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"skipvit bench model: {report['bundle']} on {m.get('gpu') or m['cpu']} "
+        f"({report['settings']['threads']} threads)",
+        fontsize=10,
+    )
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

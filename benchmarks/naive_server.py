@@ -8,7 +8,7 @@ batcher, so the difference measured is the batching. (A pool of worker threads w
 to the baseline: each thread that calls torch gets its own OpenMP team, and idle teams spinning
 on a 2-core machine stall the one at work for hundreds of milliseconds.)
 
-    python -m benchmarks.naive_server --bundle checkpoints/fashion-mnist --port 8001
+    python -m skipvit.benchmarks.naive_server --bundle checkpoints/fashion-mnist --port 8001
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from service.decode import DecodeError, decode_image
-from service.engine import Engine
-from service.schemas import ClassifyResponse, classify_body
+from skipvit.service.decode import DecodeError, decode_image
+from skipvit.service.engine import Engine
+from skipvit.service.schemas import ClassifyResponse, classify_body
 
 MAX_IMAGE_PIXELS = 4096 * 4096  # the real server's default decoded-pixel cap
 
@@ -71,8 +71,15 @@ def create_naive_app(bundle: str | Path, device: str = "cpu", top_k: int = 3) ->
         for i, f in enumerate(files):
             data = await f.read()
             try:
-                tensors.append(decode_image(data, channels=engine.channels, size=engine.image_size,
-                                            max_pixels=MAX_IMAGE_PIXELS, name=f.filename or f"file {i}"))  # fmt: skip
+                tensors.append(
+                    decode_image(
+                        data,
+                        channels=engine.channels,
+                        size=engine.image_size,
+                        max_pixels=MAX_IMAGE_PIXELS,
+                        name=f.filename or f"file {i}",
+                    )
+                )
             except DecodeError as e:
                 raise HTTPException(e.status, str(e)) from None
         batch = torch.stack(tensors)  # (B, C, H, W): this request's images only
@@ -87,7 +94,9 @@ def create_naive_app(bundle: str | Path, device: str = "cpu", top_k: int = 3) ->
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.naive_server", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m skipvit.benchmarks.naive_server", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -97,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no bundle at {args.bundle}; Hint: pass --bundle checkpoints/fashion-mnist")
     # As in service.main: uvicorn drains on SIGTERM, then re-raises it; make that a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(create_naive_app(args.bundle, args.device), host="127.0.0.1", port=args.port,
-                log_level=args.log_level)  # fmt: skip
+    uvicorn.run(
+        create_naive_app(args.bundle, args.device), host="127.0.0.1", port=args.port, log_level=args.log_level
+    )
 
 
 if __name__ == "__main__":

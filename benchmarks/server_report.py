@@ -35,10 +35,12 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-    }  # fmt: skip
+    }
 
 
 def reference_level(concurrency) -> int:
@@ -87,10 +89,18 @@ def verdict(servers: dict[str, list[dict]], inproc: list[dict]) -> dict:
     clean = all(b["failed"] == 0 and n["failed"] == 0 for b, n in rows.values())
     out: dict[str, Any] = {
         "clients": c,
-        "speedup": {"round": rnd, "batched_images_per_s": bat["images_per_s"], "naive_images_per_s": nai["images_per_s"],
-                    "ratio": speedup, "rounds": [v for _, v in speed], "batched_p95_ms": p95_b, "naive_p95_ms": p95_n,
-                    "no_failures": clean, "met": bool(speedup >= TARGET_SPEEDUP and p95_b <= p95_n and clean)},
-    }  # fmt: skip
+        "speedup": {
+            "round": rnd,
+            "batched_images_per_s": bat["images_per_s"],
+            "naive_images_per_s": nai["images_per_s"],
+            "ratio": speedup,
+            "rounds": [v for _, v in speed],
+            "batched_p95_ms": p95_b,
+            "naive_p95_ms": p95_n,
+            "no_failures": clean,
+            "met": bool(speedup >= TARGET_SPEEDUP and p95_b <= p95_n and clean),
+        },
+    }
     eff = []
     for rnd in rows:
         refs = [r for r in inproc if r.get("reference") and r.get("round", 1) == rnd]
@@ -100,11 +110,17 @@ def verdict(servers: dict[str, list[dict]], inproc: list[dict]) -> dict:
     if eff:
         rnd, ratio = _median_round([(r, v) for r, v, _ in eff])
         ref = next(x for r, _, x in eff if r == rnd)
-        out["efficiency"] = {"round": rnd, "batch_size": ref["batch_size"], "basis": ref["why"],
-                             "engine": ref.get("engine"),
-                             "served_images_per_s": rows[rnd][0]["images_per_s"],
-                             "inprocess_images_per_s": ref["images_per_s"], "ratio": ratio,
-                             "rounds": [v for _, v, _ in eff], "met": bool(ratio >= TARGET_EFFICIENCY)}  # fmt: skip
+        out["efficiency"] = {
+            "round": rnd,
+            "batch_size": ref["batch_size"],
+            "basis": ref["why"],
+            "engine": ref.get("engine"),
+            "served_images_per_s": rows[rnd][0]["images_per_s"],
+            "inprocess_images_per_s": ref["images_per_s"],
+            "ratio": ratio,
+            "rounds": [v for _, v, _ in eff],
+            "met": bool(ratio >= TARGET_EFFICIENCY),
+        }
     return out
 
 
@@ -187,8 +203,13 @@ def render_markdown(report: dict) -> str:
                 f"{_f(r['mean_batch_size'], 2) if name == 'batched' else '1 request'} | "
                 f"{_server_cpu(r.get('server_cpu_ms_per_request'))} | {_pct(r.get('client_cpu_cores'))} |"
             )
-    lines += ["", "The engine without HTTP (same bundle, point, images and device; no request in flight):", "",
-              "| batch size | images/s | CPU ms/image | engine | why |", "|--:|--:|--:|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "The engine without HTTP (same bundle, point, images and device; no request in flight):",
+        "",
+        "| batch size | images/s | CPU ms/image | engine | why |",
+        "|--:|--:|--:|---|---|",
+    ]
     lines += [
         f"| {r['batch_size']}{_round(r)} | {_f(r['images_per_s'])} | {_f(r.get('cpu_ms_per_image'), 2)} | "
         f"{r.get('engine', 'this process')} | {r['why']} |"
@@ -197,15 +218,21 @@ def render_markdown(report: dict) -> str:
     v = report["targets"]
     if v:
         sp = v["speedup"]
-        lines += ["", f"Targets at {v['clients']} clients{_median_note(sp)}:", "",
-                  f"- batched / naive images/s: **{_f(sp['ratio'], 2)}x**{_spread(sp, 'x')} (target >= {TARGET_SPEEDUP:g}x); p95"
-                  f"{_in_round(sp)} {_f(sp['batched_p95_ms'])} ms vs naive {_f(sp['naive_p95_ms'])} ms (target: no worse)"
-                  f"{'' if sp['no_failures'] else '; some requests failed'}: "
-                  f"**{'met' if sp['met'] else 'not met'}**"]  # fmt: skip
+        lines += [
+            "",
+            f"Targets at {v['clients']} clients{_median_note(sp)}:",
+            "",
+            f"- batched / naive images/s: **{_f(sp['ratio'], 2)}x**{_spread(sp, 'x')} (target >= {TARGET_SPEEDUP:g}x); p95"
+            f"{_in_round(sp)} {_f(sp['batched_p95_ms'])} ms vs naive {_f(sp['naive_p95_ms'])} ms (target: no worse)"
+            f"{'' if sp['no_failures'] else '; some requests failed'}: "
+            f"**{'met' if sp['met'] else 'not met'}**",
+        ]
         if "efficiency" in v:
             e = v["efficiency"]
             engine = f"; {e['engine']}" if e.get("engine") else ""
-            lines.append(f"- served / in-process images/s at batch {e['batch_size']} ({e['basis']}{engine}): "
-                         f"**{_f(100 * e['ratio'])}%**{_spread(e, '%')} (target >= {100 * TARGET_EFFICIENCY:g}%): "
-                         f"**{'met' if e['met'] else 'not met'}**")  # fmt: skip
+            lines.append(
+                f"- served / in-process images/s at batch {e['batch_size']} ({e['basis']}{engine}): "
+                f"**{_f(100 * e['ratio'])}%**{_spread(e, '%')} (target >= {100 * TARGET_EFFICIENCY:g}%): "
+                f"**{'met' if e['met'] else 'not met'}**"
+            )
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ and a Triton kernel (``kernels.triton_compact``, CUDA; imported only when used):
 ``kernels.dispatch`` picks the backend (``SKIPVIT_COMPACT=auto|torch|triton``, ``set_backend``).
 """
 
-from kernels.dispatch import (
+from skipvit.kernels.dispatch import (
     compact_rows,
     compact_rows_fixed,
     get_backend,

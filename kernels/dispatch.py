@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from kernels.reference import (
+from skipvit.kernels.reference import (
     compact_rows_fixed_ref,
     compact_rows_ref,
     scatter_rows_fixed_ref,
@@ -65,7 +65,7 @@ def set_backend(name: str | None) -> str:
 def triton_module() -> ModuleType | None:
     """``kernels.triton_compact``, or None where Triton is not installed."""
     try:
-        import kernels.triton_compact as mod
+        import skipvit.kernels.triton_compact as mod
     except ImportError:
         return None
     return mod

@@ -3,9 +3,9 @@
 Shared by ``training/`` (which writes bundles) and ``service/`` (which serves them).
 """
 
-from model.config import ViTConfig
-from model.policy import EXIT, RUN, SKIP, ExecutionPolicy, StaticPolicy
-from model.vit import AdaptiveViT, ForwardOutput, build_model
+from skipvit.model.config import ViTConfig
+from skipvit.model.policy import EXIT, RUN, SKIP, ExecutionPolicy, StaticPolicy
+from skipvit.model.vit import AdaptiveViT, ForwardOutput, build_model
 
 __all__ = [
     "EXIT",

@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from model.config import ViTConfig
-from model.exits import ExitSet, attach_exits
-from model.gates import SkipAgent
-from model.vit import AdaptiveViT, build_model
+from skipvit.model.config import ViTConfig
+from skipvit.model.exits import ExitSet, attach_exits
+from skipvit.model.gates import SkipAgent
+from skipvit.model.vit import AdaptiveViT, build_model
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,8 +44,13 @@ class Point:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "method": self.method, "weights": self.weights,
-                "params": self.params, "metrics": self.metrics}  # fmt: skip
+        return {
+            "id": self.id,
+            "method": self.method,
+            "weights": self.weights,
+            "params": self.params,
+            "metrics": self.metrics,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Point:
@@ -197,8 +202,6 @@ def load_bundle(root: str | Path) -> Bundle:
             default_point=meta["default_point"],
         )
     except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, BundleError):
-            raise
         raise BundleError(f"{root / BUNDLE_JSON} is malformed: {e}") from None
     for p in bundle.front:
         if p.weights not in bundle.weight_sets:

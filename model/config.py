@@ -42,10 +42,6 @@ class ViTConfig:
     def num_tokens(self) -> int:
         return self.num_patches + 1  # + CLS
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.heads
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

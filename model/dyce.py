@@ -1,4 +1,6 @@
-"""DyCE (seed 003): a configuration of exits and its execution policy and compute accounting.
+"""DyCE: a configuration of exits, its execution policy and its compute accounting.
+
+From "DyCE: Dynamically Configurable Exiting for Deep Learning Compression and Real-time Scaling".
 
 A configuration enables at most one exit per position k (after layer k, 1 <= k < L), each with a
 type (``model.exits``) and a threshold. A row leaves at the first enabled exit whose max softmax
@@ -25,11 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kernels import compact_rows
-from model.config import ViTConfig
-from model.exits import ExitSet, exit_flops, exit_type
-from model.flops import block_flops, forward_flops, head_flops, patch_embed_flops
-from model.policy import EXIT, RUN, ExecutionPolicy
+from skipvit.kernels import compact_rows
+from skipvit.model.config import ViTConfig
+from skipvit.model.exits import ExitSet, exit_flops, exit_type
+from skipvit.model.flops import block_flops, forward_flops, head_flops, patch_embed_flops
+from skipvit.model.policy import EXIT, RUN, ExecutionPolicy
 
 # ---------------------------------------------------------------- configuration
 
@@ -124,8 +126,6 @@ def relative_compute(cfg: ViTConfig, config: DyCEConfig, answered_at: Tensor | n
 
 class DyCEPolicy(ExecutionPolicy):
     """Runs a ``DyCEConfig`` with the model's exit heads; the heads see only the alive rows."""
-
-    name = "dyce"
 
     def __init__(self, exits: ExitSet, config: DyCEConfig) -> None:
         config.check(exits.cfg.depth, exits)

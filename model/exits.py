@@ -1,4 +1,6 @@
-"""Exit heads for DyCE (seed 003): small classifiers attachable after any layer of a trained backbone.
+"""Exit heads for DyCE: small classifiers attachable after any layer of a trained backbone.
+
+From "DyCE: Dynamically Configurable Exiting for Deep Learning Compression and Real-time Scaling".
 
 An exit *after layer k* (k = 1 .. L-1) reads the hidden state after k layers, (B, T, D), pools it
 to a feature vector and classifies it. After layer L the backbone's own head answers, so no exit
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ViTConfig
+from skipvit.model.config import ViTConfig
 
 PREFIX = "exits."
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from model.config import ViTConfig
+from skipvit.model.config import ViTConfig
 
 
 def patch_embed_flops(cfg: ViTConfig) -> int:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.policy import RUN, SKIP, ExecutionPolicy
+from skipvit.model.policy import RUN, SKIP, ExecutionPolicy
 
 
 class SkipAgent(nn.Module):
@@ -61,8 +61,6 @@ def thresholds_tensor(thresholds, batch: int, depth: int, device) -> Tensor:
 
 class GatePolicy(ExecutionPolicy):
     """Run layer j for a row iff its gate says so: thresholded at inference, sampled in training."""
-
-    name = "rl"
 
     def __init__(self, agent: SkipAgent, thresholds=0.5, *, sample: bool = False) -> None:
         self.agent = agent

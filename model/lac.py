@@ -1,4 +1,4 @@
-"""LAC, L2 Adaptive Computation (seed 002): halt when the L2 norm of the hidden state stops growing.
+"""LAC, from "L2 Norm Guided Adaptive Computation": halt when the L2 norm of the hidden state stops growing.
 
 Nothing is trained; ``alpha`` is the knob. With ``h_t`` the hidden state after ``t`` steps
 (``h_0``: the embedding output for the ViT, the initial state for an RNN) and ``n_t = ‖h_t‖₂``:
@@ -42,7 +42,7 @@ import math
 import torch
 from torch import Tensor
 
-from model.policy import EXIT, RUN, ExecutionPolicy
+from skipvit.model.policy import EXIT, RUN, ExecutionPolicy
 
 MODES = ("per-example", "per-batch")
 
@@ -113,8 +113,6 @@ class LACPolicy(ExecutionPolicy):
     ``alpha`` is one float, or in per-example mode one per row ((B,) tensor or list) so rows of
     different LAC points share a forward. Never SKIPs: a halted row is answered by the model's
     head from its current state."""
-
-    name = "lac"
 
     def __init__(self, alpha: float | Tensor | list[float], mode: str = "per-example") -> None:
         self.mode = check_mode(mode)

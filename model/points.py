@@ -15,15 +15,14 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from model.bundle import Point
-from model.dyce import DyCEConfig, DyCEPolicy
-from model.exits import exits_of
-from model.gates import GatePolicy, thresholds_tensor
-from model.lac import LACPolicy, check_alpha, check_mode
-from model.policy import ExecutionPolicy, StaticPolicy
-from model.vit import AdaptiveViT
+from skipvit.model.bundle import Point
+from skipvit.model.dyce import DyCEConfig, DyCEPolicy
+from skipvit.model.exits import exits_of
+from skipvit.model.gates import GatePolicy, thresholds_tensor
+from skipvit.model.lac import LACPolicy, check_alpha, check_mode
+from skipvit.model.policy import ExecutionPolicy, StaticPolicy
+from skipvit.model.vit import AdaptiveViT
 
-METHODS = ("static", "rl", "nsga", "nsga-joint", "lac", "dyce")
 GATE_METHODS = ("rl", "nsga", "nsga-joint")
 
 
@@ -49,8 +48,10 @@ def _agent(point: Point, model: AdaptiveViT):
 def _exits(point: Point, model: AdaptiveViT):
     exits = exits_of(model)
     if exits is None:
-        raise ValueError(f"point {point.id!r} needs exit heads, but weight set {point.weights!r} has none; "
-                         "Hint: run `skipvit train exits` and `skipvit search dyce`")  # fmt: skip
+        raise ValueError(
+            f"point {point.id!r} needs exit heads, but weight set {point.weights!r} has none; "
+            "Hint: run `skipvit train exits` and `skipvit search dyce`"
+        )
     return exits
 
 

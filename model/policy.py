@@ -20,8 +20,6 @@ EXIT = 2
 class ExecutionPolicy:
     """Base policy: every row runs every layer. Subclasses override ``decide``."""
 
-    name = "base"
-
     def begin(self, h: Tensor) -> None:  # h: (B, T, D) after the embedding
         """Reset per-forward state."""
 
@@ -51,8 +49,6 @@ class ExecutionPolicy:
 class StaticPolicy(ExecutionPolicy):
     """Every row runs every layer: the plain ViT."""
 
-    name = "static"
-
     @property
     def always_runs(self) -> bool:
         return True
@@ -60,8 +56,6 @@ class StaticPolicy(ExecutionPolicy):
 
 class MaskPolicy(ExecutionPolicy):
     """Fixed per-row decisions, given as a (B, L) int8 tensor. Used by tests and analyses."""
-
-    name = "mask"
 
     def __init__(self, decisions: Tensor) -> None:
         self.decisions = decisions.to(torch.int8)  # (B, L)

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels import compact_rows, compact_rows_fixed, scatter_rows, scatter_rows_fixed
-from model.config import ViTConfig
-from model.policy import EXIT, RUN, ExecutionPolicy, StaticPolicy
+from skipvit.kernels import compact_rows, compact_rows_fixed, scatter_rows, scatter_rows_fixed
+from skipvit.model.config import ViTConfig
+from skipvit.model.policy import EXIT, RUN, ExecutionPolicy, StaticPolicy
 
 # ---------------------------------------------------------------- components
 

@@ -20,17 +20,17 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from kernels import set_backend
-from model.points import batch_key
-from service.auth import admin_token, bearer_ok
-from service.batcher import Batcher, Knobs
-from service.classify import NOT_READY, Classify, document, unknown_point
-from service.engine import BundleView, Engine, RowResult
-from service.metrics import Metrics
-from service.middleware import Admission, ServiceMiddleware
-from service.schemas import ConfigResponse, ConfigUpdate, ParetoResponse, PointOut
-from service.settings import Settings
-from service.worker import EngineGone, EngineProcess, layout
+from skipvit.kernels import set_backend
+from skipvit.model.points import batch_key
+from skipvit.service.auth import admin_token, bearer_ok
+from skipvit.service.batcher import Batcher, Knobs
+from skipvit.service.classify import NOT_READY, Classify, document, unknown_point
+from skipvit.service.engine import BundleView, Engine, RowResult
+from skipvit.service.metrics import Metrics
+from skipvit.service.middleware import Admission, ServiceMiddleware
+from skipvit.service.schemas import ConfigResponse, ConfigUpdate, ParetoResponse, PointOut
+from skipvit.service.settings import Settings
+from skipvit.service.worker import EngineGone, EngineProcess, layout
 
 log = logging.getLogger("skipvit.service")
 STATIC = Path(__file__).parent / "static"
@@ -61,8 +61,10 @@ def serving(point, front) -> str:
     """How the server batches a point: read off its batch key (``model.points.batch_key``)."""
     key = batch_key(point)
     if key is None:
-        return ("one request per forward, started at once: the request's own images are the batch, "
-                "never other requests'")  # fmt: skip
+        return (
+            "one request per forward, started at once: the request's own images are the batch, "
+            "never other requests'"
+        )
     peers = sum(1 for p in front if p.id != point.id and batch_key(p) == key)
     if peers:
         return f"batched per image: shares one forward with {peers} other points of weights {point.weights!r}"
@@ -73,10 +75,21 @@ def start_engine(settings: Settings) -> BundleView:
     """Load the bundle and warm it up, in child processes (default) or in this one."""
     if settings.engine == "process":
         workers, threads = layout(settings.device, settings.engine_workers, settings.torch_threads)
-        log.info("engine: %d process%s, %s torch thread%s each", workers, "es" if workers > 1 else "",
-                 threads or "default", "s" if threads != 1 else "")  # fmt: skip
-        return EngineProcess(settings.bundle, settings.device, settings.top_k, threads,
-                             compact=settings.compact, workers=workers)  # fmt: skip
+        log.info(
+            "engine: %d process%s, %s torch thread%s each",
+            workers,
+            "es" if workers > 1 else "",
+            threads or "default",
+            "s" if threads != 1 else "",
+        )
+        return EngineProcess(
+            settings.bundle,
+            settings.device,
+            settings.top_k,
+            threads,
+            compact=settings.compact,
+            workers=workers,
+        )
     set_backend(settings.compact)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -148,27 +161,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # The engine held a batch past the drain's bound (hung): its requests heard 503.
                 # A process engine is ended below; a thread cannot be, and `skipvit serve` exits
                 # 1 without waiting for it (``engine_hung``).
-                log.warning("the engine did not finish its batch within %g s; giving up on it",
-                            settings.drain_timeout_s)  # fmt: skip
+                log.warning(
+                    "the engine did not finish its batch within %g s; giving up on it",
+                    settings.drain_timeout_s,
+                )
                 app.state.engine_hung = True
             if engine is not None:
                 await run_in_threadpool(engine.close)
 
-    app = FastAPI(title="skipvit", version="0.1.0", lifespan=lifespan,
-                  description="Adaptive-depth ViT classification: each image runs only the layers it needs.")  # fmt: skip
+    app = FastAPI(
+        title="skipvit",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Adaptive-depth ViT classification: each image runs only the layers it needs.",
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.admission = admission
     app.state.ready = False
     app.state.load_error = None
     app.state.engine_hung = False  # set at shutdown if the engine never returned a batch
-    app.add_middleware(ServiceMiddleware, classify=Classify(app.state, settings, metrics), metrics=metrics,
-                       admission=admission, max_body_bytes=settings.max_body_bytes)  # fmt: skip
+    app.add_middleware(
+        ServiceMiddleware,
+        classify=Classify(app.state, settings, metrics),
+        metrics=metrics,
+        admission=admission,
+        max_body_bytes=settings.max_body_bytes,
+    )
 
     def openapi() -> dict:  # the routes, plus /classify (a plain ASGI app, see service.classify)
         if app.openapi_schema is None:
-            app.openapi_schema = document(get_openapi(title=app.title, version=app.version,
-                                                      description=app.description, routes=app.routes))  # fmt: skip
+            app.openapi_schema = document(
+                get_openapi(
+                    title=app.title, version=app.version, description=app.description, routes=app.routes
+                )
+            )
         return app.openapi_schema
 
     app.openapi = openapi
@@ -204,10 +231,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def require_admin(request: Request) -> None:
         token = getattr(app.state, "admin_token", None)  # set in lifespan; without it nothing passes
         if not token or not bearer_ok(request.headers.get("authorization"), token):
-            raise reject(401, "unauthorized",
-                         "missing or wrong admin token; Hint: send 'Authorization: Bearer <token>' with the "
-                         "token from SKIPVIT_ADMIN_TOKEN or the server's token file",
-                         {"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise reject(
+                401,
+                "unauthorized",
+                "missing or wrong admin token; Hint: send 'Authorization: Bearer <token>' with the "
+                "token from SKIPVIT_ADMIN_TOKEN or the server's token file",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
     def _known(point_id: str) -> None:
         if why := unknown_point(app.state.engine, point_id):
@@ -234,8 +264,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _points() -> list[PointOut]:
         active, front = app.state.batcher.active, app.state.engine.bundle.front
-        return [PointOut(**p.to_dict(), description=describe(p), active=p.id == active, serving=serving(p, front))
-                for p in front]  # fmt: skip
+        return [
+            PointOut(**p.to_dict(), description=describe(p), active=p.id == active, serving=serving(p, front))
+            for p in front
+        ]
 
     @app.get("/pareto", response_model=ParetoResponse)
     async def pareto() -> ParetoResponse:
@@ -249,9 +281,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _config() -> ConfigResponse:
         b: Batcher = app.state.batcher
-        return ConfigResponse(point=b.active, max_batch_size=b.knobs.max_batch_size,
-                              max_wait_ms=b.knobs.max_wait_ms, max_queue=b.knobs.max_queue,
-                              request_timeout_s=b.timeout_s)  # fmt: skip
+        return ConfigResponse(
+            point=b.active,
+            max_batch_size=b.knobs.max_batch_size,
+            max_wait_ms=b.knobs.max_wait_ms,
+            max_queue=b.knobs.max_queue,
+            request_timeout_s=b.timeout_s,
+        )
 
     @app.get("/config", response_model=ConfigResponse)
     async def get_config() -> ConfigResponse:
@@ -264,13 +300,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = _ready_batcher()
         if update.point is not None:
             _known(update.point)
-        knobs = batcher.knobs.update(max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms,
-                                     max_queue=update.max_queue)  # fmt: skip
+        knobs = batcher.knobs.update(
+            max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms, max_queue=update.max_queue
+        )
         if knobs.max_wait_ms >= 1000 * batcher.timeout_s:
-            raise HTTPException(status_code=422, detail=(
-                f"max_wait_ms {knobs.max_wait_ms:g} is not below the request timeout ({batcher.timeout_s:g} s, "
-                "SKIPVIT_REQUEST_TIMEOUT_S): every request that waits for company would time out; "
-                "Hint: choose a shorter wait"))  # fmt: skip
+            raise HTTPException(
+                status_code=422,
+                detail=(
+                    f"max_wait_ms {knobs.max_wait_ms:g} is not below the request timeout ({batcher.timeout_s:g} s, "
+                    "SKIPVIT_REQUEST_TIMEOUT_S): every request that waits for company would time out; "
+                    "Hint: choose a shorter wait"
+                ),
+            )
         if update.point is not None and update.point != batcher.active:
             p = app.state.engine.point(update.point)
             batcher.set_active(p.id)  # on the event loop, so never inside a batch being planned

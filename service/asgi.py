@@ -13,11 +13,17 @@ class ClientGone(Exception):
 async def send_json(send, status: int, body, headers=()) -> None:
     """Answer ``body`` (JSON bytes, or an object to encode) with ``status`` and extra ``headers``."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                    *headers],
-    })  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 

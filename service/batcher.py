@@ -290,8 +290,10 @@ class Batcher:
         n = int(images.shape[0])
         if n > self.knobs.max_queue:
             self.observer.rejected(TooBig.reason)
-            raise TooBig(f"{n} images in one request, more than the queue holds ({self.knobs.max_queue}); "
-                         "Hint: split the images over several requests")  # fmt: skip
+            raise TooBig(
+                f"{n} images in one request, more than the queue holds ({self.knobs.max_queue}); "
+                "Hint: split the images over several requests"
+            )
         if self._queued_images + n > self.knobs.max_queue:
             self.observer.rejected(QueueFull.reason)
             raise QueueFull(
@@ -389,9 +391,13 @@ class Batcher:
         self._remove(reqs)
         for req in reqs:
             self.observer.rejected(DeadlineExceeded.reason)
-            self._settle(req, exc=DeadlineExceeded(
-                f"not started within {self.timeout_s:g} s (SKIPVIT_REQUEST_TIMEOUT_S); "
-                "Hint: the server is overloaded, retry later"))  # fmt: skip
+            self._settle(
+                req,
+                exc=DeadlineExceeded(
+                    f"not started within {self.timeout_s:g} s (SKIPVIT_REQUEST_TIMEOUT_S); "
+                    "Hint: the server is overloaded, retry later"
+                ),
+            )
 
     def _finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)
@@ -411,9 +417,13 @@ class Batcher:
         except asyncio.CancelledError:  # ``stop`` gave up on the engine: still one answer each
             for req in batch:
                 self.observer.rejected(Draining.reason)
-                self._settle(req, exc=Draining(
-                    "the server shut down before the engine finished this request's batch; "
-                    "Hint: retry on another replica"))  # fmt: skip
+                self._settle(
+                    req,
+                    exc=Draining(
+                        "the server shut down before the engine finished this request's batch; "
+                        "Hint: retry on another replica"
+                    ),
+                )
             raise
         except Exception as e:  # every request of the batch gets the error, exactly once
             for req in batch:

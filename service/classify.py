@@ -21,14 +21,14 @@ from urllib.parse import parse_qs
 
 import torch
 
-from service.asgi import ClientGone, header, read_body, send_json
-from service.batcher import Rejected
-from service.decode import DecodeError, decode_as_is, decode_image
-from service.metrics import Metrics
-from service.multipart import MultipartError, TooManyParts, read_files
-from service.schemas import ClassifyResponse, classify_body
-from service.settings import Settings
-from service.worker import EngineGone
+from skipvit.service.asgi import ClientGone, header, read_body, send_json
+from skipvit.service.batcher import Rejected
+from skipvit.service.decode import DecodeError, decode_as_is, decode_image
+from skipvit.service.metrics import Metrics
+from skipvit.service.multipart import MultipartError, TooManyParts, read_files
+from skipvit.service.schemas import ClassifyResponse, classify_body
+from skipvit.service.settings import Settings
+from skipvit.service.worker import EngineGone
 
 log = logging.getLogger("skipvit.service")
 WATCH_DISCONNECT_AFTER_S = 0.25  # a request still unanswered by then is dropped if its client leaves
@@ -64,11 +64,15 @@ def point_param(query_string: bytes) -> str | None:
     if values is None:
         return None
     if len(values) > 1:
-        raise HTTPError(422, f"point= given {len(values)} times; Hint: name one point (see GET /pareto)",
-                        "bad_request")  # fmt: skip
+        raise HTTPError(
+            422, f"point= given {len(values)} times; Hint: name one point (see GET /pareto)", "bad_request"
+        )
     if not values[0]:
-        raise HTTPError(422, "point= is empty; Hint: omit it to use the active point, or name one "
-                        "(see GET /pareto)", "bad_request")  # fmt: skip
+        raise HTTPError(
+            422,
+            "point= is empty; Hint: omit it to use the active point, or name one (see GET /pareto)",
+            "bad_request",
+        )
     return values[0]
 
 
@@ -116,8 +120,12 @@ class Classify:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["method"] != "POST":
-            await send_json(send, 405, {"detail": "Method Not Allowed; Hint: POST images as multipart/form-data"},
-                            [(b"allow", b"POST")])  # fmt: skip
+            await send_json(
+                send,
+                405,
+                {"detail": "Method Not Allowed; Hint: POST images as multipart/form-data"},
+                [(b"allow", b"POST")],
+            )
             return
         try:
             status, body, headers = 200, await self.answer(scope, receive), []
@@ -129,8 +137,9 @@ class Classify:
             # request ends here: re-raised, uvicorn would log the expected cancellation as an
             # "Exception in ASGI application" with its traceback.
             with contextlib.suppress(Exception):
-                await send_json(send, 503, {"detail": SHUTTING_DOWN},
-                                [(b"retry-after", b"1"), (b"connection", b"close")])  # fmt: skip
+                await send_json(
+                    send, 503, {"detail": SHUTTING_DOWN}, [(b"retry-after", b"1"), (b"connection", b"close")]
+                )
             return
         except HTTPError as e:
             if e.reason:
@@ -150,8 +159,11 @@ class Classify:
         try:
             files = read_files(header(scope, b"content-type"), body, max_files=s.max_files)
         except TooManyParts as e:
-            raise HTTPError(413, f"{e} (SKIPVIT_MAX_FILES); Hint: split the images over several requests",
-                            "too_many_files") from None  # fmt: skip
+            raise HTTPError(
+                413,
+                f"{e} (SKIPVIT_MAX_FILES); Hint: split the images over several requests",
+                "too_many_files",
+            ) from None
         except MultipartError as e:
             raise HTTPError(422, str(e), "bad_image") from None
         if point is not None and (why := unknown_point(engine, point)):

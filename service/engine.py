@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import Bundle, Point, load_bundle
-from model.points import batch_key, policy_for_rows
-from model.vit import AdaptiveViT
+from skipvit.model.bundle import Bundle, Point, load_bundle
+from skipvit.model.points import batch_key, policy_for_rows
+from skipvit.model.vit import AdaptiveViT
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,21 @@ import uvicorn
 log = logging.getLogger("skipvit.service")
 
 
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--bundle", default=None, help="bundle directory (default: SKIPVIT_BUNDLE or the shipped one)"
+    )
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+
+
+def run(args) -> None:
+    serve(bundle=args.bundle, host=args.host, port=args.port)
+
+
 def serve(bundle: str | None = None, host: str | None = None, port: int | None = None) -> None:
-    from service.app import create_app
-    from service.settings import Settings
+    from skipvit.service.app import create_app
+    from skipvit.service.settings import Settings
 
     overrides = {k: v for k, v in {"bundle": bundle, "host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
@@ -35,8 +47,13 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)))  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+    )
     server = DrainingServer(config, app.state.drain)
     server.run()
     batcher = getattr(app.state, "batcher", None)

@@ -14,9 +14,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 ROUTES = ("/", "/classify", "/pareto", "/config", "/metrics", "/livez", "/readyz", "/docs", "/openapi.json")
 REASONS = (
-    "queue_full", "deadline", "draining", "not_ready", "body_too_large", "too_many_files",
-    "bad_image", "unknown_point", "unauthorized", "bad_request", "engine_gone",
-)  # fmt: skip
+    "queue_full",
+    "deadline",
+    "draining",
+    "not_ready",
+    "body_too_large",
+    "too_many_files",
+    "bad_image",
+    "unknown_point",
+    "unauthorized",
+    "bad_request",
+    "engine_gone",
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LAYER_BUCKETS = tuple(range(25))  # exact up to 24 layers (ViT-L); deeper models share +Inf
@@ -31,26 +40,41 @@ def route_label(path: str) -> str:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("skipvit_requests", "HTTP requests answered, by route and status",
-                                ["route", "status"], registry=r)  # fmt: skip
-        self.request_seconds = Histogram("skipvit_request_duration_seconds", "time from request to response",
-                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.requests = Counter(
+            "skipvit_requests", "HTTP requests answered, by route and status", ["route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "skipvit_request_duration_seconds",
+            "time from request to response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inflight = Gauge("skipvit_inflight_requests", "requests being handled", registry=r)
-        self.images = Counter("skipvit_images", "images classified, by the point that served them",
-                              ["point"], registry=r)  # fmt: skip
-        self.queue_wait = Histogram("skipvit_queue_wait_seconds", "time a request waited for its batch",
-                                    buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.batch_size = Histogram("skipvit_batch_size", "images per forward pass",
-                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.images = Counter(
+            "skipvit_images", "images classified, by the point that served them", ["point"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "skipvit_queue_wait_seconds",
+            "time a request waited for its batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "skipvit_batch_size", "images per forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("skipvit_queue_depth", "images waiting in the queue", registry=r)
-        self.layers = Histogram("skipvit_layers_executed", "layers run per image",
-                                buckets=LAYER_BUCKETS, registry=r)  # fmt: skip
+        self.layers = Histogram(
+            "skipvit_layers_executed", "layers run per image", buckets=LAYER_BUCKETS, registry=r
+        )
         self.layer_rows = Counter("skipvit_layer_rows", "images that ran each layer", ["layer"], registry=r)
-        self.rejections = Counter("skipvit_rejections", "requests refused without compute, by reason",
-                                  ["reason"], registry=r)  # fmt: skip
+        self.rejections = Counter(
+            "skipvit_rejections", "requests refused without compute, by reason", ["reason"], registry=r
+        )
         self.switches = Counter("skipvit_config_switches", "changes of the active point", registry=r)
-        self.active_point = Info("skipvit_active_point", "the point that serves requests without ?point=",
-                                 registry=r)  # fmt: skip
+        self.active_point = Info(
+            "skipvit_active_point", "the point that serves requests without ?point=", registry=r
+        )
         self.ready = Gauge("skipvit_model_ready", "1 once the bundle is loaded and warmed up", registry=r)
         for reason in REASONS:  # export zeros, so rate() works before the first rejection
             self.rejections.labels(reason)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.asgi import send_json
-from service.metrics import Metrics, route_label
+from skipvit.service.asgi import send_json
+from skipvit.service.metrics import Metrics, route_label
 
 CLIENT_GONE = 499  # the status label of a request whose client left before its answer (nginx's)
 
@@ -129,8 +129,12 @@ class ServiceMiddleware:
                     await _discard_body(receive, self.max_body)
                     self.metrics.rejected("draining")
                     status = 503
-                    await send_json(send, 503, {"detail": "the server is draining; Hint: retry on another replica"},
-                                     [(b"retry-after", b"1"), (b"connection", b"close")])  # fmt: skip
+                    await send_json(
+                        send,
+                        503,
+                        {"detail": "the server is draining; Hint: retry on another replica"},
+                        [(b"retry-after", b"1"), (b"connection", b"close")],
+                    )
                     return
                 self.admission.enter()
                 admitted = True
@@ -147,10 +151,15 @@ class ServiceMiddleware:
                 raise
             self.metrics.rejected("body_too_large")
             status = 413
-            await send_json(send, 413, {
-                "detail": f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
-                          "Hint: send fewer or smaller images per request"},
-                [(b"connection", b"close")])  # fmt: skip
+            await send_json(
+                send,
+                413,
+                {
+                    "detail": f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
+                    "Hint: send fewer or smaller images per request"
+                },
+                [(b"connection", b"close")],
+            )
         finally:
             if admitted:
                 self.admission.leave()

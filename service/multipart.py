@@ -47,8 +47,9 @@ def _disposition(head: bytes) -> dict[bytes, bytes]:
     raise MultipartError(f"a part has no Content-Disposition header; {HINT}")
 
 
-def read_files(content_type: str | None, body: bytes, field: str = "files",
-               max_files: int | None = None) -> list[tuple[str, bytes]]:  # fmt: skip
+def read_files(
+    content_type: str | None, body: bytes, field: str = "files", max_files: int | None = None
+) -> list[tuple[str, bytes]]:
     """The (filename, bytes) of every part named ``field``, in order. ``TooManyParts`` when there
     are more than ``max_files`` of them: decided by counting the delimiters (in C) first, so that a
     body of a million tiny parts is refused without walking it in Python."""

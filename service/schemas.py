@@ -37,10 +37,13 @@ class ClassifyResponse(BaseModel):
 def encode_row(r) -> dict[str, Any]:
     """A ``service.engine.RowResult`` as one ``ClassifyResult`` (probabilities rounded to 6 places)."""
     return {
-        "label": r.label, "index": r.index, "probability": round(r.probability, 6),
+        "label": r.label,
+        "index": r.index,
+        "probability": round(r.probability, 6),
         "top_k": [{"label": lbl, "index": i, "probability": round(p, 6)} for lbl, i, p in r.top_k],
-        "layers_executed": r.layers_executed, "path": r.path,
-    }  # fmt: skip
+        "layers_executed": r.layers_executed,
+        "path": r.path,
+    }
 
 
 def classify_body(point: str, rows: Sequence) -> bytes:

@@ -35,8 +35,8 @@ from typing import NoReturn
 
 import torch
 
-from kernels import set_backend
-from service.engine import BundleView, Engine, RowResult, resolve_device
+from skipvit.kernels import set_backend
+from skipvit.service.engine import BundleView, Engine, RowResult, resolve_device
 
 MAX_AUTO_WORKERS = 4  # the default's cap: slices of a full batch (32) stay >= 8 rows
 
@@ -150,8 +150,15 @@ class EngineProcess(BundleView):
     """``workers`` child processes with ``threads`` torch threads each (``layout`` for the
     defaults); a batch is cut into one slice per child, answers are put back in row order."""
 
-    def __init__(self, bundle_dir, device: str = "auto", top_k: int = 3, threads: int | None = None,
-                 compact: str = "auto", workers: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bundle_dir,
+        device: str = "auto",
+        top_k: int = 3,
+        threads: int | None = None,
+        compact: str = "auto",
+        workers: int = 1,
+    ) -> None:
         super().__init__(bundle_dir, top_k)
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")

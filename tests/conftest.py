@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import ViTConfig
-from model.vit import PRESETS, build_model
+from skipvit.model.config import ViTConfig
+from skipvit.model.vit import PRESETS, build_model
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHIPPED_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
@@ -37,12 +37,30 @@ def tiny_model(tiny_cfg):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """A bundle trained for two epochs on the synthetic dataset through the real CLI."""
-    from training.cli import main
+    from skipvit.cli import main
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     ckpt = tmp_path_factory.mktemp("ckpt")
-    main(["train", "static", "--data", "synthetic", "--out", str(out), "--epochs", "3", "--preset", "tiny",
-          "--device", "cpu", "--ckpt-dir", str(ckpt), "--seed", "0"])  # fmt: skip
+    main(
+        [
+            "train",
+            "static",
+            "--data",
+            "synthetic",
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--ckpt-dir",
+            str(ckpt),
+            "--seed",
+            "0",
+        ]
+    )
     return out
 
 
@@ -51,12 +69,28 @@ def tiny_rl_bundle(tiny_bundle, tmp_path_factory) -> Path:
     """The tiny bundle plus a weight set and point ``rl`` (one epoch of RL gates)."""
     import shutil
 
-    from training.cli import main
+    from skipvit.cli import main
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-rl"
     shutil.copytree(tiny_bundle, out)
-    main(["train", "rl", "--data", "synthetic", "--init-from", str(out), "--out", str(out), "--epochs", "1",
-          "--device", "cpu", "--ckpt-dir", str(tmp_path_factory.mktemp("ckpt-rl"))])  # fmt: skip
+    main(
+        [
+            "train",
+            "rl",
+            "--data",
+            "synthetic",
+            "--init-from",
+            str(out),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--ckpt-dir",
+            str(tmp_path_factory.mktemp("ckpt-rl")),
+        ]
+    )
     return out
 
 
@@ -66,16 +100,20 @@ def tiny_gate_bundle(tiny_rl_bundle, tmp_path_factory) -> Path:
     and ``nsga-a`` (genes: layers 0 and 3 removed). Their rows can share one forward with ``rl``."""
     import shutil
 
-    from model.bundle import Point, load_bundle
+    from skipvit.model.bundle import Point, load_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-gates"
     shutil.copytree(tiny_rl_bundle, out)
     bundle = load_bundle(out)
     rl = bundle.point("rl")
-    bundle.upsert_points([
-        Point("rl-t0.8", "rl", rl.weights, {**rl.params, "thresholds": 0.8}, dict(rl.metrics)),
-        Point("nsga-a", "nsga", rl.weights, {"genes": [-1, 0.25, 0.5, -1], "step": 0.25}, dict(rl.metrics)),
-    ])  # fmt: skip
+    bundle.upsert_points(
+        [
+            Point("rl-t0.8", "rl", rl.weights, {**rl.params, "thresholds": 0.8}, dict(rl.metrics)),
+            Point(
+                "nsga-a", "nsga", rl.weights, {"genes": [-1, 0.25, 0.5, -1], "step": 0.25}, dict(rl.metrics)
+            ),
+        ]
+    )
     bundle.save()
     return out
 
@@ -86,12 +124,38 @@ def tiny_dyce_bundle(tiny_bundle, tmp_path_factory) -> Path:
     real CLI) and the points of a small ``search dyce``."""
     import shutil
 
-    from training.cli import main
+    from skipvit.cli import main
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-dyce"
     shutil.copytree(tiny_bundle, out)
-    main(["train", "exits", "--bundle", str(out), "--epochs", "3", "--device", "cpu",
-          "--ckpt-dir", str(tmp_path_factory.mktemp("ckpt-exits"))])  # fmt: skip
-    main(["search", "dyce", "--bundle", str(out), "--lambdas", "9", "--thresholds", "12", "--max-points", "6",
-          "--device", "cpu"])  # fmt: skip
+    main(
+        [
+            "train",
+            "exits",
+            "--bundle",
+            str(out),
+            "--epochs",
+            "3",
+            "--device",
+            "cpu",
+            "--ckpt-dir",
+            str(tmp_path_factory.mktemp("ckpt-exits")),
+        ]
+    )
+    main(
+        [
+            "search",
+            "dyce",
+            "--bundle",
+            str(out),
+            "--lambdas",
+            "9",
+            "--thresholds",
+            "12",
+            "--max-points",
+            "6",
+            "--device",
+            "cpu",
+        ]
+    )
     return out

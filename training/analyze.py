@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model.policy import RUN, SKIP, MaskPolicy
-from model.vit import AdaptiveViT
-from training.device import full_precision
-from training.report import markdown_table
+from skipvit.model.policy import RUN, SKIP, MaskPolicy
+from skipvit.model.vit import AdaptiveViT
+from skipvit.training.device import full_precision
+from skipvit.training.report import markdown_table
 
 TOP_PATHS = 15
 
@@ -114,16 +114,29 @@ def summarize_unnecessary(
     for k, name in enumerate(classes):
         mine = correct & (labels == k)
         n_ok, n_un = int(mine.sum()), int((mine & any_flag).sum())
-        per_class.append({"class": k, "name": name, "correct": n_ok, "unnecessary": n_un,
-                          "percent": 100.0 * n_un / n_ok if n_ok else None})  # fmt: skip
+        per_class.append(
+            {
+                "class": k,
+                "name": name,
+                "correct": n_ok,
+                "unnecessary": n_un,
+                "percent": 100.0 * n_un / n_ok if n_ok else None,
+            }
+        )
     n_ok, n_un = int(correct.sum()), int((correct & any_flag).sum())
     pcts = [r["percent"] for r in per_class if r["percent"] is not None]
     ran = executed.bool() & correct[:, None]  # (N, L)
     per_layer = []
     for j in range(executed.shape[1]):
         n_ran, n_flag = int(ran[:, j].sum()), int(flags[:, j].sum())
-        per_layer.append({"layer": j + 1, "ran_correct": n_ran, "unnecessary": n_flag,
-                          "percent": 100.0 * n_flag / n_ran if n_ran else None})  # fmt: skip
+        per_layer.append(
+            {
+                "layer": j + 1,
+                "ran_correct": n_ran,
+                "unnecessary": n_flag,
+                "percent": 100.0 * n_flag / n_ran if n_ran else None,
+            }
+        )
     return {
         "correct": n_ok,
         "unnecessary": n_un,
@@ -226,8 +239,9 @@ def draw_processing_ratio(result: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("layer")
     ax.set_ylabel("fraction of images that ran it")
-    ax.set_title(f"{result['point']}: processing ratio (mean {result['mean_layers']:.2f} "
-                 f"of {result['depth']} layers)")  # fmt: skip
+    ax.set_title(
+        f"{result['point']}: processing ratio (mean {result['mean_layers']:.2f} of {result['depth']} layers)"
+    )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -248,12 +262,12 @@ def analyze_bundle(
     The bundle's manifest refuses files it does not list, so the default output directory is
     ``runs/analysis/<bundle name>/<point>/`` under the working directory, not the bundle.
     """
-    from model.bundle import load_bundle
-    from model.points import batch_key, policy_for
-    from training.data import load_bundle_splits
-    from training.data.augment import to_float
-    from training.device import resolve_device
-    from training.evaluate import evaluate
+    from skipvit.model.bundle import load_bundle
+    from skipvit.model.points import batch_key, policy_for
+    from skipvit.training.data import load_bundle_splits
+    from skipvit.training.data.augment import to_float
+    from skipvit.training.device import resolve_device
+    from skipvit.training.evaluate import evaluate
 
     bundle = load_bundle(bundle_dir)
     point = bundle.point(point_id)
@@ -267,13 +281,20 @@ def analyze_bundle(
     images = to_float(data.images, ds["mean"], ds["std"])  # (N, C, H, W) on the CPU
     depth = bundle.architecture.depth
     result: dict[str, Any] = {
-        "bundle": Path(bundle_dir).resolve().name, "point": point.id, "method": point.method,
-        "split": "test", "n": res.n, "accuracy": res.accuracy, "mean_layers": res.mean_layers,
-        "depth": depth, "processing_ratio": processing_ratio(res.executed),
+        "bundle": Path(bundle_dir).resolve().name,
+        "point": point.id,
+        "method": point.method,
+        "split": "test",
+        "n": res.n,
+        "accuracy": res.accuracy,
+        "mean_layers": res.mean_layers,
+        "depth": depth,
+        "processing_ratio": processing_ratio(res.executed),
         "paths": path_distribution(res.executed),
-        "unnecessary": unnecessary_activations(model, images, data.labels, res.executed, res.predictions,
-                                               ds["classes"], batch_size, dev),
-    }  # fmt: skip
+        "unnecessary": unnecessary_activations(
+            model, images, data.labels, res.executed, res.predictions, ds["classes"], batch_size, dev
+        ),
+    }
     out = Path(out_dir) if out_dir is not None else Path("runs/analysis") / result["bundle"] / point.id
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from model.policy import ExecutionPolicy
-from model.vit import AdaptiveViT
-from training.data.augment import to_float
-from training.data.base import ArrayData
-from training.device import full_precision
+from skipvit.model.policy import ExecutionPolicy
+from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data.augment import to_float
+from skipvit.training.data.base import ArrayData
+from skipvit.training.device import full_precision
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from model.bundle import load_bundle
-from model.points import batch_key, policy_for
-from training.data import load_bundle_splits
-from training.device import resolve_device
-from training.evaluate import evaluate
+from skipvit.model.bundle import load_bundle
+from skipvit.model.points import batch_key, policy_for
+from skipvit.training.data import load_bundle_splits
+from skipvit.training.device import resolve_device
+from skipvit.training.evaluate import evaluate
 
 
 def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, device) -> dict:
@@ -22,10 +22,17 @@ def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, de
     res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), batch_size, dev)
     relative = res.mean_layers / bundle.architecture.depth
     if point.method == "dyce":  # FLOPs / static FLOPs, counting the exit heads evaluated on the way
-        from model.dyce import DyCEConfig, relative_compute
+        from skipvit.model.dyce import DyCEConfig, relative_compute
 
         config = DyCEConfig.from_params(point.params)
         relative = relative_compute(bundle.architecture, config, res.executed.sum(1))
-    return {"point": point.id, "method": point.method, "split": split, "n": res.n,
-            "accuracy": res.accuracy, "mean_layers": res.mean_layers, "depth": bundle.architecture.depth,
-            "relative_compute": relative}  # fmt: skip
+    return {
+        "point": point.id,
+        "method": point.method,
+        "split": split,
+        "n": res.n,
+        "accuracy": res.accuracy,
+        "mean_layers": res.mean_layers,
+        "depth": bundle.architecture.depth,
+        "relative_compute": relative,
+    }

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.bundle import Bundle, Point
-from training.report import markdown_table, update_section
+from skipvit.model.bundle import Bundle, Point
+from skipvit.training.report import markdown_table, update_section
 
 HV_REF = (1.0, 1.0)
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.checkpoint import (
+from skipvit.training.checkpoint import (
     CKPT_META,
     changed_settings,
     has_checkpoint,
@@ -60,12 +60,16 @@ class EpochRunner:
     def _check_settings(self, meta: dict[str, Any]) -> None:
         where = self.ckpt_dir / CKPT_META
         if "config" not in meta:
-            raise ValueError(f"{where} records no settings (written before resumes were checked), so "
-                             "it cannot be matched to this run; Hint: drop --resume to start fresh")  # fmt: skip
+            raise ValueError(
+                f"{where} records no settings (written before resumes were checked), so "
+                "it cannot be matched to this run; Hint: drop --resume to start fresh"
+            )
         changed = changed_settings(meta["config"], self.config)
         if changed:
-            raise ValueError(f"{where} was written by a run with other settings ({', '.join(changed)}); "
-                             "Hint: drop --resume, or repeat the original flags")  # fmt: skip
+            raise ValueError(
+                f"{where} was written by a run with other settings ({', '.join(changed)}); "
+                "Hint: drop --resume, or repeat the original flags"
+            )
 
     def __iter__(self):
         for epoch in range(self.start_epoch, self.end_epoch):
@@ -76,15 +80,22 @@ class EpochRunner:
         """Log the epoch's figures and write the checkpoint."""
         self.elapsed += time.time() - self._t0
         self.history.append({**record, "elapsed_s": round(self.elapsed, 1)})
-        meta = {"epoch": record["epoch"], "step": self.step, "elapsed_s": self.elapsed,
-                "history": self.history, "generator_state": self.g.get_state().tolist(),
-                "config": self.config}  # fmt: skip
+        meta = {
+            "epoch": record["epoch"],
+            "step": self.step,
+            "elapsed_s": self.elapsed,
+            "history": self.history,
+            "generator_state": self.g.get_state().tolist(),
+            "config": self.config,
+        }
         save_checkpoint(self.ckpt_dir, self.model, self.opt, meta)
 
     def finished(self) -> bool:
         if self.end_epoch < self.epochs:
-            print(f"stopped after epoch {self.end_epoch}/{self.epochs}; continue with --resume "
-                  f"(checkpoint in {self.ckpt_dir})")  # fmt: skip
+            print(
+                f"stopped after epoch {self.end_epoch}/{self.epochs}; continue with --resume "
+                f"(checkpoint in {self.ckpt_dir})"
+            )
             return False
         return True
 
@@ -92,6 +103,6 @@ class EpochRunner:
 def weights_id(bundle, name: str) -> dict[str, str]:
     """A bundle's weight set by content (its file's sha256): a run's starting weights, for its
     settings, so a resume is matched to the same weights wherever the bundle now lies."""
-    from model.bundle import sha256_file
+    from skipvit.model.bundle import sha256_file
 
     return {"weights": name, "sha256": sha256_file(bundle.root / bundle.weight_sets[name])}

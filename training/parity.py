@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.lac import LACTracker, check_alpha, state_norm
-from training.schedule import warmup_cosine
+from skipvit.model.lac import LACTracker, check_alpha, state_norm
+from skipvit.training.schedule import warmup_cosine
 
 MODES = ("none", "per-batch", "per-example")
 PAPER = {  # seed 002, Table 1: (accuracy, steps)
@@ -138,11 +138,19 @@ def train(cfg: ParityConfig, log_every: int = 500, device: str = "cpu") -> tuple
         steps_sum += steps.sum().item()
         seen += len(y)
         if step % log_every == 0 or step == cfg.train_steps:
-            rec = {"step": step, "loss": round(loss_sum / seen, 4), "acc": round(correct / seen, 4),
-                   "steps": round(steps_sum / seen, 3), "elapsed_s": round(time.time() - t0, 1)}  # fmt: skip
+            rec = {
+                "step": step,
+                "loss": round(loss_sum / seen, 4),
+                "acc": round(correct / seen, 4),
+                "steps": round(steps_sum / seen, 3),
+                "elapsed_s": round(time.time() - t0, 1),
+            }
             history.append(rec)
-            print(f"  [{cfg.mode}] step {step}: loss {rec['loss']} acc {rec['acc']} steps {rec['steps']} "
-                  f"({rec['elapsed_s']} s)", flush=True)  # fmt: skip
+            print(
+                f"  [{cfg.mode}] step {step}: loss {rec['loss']} acc {rec['acc']} steps {rec['steps']} "
+                f"({rec['elapsed_s']} s)",
+                flush=True,
+            )
             correct = seen = steps_sum = 0
             loss_sum = 0.0
     return model, history
@@ -164,8 +172,12 @@ def evaluate(model: ParityGRU, cfg: ParityConfig, device: str = "cpu") -> dict:
         steps_sum += steps.sum().item()
         hist += torch.bincount(steps.cpu(), minlength=cfg.max_steps + 1)
     model.train()
-    return {"accuracy": correct / cfg.test_size, "mean_steps": steps_sum / cfg.test_size,
-            "steps_histogram": hist.tolist(), "n": cfg.test_size}  # fmt: skip
+    return {
+        "accuracy": correct / cfg.test_size,
+        "mean_steps": steps_sum / cfg.test_size,
+        "steps_histogram": hist.tolist(),
+        "n": cfg.test_size,
+    }
 
 
 def run_mode(cfg: ParityConfig, device: str = "cpu") -> dict:
@@ -177,15 +189,19 @@ def run_mode(cfg: ParityConfig, device: str = "cpu") -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| method | paper accuracy | paper steps | our accuracy | our mean steps | steps histogram (0..T) | train s |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| method | paper accuracy | paper steps | our accuracy | our mean steps | steps histogram (0..T) | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         mode = r["config"]["mode"]
         acc, steps = PAPER[mode]
         alpha = f" (α = {r['config']['alpha']:g})" if mode != "none" else ""
         t = r["test"]
-        lines.append(f"| {LABELS[mode]}{alpha} | {acc} | {steps} | {t['accuracy']:.4f} | {t['mean_steps']:.3f} "
-                     f"| {' '.join(map(str, t['steps_histogram']))} | {r['train_s']} |")  # fmt: skip
+        lines.append(
+            f"| {LABELS[mode]}{alpha} | {acc} | {steps} | {t['accuracy']:.4f} | {t['mean_steps']:.3f} "
+            f"| {' '.join(map(str, t['steps_histogram']))} | {r['train_s']} |"
+        )
     return "\n".join(lines)
 
 
@@ -193,9 +209,17 @@ def run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = MODES if args.mode == "all" else (args.mode,)
-    base = ParityConfig(alpha=args.alpha, max_steps=args.steps, length=args.length, hidden=args.hidden,
-                        batch_size=args.batch_size, train_steps=args.train_steps, lr=args.lr,
-                        test_size=args.test_size, seed=args.seed)  # fmt: skip
+    base = ParityConfig(
+        alpha=args.alpha,
+        max_steps=args.steps,
+        length=args.length,
+        hidden=args.hidden,
+        batch_size=args.batch_size,
+        train_steps=args.train_steps,
+        lr=args.lr,
+        test_size=args.test_size,
+        seed=args.seed,
+    )
     results = []
     for mode in modes:
         cfg = replace(base, mode=mode)

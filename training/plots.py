@@ -6,7 +6,7 @@ is their mean layers; for a method with heads of its own (DyCE's exits) it also 
 
 from __future__ import annotations
 
-from model.bundle import Bundle
+from skipvit.model.bundle import Bundle
 
 
 def draw_front(bundle: Bundle) -> None:

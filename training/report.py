@@ -14,7 +14,7 @@ TITLE = "# Bundle report\n\nWritten by the commands below; each section names th
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The command as typed: ``argv`` as given to ``training.cli.main`` (default sys.argv)."""
+    """The command as typed: ``argv`` as given to ``skipvit.cli.main`` (default sys.argv)."""
     return "skipvit " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 

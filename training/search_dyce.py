@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import ViTConfig
-from model.dyce import DyCEConfig, DyCEPolicy, ExitChoice, flops_by_exit, static_flops
-from model.exits import ExitSet, exit_flops, exits_of
-from model.flops import block_flops, head_flops, patch_embed_flops
-from model.vit import AdaptiveViT
-from training.data.base import ArrayData
-from training.train_exits import backbone_features
+from skipvit.model.config import ViTConfig
+from skipvit.model.dyce import DyCEConfig, DyCEPolicy, ExitChoice, flops_by_exit, static_flops
+from skipvit.model.exits import ExitSet, exit_flops, exits_of
+from skipvit.model.flops import block_flops, head_flops, patch_embed_flops
+from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data.base import ArrayData
+from skipvit.training.train_exits import backbone_features
 
 Option = tuple[int, int] | None  # (type index, threshold index) at one position, or no exit
 Choice = tuple[Option, ...]  # one option per position of the exit set
@@ -148,17 +148,24 @@ class Simulator:
 
     def __init__(self, rec: Recording, cfg: ViTConfig, thresholds: int) -> None:
         self.rec, self.cfg = rec, cfg
-        self.grid = [[threshold_grid(rec.conf[p, t], thresholds) for t in range(len(rec.types))]
-                     for p in range(len(rec.positions))]  # fmt: skip
+        self.grid = [
+            [threshold_grid(rec.conf[p, t], thresholds) for t in range(len(rec.types))]
+            for p in range(len(rec.positions))
+        ]
         # leave[p][t]: (G, N) bool, row clears threshold g of exit (p, t)
-        self.leave = [[rec.conf[p, t][None, :] > g[:, None] for t, g in enumerate(row)]
-                      for p, row in enumerate(self.grid)]  # fmt: skip
+        self.leave = [
+            [rec.conf[p, t][None, :] > g[:, None] for t, g in enumerate(row)]
+            for p, row in enumerate(self.grid)
+        ]
         self.head_cost = [exit_flops(cfg, t) for t in rec.types]
         self.embed, self.block, self.head = patch_embed_flops(cfg), float(block_flops(cfg)), head_flops(cfg)
         self.static = float(self.embed + cfg.depth * self.block + self.head)
         self.backbone_accuracy = float(rec.final_correct.mean())
-        missing = [np.isinf(rec.conf[p, t, 0]) if rec.n else False for p in range(len(rec.positions))
-                   for t in range(len(rec.types))]  # fmt: skip
+        missing = [
+            np.isinf(rec.conf[p, t, 0]) if rec.n else False
+            for p in range(len(rec.positions))
+            for t in range(len(rec.types))
+        ]
         self.available = ~np.array(missing).reshape(len(rec.positions), len(rec.types))
 
     def options(self, p: int) -> list[Option]:
@@ -284,11 +291,21 @@ def sweep(sim: Simulator, cfg: SearchConfig, log=print) -> SweepResult:
         first = one_pass(sim, lam)
         final, changes = circular(sim, lam, first, cfg.max_rounds)
         s1, s2 = sim.score(first), sim.score(final)
-        rows.append({"lambda": float(lam), "one_pass": first, "one_pass_score": s1, "circular": final,
-                     "circular_score": s2, "changes": changes})  # fmt: skip
+        rows.append(
+            {
+                "lambda": float(lam),
+                "one_pass": first,
+                "one_pass_score": s1,
+                "circular": final,
+                "circular_score": s2,
+                "changes": changes,
+            }
+        )
         found += [(first, s1), (final, s2)]
-        log(f"lambda {lam:.4f}: one-pass acc {s1.accuracy:.4f} compute {s1.relative(sim.static):.3f} | "
-            f"circular ({changes} changes) acc {s2.accuracy:.4f} compute {s2.relative(sim.static):.3f}")  # fmt: skip
+        log(
+            f"lambda {lam:.4f}: one-pass acc {s1.accuracy:.4f} compute {s1.relative(sim.static):.3f} | "
+            f"circular ({changes} changes) acc {s2.accuracy:.4f} compute {s2.relative(sim.static):.3f}"
+        )
     kept = spread(monotone(found), cfg.max_points)
     return SweepResult(lambdas, rows, [c for c, _ in kept], [s for _, s in kept], time.time() - t0)
 
@@ -297,8 +314,14 @@ def sweep(sim: Simulator, cfg: SearchConfig, log=print) -> SweepResult:
 
 
 def config_from_args(args) -> SearchConfig:
-    return SearchConfig(lambdas=args.lambdas, lambda_min=args.lambda_min, lambda_max=args.lambda_max,
-                        thresholds=args.thresholds, max_rounds=args.max_rounds, max_points=args.max_points)  # fmt: skip
+    return SearchConfig(
+        lambdas=args.lambdas,
+        lambda_min=args.lambda_min,
+        lambda_max=args.lambda_max,
+        thresholds=args.thresholds,
+        max_rounds=args.max_rounds,
+        max_points=args.max_points,
+    )
 
 
 @torch.inference_mode()
@@ -306,27 +329,33 @@ def measure(
     model: AdaptiveViT, data: ArrayData, mean, std, config: DyCEConfig, batch_size: int, device
 ) -> dict:
     """Run ``config`` through the model (``DyCEPolicy``): accuracy, mean layers, relative compute."""
-    from training.evaluate import evaluate
+    from skipvit.training.evaluate import evaluate
 
     exits = exits_of(model)
     assert isinstance(exits, ExitSet)
     res = evaluate(model, data, mean, std, DyCEPolicy(exits, config), batch_size, device)
     layers = res.executed.sum(1)  # (N,): a DyCE row runs a prefix, so this is where it was answered
     table = flops_by_exit(model.cfg, config)
-    return {"accuracy": res.accuracy, "mean_layers": res.mean_layers,
-            "relative_compute": float(table[layers.numpy()].mean() / static_flops(model.cfg)), "n": res.n}  # fmt: skip
+    return {
+        "accuracy": res.accuracy,
+        "mean_layers": res.mean_layers,
+        "relative_compute": float(table[layers.numpy()].mean() / static_flops(model.cfg)),
+        "n": res.n,
+    }
 
 
 def run(args) -> None:
-    from model.bundle import load_bundle
-    from training.data import load_bundle_splits
-    from training.device import resolve_device
+    from skipvit.model.bundle import load_bundle
+    from skipvit.training.data import load_bundle_splits
+    from skipvit.training.device import resolve_device
 
     cfg = config_from_args(args)
     bundle = load_bundle(args.bundle)
     if args.weights not in bundle.weight_sets:
-        raise ValueError(f"{args.bundle} has no weight set {args.weights!r}; Hint: run `skipvit train exits "
-                         f"--bundle {args.bundle}` first")  # fmt: skip
+        raise ValueError(
+            f"{args.bundle} has no weight set {args.weights!r}; Hint: run `skipvit train exits "
+            f"--bundle {args.bundle}` first"
+        )
     device = resolve_device(args.device)
     model = bundle.build_model(args.weights, device)
     if exits_of(model) is None:
@@ -340,8 +369,10 @@ def run(args) -> None:
     rec = record(model, splits.val, mean, std, args.batch_size, device)
     sim = Simulator(rec, model.cfg, cfg.thresholds)
     record_s = time.time() - t0
-    print(f"recorded {len(rec.positions) * len(rec.types)} exits on {rec.n} validation images in {record_s:.0f} s; "
-          f"backbone accuracy {sim.backbone_accuracy:.4f}")  # fmt: skip
+    print(
+        f"recorded {len(rec.positions) * len(rec.types)} exits on {rec.n} validation images in {record_s:.0f} s; "
+        f"backbone accuracy {sim.backbone_accuracy:.4f}"
+    )
     result = sweep(sim, cfg)
     # The choice is made; only now is the test split read, once per chosen configuration.
     configs = [sim.config(c) for c in result.chosen]
@@ -355,21 +386,37 @@ def _lambdas_of(result: SweepResult, choice: Choice) -> list[float]:
     return [round(r["lambda"], 5) for r in result.rows if choice in (r["one_pass"], r["circular"])]
 
 
-def write_search(root: Path, name: str, weights: str, sim: Simulator, result: SweepResult,
-                 configs: list[DyCEConfig], test: list[dict], cfg: SearchConfig, record_s: float, device,
-                 args) -> None:  # fmt: skip
-    from model.bundle import Point, load_bundle
-    from training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
-    from training.plots import draw_front
-    from training.report import command_line, environment, markdown_table, update_section
+def write_search(
+    root: Path,
+    name: str,
+    weights: str,
+    sim: Simulator,
+    result: SweepResult,
+    configs: list[DyCEConfig],
+    test: list[dict],
+    cfg: SearchConfig,
+    record_s: float,
+    device,
+    args,
+) -> None:
+    from skipvit.model.bundle import Point, load_bundle
+    from skipvit.training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
+    from skipvit.training.plots import draw_front
+    from skipvit.training.report import command_line, environment, markdown_table, update_section
 
     bundle = load_bundle(root)  # afresh: another command may have written points meanwhile
     points = []
     for i, (choice, config, val, t) in enumerate(zip(result.chosen, configs, result.val, test, strict=True)):
-        metrics = {"accuracy": round(t["accuracy"], 5), "mean_layers": round(t["mean_layers"], 4),
-                   "relative_compute": round(t["relative_compute"], 4), "split": "test", "n": t["n"],
-                   "val_accuracy": round(val.accuracy, 5), "val_mean_layers": round(val.mean_layers, 4),
-                   "val_relative_compute": round(val.relative(sim.static), 4)}  # fmt: skip
+        metrics = {
+            "accuracy": round(t["accuracy"], 5),
+            "mean_layers": round(t["mean_layers"], 4),
+            "relative_compute": round(t["relative_compute"], 4),
+            "split": "test",
+            "n": t["n"],
+            "val_accuracy": round(val.accuracy, 5),
+            "val_mean_layers": round(val.mean_layers, 4),
+            "val_relative_compute": round(val.relative(sim.static), 4),
+        }
         params = {**config.to_params(), "lambdas": _lambdas_of(result, choice)}
         points.append(Point(f"{name}-{i + 1}", "dyce", weights, params, metrics))
     bundle.front = [p for p in bundle.front if not (p.method == "dyce" and p.id.startswith(f"{name}-"))]
@@ -388,12 +435,29 @@ def write_search(root: Path, name: str, weights: str, sim: Simulator, result: Sw
         else "none"
     )
     rel = sim.static
-    sweep_rows = [[f"{r['lambda']:.4f}", f"{100 * r['one_pass_score'].accuracy:.2f}",
-                   f"{r['one_pass_score'].relative(rel):.3f}", f"{100 * r['circular_score'].accuracy:.2f}",
-                   f"{r['circular_score'].relative(rel):.3f}", r["changes"]] for r in result.rows]  # fmt: skip
-    rows = [[p.id, DyCEConfig.from_params(p.params).describe(), f"{100 * p.metrics['val_accuracy']:.2f}",
-             p.metrics["val_relative_compute"], f"{100 * p.metrics['accuracy']:.2f}", p.metrics["mean_layers"],
-             p.metrics["relative_compute"]] for p in points]  # fmt: skip
+    sweep_rows = [
+        [
+            f"{r['lambda']:.4f}",
+            f"{100 * r['one_pass_score'].accuracy:.2f}",
+            f"{r['one_pass_score'].relative(rel):.3f}",
+            f"{100 * r['circular_score'].accuracy:.2f}",
+            f"{r['circular_score'].relative(rel):.3f}",
+            r["changes"],
+        ]
+        for r in result.rows
+    ]
+    rows = [
+        [
+            p.id,
+            DyCEConfig.from_params(p.params).describe(),
+            f"{100 * p.metrics['val_accuracy']:.2f}",
+            p.metrics["val_relative_compute"],
+            f"{100 * p.metrics['accuracy']:.2f}",
+            p.metrics["mean_layers"],
+            p.metrics["relative_compute"],
+        ]
+        for p in points
+    ]
     body = f"""
 Command: `{command_line(args.argv)}`
 
@@ -415,20 +479,38 @@ Least compute within 0.5 pt of static on the test split: {best_text}.
 Hypervolume (pymoo HV over (relative compute, 1 − accuracy), reference {HV_REF}):
 **{hypervolume(objectives(points)):.4f}** on the test split.
 
-{markdown_table(["point", "exits (after:type>threshold)", "val acc %", "val compute", "test acc %",
-                 "mean layers", "relative compute"], rows)}
+{
+        markdown_table(
+            [
+                "point",
+                "exits (after:type>threshold)",
+                "val acc %",
+                "val compute",
+                "test acc %",
+                "mean layers",
+                "relative compute",
+            ],
+            rows,
+        )
+    }
 
 Lambda sweep (validation split):
 
-{markdown_table(["λ", "one-pass acc %", "one-pass compute", "circular acc %", "circular compute",
-                 "changes"], sweep_rows)}
-"""  # fmt: skip
+{
+        markdown_table(
+            ["λ", "one-pass acc %", "one-pass compute", "circular acc %", "circular compute", "changes"],
+            sweep_rows,
+        )
+    }
+"""
     update_section(root, name, body)
     update_fronts_section(bundle)
     bundle.save()
     print(f"wrote {len(points)} points {name}-1..{len(points)} into {root}")
     for p in points:
-        print(f"  {p.id}: test accuracy {100 * p.metrics['accuracy']:.2f}% at {p.metrics['mean_layers']:.3f} "
-              f"layers, relative compute {p.metrics['relative_compute']:.4f} (val "
-              f"{100 * p.metrics['val_accuracy']:.2f}% at {p.metrics['val_relative_compute']:.4f})")  # fmt: skip
+        print(
+            f"  {p.id}: test accuracy {100 * p.metrics['accuracy']:.2f}% at {p.metrics['mean_layers']:.3f} "
+            f"layers, relative compute {p.metrics['relative_compute']:.4f} (val "
+            f"{100 * p.metrics['val_accuracy']:.2f}% at {p.metrics['val_relative_compute']:.4f})"
+        )
     print(f"least compute within 0.5 pt of static: {best_text.replace('**', '')}")

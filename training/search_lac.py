@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from model.lac import MODES, LACPolicy, check_alpha
+from skipvit.model.lac import MODES, LACPolicy, check_alpha
 
 MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
 
@@ -47,7 +47,7 @@ def parse_alphas(text: str) -> list[float]:
 
 def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: int, device) -> list[dict]:
     """One record per (mode, alpha): the EvalResult as served, and per-batch at ``report_batch``."""
-    from training.evaluate import evaluate
+    from skipvit.training.evaluate import evaluate
 
     records = []
     for mode in modes:
@@ -62,22 +62,27 @@ def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: 
                 )
             rec["seconds"] = time.time() - t0
             records.append(rec)
-            print(f"  {mode} alpha {alpha:g}: accuracy {100 * res.accuracy:.2f}%, mean layers "
-                  f"{res.mean_layers:.3f} ({rec['seconds']:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"  {mode} alpha {alpha:g}: accuracy {100 * res.accuracy:.2f}%, mean layers "
+                f"{res.mean_layers:.3f} ({rec['seconds']:.0f} s)",
+                flush=True,
+            )
     return records
 
 
 def run(args) -> None:
-    from model.bundle import load_bundle
-    from training.data import load_bundle_splits
-    from training.device import resolve_device
+    from skipvit.model.bundle import load_bundle
+    from skipvit.training.data import load_bundle_splits
+    from skipvit.training.device import resolve_device
 
     bundle = load_bundle(args.bundle)
     weight_sets = [w for w in args.weights.split(",") if w]
     for w in weight_sets:
         if w not in bundle.weight_sets:
-            raise ValueError(f"{args.bundle} has no weight set {w!r} (it has {', '.join(bundle.weight_sets)}); "
-                             "Hint: pass one of those with --weights")  # fmt: skip
+            raise ValueError(
+                f"{args.bundle} has no weight set {w!r} (it has {', '.join(bundle.weight_sets)}); "
+                "Hint: pass one of those with --weights"
+            )
     alphas = parse_alphas(args.alphas)
     modes = MODES if args.modes == "both" else (args.modes,)
     if args.batch_size < 1:
@@ -90,21 +95,25 @@ def run(args) -> None:
     results = {}
     for w in weight_sets:
         model = bundle.build_model(w, device)
-        print(f"LAC sweep on weights {w!r} of {args.bundle}: alphas {alphas}, modes {list(modes)}, "
-              f"{len(data)} test images, device {device}", flush=True)  # fmt: skip
+        print(
+            f"LAC sweep on weights {w!r} of {args.bundle}: alphas {alphas}, modes {list(modes)}, "
+            f"{len(data)} test images, device {device}",
+            flush=True,
+        )
         with torch.inference_mode():
-            results[w] = sweep(model, data, ds["mean"], ds["std"], alphas, modes, args.batch_size,
-                               args.report_batch, device)  # fmt: skip
+            results[w] = sweep(
+                model, data, ds["mean"], ds["std"], alphas, modes, args.batch_size, args.report_batch, device
+            )
     write_points(bundle, results, len(data), len(data) == len(splits.test), args, device, time.time() - t0)
 
 
 def write_points(
     bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
 ) -> None:
-    from model.bundle import Point
-    from training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
-    from training.plots import draw_front
-    from training.report import command_line, environment, markdown_table, update_section
+    from skipvit.model.bundle import Point
+    from skipvit.training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
+    from skipvit.training.plots import draw_front
+    from skipvit.training.report import command_line, environment, markdown_table, update_section
 
     depth = bundle.architecture.depth
     points, rows = [], []
@@ -116,15 +125,29 @@ def write_points(
             points.append(p)
             hist = torch.bincount(res.executed.sum(1), minlength=depth + 1).tolist()
             big = rec.get("at_report_batch")
-            rows.append([p.id, w, mode, f"{alpha:g}", f"{100 * res.accuracy:.2f}", f"{res.mean_layers:.3f}",
-                         f"{res.mean_layers / depth:.3f}", " ".join(map(str, hist)),
-                         f"{100 * big.accuracy:.2f} @ {big.mean_layers:.3f}" if big else "—"])  # fmt: skip
+            rows.append(
+                [
+                    p.id,
+                    w,
+                    mode,
+                    f"{alpha:g}",
+                    f"{100 * res.accuracy:.2f}",
+                    f"{res.mean_layers:.3f}",
+                    f"{res.mean_layers / depth:.3f}",
+                    " ".join(map(str, hist)),
+                    f"{100 * big.accuracy:.2f} @ {big.mean_layers:.3f}" if big else "—",
+                ]
+            )
     swept = set(results)
     bundle.front = [p for p in bundle.front if not (p.method == "lac" and p.weights in swept)]
     bundle.upsert_points(points)
     draw_front(bundle)
-    hv = {w: hypervolume(objectives([p for p in points if p.weights == w and p.params["mode"] == "per-example"]))
-          for w in results}  # fmt: skip
+    hv = {
+        w: hypervolume(
+            objectives([p for p in points if p.weights == w and p.params["mode"] == "per-example"])
+        )
+        for w in results
+    }
     static = {p.weights: p for p in bundle.front if p.method == "static"}
     static_text = "".join(
         f" For reference, point `{static[w].id}` runs every layer of `{w}` at "
@@ -157,10 +180,23 @@ Command: `{command_line(args.argv)}`
 Hypervolume of the per-example points (pymoo HV over (mean layers / depth, 1 − accuracy),
 reference {HV_REF}): {", ".join(f"`{w}` **{v:.4f}**" for w, v in hv.items())}.
 
-{markdown_table(["point", "weights", "mode", "alpha", "test acc %", "mean layers", "rel. compute",
-                 f"images by layers run (0..{depth})", f"per-batch at {args.report_batch}/forward: acc % @ layers"],
-                rows)}
-"""  # fmt: skip
+{
+        markdown_table(
+            [
+                "point",
+                "weights",
+                "mode",
+                "alpha",
+                "test acc %",
+                "mean layers",
+                "rel. compute",
+                f"images by layers run (0..{depth})",
+                f"per-batch at {args.report_batch}/forward: acc % @ layers",
+            ],
+            rows,
+        )
+    }
+"""
     update_section(bundle.root, "lac", body)
     update_fronts_section(bundle)
     bundle.save()

@@ -44,13 +44,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model.gates import GatePolicy
-from model.vit import AdaptiveViT
-from training.data.augment import augment, to_float
-from training.data.base import ArrayData, DatasetInfo
-from training.device import autocast, full_precision
-from training.fronts import hypervolume
-from training.rl import RewardConfig, rewards
+from skipvit.model.gates import GatePolicy
+from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data.augment import augment, to_float
+from skipvit.training.data.base import ArrayData, DatasetInfo
+from skipvit.training.device import autocast, full_precision
+from skipvit.training.fronts import hypervolume
+from skipvit.training.rl import RewardConfig, rewards
 
 STATE = "search.json"
 
@@ -197,8 +197,12 @@ def fitness(correct: Tensor, executed: Tensor, reward: RewardConfig) -> dict[str
     n, b, depth = executed.shape
     r = rewards(correct.reshape(-1), executed.reshape(n * b, depth), reward).view(n, b)
     layers = executed.float().sum(2).mean(1)
-    return {"accuracy": correct.float().mean(1).numpy(), "mean_layers": layers.numpy(),
-            "compute": (layers / depth).numpy(), "reward": r.mean(1).numpy()}  # fmt: skip
+    return {
+        "accuracy": correct.float().mean(1).numpy(),
+        "mean_layers": layers.numpy(),
+        "compute": (layers / depth).numpy(),
+        "reward": r.mean(1).numpy(),
+    }
 
 
 def _generator(seed: int, generation: int, stream: int) -> torch.Generator:
@@ -210,11 +214,20 @@ def _generator(seed: int, generation: int, stream: int) -> torch.Generator:
 # ---------------------------------------------------------------- joint fine-tuning
 
 
-def finetune(model, opt, train: ArrayData, info: DatasetInfo, genes: np.ndarray, rl_cfg, steps: int,
-             g: torch.Generator, device) -> dict:  # fmt: skip
+def finetune(
+    model,
+    opt,
+    train: ArrayData,
+    info: DatasetInfo,
+    genes: np.ndarray,
+    rl_cfg,
+    steps: int,
+    g: torch.Generator,
+    device,
+) -> dict:
     """``steps`` weight updates; each row runs under a configuration drawn from ``genes`` (P, L)."""
-    from training.train_rl import rl_step
-    from training.train_static import gradient_step
+    from skipvit.training.train_rl import rl_step
+    from skipvit.training.train_static import gradient_step
 
     thresholds = torch.as_tensor(np.asarray(genes, dtype=np.float32))
     model.train()
@@ -238,10 +251,16 @@ def finetune(model, opt, train: ArrayData, info: DatasetInfo, genes: np.ndarray,
 
 
 def joint_rl_config(cfg: NSGAConfig):
-    from training.train_rl import RLConfig
+    from skipvit.training.train_rl import RLConfig
 
-    return RLConfig(batch_size=cfg.batch_size, lr=cfg.lr, agent_lr=cfg.agent_lr, baseline_lr=cfg.agent_lr,
-                    seed=cfg.seed, reward=cfg.reward)  # fmt: skip
+    return RLConfig(
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        agent_lr=cfg.agent_lr,
+        baseline_lr=cfg.agent_lr,
+        seed=cfg.seed,
+        reward=cfg.reward,
+    )
 
 
 # ---------------------------------------------------------------- the search
@@ -264,8 +283,17 @@ class NSGASearch:
     """One search: ``run()`` advances generations (resuming from ``state_dir`` when asked, writing a
     checkpoint after each), ``select()`` picks the final non-dominated set on the validation split."""
 
-    def __init__(self, model: AdaptiveViT, train: ArrayData, val: ArrayData, info: DatasetInfo,
-                 cfg: NSGAConfig, state_dir: Path, device, log=print) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: AdaptiveViT,
+        train: ArrayData,
+        val: ArrayData,
+        info: DatasetInfo,
+        cfg: NSGAConfig,
+        state_dir: Path,
+        device,
+        log=print,
+    ) -> None:
         if model.agent is None:
             raise ValueError("the NSGA search tunes RL gates, but this weight set has none")
         self.model, self.train, self.val, self.info, self.cfg = model, train, val, info, cfg
@@ -274,7 +302,7 @@ class NSGASearch:
         self.rl_cfg = joint_rl_config(cfg) if cfg.joint else None
         self.opt = None
         if cfg.joint:
-            from training.train_rl import optimizer_for
+            from skipvit.training.train_rl import optimizer_for
 
             self.opt = optimizer_for(model, self.rl_cfg)
         self.generation, self.history, self.elapsed = 0, [], 0.0
@@ -299,7 +327,7 @@ class NSGASearch:
         }
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.joint:
-            from training.checkpoint import save_checkpoint
+            from skipvit.training.checkpoint import save_checkpoint
 
             save_checkpoint(self.state_dir, self.model, self.opt, {"generation": self.generation})
         tmp = self.state_dir / (STATE + ".tmp")
@@ -319,10 +347,12 @@ class NSGASearch:
         saved.pop("generations"), now.pop("generations")  # a search may be extended
         if saved != now:
             changed = ", ".join(k for k in now if saved.get(k) != now[k])
-            raise ValueError(f"{path} was written by a search with other settings ({changed}); "
-                             "Hint: drop --resume, or repeat the original flags")  # fmt: skip
+            raise ValueError(
+                f"{path} was written by a search with other settings ({changed}); "
+                "Hint: drop --resume, or repeat the original flags"
+            )
         if self.cfg.joint:
-            from training.checkpoint import CKPT_META, load_checkpoint, read_meta
+            from skipvit.training.checkpoint import CKPT_META, load_checkpoint, read_meta
 
             # _save writes the weights, then search.json: a crash between the two leaves weights one
             # fine-tune ahead of the population, which no resume can line up again.
@@ -378,8 +408,9 @@ class NSGASearch:
         codes = np.asarray(everyone.get("X")).astype(int)
         idx = torch.randperm(len(self.val), generator=_generator(cfg.seed, gen, 0))[: cfg.val_batch]
         x = to_float(self.val.images[idx].to(self.device), self.info.mean, self.info.std)
-        correct, executed = score(self.model, x, self.val.labels[idx].to(self.device),
-                                  decode(codes, cfg.step), cfg.rows_per_forward)  # fmt: skip
+        correct, executed = score(
+            self.model, x, self.val.labels[idx].to(self.device), decode(codes, cfg.step), cfg.rows_per_forward
+        )
         fit = fitness(correct, executed, cfg.reward)
         _set_objectives(self.problem, everyone, self._objectives(codes, fit))
         self.algorithm.tell(infills=offspring)
@@ -387,13 +418,26 @@ class NSGASearch:
         hv = hypervolume(f[:, :2])
         self.best_hv = max(self.best_hv, hv)
         front = f[non_dominated(f[:, :2]), :2]
-        record = {"generation": gen + 1, "hv": round(hv, 5), "front_points": len(front),
-                  "min_layers": round(float(front[:, 0].min()) * self.model.depth, 3),
-                  "max_acc": round(1 - float(front[:, 1].min()), 4)}  # fmt: skip
+        record = {
+            "generation": gen + 1,
+            "hv": round(hv, 5),
+            "front_points": len(front),
+            "min_layers": round(float(front[:, 0].min()) * self.model.depth, 3),
+            "max_acc": round(1 - float(front[:, 1].min()), 4),
+        }
         if cfg.joint:
             survivors = decode(np.asarray(self.algorithm.pop.get("X")).astype(int), cfg.step)
-            st = finetune(self.model, self.opt, self.train, self.info, survivors, self.rl_cfg,
-                          cfg.steps_per_generation, _generator(cfg.seed, gen, 1), self.device)  # fmt: skip
+            st = finetune(
+                self.model,
+                self.opt,
+                self.train,
+                self.info,
+                survivors,
+                self.rl_cfg,
+                cfg.steps_per_generation,
+                _generator(cfg.seed, gen, 1),
+                self.device,
+            )
             record.update({k: round(v, 4) for k, v in st.items()})
         return record
 
@@ -415,13 +459,17 @@ class NSGASearch:
             self._save()
             left = self.elapsed / (gen + 1) * (cfg.generations - gen - 1)
             extra = f" | train CE {record['ce']:.3f}" if cfg.joint else ""
-            self.log(f"generation {gen + 1}/{cfg.generations} | HV {record['hv']:.4f} (best "
-                     f"{self.best_hv:.4f}) | front {record['front_points']} points, best acc "
-                     f"{record['max_acc']:.4f}, fewest layers {record['min_layers']:.2f}{extra} | "
-                     f"{_fmt_time(self.elapsed)} elapsed, ~{_fmt_time(left)} left")  # fmt: skip
+            self.log(
+                f"generation {gen + 1}/{cfg.generations} | HV {record['hv']:.4f} (best "
+                f"{self.best_hv:.4f}) | front {record['front_points']} points, best acc "
+                f"{record['max_acc']:.4f}, fewest layers {record['min_layers']:.2f}{extra} | "
+                f"{_fmt_time(self.elapsed)} elapsed, ~{_fmt_time(left)} left"
+            )
         if self.generation < cfg.generations:
-            self.log(f"stopped after generation {self.generation}/{cfg.generations}; continue with "
-                     f"--resume (state in {self.state_dir})")  # fmt: skip
+            self.log(
+                f"stopped after generation {self.generation}/{cfg.generations}; continue with "
+                f"--resume (state in {self.state_dir})"
+            )
             return False
         return True
 
@@ -429,8 +477,9 @@ class NSGASearch:
         """The final population's non-dominated set on the full validation split."""
         codes = np.asarray(self.algorithm.pop.get("X")).astype(int)
         genes = decode(codes, self.cfg.step)
-        correct, executed = score_split(self.model, self.val, self.info, genes, self.device,
-                                        rows=self.cfg.rows_per_forward)  # fmt: skip
+        correct, executed = score_split(
+            self.model, self.val, self.info, genes, self.device, rows=self.cfg.rows_per_forward
+        )
         fit = fitness(correct, executed, self.cfg.reward)
         keep = non_dominated(np.stack([fit["compute"], 1 - fit["accuracy"]], axis=1))
         keep = sorted(keep, key=lambda i: (fit["compute"][i], -fit["accuracy"][i]))
@@ -443,18 +492,26 @@ class NSGASearch:
 
 def config_from_args(args) -> NSGAConfig:
     return NSGAConfig(
-        generations=args.generations, population=args.population, mutation=args.mutation,
-        crossover=args.crossover, step=args.step, val_batch=args.val_batch, seed=args.seed, joint=args.joint,
-        steps_per_generation=args.steps_per_generation, batch_size=args.batch_size, lr=args.lr,
+        generations=args.generations,
+        population=args.population,
+        mutation=args.mutation,
+        crossover=args.crossover,
+        step=args.step,
+        val_batch=args.val_batch,
+        seed=args.seed,
+        joint=args.joint,
+        steps_per_generation=args.steps_per_generation,
+        batch_size=args.batch_size,
+        lr=args.lr,
         agent_lr=args.agent_lr,
         reward=RewardConfig(gamma=args.gamma, eps=args.eps, w_acc=args.w_acc, w_layers=args.w_layers),
-    )  # fmt: skip
+    )
 
 
 def run(args) -> None:
-    from model.bundle import load_bundle
-    from training.data import load_bundle_splits
-    from training.device import resolve_device
+    from skipvit.model.bundle import load_bundle
+    from skipvit.training.data import load_bundle_splits
+    from skipvit.training.device import resolve_device
 
     cfg = config_from_args(args)
     gene_values(cfg.step)  # reject a bad step before any work
@@ -462,18 +519,24 @@ def run(args) -> None:
     name = args.name or ("nsga-joint" if cfg.joint else "nsga")
     weights = args.weights or ("rl" if "rl" in bundle.weight_sets else None)
     if weights is None:
-        raise ValueError(f"{args.bundle} has no weight set 'rl'; Hint: run `skipvit train rl` first, "
-                         "or name a weight set with gates through --weights")  # fmt: skip
+        raise ValueError(
+            f"{args.bundle} has no weight set 'rl'; Hint: run `skipvit train rl` first, "
+            "or name a weight set with gates through --weights"
+        )
     if cfg.joint and name == weights:
-        raise ValueError(f"the joint search writes its own weight set; --name {name!r} would overwrite the "
-                         f"weights it starts from; Hint: pick another --name, e.g. nsga-joint")  # fmt: skip
+        raise ValueError(
+            f"the joint search writes its own weight set; --name {name!r} would overwrite the "
+            f"weights it starts from; Hint: pick another --name, e.g. nsga-joint"
+        )
     device = resolve_device(args.device)
     torch.manual_seed(cfg.seed)
     model = bundle.build_model(weights, device)
     splits = load_bundle_splits(bundle.dataset, args.data_dir)
     state_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{bundle.root.name}-{name}-search"
-    print(f"NSGA-II {'joint RL-NSGA' if cfg.joint else 'plain'} search on weights {weights!r} of "
-          f"{args.bundle} | {cfg} | device {device}")  # fmt: skip
+    print(
+        f"NSGA-II {'joint RL-NSGA' if cfg.joint else 'plain'} search on weights {weights!r} of "
+        f"{args.bundle} | {cfg} | device {device}"
+    )
     search = NSGASearch(model, splits.train, splits.val, splits.info, cfg, state_dir, device)
     if not search.run(resume=args.resume, stop_after=args.stop_after):
         return
@@ -481,16 +544,27 @@ def run(args) -> None:
     # The choice is made; only now is the test split read, once per chosen configuration.
     correct, executed = score_split(model, splits.test, splits.info, result.genes, device)
     test = fitness(correct, executed, cfg.reward)
-    write_search(bundle, name, weights, model if cfg.joint else None, result, test, len(splits.test), cfg,
-                 args, device)  # fmt: skip
+    write_search(
+        bundle, name, weights, model if cfg.joint else None, result, test, len(splits.test), cfg, args, device
+    )
 
 
-def write_search(bundle, name: str, weights: str, joint_model, result: SearchResult, test: dict,
-                 n_test: int, cfg: NSGAConfig, args, device) -> None:  # fmt: skip
-    from model.bundle import Point
-    from training.fronts import HV_REF, objectives, update_fronts_section
-    from training.plots import draw_front
-    from training.report import command_line, environment, markdown_table, update_section
+def write_search(
+    bundle,
+    name: str,
+    weights: str,
+    joint_model,
+    result: SearchResult,
+    test: dict,
+    n_test: int,
+    cfg: NSGAConfig,
+    args,
+    device,
+) -> None:
+    from skipvit.model.bundle import Point
+    from skipvit.training.fronts import HV_REF, objectives, update_fronts_section
+    from skipvit.training.plots import draw_front
+    from skipvit.training.report import command_line, environment, markdown_table, update_section
 
     method = "nsga-joint" if cfg.joint else "nsga"
     source = weights
@@ -499,11 +573,15 @@ def write_search(bundle, name: str, weights: str, joint_model, result: SearchRes
         weights = name
     points = []
     for i, genes in enumerate(result.genes):
-        metrics = {"accuracy": round(float(test["accuracy"][i]), 5),
-                   "mean_layers": round(float(test["mean_layers"][i]), 4),
-                   "relative_compute": round(float(test["compute"][i]), 4), "split": "test", "n": n_test,
-                   "val_accuracy": round(float(result.val["accuracy"][i]), 5),
-                   "val_mean_layers": round(float(result.val["mean_layers"][i]), 4)}  # fmt: skip
+        metrics = {
+            "accuracy": round(float(test["accuracy"][i]), 5),
+            "mean_layers": round(float(test["mean_layers"][i]), 4),
+            "relative_compute": round(float(test["compute"][i]), 4),
+            "split": "test",
+            "n": n_test,
+            "val_accuracy": round(float(result.val["accuracy"][i]), 5),
+            "val_mean_layers": round(float(result.val["mean_layers"][i]), 4),
+        }
         params = {"genes": [float(g) for g in genes], "step": cfg.step}
         points.append(Point(f"{name}-{i + 1}", method, weights, params, metrics))
     bundle.front = [p for p in bundle.front if not p.id.startswith(f"{name}-")]
@@ -511,11 +589,22 @@ def write_search(bundle, name: str, weights: str, joint_model, result: SearchRes
     draw_front(bundle)
     hv_test = hypervolume(objectives(points))
     hv_val = hypervolume(np.stack([result.val["compute"], 1 - result.val["accuracy"]], axis=1))
-    rows = [[p.id, " ".join(f"{g:g}" for g in p.params["genes"]), f"{100 * p.metrics['val_accuracy']:.2f}",
-             p.metrics["val_mean_layers"], f"{100 * p.metrics['accuracy']:.2f}", p.metrics["mean_layers"]]
-            for p in points]  # fmt: skip
-    hist = [[h["generation"], h["hv"], h["front_points"], h["max_acc"], h["min_layers"], h["elapsed_s"]]
-            + ([h["ce"], h["train_acc"], h["train_layers"]] if cfg.joint else []) for h in result.history]  # fmt: skip
+    rows = [
+        [
+            p.id,
+            " ".join(f"{g:g}" for g in p.params["genes"]),
+            f"{100 * p.metrics['val_accuracy']:.2f}",
+            p.metrics["val_mean_layers"],
+            f"{100 * p.metrics['accuracy']:.2f}",
+            p.metrics["mean_layers"],
+        ]
+        for p in points
+    ]
+    hist = [
+        [h["generation"], h["hv"], h["front_points"], h["max_acc"], h["min_layers"], h["elapsed_s"]]
+        + ([h["ce"], h["train_acc"], h["train_layers"]] if cfg.joint else [])
+        for h in result.history
+    ]
     hist_head = ["generation", "HV (batch)", "front points", "best acc", "fewest layers", "elapsed s"]
     hist_head += ["train CE", "train acc", "sampled layers"] if cfg.joint else []
     joint_text = (
@@ -550,8 +639,12 @@ Hypervolume (pymoo HV over (mean layers / depth, 1 − accuracy), reference poin
     update_section(bundle.root, name, body)
     update_fronts_section(bundle)
     bundle.save()
-    print(f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}; "
-          f"test hypervolume {hv_test:.4f}")  # fmt: skip
+    print(
+        f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}; "
+        f"test hypervolume {hv_test:.4f}"
+    )
     for p in points:
-        print(f"  {p.id}: test accuracy {100 * p.metrics['accuracy']:.2f}% at {p.metrics['mean_layers']:.3f} "
-              f"layers (val {100 * p.metrics['val_accuracy']:.2f}% at {p.metrics['val_mean_layers']:.3f})")  # fmt: skip
+        print(
+            f"  {p.id}: test accuracy {100 * p.metrics['accuracy']:.2f}% at {p.metrics['mean_layers']:.3f} "
+            f"layers (val {100 * p.metrics['val_accuracy']:.2f}% at {p.metrics['val_mean_layers']:.3f})"
+        )

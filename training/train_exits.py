@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_of, pooled_tokens
-from model.flops import block_flops
-from model.vit import AdaptiveViT
-from training.data.augment import to_float
-from training.data.base import ArrayData
-from training.device import full_precision
-from training.schedule import warmup_cosine
+from skipvit.model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_of, pooled_tokens
+from skipvit.model.flops import block_flops
+from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data.augment import to_float
+from skipvit.training.data.base import ArrayData
+from skipvit.training.device import full_precision
+from skipvit.training.schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,14 @@ class ExitTrainConfig:
 
 @torch.no_grad()
 def backbone_features(
-    model: AdaptiveViT, data: ArrayData, mean, std, positions: Sequence[int], batch_size: int = 512,
+    model: AdaptiveViT,
+    data: ArrayData,
+    mean,
+    std,
+    positions: Sequence[int],
+    batch_size: int = 512,
     device: torch.device | str = "cpu",
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     """One pass of the frozen backbone: ``pooled_tokens`` after each layer in ``positions``,
     (N, P, 2, D) float32, and the final logits (N, C) float32, on the CPU.
 
@@ -120,13 +125,25 @@ def head_stats(exits: ExitSet, pooled: Tensor, teacher: Tensor, labels: Tensor) 
     out = {}
     for k, t in exits.keys:
         pred = exits.head(k, t).from_pooled(pooled[:, index[k]]).argmax(-1)  # (N,)
-        out[f"{k}_{t}"] = {"accuracy": (pred == labels).float().mean().item(),
-                           "agreement": (pred == target).float().mean().item()}  # fmt: skip
+        out[f"{k}_{t}"] = {
+            "accuracy": (pred == labels).float().mean().item(),
+            "agreement": (pred == target).float().mean().item(),
+        }
     return out
 
 
-def train_epoch(exits: ExitSet, opt, feats: Tensor, teacher: Tensor, labels: Tensor, cfg: ExitTrainConfig,
-                step: int, total_steps: int, g: torch.Generator, device) -> tuple[int, float]:  # fmt: skip
+def train_epoch(
+    exits: ExitSet,
+    opt,
+    feats: Tensor,
+    teacher: Tensor,
+    labels: Tensor,
+    cfg: ExitTrainConfig,
+    step: int,
+    total_steps: int,
+    g: torch.Generator,
+    device,
+) -> tuple[int, float]:
     exits.train()
     steps_per_epoch = -(-len(labels) // cfg.batch_size)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -171,24 +188,32 @@ def config_from_args(args) -> ExitTrainConfig:
     if not 0.0 <= args.hard_weight <= 1.0 or args.temperature <= 0:
         raise ValueError("--hard-weight must lie in [0, 1] and --temperature be > 0")
     return ExitTrainConfig(
-        types=types, positions=_int_list(args.positions), epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, temperature=args.temperature, hard_weight=args.hard_weight,
+        types=types,
+        positions=_int_list(args.positions),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        temperature=args.temperature,
+        hard_weight=args.hard_weight,
         seed=args.seed,
-    )  # fmt: skip
+    )
 
 
 def run(args) -> None:
-    from model.bundle import load_bundle
-    from training.data import load_bundle_splits
-    from training.device import resolve_device
-    from training.loop import EpochRunner, weights_id
+    from skipvit.model.bundle import load_bundle
+    from skipvit.training.data import load_bundle_splits
+    from skipvit.training.device import resolve_device
+    from skipvit.training.loop import EpochRunner, weights_id
 
     cfg = config_from_args(args)
     bundle = load_bundle(args.bundle)
     source, name = args.weights, args.name
     if source not in bundle.weight_sets:
-        raise ValueError(f"{args.bundle} has no weight set {source!r}; Hint: pick one of "
-                         f"{', '.join(bundle.weight_sets)} with --weights")  # fmt: skip
+        raise ValueError(
+            f"{args.bundle} has no weight set {source!r}; Hint: pick one of "
+            f"{', '.join(bundle.weight_sets)} with --weights"
+        )
     if name == source:
         raise ValueError(
             f"--name {name!r} would overwrite the backbone's weight set; Hint: pick another --name"
@@ -196,8 +221,10 @@ def run(args) -> None:
     # Replacing an earlier run's exits is fine (its points go, as stale); another method's weights are not.
     others = sorted({p.method for p in bundle.front if p.weights == name} - {"dyce"})
     if others:
-        raise ValueError(f"--name {name!r} would overwrite weight set {name!r}, which points of method "
-                         f"{', '.join(others)} use; Hint: pick another --name")  # fmt: skip
+        raise ValueError(
+            f"--name {name!r} would overwrite weight set {name!r}, which points of method "
+            f"{', '.join(others)} use; Hint: pick another --name"
+        )
     device = resolve_device(args.device)
     torch.manual_seed(cfg.seed)
     model = bundle.build_model(source, device)
@@ -209,34 +236,46 @@ def run(args) -> None:
     train = splits.train.head(args.limit_train)
     mean, std = bundle.dataset["mean"], bundle.dataset["std"]
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{bundle.root.name}-{name}-exits"
-    print(f"DyCE exits on frozen weights {source!r} of {args.bundle}: {len(exits.heads)} heads "
-          f"(types {', '.join(cfg.types)}; after layers {', '.join(map(str, exits.positions))}) | {cfg} | "
-          f"device {device}")  # fmt: skip
+    print(
+        f"DyCE exits on frozen weights {source!r} of {args.bundle}: {len(exits.heads)} heads "
+        f"(types {', '.join(cfg.types)}; after layers {', '.join(map(str, exits.positions))}) | {cfg} | "
+        f"device {device}"
+    )
     t0 = time.time()
     feats, teacher = backbone_features(model, train, mean, std, exits.positions, device=device)
     val_feats, val_teacher = backbone_features(model, splits.val, mean, std, exits.positions, device=device)
     feature_s = time.time() - t0
-    print(f"recorded the backbone's features of {len(train)} train and {len(splits.val)} val images "
-          f"in {feature_s:.0f} s")  # fmt: skip
+    print(
+        f"recorded the backbone's features of {len(train)} train and {len(splits.val)} val images "
+        f"in {feature_s:.0f} s"
+    )
     opt = torch.optim.AdamW(exits.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for group in opt.param_groups:
         group["base_lr"] = cfg.lr
-    run_settings = {"train": cfg.to_dict(), "positions": list(exits.positions), "backbone": weights_id(bundle, source),
-                    "split": bundle.dataset.get("split", {}), "limit_train": args.limit_train}  # fmt: skip
+    run_settings = {
+        "train": cfg.to_dict(),
+        "positions": list(exits.positions),
+        "backbone": weights_id(bundle, source),
+        "split": bundle.dataset.get("split", {}),
+        "limit_train": args.limit_train,
+    }
     runner = EpochRunner(args, ckpt_dir, exits, opt, cfg.seed, cfg.epochs, run_settings)
     total_steps = -(-len(train) // cfg.batch_size) * cfg.epochs
     stats: dict[str, dict] = {}
     for epoch in runner:
-        runner.step, loss = train_epoch(exits, opt, feats, teacher, train.labels, cfg, runner.step, total_steps,
-                                        runner.g, device)  # fmt: skip
+        runner.step, loss = train_epoch(
+            exits, opt, feats, teacher, train.labels, cfg, runner.step, total_steps, runner.g, device
+        )
         stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), splits.val.labels.to(device))
         agree = np.mean([s["agreement"] for s in stats.values()])
         best = max(stats.items(), key=lambda kv: kv[1]["agreement"])
         runner.end_epoch_with(
             {"epoch": epoch + 1, "loss": round(loss, 4), "val_mean_agreement": round(agree, 4)}
         )
-        print(f"exits epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} | val agreement with the backbone: "
-              f"mean {agree:.4f}, best {best[0]} {best[1]['agreement']:.4f} ({runner.elapsed / 60:.1f} min)")  # fmt: skip
+        print(
+            f"exits epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} | val agreement with the backbone: "
+            f"mean {agree:.4f}, best {best[0]} {best[1]['agreement']:.4f} ({runner.elapsed / 60:.1f} min)"
+        )
     if not runner.finished():
         return
     if not stats:  # resumed a finished run: measure the restored heads
@@ -252,29 +291,58 @@ def exit_state(backbone: dict[str, Tensor], exits: ExitSet) -> dict[str, Tensor]
     return state
 
 
-def write_exits(root: Path, name: str, source: str, exits: ExitSet, cfg: ExitTrainConfig, stats: dict,
-                backbone_acc: float, runner, feature_s: float, device, args) -> None:  # fmt: skip
-    from model.bundle import load_bundle
-    from training.fronts import drop_points_on, update_fronts_section
-    from training.plots import draw_front
-    from training.report import command_line, environment, markdown_table, update_section
+def write_exits(
+    root: Path,
+    name: str,
+    source: str,
+    exits: ExitSet,
+    cfg: ExitTrainConfig,
+    stats: dict,
+    backbone_acc: float,
+    runner,
+    feature_s: float,
+    device,
+    args,
+) -> None:
+    from skipvit.model.bundle import load_bundle
+    from skipvit.training.fronts import drop_points_on, update_fronts_section
+    from skipvit.training.plots import draw_front
+    from skipvit.training.report import command_line, environment, markdown_table, update_section
 
     bundle = load_bundle(root)  # afresh: another command may have written points meanwhile
     bundle.add_weight_set(name, exit_state(bundle.load_weights(source), exits))
     stale = drop_points_on(bundle, name)
     if stale:
-        print(f"dropped {len(stale)} points measured with the old heads ({', '.join(stale)}); "
-              "Hint: run `skipvit search dyce` for new ones")  # fmt: skip
+        print(
+            f"dropped {len(stale)} points measured with the old heads ({', '.join(stale)}); "
+            "Hint: run `skipvit search dyce` for new ones"
+        )
         draw_front(bundle)
     loaded = exits_of(bundle.build_model(name))  # the written set loads, with its exits
     if loaded is None or len(loaded.heads) != len(exits.heads):
         raise RuntimeError(f"weight set {name!r} does not load back with its {len(exits.heads)} exit heads")
     arch = bundle.architecture
     block = block_flops(arch)
-    kinds = [[t, EXIT_TYPES[t].pool, EXIT_TYPES[t].hidden_dim(arch.dim) or "-", exit_flops(arch, t),
-              f"{100 * exit_flops(arch, t) / block:.2f}%"] for t in exits.types]  # fmt: skip
-    rows = [[k] + [f"{100 * stats[f'{k}_{t}']['accuracy']:.2f} / {100 * stats[f'{k}_{t}']['agreement']:.2f}"
-                   if f"{k}_{t}" in stats else "-" for t in exits.types] for k in exits.positions]  # fmt: skip
+    kinds = [
+        [
+            t,
+            EXIT_TYPES[t].pool,
+            EXIT_TYPES[t].hidden_dim(arch.dim) or "-",
+            exit_flops(arch, t),
+            f"{100 * exit_flops(arch, t) / block:.2f}%",
+        ]
+        for t in exits.types
+    ]
+    rows = [
+        [k]
+        + [
+            f"{100 * stats[f'{k}_{t}']['accuracy']:.2f} / {100 * stats[f'{k}_{t}']['agreement']:.2f}"
+            if f"{k}_{t}" in stats
+            else "-"
+            for t in exits.types
+        ]
+        for k in exits.positions
+    ]
     hist = [[h["epoch"], h["loss"], h["val_mean_agreement"], h["elapsed_s"]] for h in runner.history]
     soft = f"soft cross-entropy against the backbone's softmax at temperature {cfg.temperature}"
     loss = (

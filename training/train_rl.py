@@ -20,20 +20,20 @@ from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
-from model.bundle import Bundle, Point, load_bundle, new_bundle
-from model.gates import GatePolicy, SkipAgent
-from model.vit import AdaptiveViT, build_model
-from training.data import DataSplits, load_dataset
-from training.data.augment import AugmentConfig, augment, to_float
-from training.device import autocast, resolve_device
-from training.evaluate import evaluate
-from training.fronts import drop_points_on, update_fronts_section
-from training.loop import EpochRunner, weights_id
-from training.plots import draw_front
-from training.report import command_line, environment, markdown_table, update_section
-from training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
-from training.schedule import warmup_cosine
-from training.train_static import (
+from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
+from skipvit.model.gates import GatePolicy, SkipAgent
+from skipvit.model.vit import AdaptiveViT, build_model
+from skipvit.training.data import DataSplits, load_dataset
+from skipvit.training.data.augment import AugmentConfig, augment, to_float
+from skipvit.training.device import autocast, resolve_device
+from skipvit.training.evaluate import evaluate
+from skipvit.training.fronts import drop_points_on, update_fronts_section
+from skipvit.training.loop import EpochRunner, weights_id
+from skipvit.training.plots import draw_front
+from skipvit.training.report import command_line, environment, markdown_table, update_section
+from skipvit.training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
+from skipvit.training.schedule import warmup_cosine
+from skipvit.training.train_static import (
     dataset_meta,
     gradient_step,
     model_config,
@@ -73,11 +73,18 @@ class RLConfig:
 
 def config_from_args(args) -> RLConfig:
     return RLConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, agent_lr=args.agent_lr,
-        baseline_lr=args.baseline_lr, rl_weight=args.rl_weight, baseline_hidden=args.baseline_hidden,
-        gate_init_bias=args.gate_init_bias, freeze_backbone=args.freeze_backbone, seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        agent_lr=args.agent_lr,
+        baseline_lr=args.baseline_lr,
+        rl_weight=args.rl_weight,
+        baseline_hidden=args.baseline_hidden,
+        gate_init_bias=args.gate_init_bias,
+        freeze_backbone=args.freeze_backbone,
+        seed=args.seed,
         reward=RewardConfig(gamma=args.gamma, eps=args.eps, w_acc=args.w_acc, w_layers=args.w_layers),
-    )  # fmt: skip
+    )
 
 
 def init_weights(args, src: Bundle) -> str:
@@ -120,10 +127,20 @@ def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
         for n, p in backbone.named_parameters():
             p.requires_grad_(n.startswith("head."))
     groups = [{**g, "lr": cfg.lr, "base_lr": cfg.lr} for g in param_groups(backbone, cfg.weight_decay)]
-    groups += [{"params": list(agent.gates.parameters()), "lr": cfg.agent_lr, "base_lr": cfg.agent_lr,
-                "weight_decay": 0.0},
-               {"params": list(agent.baselines.parameters()), "lr": cfg.baseline_lr, "base_lr": cfg.baseline_lr,
-                "weight_decay": 0.0}]  # fmt: skip
+    groups += [
+        {
+            "params": list(agent.gates.parameters()),
+            "lr": cfg.agent_lr,
+            "base_lr": cfg.agent_lr,
+            "weight_decay": 0.0,
+        },
+        {
+            "params": list(agent.baselines.parameters()),
+            "lr": cfg.baseline_lr,
+            "base_lr": cfg.baseline_lr,
+            "weight_decay": 0.0,
+        },
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
 
 
@@ -142,8 +159,13 @@ def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5) -> tuple[to
     base = torch.stack([agent.baseline(j, cls[:, j]) for j in range(model.depth)], dim=1)  # (B, L)
     pl, bl = reinforce_losses(log_probs, returns, base)
     loss = ce + cfg.rl_weight * pl + cfg.baseline_weight * bl
-    stats = {"ce": ce.item(), "baseline": bl.item(), "correct": int(correct.sum()),
-             "layers": out.executed.float().sum(1).mean().item(), "reward": reward.mean().item()}  # fmt: skip
+    stats = {
+        "ce": ce.item(),
+        "baseline": bl.item(),
+        "correct": int(correct.sum()),
+        "layers": out.executed.float().sum(1).mean().item(),
+        "reward": reward.mean().item(),
+    }
     return loss, stats
 
 
@@ -156,8 +178,13 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     seen = correct = 0
     ce_sum = layers_sum = 0.0
-    bar = tqdm(splits.train.batches(cfg.batch_size, shuffle=True, generator=g), total=steps_per_epoch,
-               desc=f"rl epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0)  # fmt: skip
+    bar = tqdm(
+        splits.train.batches(cfg.batch_size, shuffle=True, generator=g),
+        total=steps_per_epoch,
+        desc=f"rl epoch {epoch + 1}/{cfg.epochs}",
+        leave=False,
+        mininterval=1.0,
+    )
     for images, labels in bar:
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, total_steps, warmup, group["base_lr"])
@@ -175,8 +202,11 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
         bar.set_postfix(
             ce=f"{ce_sum / seen:.4f}", acc=f"{correct / seen:.4f}", layers=f"{layers_sum / seen:.2f}"
         )
-    return step, {"ce": ce_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                  "train_layers": layers_sum / max(1, seen)}  # fmt: skip
+    return step, {
+        "ce": ce_sum / max(1, seen),
+        "train_acc": correct / max(1, seen),
+        "train_layers": layers_sum / max(1, seen),
+    }
 
 
 def _check_same_split(src: Bundle, target: Bundle) -> None:
@@ -229,11 +259,19 @@ def run(args) -> None:
         )
         policy = GatePolicy(model.agent)
         val = evaluate(model, splits.val, splits.info.mean, splits.info.std, policy, device=device)
-        runner.end_epoch_with({"epoch": epoch + 1, **{k: round(v, 4) for k, v in stats.items()},
-                               "val_acc": round(val.accuracy, 5), "val_layers": round(val.mean_layers, 3)})  # fmt: skip
-        print(f"rl epoch {epoch + 1}/{cfg.epochs}: ce {stats['ce']:.4f} train acc {stats['train_acc']:.4f} "
-              f"(sampled layers {stats['train_layers']:.2f}) | val acc {val.accuracy:.4f} at "
-              f"{val.mean_layers:.2f} layers ({runner.elapsed / 60:.1f} min)")  # fmt: skip
+        runner.end_epoch_with(
+            {
+                "epoch": epoch + 1,
+                **{k: round(v, 4) for k, v in stats.items()},
+                "val_acc": round(val.accuracy, 5),
+                "val_layers": round(val.mean_layers, 3),
+            }
+        )
+        print(
+            f"rl epoch {epoch + 1}/{cfg.epochs}: ce {stats['ce']:.4f} train acc {stats['train_acc']:.4f} "
+            f"(sampled layers {stats['train_layers']:.2f}) | val acc {val.accuracy:.4f} at "
+            f"{val.mean_layers:.2f} layers ({runner.elapsed / 60:.1f} min)"
+        )
     if not runner.finished():
         return
     test = evaluate(
@@ -270,8 +308,10 @@ def _check_target(bundle: Bundle, model: AdaptiveViT, name: str) -> None:
         )
     clash = next((p for p in bundle.front if p.id == name and p.weights != name), None)
     if clash is not None:
-        raise ValueError(f"--name {name!r} would replace point {name!r} ({clash.method}, on weights "
-                         f"{clash.weights!r}) of {bundle.root}; Hint: pick another --name")  # fmt: skip
+        raise ValueError(
+            f"--name {name!r} would replace point {name!r} ({clash.method}, on weights "
+            f"{clash.weights!r}) of {bundle.root}; Hint: pick another --name"
+        )
     if name not in bundle.weight_sets:
         return
     others = sorted({p.method for p in bundle.front if p.weights == name} - set(KNOB_METHODS))
@@ -280,11 +320,16 @@ def _check_target(bundle: Bundle, model: AdaptiveViT, name: str) -> None:
     gates, heads = any(k.startswith("agent.") for k in keys), any(k.startswith("exits.") for k in keys)
     if others or not gates or heads:
         whose = (
-            f"which points of method {', '.join(others)} use" if others
-            else "which holds exit heads" if heads else "which has no gates"
-        )  # fmt: skip
-        raise ValueError(f"--name {name!r} would overwrite weight set {name!r} of {bundle.root}, {whose}; "
-                         "Hint: pick another --name")  # fmt: skip
+            f"which points of method {', '.join(others)} use"
+            if others
+            else "which holds exit heads"
+            if heads
+            else "which has no gates"
+        )
+        raise ValueError(
+            f"--name {name!r} would overwrite weight set {name!r} of {bundle.root}, {whose}; "
+            "Hint: pick another --name"
+        )
 
 
 def write_rl_bundle(
@@ -301,17 +346,37 @@ def write_rl_bundle(
     # The other points on the weight set being replaced were measured on the old weights.
     stale = drop_points_on(bundle, name, keep=name)
     if stale:
-        print(f"dropped {len(stale)} points measured on the old {name!r} weights ({', '.join(stale)}); "
-              "Hint: run `skipvit search nsga` (or `search lac --weights`) for new ones")  # fmt: skip
+        print(
+            f"dropped {len(stale)} points measured on the old {name!r} weights ({', '.join(stale)}); "
+            "Hint: run `skipvit search nsga` (or `search lac --weights`) for new ones"
+        )
     bundle.add_weight_set(name, model.state_dict())
     depth = model.depth
     metrics = test.metrics(depth, "test")
     bundle.upsert_points([Point(name, "rl", name, {"thresholds": [0.5] * depth}, metrics)])
     draw_front(bundle)
-    rows = [[h["epoch"], h["ce"], h["train_acc"], h["train_layers"], h["val_acc"], h["val_layers"], h["elapsed_s"]]
-            for h in history]  # fmt: skip
-    compare = [[p.id, p.method, f"{100 * p.metrics['accuracy']:.2f}", p.metrics["mean_layers"],
-                p.metrics["relative_compute"]] for p in bundle.front]  # fmt: skip
+    rows = [
+        [
+            h["epoch"],
+            h["ce"],
+            h["train_acc"],
+            h["train_layers"],
+            h["val_acc"],
+            h["val_layers"],
+            h["elapsed_s"],
+        ]
+        for h in history
+    ]
+    compare = [
+        [
+            p.id,
+            p.method,
+            f"{100 * p.metrics['accuracy']:.2f}",
+            p.metrics["mean_layers"],
+            p.metrics["relative_compute"],
+        ]
+        for p in bundle.front
+    ]
     ratio = test.executed.float().mean(0).tolist()
     body = f"""
 Command: `{command_line(args.argv)}`
@@ -335,8 +400,10 @@ Per-layer processing ratio: {", ".join(f"{r:.2f}" for r in ratio)}.
 {markdown_table(["epoch", "CE", "train acc", "sampled layers", "val acc", "val layers", "elapsed s"], rows)}
 """
     if stale:
-        body += (f"\nDropped the points measured on the previous `{name}` weights: {', '.join(stale)} (measured on "
-                 "weights this bundle no longer holds; their report sections are kept as a record).\n")  # fmt: skip
+        body += (
+            f"\nDropped the points measured on the previous `{name}` weights: {', '.join(stale)} (measured on "
+            "weights this bundle no longer holds; their report sections are kept as a record).\n"
+        )
     update_section(out, name, body)
     if stale:
         update_fronts_section(bundle)

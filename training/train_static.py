@@ -12,18 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from model.bundle import Bundle, Point, load_bundle, new_bundle
-from model.config import ViTConfig
-from model.policy import StaticPolicy
-from model.vit import PRESETS, AdaptiveViT, build_model
-from training.data import DataSplits, load_dataset
-from training.data.augment import AugmentConfig, augment, to_float
-from training.device import autocast, resolve_device
-from training.evaluate import evaluate
-from training.loop import EpochRunner, weights_id
-from training.plots import draw_front
-from training.report import command_line, environment, markdown_table, read_section, update_section
-from training.schedule import warmup_cosine
+from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
+from skipvit.model.config import ViTConfig
+from skipvit.model.policy import StaticPolicy
+from skipvit.model.vit import PRESETS, AdaptiveViT, build_model
+from skipvit.training.data import DataSplits, load_dataset
+from skipvit.training.data.augment import AugmentConfig, augment, to_float
+from skipvit.training.device import autocast, resolve_device
+from skipvit.training.evaluate import evaluate
+from skipvit.training.loop import EpochRunner, weights_id
+from skipvit.training.plots import draw_front
+from skipvit.training.report import command_line, environment, markdown_table, read_section, update_section
+from skipvit.training.schedule import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,11 @@ def model_config(preset: str, splits: DataSplits, **overrides) -> ViTConfig:
     if preset not in PRESETS:
         raise SystemExit(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = dict(PRESETS[preset])
-    base.update(image_size=splits.info.image_size, in_channels=splits.info.channels,
-                num_classes=splits.info.num_classes)  # fmt: skip
+    base.update(
+        image_size=splits.info.image_size,
+        in_channels=splits.info.channels,
+        num_classes=splits.info.num_classes,
+    )
     base.update({k: v for k, v in overrides.items() if v is not None})
     return ViTConfig(**base)
 
@@ -86,8 +89,13 @@ def train_epoch(
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     seen = correct = 0
     loss_sum = 0.0
-    bar = tqdm(splits.train.batches(cfg.batch_size, shuffle=True, generator=g), total=steps_per_epoch,
-               desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0)  # fmt: skip
+    bar = tqdm(
+        splits.train.batches(cfg.batch_size, shuffle=True, generator=g),
+        total=steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        leave=False,
+        mininterval=1.0,
+    )
     for images, labels in bar:
         lr = warmup_cosine(step, total_steps, warmup, cfg.lr, cfg.min_lr_ratio)
         for group in opt.param_groups:
@@ -129,8 +137,15 @@ def run(args) -> None:
             + "\n".join("> " + line for line in previous.splitlines())
         )
     else:
-        arch = model_config(args.preset, splits, depth=args.depth, dim=args.dim, heads=args.heads,
-                            patch_size=args.patch_size, shared_layers=args.shared_layers or None)  # fmt: skip
+        arch = model_config(
+            args.preset,
+            splits,
+            depth=args.depth,
+            dim=args.dim,
+            heads=args.heads,
+            patch_size=args.patch_size,
+            shared_layers=args.shared_layers or None,
+        )
         model = build_model(arch)
     model.to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
@@ -150,10 +165,18 @@ def run(args) -> None:
             model, opt, splits, cfg, device, epoch, runner.step, total_steps, runner.g
         )
         val = evaluate(model, splits.val, splits.info.mean, splits.info.std, device=device)
-        runner.end_epoch_with({"epoch": epoch + 1, "loss": round(loss, 5), "train_acc": round(acc, 5),
-                               "val_acc": round(val.accuracy, 5)})  # fmt: skip
-        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train acc {acc:.4f} "
-              f"val acc {val.accuracy:.4f} ({runner.elapsed / 60:.1f} min)")  # fmt: skip
+        runner.end_epoch_with(
+            {
+                "epoch": epoch + 1,
+                "loss": round(loss, 5),
+                "train_acc": round(acc, 5),
+                "val_acc": round(val.accuracy, 5),
+            }
+        )
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train acc {acc:.4f} "
+            f"val acc {val.accuracy:.4f} ({runner.elapsed / 60:.1f} min)"
+        )
     if not runner.finished():
         return
     test = evaluate(model, splits.test, splits.info.mean, splits.info.std, device=device)

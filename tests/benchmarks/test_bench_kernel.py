@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import json
 
-from training.cli import main
+from skipvit.cli import main
 
 
 def test_cpu_run_through_the_cli(tmp_path, capsys):
     out, md = tmp_path / "kernel.json", tmp_path / "kernel.md"
-    main(["bench", "kernel", "--device", "cpu", "--batch-sizes", "1,8", "--densities", "0,1", "--repeats", "2",
-          "--warmup", "1", "--model-batch", "8", "--out-json", str(out), "--out-md", str(md)])  # fmt: skip
+    main(
+        [
+            "bench",
+            "kernel",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1,8",
+            "--densities",
+            "0,1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--model-batch",
+            "8",
+            "--out-json",
+            str(out),
+            "--out-md",
+            str(md),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["environment"]["device"] == "cpu"
     keys = {(r["batch"], r["density"]) for r in result["kernels"]}

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks.bench_model import Config, batches_of, build_configs, choose_points, mean_layers
-from benchmarks.model_report import derive_rows, render_markdown, verdict
-from model.bundle import load_bundle
-from model.flops import forward_flops, gate_flops
+from skipvit.benchmarks.bench_model import Config, batches_of, build_configs, choose_points, mean_layers
+from skipvit.benchmarks.model_report import derive_rows, render_markdown, verdict
+from skipvit.cli import main
+from skipvit.model.bundle import load_bundle
+from skipvit.model.flops import forward_flops, gate_flops
 from tests.conftest import SHIPPED_BUNDLE
-from training.cli import main
 
 # ---- pure figures
 
@@ -61,8 +61,13 @@ def test_derive_rows_pairs_rounds_and_counts_flops(tiny_cfg):
 
 
 def _row(config, kind, b, eff=None, overhead=None):
-    return {"config": config, "kind": kind, "batch_size": b, "achieved_over_ideal_flops": eff,
-            "overhead_vs_static": overhead}  # fmt: skip
+    return {
+        "config": config,
+        "kind": kind,
+        "batch_size": b,
+        "achieved_over_ideal_flops": eff,
+        "overhead_vs_static": overhead,
+    }
 
 
 def test_verdict_per_target():
@@ -149,12 +154,45 @@ def test_gates_on_runs_every_layer_even_where_every_gate_says_skip(tiny_gate_bun
 def test_quick_run_on_the_tiny_gate_bundle(tiny_gate_bundle, tmp_path, capsys):
     out = tmp_path / "bench" / "model.json"
     md = tmp_path / "model.md"
-    main(["bench", "model", "--bundle", str(tiny_gate_bundle), "--points", "rl,nsga-a", "--batch-sizes", "1,8",
-          "--rounds", "2", "--min-seconds", "0.01", "--repeats", "2", "--limit", "16", "--out-json", str(out),
-          "--out-md", str(md)])  # fmt: skip
+    main(
+        [
+            "bench",
+            "model",
+            "--bundle",
+            str(tiny_gate_bundle),
+            "--points",
+            "rl,nsga-a",
+            "--batch-sizes",
+            "1,8",
+            "--rounds",
+            "2",
+            "--min-seconds",
+            "0.01",
+            "--repeats",
+            "2",
+            "--limit",
+            "16",
+            "--out-json",
+            str(out),
+            "--out-md",
+            str(md),
+        ]
+    )
     report = json.loads(out.read_text())
-    for key in ("command", "machine", "bundle", "device", "settings", "data", "method", "flops_per_image",
-                "configs", "rows", "targets", "png"):  # fmt: skip
+    for key in (
+        "command",
+        "machine",
+        "bundle",
+        "device",
+        "settings",
+        "data",
+        "method",
+        "flops_per_image",
+        "configs",
+        "rows",
+        "targets",
+        "png",
+    ):
         assert key in report, key
     assert report["device"] == "cpu" and report["machine"]["device"] == "cpu"
     assert {"cpu", "cores", "torch", "torch_threads"} <= set(report["machine"])

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.bench_server import (
+from skipvit.benchmarks.bench_server import (
     cpu_ms_per_request,
     fashion_mnist_pngs,
     histogram_sum_count,
@@ -27,7 +27,7 @@ from benchmarks.bench_server import (
     render_markdown,
     verdict,
 )
-from benchmarks.loadgen import (
+from skipvit.benchmarks.loadgen import (
     LevelResult,
     ProtocolError,
     Response,
@@ -40,7 +40,7 @@ from benchmarks.loadgen import (
     run_level,
     summarize,
 )
-from training.cli import build_parser, main
+from skipvit.cli import build_parser, main
 
 # ---- HTTP parsing
 
@@ -192,9 +192,16 @@ def test_mean_batch_is_the_delta_ratio_or_none():
 
 
 def _level(server, c, images_per_s, p95, failed=0, mean=None):
-    return {"server": server, "concurrency": c, "requests_per_s": images_per_s, "images_per_s": images_per_s,
-            "latency_ms": {"p50": p95 / 2, "p95": p95, "p99": p95 * 1.2}, "failed": failed,
-            "status_503": 0, "mean_batch_size": mean}  # fmt: skip
+    return {
+        "server": server,
+        "concurrency": c,
+        "requests_per_s": images_per_s,
+        "images_per_s": images_per_s,
+        "latency_ms": {"p50": p95 / 2, "p95": p95, "p99": p95 * 1.2},
+        "failed": failed,
+        "status_503": 0,
+        "mean_batch_size": mean,
+    }
 
 
 def test_verdict_checks_both_targets_at_64_clients():
@@ -202,8 +209,10 @@ def test_verdict_checks_both_targets_at_64_clients():
         "batched": [_level("batched", 8, 500, 20, mean=6.0), _level("batched", 64, 1200, 60, mean=31.6)],
         "naive": [_level("naive", 8, 300, 30), _level("naive", 64, 350, 190)],
     }
-    inproc = [{"batch_size": 32, "images_per_s": 1500.0, "why": "mean batch", "reference": True},
-              {"batch_size": 1, "images_per_s": 300.0, "why": "naive"}]  # fmt: skip
+    inproc = [
+        {"batch_size": 32, "images_per_s": 1500.0, "why": "mean batch", "reference": True},
+        {"batch_size": 1, "images_per_s": 300.0, "why": "naive"},
+    ]
     v = verdict(servers, inproc)
     assert v["clients"] == 64
     assert v["speedup"]["ratio"] == pytest.approx(1200 / 350) and v["speedup"]["met"]
@@ -231,12 +240,27 @@ def test_verdict_reads_the_median_round_and_pairs_in_process_by_round():
 
     servers = {
         "batched": [_level("batched", 8, 500, 20, mean=6.0)]
-        + [rnd(_level("batched", 64, ips, p95, mean=32.0), r) for r, ips, p95 in ((1, 900, 90), (2, 1000, 80), (3, 700, 95))],
+        + [
+            rnd(_level("batched", 64, ips, p95, mean=32.0), r)
+            for r, ips, p95 in ((1, 900, 90), (2, 1000, 80), (3, 700, 95))
+        ],
         "naive": [_level("naive", 8, 300, 30)]
-        + [rnd(_level("naive", 64, ips, 300), r) for r, ips in ((1, 250, ), (2, 200), (3, 280))],
-    }  # fmt: skip
-    inproc = [{"batch_size": 32 + r, "images_per_s": ips, "why": "mean batch", "round": r, "reference": True}
-              for r, ips in ((1, 1200.0), (2, 1600.0), (3, 1000.0))]  # fmt: skip
+        + [
+            rnd(_level("naive", 64, ips, 300), r)
+            for r, ips in (
+                (
+                    1,
+                    250,
+                ),
+                (2, 200),
+                (3, 280),
+            )
+        ],
+    }
+    inproc = [
+        {"batch_size": 32 + r, "images_per_s": ips, "why": "mean batch", "round": r, "reference": True}
+        for r, ips in ((1, 1200.0), (2, 1600.0), (3, 1000.0))
+    ]
     inproc.append({"batch_size": 1, "images_per_s": 400.0, "why": "naive"})
     v = verdict(servers, inproc)
     # speedups 3.6, 5.0, 2.5 -> round 1; efficiencies 0.75, 0.625, 0.70 -> round 3
@@ -254,12 +278,22 @@ def test_verdict_reads_the_median_round_and_pairs_in_process_by_round():
     servers["naive"][2]["failed"] = 1  # a failure in any round fails the first target
     assert not verdict(servers, inproc)["speedup"]["met"]
     report = {
-        "command": "skipvit bench server", "bundle": "b", "point": "static", "servers": servers,
+        "command": "skipvit bench server",
+        "bundle": "b",
+        "point": "static",
+        "servers": servers,
         "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
-        "settings": {"images_per_request": 1, "duration_s": 10.0, "requests": None, "warmup_s": 1.0,
-                     "max_batch_size": 64, "max_wait_ms": 5.0},
-        "in_process": inproc, "targets": v,
-    }  # fmt: skip
+        "settings": {
+            "images_per_request": 1,
+            "duration_s": 10.0,
+            "requests": None,
+            "warmup_s": 1.0,
+            "max_batch_size": 64,
+            "max_wait_ms": 5.0,
+        },
+        "in_process": inproc,
+        "targets": v,
+    }
     md = render_markdown(report)
     assert "| batched | 64 (round 2) | 1,000.0 |" in md and "| 35 (round 3) | 1,000.0 |" in md
     assert "(rounds: 3.60x, 5.00x, 2.50x)" in md and "(rounds: 75.0%, 62.5%, 70.0%)" in md
@@ -273,12 +307,22 @@ def test_render_markdown_has_one_row_per_level_and_the_verdict():
     }
     inproc = [{"batch_size": 64, "images_per_s": 1500.0, "why": "max_batch_size", "reference": True}]
     report = {
-        "command": "skipvit bench server", "bundle": "b", "point": "static", "servers": servers,
+        "command": "skipvit bench server",
+        "bundle": "b",
+        "point": "static",
+        "servers": servers,
         "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
-        "settings": {"images_per_request": 1, "duration_s": 10.0, "requests": None, "warmup_s": 1.0,
-                     "max_batch_size": 64, "max_wait_ms": float("nan")},
-        "in_process": inproc, "targets": verdict(servers, inproc),
-    }  # fmt: skip
+        "settings": {
+            "images_per_request": 1,
+            "duration_s": 10.0,
+            "requests": None,
+            "warmup_s": 1.0,
+            "max_batch_size": 64,
+            "max_wait_ms": float("nan"),
+        },
+        "in_process": inproc,
+        "targets": verdict(servers, inproc),
+    }
     md = render_markdown(report)
     assert "| batched | 64 | 1,200.0 | 1,200.0 |" in md and "| naive | 64 |" in md
     assert "max_wait_ms n/a" in md and "| n/a |" in md  # absent /metrics shows as n/a
@@ -299,9 +343,17 @@ def test_loopback_urls_are_accepted(url):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://10.0.0.5:8000", "http://192.168.1.2", "http://example.com", "http://localhost.example.com:80",
-     "http://[2001:db8::1]:80", "http://0.0.0.0:8000", "https://127.0.0.1:8443", "127.0.0.1:8000"],
-)  # fmt: skip
+    [
+        "http://10.0.0.5:8000",
+        "http://192.168.1.2",
+        "http://example.com",
+        "http://localhost.example.com:80",
+        "http://[2001:db8::1]:80",
+        "http://0.0.0.0:8000",
+        "https://127.0.0.1:8443",
+        "127.0.0.1:8000",
+    ],
+)
 def test_other_hosts_are_refused(url):
     with pytest.raises(ValueError, match="Hint"):
         check_loopback_url(url)
@@ -361,13 +413,36 @@ def _fake_fashion_mnist(root: Path, n: int = 8) -> Path:
 def test_bench_server_end_to_end_with_rounds(tiny_bundle, tmp_path):
     """The whole command on the tiny bundle: both servers, two levels, two reference rounds with
     their in-process timings, the JSON and the markdown."""
-    from training.cli import main
+    from skipvit.cli import main
 
     data = _fake_fashion_mnist(tmp_path)
     out = tmp_path / "bench"
-    main(["bench", "server", "--bundle", str(tiny_bundle), "--data-dir", str(data), "--concurrency", "1,4",
-          "--rounds", "2", "--duration", "0.4", "--warmup", "0.1", "--inproc-seconds", "0.1",
-          "--max-wait-ms", "2", "--out-json", str(out / "server.json"), "--out-md", str(out / "server.md")])  # fmt: skip
+    main(
+        [
+            "bench",
+            "server",
+            "--bundle",
+            str(tiny_bundle),
+            "--data-dir",
+            str(data),
+            "--concurrency",
+            "1,4",
+            "--rounds",
+            "2",
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--inproc-seconds",
+            "0.1",
+            "--max-wait-ms",
+            "2",
+            "--out-json",
+            str(out / "server.json"),
+            "--out-md",
+            str(out / "server.md"),
+        ]
+    )
     report = json.loads((out / "server.json").read_text())
     for name in ("batched", "naive"):
         rows = report["servers"][name]
@@ -379,7 +454,7 @@ def test_bench_server_end_to_end_with_rounds(tiny_bundle, tmp_path):
     assert all(r["cpu_ms_per_image"] > 0 for r in report["in_process"])
     ref = [r for r in report["in_process"] if r.get("reference")]
     # each round: this process, and the server's engine processes fed directly where it has several
-    from service.worker import layout
+    from skipvit.service.worker import layout
 
     per_round = 2 if layout("cpu", None, None)[0] > 1 else 1
     assert [r["round"] for r in ref] == [1] * per_round + [2] * per_round
@@ -432,8 +507,16 @@ def test_run_level_counts_503s_and_reconnects_after_connection_close():
         port = server.sockets[0].getsockname()[1]
         async with server:
             pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
-            return await run_level("127.0.0.1", port, pool, images_per_request=1, concurrency=3,
-                                   duration_s=None, max_requests=60, warmup_s=0.05)  # fmt: skip
+            return await run_level(
+                "127.0.0.1",
+                port,
+                pool,
+                images_per_request=1,
+                concurrency=3,
+                duration_s=None,
+                max_requests=60,
+                warmup_s=0.05,
+            )
 
     res = asyncio.run(go())
     assert res.ok + res.failed == 60
@@ -447,7 +530,7 @@ def naive_port(tiny_bundle):
     """The naive endpoint over the tiny bundle, under uvicorn in a thread of this process."""
     import uvicorn
 
-    from benchmarks.naive_server import create_naive_app
+    from skipvit.benchmarks.naive_server import create_naive_app
 
     port = _free_port()
     config = uvicorn.Config(
@@ -477,8 +560,11 @@ def _pngs(n: int) -> list[bytes]:
 
 def test_load_generator_against_the_naive_endpoint(naive_port):
     pool = request_pool("127.0.0.1", naive_port, "/classify", _pngs(8), per_request=2)
-    res = asyncio.run(run_level("127.0.0.1", naive_port, pool, images_per_request=2, concurrency=2,
-                                duration_s=1.0, warmup_s=0.3))  # fmt: skip
+    res = asyncio.run(
+        run_level(
+            "127.0.0.1", naive_port, pool, images_per_request=2, concurrency=2, duration_s=1.0, warmup_s=0.3
+        )
+    )
     out = summarize(res)
     assert res.failed == 0, res.error_samples
     assert res.ok > 5 and dict(res.statuses) == {200: res.ok}
@@ -490,7 +576,17 @@ def test_load_generator_against_the_naive_endpoint(naive_port):
 
 def test_load_generator_counts_every_failure(naive_port):
     pool = request_pool("127.0.0.1", naive_port, "/classify?point=nope", _pngs(2), per_request=1)
-    res = asyncio.run(run_level("127.0.0.1", naive_port, pool, images_per_request=1, concurrency=2,
-                                duration_s=None, max_requests=12, warmup_s=0.0))  # fmt: skip
+    res = asyncio.run(
+        run_level(
+            "127.0.0.1",
+            naive_port,
+            pool,
+            images_per_request=1,
+            concurrency=2,
+            duration_s=None,
+            max_requests=12,
+            warmup_s=0.0,
+        )
+    )
     assert res.ok == 0 and res.failed == 12 and dict(res.statuses) == {404: 12}
     assert res.error_samples[0] == "status 404"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch
-from kernels.syncs import count_syncs
-from model.policy import MaskPolicy
+from skipvit import kernels
+from skipvit.kernels import dispatch
+from skipvit.kernels.syncs import count_syncs
+from skipvit.model.policy import MaskPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -45,10 +45,10 @@ def test_triton_is_optional_and_imported_only_when_used():
     """The package imports and computes without triton; importing it does not import triton."""
     code = (
         "import sys, torch\n"
-        "import kernels, model.vit\n"
+        "from skipvit import kernels\nimport skipvit.model.vit\n"
         "assert 'triton' not in sys.modules, 'triton imported eagerly'\n"
         "sys.modules['triton'] = None  # from here on, `import triton` fails as if not installed\n"
-        "from kernels import dispatch\n"
+        "from skipvit.kernels import dispatch\n"
         "assert dispatch.triton_module() is None\n"
         "h, m = torch.randn(4, 3), torch.tensor([True, False, True, False])\n"
         "rows, idx = kernels.compact_rows(h, m)\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import compact_rows, scatter_rows
-from kernels.reference import compact_rows_fixed_ref, compact_rows_ref, scatter_rows_fixed_ref
+from skipvit.kernels import compact_rows, scatter_rows
+from skipvit.kernels.reference import compact_rows_fixed_ref, compact_rows_ref, scatter_rows_fixed_ref
 
 
 def make_mask(b: int, kind: str) -> torch.Tensor:

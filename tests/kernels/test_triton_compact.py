@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.reference import (
+from skipvit.kernels.reference import (
     compact_rows_fixed_ref,
     compact_rows_ref,
     scatter_rows_fixed_ref,
@@ -19,7 +19,7 @@ from kernels.reference import (
 )
 
 try:
-    import kernels.triton_compact as tc
+    import skipvit.kernels.triton_compact as tc
 except ImportError:  # triton is a dev dependency (Linux x86_64); torch on CUDA ships it
     pytest.skip("triton is not installed", allow_module_level=True)
 

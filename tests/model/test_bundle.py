@@ -9,16 +9,26 @@ import shutil
 import pytest
 import torch
 
-from model.bundle import BundleError, Point, load_bundle, new_bundle
-from model.vit import build_model
+from skipvit.model.bundle import BundleError, Point, load_bundle, new_bundle
+from skipvit.model.vit import build_model
 
 
 @pytest.fixture
 def bundle_dir(tmp_path, tiny_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_cfg)
-    b = new_bundle(tmp_path / "b", tiny_cfg, {"name": "synthetic", "classes": ["a", "b", "c", "d"],
-                   "image_size": 16, "channels": 1, "mean": [0.5], "std": [0.5]})  # fmt: skip
+    b = new_bundle(
+        tmp_path / "b",
+        tiny_cfg,
+        {
+            "name": "synthetic",
+            "classes": ["a", "b", "c", "d"],
+            "image_size": 16,
+            "channels": 1,
+            "mean": [0.5],
+            "std": [0.5],
+        },
+    )
     b.add_weight_set("static", model.state_dict())
     b.upsert_points([Point("static", "static", "static", {}, {"accuracy": 0.5, "mean_layers": 4.0})])
     (b.root / "REPORT.md").write_text("# report\n")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.dyce import (
+from skipvit.model.dyce import (
     DyCEConfig,
     DyCEPolicy,
     ExitChoice,
@@ -15,9 +15,9 @@ from model.dyce import (
     relative_compute,
     static_flops,
 )
-from model.exits import EXIT_TYPES, ExitSet, attach_exits, exit_flops, exits_of, pooled_tokens
-from model.flops import block_flops, patch_embed_flops
-from model.policy import EXIT, RUN
+from skipvit.model.exits import EXIT_TYPES, ExitSet, attach_exits, exit_flops, exits_of, pooled_tokens
+from skipvit.model.flops import block_flops, patch_embed_flops
+from skipvit.model.policy import EXIT, RUN
 
 
 def _sharp_exits(cfg, positions=(1, 2, 3), types=tuple(EXIT_TYPES), scale=8.0):

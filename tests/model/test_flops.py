@@ -7,11 +7,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.config import ViTConfig
-from model.flops import block_flops, forward_flops, gate_flops, head_flops, patch_embed_flops
-from model.gates import GatePolicy, SkipAgent
-from model.policy import MaskPolicy
-from model.vit import PRESETS
+from skipvit.model.config import ViTConfig
+from skipvit.model.flops import block_flops, forward_flops, gate_flops, head_flops, patch_embed_flops
+from skipvit.model.gates import GatePolicy, SkipAgent
+from skipvit.model.policy import MaskPolicy
+from skipvit.model.vit import PRESETS
 
 
 def test_tiny_config_by_hand(tiny_cfg):

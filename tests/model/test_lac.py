@@ -1,14 +1,15 @@
-"""LAC (seed 002): the halting rule on hand-made norm sequences, and the policy in the ViT loop."""
+"""LAC ("L2 Norm Guided Adaptive Computation"): the halting rule on hand-made norm sequences, and the
+policy in the ViT loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model.config import ViTConfig
-from model.lac import LACPolicy, LACTracker, lac_steps, state_norm
-from model.policy import EXIT, RUN
-from model.vit import build_model
+from skipvit.model.config import ViTConfig
+from skipvit.model.lac import LACPolicy, LACTracker, lac_steps, state_norm
+from skipvit.model.policy import EXIT, RUN
+from skipvit.model.vit import build_model
 
 # ---------------------------------------------------------------- the rule on norm sequences
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import ViTConfig
-from model.policy import EXIT, RUN, SKIP, ExecutionPolicy, MaskPolicy
-from model.vit import build_model
+from skipvit.model.config import ViTConfig
+from skipvit.model.policy import EXIT, RUN, SKIP, ExecutionPolicy, MaskPolicy
+from skipvit.model.vit import build_model
 
 
 def plain_forward(model, x):
@@ -122,15 +122,20 @@ def assert_same_forward(out, ref):
 
 @pytest.mark.parametrize("capacity", ["none", "enough", "per-layer", "too-small", "zero"])
 def test_fixed_compaction_equals_exact(tiny_model, tiny_cfg, capacity):
-    from kernels.syncs import count_syncs
+    from skipvit.kernels.syncs import count_syncs
 
     torch.manual_seed(2)
     x = torch.randn(12, 1, 16, 16)
     dec = mixed_decisions(12, tiny_cfg.depth)
     ref = tiny_model(x, MaskPolicy(dec))
     per_layer = ref.executed.sum(0).tolist()  # rows that run each layer
-    cap = {"none": None, "enough": max(per_layer), "per-layer": per_layer,
-           "too-small": max(per_layer) - 1, "zero": 0}[capacity]  # fmt: skip
+    cap = {
+        "none": None,
+        "enough": max(per_layer),
+        "per-layer": per_layer,
+        "too-small": max(per_layer) - 1,
+        "zero": 0,
+    }[capacity]
     with count_syncs("cpu") as syncs:
         out = tiny_model(x, MaskPolicy(dec), compaction="fixed", capacity=cap)
     assert_same_forward(out, ref)
@@ -176,7 +181,7 @@ def test_fixed_mode_uses_policy_exit_logits():
 @pytest.mark.gpu
 def test_fixed_forward_syncs_once_on_cuda(tiny_cfg):
     """The fixed path waits for the GPU once per forward (the overflow check); exact waits per layer."""
-    from kernels.syncs import count_syncs
+    from skipvit.kernels.syncs import count_syncs
 
     torch.manual_seed(0)
     model = build_model(tiny_cfg).eval().cuda()

@@ -43,13 +43,22 @@ class ServerProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
-        env = {**os.environ, "SKIPVIT_DEVICE": "cpu", "SKIPVIT_LOG_LEVEL": "info", "SKIPVIT_ADMIN_TOKEN": TOKEN,
-               "SKIPVIT_ADMIN_TOKEN_FILE": str(tmp / "admin-token"), **env}  # fmt: skip
+        env = {
+            **os.environ,
+            "SKIPVIT_DEVICE": "cpu",
+            "SKIPVIT_LOG_LEVEL": "info",
+            "SKIPVIT_ADMIN_TOKEN": TOKEN,
+            "SKIPVIT_ADMIN_TOKEN_FILE": str(tmp / "admin-token"),
+            **env,
+        }
         self._out = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--port", str(self.port)],
-            env=env, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [sys.executable, "-m", "skipvit", "serve", "--bundle", str(bundle), "--port", str(self.port)],
+            env=env,
+            cwd=REPO,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 120) -> ServerProcess:
         def alive() -> None:

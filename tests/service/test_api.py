@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.engine import Engine
-from service.schemas import ClassifyResponse
-from service.settings import Settings
-from service.worker import EngineGone
+from skipvit.service.app import create_app
+from skipvit.service.engine import Engine
+from skipvit.service.schemas import ClassifyResponse
+from skipvit.service.settings import Settings
+from skipvit.service.worker import EngineGone
 from tests.service.helpers import bar_image, files, png_bytes, wait_ready
 
 TOKEN = "test-admin-token"
@@ -26,8 +26,16 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(tiny_bundle):
-    app = create_app(Settings(bundle=tiny_bundle, device="cpu", max_files=4, max_image_bytes=64 * 1024,
-                              max_body_bytes=200 * 1024, admin_token=TOKEN))  # fmt: skip
+    app = create_app(
+        Settings(
+            bundle=tiny_bundle,
+            device="cpu",
+            max_files=4,
+            max_image_bytes=64 * 1024,
+            max_body_bytes=200 * 1024,
+            admin_token=TOKEN,
+        )
+    )
     with TestClient(app) as c:
         yield wait_ready(c)
 
@@ -217,8 +225,17 @@ def test_admin_routes_need_the_token(client):
 def test_put_config_validates(client):
     r = client.put("/config", json={"point": "nope"}, headers=ADMIN)
     assert r.status_code == 404 and "static" in r.json()["detail"]
-    for body in ({}, {"point": 3}, {"max_batch_size": 0}, {"colour": "red"}, "not json", {"max_wait_ms": -1},
-                 {"max_batch_size": True}, {"max_wait_ms": "7"}, {"max_queue": 2.0}):  # fmt: skip
+    for body in (
+        {},
+        {"point": 3},
+        {"max_batch_size": 0},
+        {"colour": "red"},
+        "not json",
+        {"max_wait_ms": -1},
+        {"max_batch_size": True},
+        {"max_wait_ms": "7"},
+        {"max_queue": 2.0},
+    ):
         r = client.put("/config", json=body, headers=ADMIN)
         assert r.status_code == 422, (body, r.text)
     r = client.put("/config", content=b"{", headers={**ADMIN, "content-type": "application/json"})

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from service.batcher import (
+from skipvit.service.batcher import (
     Answer,
     Batcher,
     DeadlineExceeded,

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-import service.classify as classify
-from service.asgi import ClientGone
-from service.classify import HTTPError, answer_or_gone, point_param
+import skipvit.service.classify as classify
+from skipvit.service.asgi import ClientGone
+from skipvit.service.classify import HTTPError, answer_or_gone, point_param
 
 
 def test_point_param():

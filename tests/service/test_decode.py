@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.decode import DecodeError, decode_image
+from skipvit.service.decode import DecodeError, decode_image
 from tests.service.helpers import png_bytes
 
 KW = dict(channels=1, size=16, max_pixels=1_000_000)
@@ -17,9 +17,20 @@ KW = dict(channels=1, size=16, max_pixels=1_000_000)
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("L", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("1", "PNG"), ("LA", "PNG"),
-     ("I;16", "PNG"), ("CMYK", "JPEG"), ("L", "JPEG"), ("RGB", "WEBP"), ("RGBA", "WEBP")],
-)  # fmt: skip
+    [
+        ("L", "PNG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("1", "PNG"),
+        ("LA", "PNG"),
+        ("I;16", "PNG"),
+        ("CMYK", "JPEG"),
+        ("L", "JPEG"),
+        ("RGB", "WEBP"),
+        ("RGBA", "WEBP"),
+    ],
+)
 def test_every_mode_converts(mode, fmt):
     base = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
     img = base.convert("L").convert(mode) if mode == "I;16" else base.convert(mode)
@@ -95,7 +106,7 @@ def _png(img: Image.Image, **save) -> bytes:
 @pytest.fixture
 def spng_calls(monkeypatch):
     """Counts the PNGs that libspng decodes."""
-    import service.decode as decode
+    import skipvit.service.decode as decode
 
     if decode.pyspng is None:
         pytest.skip("pyspng is not installed on this platform (Pillow decodes every PNG)")
@@ -113,7 +124,7 @@ def spng_calls(monkeypatch):
 
 
 def _pillow_only(data: bytes, monkeypatch, **kw):
-    import service.decode as decode
+    import skipvit.service.decode as decode
 
     with monkeypatch.context() as m:
         m.setattr(decode, "pyspng", None)
@@ -165,7 +176,7 @@ def test_a_broken_png_in_the_bundle_layout_gets_pillows_error(spng_calls):
 def test_decode_as_is_takes_only_what_is_cheap_to_decode(monkeypatch):
     """What the server decodes on its event loop: only PNGs whose header declares the bundle's
     layout (at most size x size pixels), with or without libspng; None sends the rest to a thread."""
-    import service.decode as decode
+    import skipvit.service.decode as decode
 
     arr = np.random.default_rng(5).integers(0, 256, (16, 16), dtype=np.uint8)
     in_layout = _png(Image.fromarray(arr))

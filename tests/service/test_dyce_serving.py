@@ -7,10 +7,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.bundle import load_bundle
-from model.points import batch_key, policy_for
-from service.app import create_app
-from service.settings import Settings
+from skipvit.model.bundle import load_bundle
+from skipvit.model.points import batch_key, policy_for
+from skipvit.service.app import create_app
+from skipvit.service.settings import Settings
 from tests.service.helpers import bar_image, files, png_bytes, wait_ready
 
 TOKEN = "test-admin-token"

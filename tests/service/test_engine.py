@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.engine import Engine
+from skipvit.service.engine import Engine
 
 
 def test_mixed_gate_points_in_one_forward_match_separate_forwards(tiny_gate_bundle):
     engine = Engine.from_dir(tiny_gate_bundle, device="cpu")
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (12, engine.channels, engine.image_size, engine.image_size),
-                           dtype=torch.uint8, generator=g)  # fmt: skip
+    images = torch.randint(
+        0, 256, (12, engine.channels, engine.image_size, engine.image_size), dtype=torch.uint8, generator=g
+    )
     points = ["rl", "rl-t0.8", "nsga-a"] * 4
     assert len({engine.batch_key(p) for p in points}) == 1
     mixed = engine.predict(images, points)

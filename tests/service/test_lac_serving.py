@@ -11,11 +11,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.bundle import Point, load_bundle
-from service.app import create_app
-from service.batcher import Knobs, Pending, plan
-from service.engine import BundleView, Engine
-from service.settings import Settings
+from skipvit.model.bundle import Point, load_bundle
+from skipvit.service.app import create_app
+from skipvit.service.batcher import Knobs, Pending, plan
+from skipvit.service.engine import BundleView, Engine
+from skipvit.service.settings import Settings
 from tests.service.helpers import bar_image, png_bytes, wait_ready
 
 LAC_POINTS = {
@@ -53,8 +53,10 @@ def test_batch_keys_and_plan(lac_bundle):
     assert view.batch_key("lac-batch-0.3") is None
     assert view.batch_key("lac-ex-0.5") == view.batch_key("lac-ex-0.8") != view.batch_key("static")
     knobs = Knobs(max_batch_size=64, max_wait_ms=50, max_queue=100)
-    q = [Pending(torch.zeros(n, 1, 16, 16, dtype=torch.uint8), p, 0.0, 100.0)
-         for n, p in ((1, "lac-batch-0.3"), (4, "lac-batch-0.3"), (1, "lac-ex-0.5"), (2, "lac-ex-0.8"))]  # fmt: skip
+    q = [
+        Pending(torch.zeros(n, 1, 16, 16, dtype=torch.uint8), p, 0.0, 100.0)
+        for n, p in ((1, "lac-batch-0.3"), (4, "lac-batch-0.3"), (1, "lac-ex-0.5"), (2, "lac-ex-0.8"))
+    ]
     # a per-batch request runs alone and at once (no company may join it, so it does not wait) ...
     assert plan(q, 0.0, knobs, "static", view.batch_key).batch == q[:1]
     assert plan(q[1:], 0.0, knobs, "static", view.batch_key).batch == q[1:2]
@@ -157,7 +159,7 @@ def test_pareto_says_how_lac_points_are_served(served):
 def test_an_engine_of_several_processes_never_cuts_a_per_batch_forward(lac_bundle):
     """Two engine processes cut a batch in two, except where the rows' answers depend on each
     other: a per-batch LAC batch runs whole in one of them, as in one process."""
-    from service.worker import EngineProcess
+    from skipvit.service.worker import EngineProcess
 
     imgs = as_tensor(np.concatenate([images()["A"], images()["B"][:1]]))  # cut in two, A would run alone
     local = Engine(load_bundle(lac_bundle), torch.device("cpu"))

@@ -19,10 +19,10 @@ import httpx2
 import pytest
 from PIL import Image
 
+from skipvit.training.data.fashion_mnist import load as load_fmnist
 from tests.conftest import FMNIST_DIR, SHIPPED_BUNDLE
 from tests.service.helpers import png_bytes
 from tests.service.server import TOKEN, ServerProcess
-from training.data.fashion_mnist import load as load_fmnist
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

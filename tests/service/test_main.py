@@ -13,10 +13,10 @@ import httpx2
 import pytest
 import uvicorn
 
-from service.app import create_app
-from service.engine import Engine
-from service.main import DrainingServer
-from service.settings import Settings
+from skipvit.service.app import create_app
+from skipvit.service.engine import Engine
+from skipvit.service.main import DrainingServer
+from skipvit.service.settings import Settings
 from tests.service.helpers import bar_image, files, png_bytes
 from tests.service.server import REPO, free_port, poll_ready
 
@@ -29,11 +29,22 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
     drain times out: the queued ones hear 503 at once; the computing one gets its answer if the
     engine returns within uvicorn's graceful-shutdown time, else a 503, never a bare 500."""
     port = free_port()
-    settings = Settings(bundle=tiny_bundle, device="cpu", engine="thread", port=port, admin_token="t",
-                        max_batch_size=1, pipeline_depth=1, drain_timeout_s=0.5, drain_quiet_s=0.1)  # fmt: skip
+    settings = Settings(
+        bundle=tiny_bundle,
+        device="cpu",
+        engine="thread",
+        port=port,
+        admin_token="t",
+        max_batch_size=1,
+        pipeline_depth=1,
+        drain_timeout_s=0.5,
+        drain_quiet_s=0.1,
+    )
     app = create_app(settings)
-    server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=1), app.state.drain)  # fmt: skip
+    server = DrainingServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1),
+        app.state.drain,
+    )
     serving = threading.Thread(target=server.run, daemon=True)
     serving.start()
     base = f"http://127.0.0.1:{port}"
@@ -75,14 +86,14 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
 
 HUNG_THREAD_ENGINE = """
 import threading, sys
-from service.engine import Engine
+from skipvit.service.engine import Engine
 real = Engine.predict
 def predict(self, images, points=None):
     if images.shape[0] == 2:  # the test's request: hangs for good
         threading.Event().wait()
     return real(self, images, points)
 Engine.predict = predict
-from service.main import serve
+from skipvit.service.main import serve
 serve()
 """
 
@@ -92,13 +103,27 @@ def test_serve_exits_when_a_thread_engine_never_returns(tiny_bundle, tmp_path):
     ends the process within its bounds (drain, uvicorn's grace, then as long again for the engine),
     exit code 1, and the request in the hung batch hears 503."""
     port = free_port()
-    env = {**os.environ, "SKIPVIT_BUNDLE": str(tiny_bundle), "SKIPVIT_PORT": str(port), "SKIPVIT_DEVICE": "cpu",
-           "SKIPVIT_ENGINE": "thread", "SKIPVIT_ADMIN_TOKEN": "t", "SKIPVIT_DRAIN_TIMEOUT_S": "0.5",
-           "SKIPVIT_DRAIN_QUIET_S": "0.1", "SKIPVIT_REQUEST_TIMEOUT_S": "30", "SKIPVIT_LOG_LEVEL": "info"}  # fmt: skip
+    env = {
+        **os.environ,
+        "SKIPVIT_BUNDLE": str(tiny_bundle),
+        "SKIPVIT_PORT": str(port),
+        "SKIPVIT_DEVICE": "cpu",
+        "SKIPVIT_ENGINE": "thread",
+        "SKIPVIT_ADMIN_TOKEN": "t",
+        "SKIPVIT_DRAIN_TIMEOUT_S": "0.5",
+        "SKIPVIT_DRAIN_QUIET_S": "0.1",
+        "SKIPVIT_REQUEST_TIMEOUT_S": "30",
+        "SKIPVIT_LOG_LEVEL": "info",
+    }
     log = tmp_path / "server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", HUNG_THREAD_ENGINE], env=env, cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HUNG_THREAD_ENGINE],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
 
@@ -107,8 +132,15 @@ def test_serve_exits_when_a_thread_engine_never_returns(tiny_bundle, tmp_path):
 
         assert poll_ready(base, check=alive)
         answers = []
-        asking = threading.Thread(target=lambda: answers.append(httpx2.post(
-            f"{base}/classify", files=files(png_bytes(bar_image(0)), png_bytes(bar_image(1))), timeout=30)))  # fmt: skip
+        asking = threading.Thread(
+            target=lambda: answers.append(
+                httpx2.post(
+                    f"{base}/classify",
+                    files=files(png_bytes(bar_image(0)), png_bytes(bar_image(1))),
+                    timeout=30,
+                )
+            )
+        )
         asking.start()
         time.sleep(0.5)  # the batch is in the engine, which never returns it
         t0 = time.monotonic()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from service.asgi import send_json
-from service.metrics import Metrics
-from service.middleware import Admission, ServiceMiddleware
+from skipvit.service.asgi import send_json
+from skipvit.service.metrics import Metrics
+from skipvit.service.middleware import Admission, ServiceMiddleware
 
 
 def counted(classify_app) -> str:
@@ -50,8 +50,9 @@ def test_only_classify_requests_hold_the_drain_open():
 
     async def main():
         admission = Admission()
-        mw = ServiceMiddleware(fastapi_app, classify=fastapi_app, metrics=Metrics(), admission=admission,
-                               max_body_bytes=1024)  # fmt: skip
+        mw = ServiceMiddleware(
+            fastapi_app, classify=fastapi_app, metrics=Metrics(), admission=admission, max_body_bytes=1024
+        )
 
         async def receive():
             return {"type": "http.request", "body": b""}
@@ -60,8 +61,11 @@ def test_only_classify_requests_hold_the_drain_open():
             pass
 
         def request(path, method="GET"):
-            return mw({"type": "http", "method": method, "path": path, "headers": [], "query_string": b""},
-                      receive, send)  # fmt: skip
+            return mw(
+                {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""},
+                receive,
+                send,
+            )
 
         admission.last_arrival -= 10  # the last /classify came long ago
         for path in ("/readyz", "/livez", "/metrics", "/pareto"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from service.multipart import MultipartError, TooManyParts, read_files
+from skipvit.service.multipart import MultipartError, TooManyParts, read_files
 
 
 def encoded(files=None, data=None) -> tuple[str, bytes]:
@@ -15,14 +15,17 @@ def encoded(files=None, data=None) -> tuple[str, bytes]:
 
 def test_reads_the_files_parts_in_order_and_ignores_other_fields():
     blobs = [b"\x89PNG first", b"second\r\n--not-a-boundary\r\n", b""]
-    ctype, body = encoded(files=[("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)],
-                          data={"note": "x"})  # fmt: skip
+    ctype, body = encoded(
+        files=[("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)], data={"note": "x"}
+    )
     assert read_files(ctype, body) == [(f"{i}.png", b) for i, b in enumerate(blobs)]
 
 
 def test_a_quoted_boundary_and_a_filename_with_a_semicolon():
-    body = (b'--b;x\r\nContent-Disposition: form-data; name="files"; filename="a;b.png"\r\n\r\n'
-            b"DATA\r\n--b;x--\r\n")  # fmt: skip
+    body = (
+        b'--b;x\r\nContent-Disposition: form-data; name="files"; filename="a;b.png"\r\n\r\n'
+        b"DATA\r\n--b;x--\r\n"
+    )
     assert read_files('multipart/form-data; boundary="b;x"', body) == [("a;b.png", b"DATA")]
 
 
@@ -32,14 +35,24 @@ def test_a_quoted_boundary_and_a_filename_with_a_semicolon():
         ("application/json", b"{}", "not multipart"),
         (None, b"", "untyped"),
         ("multipart/form-data", b"--x\r\n", "no boundary"),
-        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=\"files\"\r\n\r\nab",
-         "truncated"),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="files"\r\n\r\nab',
+            "truncated",
+        ),
         ("multipart/form-data; boundary=x", b"--x\r\nno separator\r\n--x--", "separator"),
-        ("multipart/form-data; boundary=x", b"--x\r\nContent-Type: image/png\r\n\r\nab\r\n--x--", "Disposition"),
-        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nab\r\n--x--",
-         "no part named 'files'"),
+        (
+            "multipart/form-data; boundary=x",
+            b"--x\r\nContent-Type: image/png\r\n\r\nab\r\n--x--",
+            "Disposition",
+        ),
+        (
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="other"\r\n\r\nab\r\n--x--',
+            "no part named 'files'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_bodies_say_what_to_send(ctype, body, message):
     with pytest.raises(MultipartError, match=message) as e:
         read_files(ctype, body)

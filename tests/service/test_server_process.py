@@ -8,10 +8,10 @@ import httpx2
 import numpy as np
 import pytest
 
+from skipvit.training.data.fashion_mnist import load as load_fmnist
 from tests.conftest import FMNIST_DIR, SHIPPED_BUNDLE
 from tests.service.helpers import png_bytes
 from tests.service.server import ServerProcess
-from training.data.fashion_mnist import load as load_fmnist
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import httpx2
 import pytest
 
+from skipvit.training.data.fashion_mnist import FILES, read_idx
 from tests.conftest import FMNIST_DIR, SHIPPED_BUNDLE
 from tests.service.helpers import png_bytes
 from tests.service.server import TOKEN, ServerProcess
-from training.data.fashion_mnist import FILES, read_idx
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,8 +39,10 @@ def server(tmp_path_factory):
 def browser():
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if missing:
-        pytest.fail(f"{', '.join(missing)} missing. Hint: run `make test`, which installs Debian's chromium and "
-                    "chromium-driver (or: apt-get install chromium chromium-driver)")  # fmt: skip
+        pytest.fail(
+            f"{', '.join(missing)} missing. Hint: run `make test`, which installs Debian's chromium and "
+            "chromium-driver (or: apt-get install chromium chromium-driver)"
+        )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -50,8 +52,15 @@ def browser():
         )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1200,1600", "--disable-extensions", "--no-first-run"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1200,1600",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     # An explicit driver path: Selenium Manager is never asked to find (or download) anything.
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -101,8 +110,11 @@ def upload(driver, path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.ID, "file-input").send_keys(str(path))
-    wait(driver, lambda d: d.find_element(By.ID, "results").get_attribute("data-state") in ("done", "error"),
-         "no answer to the upload")  # fmt: skip
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "results").get_attribute("data-state") in ("done", "error"),
+        "no answer to the upload",
+    )
     error = driver.find_element(By.ID, "error")
     assert not error.is_displayed(), error.text
 
@@ -115,8 +127,12 @@ def test_upload_shows_the_label_top_k_and_path_of_the_api(browser, server, image
     label = browser.find_element(By.ID, "result-label").text
     card = browser.find_element(By.CSS_SELECTOR, "#results .result")
     served = card.get_attribute("data-point")
-    r = httpx2.post(f"{server.base}/classify", params={"point": served},
-                   files=[("files", ("x.png", image_png.read_bytes(), "image/png"))], timeout=60)  # fmt: skip
+    r = httpx2.post(
+        f"{server.base}/classify",
+        params={"point": served},
+        files=[("files", ("x.png", image_png.read_bytes(), "image/png"))],
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     want = r.json()["results"][0]
     assert label == want["label"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.engine import Engine
-from service.settings import Settings
-from service.worker import EngineGone, EngineProcess, layout
+from skipvit.service.engine import Engine
+from skipvit.service.settings import Settings
+from skipvit.service.worker import EngineGone, EngineProcess, layout
 
 
 def test_the_child_answers_like_the_engine_and_a_dead_child_is_reported(tiny_gate_bundle):
@@ -18,8 +18,9 @@ def test_the_child_answers_like_the_engine_and_a_dead_child_is_reported(tiny_gat
         assert (remote.channels, remote.image_size, remote.depth) == (local.channels, local.image_size, 4)
         assert remote.batch_key("rl") == local.batch_key("nsga-a")
         g = torch.Generator().manual_seed(1)
-        images = torch.randint(0, 256, (6, local.channels, local.image_size, local.image_size),
-                               dtype=torch.uint8, generator=g)  # fmt: skip
+        images = torch.randint(
+            0, 256, (6, local.channels, local.image_size, local.image_size), dtype=torch.uint8, generator=g
+        )
         points = ["rl", "nsga-a", "rl-t0.8"] * 2
         assert remote.predict(images, points) == local.predict(images, points)
         with pytest.raises(RuntimeError, match="cannot share"):  # an engine error, the child lives on
@@ -52,8 +53,16 @@ def test_batches_sent_from_several_threads_each_get_their_own_answer(tiny_gate_b
     remote = EngineProcess(tiny_gate_bundle, device="cpu", threads=1)
     try:
         g = torch.Generator().manual_seed(2)
-        batches = [torch.randint(0, 256, (1 + k % 4, local.channels, local.image_size, local.image_size),
-                                 dtype=torch.uint8, generator=g) for k in range(24)]  # fmt: skip
+        batches = [
+            torch.randint(
+                0,
+                256,
+                (1 + k % 4, local.channels, local.image_size, local.image_size),
+                dtype=torch.uint8,
+                generator=g,
+            )
+            for k in range(24)
+        ]
         points = ["static", "rl", "nsga-a"]
         with ThreadPoolExecutor(3) as pool:  # up to three batches in flight at once
             got = list(pool.map(lambda k: remote.predict(batches[k], points[k % 3]), range(24)))
@@ -76,8 +85,9 @@ def test_several_children_each_take_a_slice_and_the_rows_come_back_in_order(tiny
     remote = EngineProcess(tiny_gate_bundle, device="cpu", threads=1, workers=2)
     try:
         g = torch.Generator().manual_seed(3)
-        images = torch.randint(0, 256, (7, local.channels, local.image_size, local.image_size),
-                               dtype=torch.uint8, generator=g)  # fmt: skip
+        images = torch.randint(
+            0, 256, (7, local.channels, local.image_size, local.image_size), dtype=torch.uint8, generator=g
+        )
         points = ["rl", "nsga-a", "rl-t0.8", "static"]
         for pts in (points[:3] * 2 + ["rl"], "rl", "static"):
             got, want = remote.predict(images, pts), local.predict(images, pts)
@@ -96,8 +106,9 @@ def test_several_children_each_take_a_slice_and_the_rows_come_back_in_order(tiny
         batches = [images[: 1 + k % 7] for k in range(20)]
         with ThreadPoolExecutor(3) as pool:  # several batches in flight, slices queued in both pipes
             got = list(pool.map(lambda k: remote.predict(batches[k], points[k % 4]), range(20)))
-        assert [[r.path for r in rows] for rows in got] == [[r.path for r in local.predict(b, points[k % 4])]
-                                                            for k, b in enumerate(batches)]  # fmt: skip
+        assert [[r.path for r in rows] for rows in got] == [
+            [r.path for r in local.predict(b, points[k % 4])] for k, b in enumerate(batches)
+        ]
         remote.processes[1].kill()
         remote.processes[1].join(10)
         with ThreadPoolExecutor(2) as pool:  # one child gone is the engine gone, for every batch
@@ -114,7 +125,7 @@ def test_several_children_each_take_a_slice_and_the_rows_come_back_in_order(tiny
 def test_layout_gives_each_cpu_core_a_process_and_cuda_one(monkeypatch):
     import os
 
-    from service import worker
+    from skipvit.service import worker
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
     monkeypatch.setattr(worker, "usable_cores", lambda: 2)
@@ -131,7 +142,7 @@ def test_layout_gives_each_cpu_core_a_process_and_cuda_one(monkeypatch):
 def test_usable_cores_respects_a_cgroup_cpu_quota(monkeypatch, tmp_path):
     import os
 
-    from service.worker import usable_cores
+    from skipvit.service.worker import usable_cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert usable_cores(tmp_path) == 16  # no cgroup files: the affinity

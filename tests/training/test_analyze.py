@@ -7,18 +7,18 @@ import json
 import pytest
 import torch
 
-from model.bundle import load_bundle
-from model.config import ViTConfig
-from model.policy import RUN, SKIP, MaskPolicy
-from model.vit import build_model
-from training.analyze import (
+from skipvit.cli import main
+from skipvit.model.bundle import load_bundle
+from skipvit.model.config import ViTConfig
+from skipvit.model.policy import RUN, SKIP, MaskPolicy
+from skipvit.model.vit import build_model
+from skipvit.training.analyze import (
     analyze_bundle,
     path_distribution,
     path_strings,
     processing_ratio,
     unnecessary_activations,
 )
-from training.cli import main
 
 
 def _paths(*strings: str) -> torch.Tensor:
@@ -125,8 +125,17 @@ def test_analyze_bundle_end_to_end(tiny_bundle, tmp_path, monkeypatch):
     for name in ("analysis.json", "analysis.md", "processing_ratio.png"):
         assert (out / name).stat().st_size > 100
     saved = json.loads((out / "analysis.json").read_text())
-    assert {"point", "method", "n", "accuracy", "mean_layers", "depth", "paths", "processing_ratio",
-            "unnecessary"} <= saved.keys()  # fmt: skip
+    assert {
+        "point",
+        "method",
+        "n",
+        "accuracy",
+        "mean_layers",
+        "depth",
+        "paths",
+        "processing_ratio",
+        "unnecessary",
+    } <= saved.keys()
     assert saved["n"] == 64 and saved["point"] == "static"
     assert saved["paths"] == [{"path": "1111", "count": 64, "percent": 100.0, "layers": 4}]
     assert saved["processing_ratio"] == [1.0] * 4
@@ -141,8 +150,21 @@ def test_analyze_bundle_end_to_end(tiny_bundle, tmp_path, monkeypatch):
 
 
 def test_cli_analyze(tiny_bundle, tmp_path, capsys):
-    main(["analyze", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "a"), "--limit", "32",
-          "--device", "cpu", "--point", "static"])  # fmt: skip
+    main(
+        [
+            "analyze",
+            "--bundle",
+            str(tiny_bundle),
+            "--out",
+            str(tmp_path / "a"),
+            "--limit",
+            "32",
+            "--device",
+            "cpu",
+            "--point",
+            "static",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "`1111`" in printed and "100.00%" in printed and str(tmp_path / "a") in printed
     assert json.loads((tmp_path / "a" / "analysis.json").read_text())["n"] == 32
@@ -154,8 +176,20 @@ def test_into_report_adds_one_section_and_keeps_the_bundle_loadable(tiny_bundle,
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
     for limit in ("16", "8"):
-        main(["analyze", "--bundle", str(b), "--out", str(tmp_path / "a"), "--limit", limit, "--device", "cpu",
-              "--into-report"])  # fmt: skip
+        main(
+            [
+                "analyze",
+                "--bundle",
+                str(b),
+                "--out",
+                str(tmp_path / "a"),
+                "--limit",
+                limit,
+                "--device",
+                "cpu",
+                "--into-report",
+            ]
+        )
     report = (b / "REPORT.md").read_text()
     assert report.count("## analysis: static") == 1 and "8 images" in report and "16 images" not in report
     assert "\n# " not in report.split("## analysis: static")[1]  # headings nested under the section

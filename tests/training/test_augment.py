@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.data.augment import (
+from skipvit.training.data.augment import (
     AugmentConfig,
     augment,
     black,

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from skipvit.training.data import ArrayData, cifar, fashion_mnist, folder, load_dataset, tiny_imagenet
 from tests.training.fixtures import (
     CIFAR100_TRAIN,
     CIFAR_PER_BATCH,
@@ -31,7 +32,6 @@ from tests.training.fixtures import (
     write_idx,
     write_image_folder,
 )
-from training.data import ArrayData, cifar, fashion_mnist, folder, load_dataset, tiny_imagenet
 
 
 def _rows(data: ArrayData) -> set[bytes]:
@@ -242,8 +242,12 @@ def test_folder_single_dir_split(tmp_path: Path) -> None:
     assert not _rows(train) & _rows(test)
     assert torch.bincount(test.labels).tolist() == [2, 2, 2]
     # Lossless files come back exactly (the .JPG is lossy).
-    lossless = {np.ascontiguousarray(a.transpose(2, 0, 1)).tobytes() + bytes([k])
-                for k, c in enumerate(FOLDER_CLASSES) for i, a in enumerate(arrays[c]) if i != 1}  # fmt: skip
+    lossless = {
+        np.ascontiguousarray(a.transpose(2, 0, 1)).tobytes() + bytes([k])
+        for k, c in enumerate(FOLDER_CLASSES)
+        for i, a in enumerate(arrays[c])
+        if i != 1
+    }
     assert lossless <= _rows(train) | _rows(test)
     _, train2, test2 = folder.load(tmp_path, image_size=8, test_fraction=0.4, seed=1)
     assert torch.equal(train.images, train2.images) and torch.equal(test.labels, test2.labels)

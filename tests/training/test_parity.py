@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from model.lac import lac_steps
-from training.cli import main
-from training.parity import ParityConfig, ParityGRU, parity_batch
+from skipvit.cli import main
+from skipvit.model.lac import lac_steps
+from skipvit.training.parity import ParityConfig, ParityGRU, parity_batch
 
 
 def test_parity_data():

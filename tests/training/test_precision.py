@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.gates import SkipAgent
-from model.policy import StaticPolicy
-from training.data.base import ArrayData
-from training.evaluate import evaluate
-from training.search_nsga import score
-from training.train_exits import backbone_features
+from skipvit.model.gates import SkipAgent
+from skipvit.model.policy import StaticPolicy
+from skipvit.training.data.base import ArrayData
+from skipvit.training.evaluate import evaluate
+from skipvit.training.search_nsga import score
+from skipvit.training.train_exits import backbone_features
 
 MEAN, STD = (0.3,), (0.3,)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import ViTConfig
-from model.gates import GatePolicy, SkipAgent
-from model.vit import build_model
-from training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
-from training.train_rl import RLConfig, rl_step
+from skipvit.model.config import ViTConfig
+from skipvit.model.gates import GatePolicy, SkipAgent
+from skipvit.model.vit import build_model
+from skipvit.training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
+from skipvit.training.train_rl import RLConfig, rl_step
 
 
 def make_model(depth=4, seed=0):

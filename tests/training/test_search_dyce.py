@@ -7,11 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
-from model.bundle import load_bundle
-from model.dyce import DyCEConfig
-from training.data import load_bundle_splits
-from training.evaluate_cli import evaluate_bundle
-from training.search_dyce import (
+from skipvit.model.bundle import load_bundle
+from skipvit.model.dyce import DyCEConfig
+from skipvit.training.data import load_bundle_splits
+from skipvit.training.evaluate_cli import evaluate_bundle
+from skipvit.training.search_dyce import (
     Recording,
     Score,
     Simulator,
@@ -49,9 +49,15 @@ def test_monotone_keeps_configurations_whose_accuracy_rises_strictly_with_comput
         (None, (0, 1)),
         (None, None),
     )
-    items = [(c, Score(0.80, 50.0, 2)), (a, Score(0.60, 10.0, 1)), (b, Score(0.60, 20.0, 1)),
-             (d, Score(0.85, 40.0, 2)), (e, Score(0.90, 70.0, 3)), (a, Score(0.60, 10.0, 1)),
-             (none, Score(0.95, 100.0, 4))]  # fmt: skip
+    items = [
+        (c, Score(0.80, 50.0, 2)),
+        (a, Score(0.60, 10.0, 1)),
+        (b, Score(0.60, 20.0, 1)),
+        (d, Score(0.85, 40.0, 2)),
+        (e, Score(0.90, 70.0, 3)),
+        (a, Score(0.60, 10.0, 1)),
+        (none, Score(0.95, 100.0, 4)),
+    ]
     kept = monotone(items)
     assert [ch for ch, _ in kept] == [a, d, e]  # b: same accuracy, more compute; c: d is cheaper and better
     acc = [s.accuracy for _, s in kept]
@@ -79,8 +85,13 @@ def test_simulation_follows_the_exit_rule(tiny_cfg):
     leave2 = ~leave1 & (rec.conf[1, 1] > t2)
     rest = ~leave1 & ~leave2
     right = (leave1 & rec.correct[0, 0]) | (leave2 & rec.correct[1, 1]) | (rest & rec.final_correct)
-    table = [0, sim.embed + sim.block + sim.head_cost[0], sim.embed + 2 * sim.block + sum(sim.head_cost), 0,
-             sim.embed + 4 * sim.block + sum(sim.head_cost) + sim.head]  # fmt: skip
+    table = [
+        0,
+        sim.embed + sim.block + sim.head_cost[0],
+        sim.embed + 2 * sim.block + sum(sim.head_cost),
+        0,
+        sim.embed + 4 * sim.block + sum(sim.head_cost) + sim.head,
+    ]
     flops = leave1 * table[1] + leave2 * table[2] + rest * table[4]
     s = sim.score(choice)
     assert s.accuracy == pytest.approx(right.mean())
@@ -124,8 +135,10 @@ def test_simulation_matches_running_the_policy_in_the_model(tiny_dyce_bundle):
     sim = Simulator(rec, model.cfg, thresholds=8)
     rng = np.random.default_rng(0)
     for _ in range(4):
-        choice = tuple(None if rng.uniform() < 0.3 else (int(rng.integers(3)), int(rng.integers(len(sim.grid[p][0]))))
-                       for p in range(3))  # fmt: skip
+        choice = tuple(
+            None if rng.uniform() < 0.3 else (int(rng.integers(3)), int(rng.integers(len(sim.grid[p][0]))))
+            for p in range(3)
+        )
         s, run = sim.score(choice), measure(model, splits.val, mean, std, sim.config(choice), 512, "cpu")
         assert run["accuracy"] == pytest.approx(s.accuracy, abs=1e-6)  # the same rows are right
         assert run["mean_layers"] == pytest.approx(s.mean_layers, abs=1e-6)

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from model.bundle import load_bundle
-from training.cli import main
-from training.search_lac import parse_alphas, point_id
+from skipvit.cli import main
+from skipvit.model.bundle import load_bundle
+from skipvit.training.search_lac import parse_alphas, point_id
 
 SMALL = ["--limit", "48", "--device", "cpu", "--report-batch", "16"]
 
@@ -55,8 +55,20 @@ def test_a_rerun_replaces_the_earlier_lac_points_and_evaluate_reproduces_them(bu
     assert set(points) == {"lac-batch-0.5"}
     assert {p.id for p in load_bundle(bundle_dir).front} >= {"static", "lac-batch-0.5"}
     capsys.readouterr()
-    main(["evaluate", "--bundle", str(bundle_dir), "--point", "lac-batch-0.5", "--limit", "48", "--json",
-          "--device", "cpu"])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            "--bundle",
+            str(bundle_dir),
+            "--point",
+            "lac-batch-0.5",
+            "--limit",
+            "48",
+            "--json",
+            "--device",
+            "cpu",
+        ]
+    )
     got = json.loads(capsys.readouterr().out)
     m = points["lac-batch-0.5"].metrics  # measured one image per forward; evaluate serves it the same way
     assert got["accuracy"] == pytest.approx(m["accuracy"], abs=1e-5)
@@ -77,8 +89,27 @@ def test_bad_arguments_say_what_to_do(bundle_dir, capsys):
 
 def test_a_tiny_uvit_trains_and_lac_runs_on_it(tmp_path):
     out = tmp_path / "uvit"
-    main(["train", "static", "--data", "synthetic", "--preset", "tiny", "--shared-layers", "--device", "cpu",
-          "--limit-train", "64", "--epochs", "1", "--out", str(out), "--ckpt-dir", str(tmp_path / "ck")])  # fmt: skip
+    main(
+        [
+            "train",
+            "static",
+            "--data",
+            "synthetic",
+            "--preset",
+            "tiny",
+            "--shared-layers",
+            "--device",
+            "cpu",
+            "--limit-train",
+            "64",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--ckpt-dir",
+            str(tmp_path / "ck"),
+        ]
+    )
     bundle = load_bundle(out)
     assert bundle.architecture.shared_layers
     state = bundle.load_weights("static")

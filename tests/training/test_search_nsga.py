@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.bundle import load_bundle
-from model.gates import GatePolicy, SkipAgent
-from training.cli import main
-from training.data import load_bundle_splits
-from training.search_nsga import (
+from skipvit.cli import main
+from skipvit.model.bundle import load_bundle
+from skipvit.model.gates import GatePolicy, SkipAgent
+from skipvit.training.data import load_bundle_splits
+from skipvit.training.search_nsga import (
     NSGAConfig,
     NSGASearch,
     decode,
@@ -89,8 +89,16 @@ def _search(rl_parts, tmp_path, **kw):
     bundle, splits = rl_parts
     torch.manual_seed(0)
     model = bundle.build_model("rl")
-    cfg = NSGAConfig(**{"generations": 3, "population": 6, "val_batch": 96, "steps_per_generation": 2,
-                        "batch_size": 32, **kw})  # fmt: skip
+    cfg = NSGAConfig(
+        **{
+            "generations": 3,
+            "population": 6,
+            "val_batch": 96,
+            "steps_per_generation": 2,
+            "batch_size": 32,
+            **kw,
+        }
+    )
     return NSGASearch(model, splits.train, splits.val, splits.info, cfg, tmp_path, "cpu", log=lambda *_: None)
 
 
@@ -179,7 +187,7 @@ def _noisy_test(real):
 def test_search_writes_non_dominated_points_chosen_without_the_test_split(
     tiny_rl_bundle, tmp_path, monkeypatch
 ):
-    import training.data
+    from skipvit.training import data as training_data
 
     outs = {}
     for variant in ("real", "noise"):
@@ -187,7 +195,7 @@ def test_search_writes_non_dominated_points_chosen_without_the_test_split(
         shutil.copytree(tiny_rl_bundle, out)
         if variant == "noise":
             monkeypatch.setattr(
-                training.data, "load_bundle_splits", _noisy_test(training.data.load_bundle_splits)
+                training_data, "load_bundle_splits", _noisy_test(training_data.load_bundle_splits)
             )
         main(["search", "nsga", "--bundle", str(out), *SMALL, "--ckpt-dir", str(tmp_path / f"c-{variant}")])
         outs[variant] = load_bundle(out)
@@ -228,8 +236,22 @@ def test_evaluate_reproduces_a_written_point(tiny_rl_bundle, tmp_path, capsys):
 def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path, capsys):
     out = tmp_path / "b"
     shutil.copytree(tiny_rl_bundle, out)
-    main(["search", "nsga", "--bundle", str(out), "--joint", *SMALL, "--steps-per-generation", "2",
-          "--batch-size", "32", "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    main(
+        [
+            "search",
+            "nsga",
+            "--bundle",
+            str(out),
+            "--joint",
+            *SMALL,
+            "--steps-per-generation",
+            "2",
+            "--batch-size",
+            "32",
+            "--ckpt-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     b = load_bundle(out)
     joint = [p for p in b.front if p.method == "nsga-joint"]
     assert joint and all(p.weights == "nsga-joint" and p.id.startswith("nsga-joint-") for p in joint)

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.bundle import load_bundle, verify_manifest
-from model.exits import ExitSet, exits_of
-from training.cli import main
-from training.data import load_bundle_splits
-from training.train_exits import ExitTrainConfig, backbone_features, soft_cross_entropy, train_epoch
+from skipvit.cli import main
+from skipvit.model.bundle import load_bundle, verify_manifest
+from skipvit.model.exits import ExitSet, exits_of
+from skipvit.training.data import load_bundle_splits
+from skipvit.training.train_exits import ExitTrainConfig, backbone_features, soft_cross_entropy, train_epoch
 
 
 def test_soft_cross_entropy():
@@ -43,8 +43,9 @@ def test_heads_train_and_the_backbone_does_not_move(tiny_bundle):
     feats, teacher = backbone_features(model, splits.train, mean, std, exits.positions)
     assert feats.shape == (len(splits.train), 3, 2, model.cfg.dim) and teacher.shape == (len(splits.train), 4)
     with torch.no_grad():  # the recorded final logits are the model's own
-        assert torch.allclose(teacher[:32], model(((splits.train.images[:32].float() / 255) - 0.3) / 0.3).logits,
-                              atol=1e-5)  # fmt: skip
+        assert torch.allclose(
+            teacher[:32], model(((splits.train.images[:32].float() / 255) - 0.3) / 0.3).logits, atol=1e-5
+        )
     cfg = ExitTrainConfig(epochs=4, batch_size=128, lr=5e-3)
     opt = torch.optim.AdamW(exits.parameters(), lr=cfg.lr)
     for group in opt.param_groups:
@@ -78,8 +79,25 @@ def test_the_weight_set_holds_the_backbone_bit_for_bit_plus_the_exits(tiny_dyce_
 
 def test_resume_continues_to_the_same_heads(tiny_bundle, tmp_path):
     def train(out, *extra):
-        main(["train", "exits", "--bundle", str(out), "--epochs", "2", "--types", "linear", "--positions", "2",
-              "--device", "cpu", "--ckpt-dir", str(tmp_path / f"ck-{out.name}"), *extra])  # fmt: skip
+        main(
+            [
+                "train",
+                "exits",
+                "--bundle",
+                str(out),
+                "--epochs",
+                "2",
+                "--types",
+                "linear",
+                "--positions",
+                "2",
+                "--device",
+                "cpu",
+                "--ckpt-dir",
+                str(tmp_path / f"ck-{out.name}"),
+                *extra,
+            ]
+        )
 
     whole, split = tmp_path / "whole", tmp_path / "split"
     shutil.copytree(tiny_bundle, whole)
@@ -96,8 +114,22 @@ def test_resume_continues_to_the_same_heads(tiny_bundle, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny_bundle, tmp_path, capsys):
-    args = ["train", "exits", "--bundle", str(tiny_bundle), "--epochs", "2", "--types", "linear", "--positions",
-            "2", "--device", "cpu", "--ckpt-dir", str(tmp_path / "ck")]  # fmt: skip
+    args = [
+        "train",
+        "exits",
+        "--bundle",
+        str(tiny_bundle),
+        "--epochs",
+        "2",
+        "--types",
+        "linear",
+        "--positions",
+        "2",
+        "--device",
+        "cpu",
+        "--ckpt-dir",
+        str(tmp_path / "ck"),
+    ]
     main([*args, "--stop-after", "1"])
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -110,8 +142,20 @@ def test_retraining_drops_points_measured_with_old_heads(tiny_dyce_bundle, tmp_p
     out = tmp_path / "again"
     shutil.copytree(tiny_dyce_bundle, out)
     assert any(p.weights == "dyce" for p in load_bundle(out).front)
-    main(["train", "exits", "--bundle", str(out), "--epochs", "1", "--device", "cpu", "--ckpt-dir",
-          str(tmp_path / "ck")])  # fmt: skip
+    main(
+        [
+            "train",
+            "exits",
+            "--bundle",
+            str(out),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--ckpt-dir",
+            str(tmp_path / "ck"),
+        ]
+    )
     bundle = load_bundle(out)
     verify_manifest(out)
     assert not any(p.weights == "dyce" for p in bundle.front) and bundle.point("static")
@@ -119,20 +163,47 @@ def test_retraining_drops_points_measured_with_old_heads(tiny_dyce_bundle, tmp_p
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--name", "static"], "overwrite the backbone"), (["--types", "linear,big"], "unknown"),
-     (["--weights", "nope"], "no weight set"), (["--positions", "4"], "out of range")],
-)  # fmt: skip
+    [
+        (["--name", "static"], "overwrite the backbone"),
+        (["--types", "linear,big"], "unknown"),
+        (["--weights", "nope"], "no weight set"),
+        (["--positions", "4"], "out of range"),
+    ],
+)
 def test_bad_arguments_are_refused_with_a_hint(tiny_bundle, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
-        main(["train", "exits", "--bundle", str(tiny_bundle), "--device", "cpu", "--ckpt-dir", str(tmp_path),
-              *extra])  # fmt: skip
+        main(
+            [
+                "train",
+                "exits",
+                "--bundle",
+                str(tiny_bundle),
+                "--device",
+                "cpu",
+                "--ckpt-dir",
+                str(tmp_path),
+                *extra,
+            ]
+        )
     assert message in capsys.readouterr().err
 
 
 def test_another_methods_weight_set_is_not_overwritten(tiny_rl_bundle, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["train", "exits", "--bundle", str(tiny_rl_bundle), "--name", "rl", "--device", "cpu",
-              "--ckpt-dir", str(tmp_path)])  # fmt: skip
+        main(
+            [
+                "train",
+                "exits",
+                "--bundle",
+                str(tiny_rl_bundle),
+                "--name",
+                "rl",
+                "--device",
+                "cpu",
+                "--ckpt-dir",
+                str(tmp_path),
+            ]
+        )
     err = capsys.readouterr().err
     assert "would overwrite weight set 'rl', which points of method rl use" in err and "Hint:" in err
     assert "rl" in load_bundle(tiny_rl_bundle).weight_sets

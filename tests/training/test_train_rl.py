@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.bundle import load_bundle
-from training.cli import main
-from training.data import load_dataset
+from skipvit.cli import main
+from skipvit.model.bundle import load_bundle
+from skipvit.training.data import load_dataset
 
 COMMON = ["--data", "synthetic", "--device", "cpu", "--epochs", "1", "--limit-train", "256"]
 
@@ -30,8 +30,22 @@ def test_rl_adds_a_point_to_an_existing_bundle(tiny_rl_bundle):
 
 def test_transfer_learning_freezes_the_backbone(tiny_bundle, tmp_path):
     out = tmp_path / "t"
-    main(["train", "rl", *COMMON, "--data-opt", "classes=6", "--init-from", str(tiny_bundle),
-          "--freeze-backbone", "--out", str(out), "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    main(
+        [
+            "train",
+            "rl",
+            *COMMON,
+            "--data-opt",
+            "classes=6",
+            "--init-from",
+            str(tiny_bundle),
+            "--freeze-backbone",
+            "--out",
+            str(out),
+            "--ckpt-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     b = load_bundle(out)
     assert b.architecture.num_classes == 6 and len(b.dataset["classes"]) == 6
     assert b.dataset["options"] == {"classes": 6} and b.default_point == "rl"
@@ -71,26 +85,42 @@ def test_retraining_drops_the_points_measured_on_the_old_weights(tiny_gate_bundl
     assert "Dropped the points measured on the previous `rl` weights: rl-t0.8, nsga-a" in report
 
 
-@pytest.mark.parametrize("fixture, name, message", [
-    ("tiny_bundle", "static", "points of method static use"),
-    ("tiny_dyce_bundle", "dyce", "points of method dyce use"),
-    ("tiny_dyce_bundle", "dyce-1", "would replace point 'dyce-1'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "fixture, name, message",
+    [
+        ("tiny_bundle", "static", "points of method static use"),
+        ("tiny_dyce_bundle", "dyce", "points of method dyce use"),
+        ("tiny_dyce_bundle", "dyce-1", "would replace point 'dyce-1'"),
+    ],
+)
 def test_rl_refuses_to_overwrite_another_methods_weight_set(
     request, tmp_path, capsys, fixture, name, message
 ):
     out = tmp_path / "b"
     shutil.copytree(request.getfixturevalue(fixture), out)
     with pytest.raises(SystemExit):
-        main(["train", "rl", *COMMON, "--init-from", str(out), "--out", str(out), "--name", name,
-              "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+        main(
+            [
+                "train",
+                "rl",
+                *COMMON,
+                "--init-from",
+                str(out),
+                "--out",
+                str(out),
+                "--name",
+                name,
+                "--ckpt-dir",
+                str(tmp_path / "c"),
+            ]
+        )
     err = capsys.readouterr().err
     assert message in err and "Hint: pick another --name" in err
     assert not (tmp_path / "c").exists()  # refused before any training
 
 
 def test_rl_trains_on_the_split_of_the_bundle_it_writes_into(tiny_bundle, tmp_path, monkeypatch, capsys):
-    import training.train_rl
+    from skipvit.training import train_rl
 
     seen = []
 
@@ -98,24 +128,65 @@ def test_rl_trains_on_the_split_of_the_bundle_it_writes_into(tiny_bundle, tmp_pa
         seen.append({k: kwargs[k] for k in ("val_fraction", "seed")})
         return load_dataset(*args, **kwargs)
 
-    monkeypatch.setattr(training.train_rl, "load_dataset", spy)
+    monkeypatch.setattr(train_rl, "load_dataset", spy)
     out = tmp_path / "b"
     shutil.copytree(tiny_bundle, out)
     recorded = load_bundle(out).dataset["split"]
     assert recorded == {"val_fraction": 0.1, "seed": 0}
     # --seed 3 seeds the training; the split stays the bundle's, on which its searches select.
-    main(["train", "rl", *COMMON, "--seed", "3", "--init-from", str(out), "--out", str(out),
-          "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    main(
+        [
+            "train",
+            "rl",
+            *COMMON,
+            "--seed",
+            "3",
+            "--init-from",
+            str(out),
+            "--out",
+            str(out),
+            "--ckpt-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert seen == [recorded] and load_bundle(out).dataset["split"] == recorded
     # A fresh bundle still carves its split with --val-fraction and --seed.
-    main(["train", "rl", *COMMON, "--seed", "3", "--val-fraction", "0.2", "--preset", "tiny",
-          "--out", str(tmp_path / "fresh"), "--ckpt-dir", str(tmp_path / "c2")])  # fmt: skip
+    main(
+        [
+            "train",
+            "rl",
+            *COMMON,
+            "--seed",
+            "3",
+            "--val-fraction",
+            "0.2",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "fresh"),
+            "--ckpt-dir",
+            str(tmp_path / "c2"),
+        ]
+    )
     assert seen[-1] == {"val_fraction": 0.2, "seed": 3}
     assert load_bundle(tmp_path / "fresh").dataset["split"] == {"val_fraction": 0.2, "seed": 3}
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["train", "rl", *COMMON, "--val-fraction", "0.2", "--init-from", str(out), "--out", str(out),
-              "--ckpt-dir", str(tmp_path / "c3")])  # fmt: skip
+        main(
+            [
+                "train",
+                "rl",
+                *COMMON,
+                "--val-fraction",
+                "0.2",
+                "--init-from",
+                str(out),
+                "--out",
+                str(out),
+                "--ckpt-dir",
+                str(tmp_path / "c3"),
+            ]
+        )
     err = capsys.readouterr().err
     assert "--val-fraction 0.2 conflicts with the split recorded" in err and "Hint:" in err
 
@@ -129,8 +200,19 @@ def test_rl_refuses_weights_from_another_split_than_the_bundle_it_writes_into(ti
     b.dataset["split"] = {"val_fraction": 0.1, "seed": 5}  # as `train static --seed 5` would record
     b.save()
     with pytest.raises(SystemExit):
-        main(["train", "rl", *COMMON, "--init-from", str(tiny_bundle), "--out", str(out),
-              "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+        main(
+            [
+                "train",
+                "rl",
+                *COMMON,
+                "--init-from",
+                str(tiny_bundle),
+                "--out",
+                str(out),
+                "--ckpt-dir",
+                str(tmp_path / "c"),
+            ]
+        )
     err = capsys.readouterr().err
     assert "was trained on another split of this dataset" in err and "Hint:" in err
     assert not (tmp_path / "c").exists()

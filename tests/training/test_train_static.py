@@ -7,11 +7,25 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from model.bundle import load_bundle
-from training.cli import main
+from skipvit.cli import main
+from skipvit.model.bundle import load_bundle
 
-TRAIN = ["train", "static", "--data", "synthetic", "--preset", "tiny", "--device", "cpu", "--seed", "3",
-         "--limit-train", "256", "--epochs", "2"]  # fmt: skip
+TRAIN = [
+    "train",
+    "static",
+    "--data",
+    "synthetic",
+    "--preset",
+    "tiny",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--limit-train",
+    "256",
+    "--epochs",
+    "2",
+]
 
 
 def test_tiny_bundle_is_complete(tiny_bundle):
@@ -41,8 +55,22 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_evaluate_json_limit_and_point(tiny_bundle, capsys):
-    main(["evaluate", "--bundle", str(tiny_bundle), "--split", "test", "--limit", "50", "--json",
-          "--point", "static", "--device", "cpu"])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            "--bundle",
+            str(tiny_bundle),
+            "--split",
+            "test",
+            "--limit",
+            "50",
+            "--json",
+            "--point",
+            "static",
+            "--device",
+            "cpu",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 50 and out["point"] == "static" and 0.0 <= out["accuracy"] <= 1.0
     assert out["mean_layers"] == 4.0
@@ -57,8 +85,19 @@ def test_evaluate_unknown_point_is_a_clear_error(tiny_bundle, capsys):
 
 
 def test_second_stage_continues_from_a_bundle(tiny_bundle, tmp_path):
-    main([*TRAIN, "--epochs", "1", "--init-from", str(tiny_bundle), "--out", str(tmp_path / "s2"),
-          "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    main(
+        [
+            *TRAIN,
+            "--epochs",
+            "1",
+            "--init-from",
+            str(tiny_bundle),
+            "--out",
+            str(tmp_path / "s2"),
+            "--ckpt-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     report = (tmp_path / "s2" / "REPORT.md").read_text()
     assert "Continued from the `static` weights" in report
     assert "> Command: `skipvit train static --data synthetic" in report  # the first stage's command
@@ -67,21 +106,51 @@ def test_second_stage_continues_from_a_bundle(tiny_bundle, tmp_path):
 
 def test_second_stage_keeps_the_first_stages_split(tiny_bundle, tmp_path, capsys):
     # TRAIN has --seed 3, the first stage seed 0: the second stage must not train on the first's val.
-    main([*TRAIN, "--epochs", "1", "--init-from", str(tiny_bundle), "--out", str(tmp_path / "s2"),
-          "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    main(
+        [
+            *TRAIN,
+            "--epochs",
+            "1",
+            "--init-from",
+            str(tiny_bundle),
+            "--out",
+            str(tmp_path / "s2"),
+            "--ckpt-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert load_bundle(tmp_path / "s2").dataset["split"] == {"val_fraction": 0.1, "seed": 0}
     assert "(carved from train: fraction 0.1, seed 0)" in (tmp_path / "s2" / "REPORT.md").read_text()
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main([*TRAIN, "--epochs", "1", "--val-fraction", "0.3", "--init-from", str(tiny_bundle),
-              "--out", str(tmp_path / "s3"), "--ckpt-dir", str(tmp_path / "c3")])  # fmt: skip
+        main(
+            [
+                *TRAIN,
+                "--epochs",
+                "1",
+                "--val-fraction",
+                "0.3",
+                "--init-from",
+                str(tiny_bundle),
+                "--out",
+                str(tmp_path / "s3"),
+                "--ckpt-dir",
+                str(tmp_path / "c3"),
+            ]
+        )
     err = capsys.readouterr().err
     assert "--val-fraction 0.3 conflicts with the split recorded in" in err and "Hint:" in err
 
 
-@pytest.mark.parametrize("change, named", [(["--lr", "5e-4"], "train.lr"), (["--seed", "7"], "train.seed"),
-                                           (["--epochs", "1"], "train.epochs"),
-                                           (["--limit-train", "128"], "data.limit_train")])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["--lr", "5e-4"], "train.lr"),
+        (["--seed", "7"], "train.seed"),
+        (["--epochs", "1"], "train.epochs"),
+        (["--limit-train", "128"], "data.limit_train"),
+    ],
+)
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys, change, named):
     main([*TRAIN, "--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "c"), "--stop-after", "1"])
     capsys.readouterr()

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from training.data.base import ArrayData, DatasetInfo, DataSplits, split_train_val
+from skipvit.training.data.base import ArrayData, DatasetInfo, DataSplits, split_train_val
 
 Loader = Callable[..., tuple[DatasetInfo, ArrayData, ArrayData]]
 
@@ -30,7 +30,7 @@ def _loader(name: str) -> Loader:
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     module, func = _LOADERS[name].split(":")
-    return getattr(importlib.import_module(f"training.data.{module}"), func)
+    return getattr(importlib.import_module(f"skipvit.training.data.{module}"), func)
 
 
 DATASETS = tuple(_LOADERS)

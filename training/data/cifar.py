@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data.base import ArrayData, DatasetInfo
+from skipvit.training.data.base import ArrayData, DatasetInfo
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct

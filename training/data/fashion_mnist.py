@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data.base import ArrayData, DatasetInfo
+from skipvit.training.data.base import ArrayData, DatasetInfo
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -17,9 +17,17 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Training-set statistics, in [0, 1] units.
 MEAN, STD = (0.2860,), (0.3530,)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data.base import ArrayData, DatasetInfo, channel_stats
+from skipvit.training.data.base import ArrayData, DatasetInfo, channel_stats
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _HINT = "Hint: pass --data-dir to a directory with one sub-folder of images per class (or train/ and test/ each laid out so)."

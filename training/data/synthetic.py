@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from training.data.base import ArrayData, DatasetInfo
+from skipvit.training.data.base import ArrayData, DatasetInfo
 
 
 def _make(n: int, classes: int, size: int, channels: int, g: torch.Generator) -> ArrayData:
@@ -40,7 +40,12 @@ def load(
     train = _make(n_train, classes, image_size, channels, g)
     test = _make(n_test, classes, image_size, channels, g)
     info = DatasetInfo(
-        "synthetic", tuple(f"class{k}" for k in range(classes)), image_size, channels,
-        (0.3,) * channels, (0.3,) * channels, hflip=False,
-    )  # fmt: skip
+        "synthetic",
+        tuple(f"class{k}" for k in range(classes)),
+        image_size,
+        channels,
+        (0.3,) * channels,
+        (0.3,) * channels,
+        hflip=False,
+    )
     return info, train, test

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from training.data.base import ArrayData, DatasetInfo
-from training.data.folder import stack_images, train_stats
+from skipvit.training.data.base import ArrayData, DatasetInfo
+from skipvit.training.data.folder import stack_images, train_stats
 
 DEFAULT_DIR = Path("/usr/share/datasets/tiny-imagenet-200")
 _REQUIRED = ("wnids.txt", "train", "val/images", "val/val_annotations.txt")

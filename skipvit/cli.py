@@ -7,17 +7,27 @@ import json
 import re
 import sys
 
-from training.data import DATASETS
+from skipvit.training.data import DATASETS
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, choices=DATASETS, help="dataset name")
     p.add_argument("--data-dir", default=None, help="directory holding the dataset's files")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="share of train carved out for validation (default 0.1; a run that starts from or "
-                        "writes into an existing bundle keeps the split that bundle recorded)")  # fmt: skip
-    p.add_argument("--data-opt", action="append", default=[], type=_data_opt, metavar="KEY=VALUE",
-                   help="loader option, e.g. image_size=32 for folder (repeatable; kept in the bundle)")  # fmt: skip
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="share of train carved out for validation (default 0.1; a run that starts from or "
+        "writes into an existing bundle keeps the split that bundle recorded)",
+    )
+    p.add_argument(
+        "--data-opt",
+        action="append",
+        default=[],
+        type=_data_opt,
+        metavar="KEY=VALUE",
+        help="loader option, e.g. image_size=32 for folder (repeatable; kept in the bundle)",
+    )
 
 
 def _data_opt(text: str) -> tuple[str, int | float | str]:
@@ -57,8 +67,13 @@ def _train_parser(sub) -> None:
     s.add_argument(
         "--init-from", default=None, help="start from this bundle's static weights (a second stage)"
     )
-    s.add_argument("--stop-after", type=int, default=None, metavar="N",
-                   help="stop after N epochs of this run, leaving a checkpoint for --resume")  # fmt: skip
+    s.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs of this run, leaving a checkpoint for --resume",
+    )
     _rl_parser(tsub)
     _exits_parser(tsub)
 
@@ -118,8 +133,13 @@ def _exits_parser(tsub) -> None:
     e.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     e.add_argument("--ckpt-dir", default=None, help="checkpoint dir (default runs/<bundle>-<name>-exits)")
     e.add_argument("--resume", action="store_true", help="continue from the checkpoint in --ckpt-dir")
-    e.add_argument("--stop-after", type=int, default=None, metavar="N",
-                   help="stop after N epochs of this run, leaving a checkpoint for --resume")  # fmt: skip
+    e.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs of this run, leaving a checkpoint for --resume",
+    )
 
 
 def _dyce_parser(ssub) -> None:
@@ -159,8 +179,11 @@ def _analyze_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="output directory (default runs/analysis/<bundle>/<point>)")
-    p.add_argument("--into-report", action="store_true",
-                   help="also put the tables in the bundle's REPORT.md (and refresh its manifest)")  # fmt: skip
+    p.add_argument(
+        "--into-report",
+        action="store_true",
+        help="also put the tables in the bundle's REPORT.md (and refresh its manifest)",
+    )
 
 
 def _search_parser(sub) -> None:
@@ -168,8 +191,11 @@ def _search_parser(sub) -> None:
     ssub = p.add_subparsers(dest="method", required=True)
     n = ssub.add_parser("nsga", help="NSGA-II over per-layer gate genes, plain or --joint (thesis 3.5, 4.3)")
     n.add_argument("--bundle", required=True, help="bundle to search and write into")
-    n.add_argument("--joint", action="store_true",
-                   help="joint RL-NSGA: reward objective, weights fine-tuned between generations")  # fmt: skip
+    n.add_argument(
+        "--joint",
+        action="store_true",
+        help="joint RL-NSGA: reward objective, weights fine-tuned between generations",
+    )
     n.add_argument("--weights", default=None, help="weight set with gates to start from (default: rl)")
     n.add_argument("--name", default=None, help="point prefix (default nsga, or nsga-joint with --joint)")
     n.add_argument("--generations", type=int, default=30)
@@ -204,8 +230,12 @@ def _lac_parser(ssub) -> None:
     c.add_argument("--alphas", default="0.05,0.1,0.2,0.3,0.4,0.6,0.8,1.0", help="comma-separated alphas")
     c.add_argument("--modes", default="both", choices=["both", "per-example", "per-batch"])
     c.add_argument("--batch-size", type=int, default=512, help="per-example: images per forward")
-    c.add_argument("--report-batch", type=int, default=128,
-                   help="per-batch: also report at this many images per forward (0: skip)")  # fmt: skip
+    c.add_argument(
+        "--report-batch",
+        type=int,
+        default=128,
+        help="per-batch: also report at this many images per forward (0: skip)",
+    )
     c.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     c.add_argument("--device", default="auto")
     c.add_argument("--data-dir", default=None)
@@ -229,12 +259,9 @@ def _parity_parser(sub) -> None:
 
 
 def _serve_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve a bundle over HTTP")
-    p.add_argument(
-        "--bundle", default=None, help="bundle directory (default: SKIPVIT_BUNDLE or the shipped one)"
-    )
-    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    from skipvit.service import main as serve_cmd
+
+    serve_cmd.add_arguments(sub.add_parser("serve", help="serve a bundle over HTTP"))
 
 
 def _concurrency_list(text: str) -> list[int]:
@@ -254,13 +281,25 @@ def _bench_parser(sub) -> None:
     s = bsub.add_parser("server", help="batched server vs a naive endpoint vs the model in-process")
     s.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to serve and time")
     s.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
-    s.add_argument("--url", default=None,
-                   help="measure this already running server instead of starting one (loopback only)")  # fmt: skip
-    s.add_argument("--concurrency", type=_concurrency_list, default=[1, 8, 32, 64], metavar="C1,C2,...",
-                   help="closed-loop clients per level (default 1,8,32,64)")  # fmt: skip
-    s.add_argument("--rounds", type=int, default=5,
-                   help="runs of the reference level (64 clients), each with an in-process timing; the verdict "
-                        "reads the median round")  # fmt: skip
+    s.add_argument(
+        "--url",
+        default=None,
+        help="measure this already running server instead of starting one (loopback only)",
+    )
+    s.add_argument(
+        "--concurrency",
+        type=_concurrency_list,
+        default=[1, 8, 32, 64],
+        metavar="C1,C2,...",
+        help="closed-loop clients per level (default 1,8,32,64)",
+    )
+    s.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="runs of the reference level (64 clients), each with an in-process timing; the verdict "
+        "reads the median round",
+    )
     s.add_argument("--images-per-request", type=int, default=1)
     s.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
     s.add_argument("--requests", type=int, default=None, help="measured requests per level (not --duration)")
@@ -270,20 +309,33 @@ def _bench_parser(sub) -> None:
     s.add_argument("--start-timeout", type=float, default=120.0, help="seconds a server may take to be ready")
     s.add_argument("--max-batch-size", type=int, default=None, help="SKIPVIT_MAX_BATCH_SIZE for the server")
     s.add_argument("--max-wait-ms", type=float, default=None, help="SKIPVIT_MAX_WAIT_MS for the server")
-    s.add_argument("--inproc-seconds", type=float, default=None,
-                   help="seconds per in-process timing (default: --duration, as long as a level's window)")  # fmt: skip
+    s.add_argument(
+        "--inproc-seconds",
+        type=float,
+        default=None,
+        help="seconds per in-process timing (default: --duration, as long as a level's window)",
+    )
     s.add_argument("--device", default="cpu", help="cpu, cuda or auto (servers and in-process alike)")
     s.add_argument("--data-dir", default=None, help="Fashion-MNIST directory (test images to send)")
     s.add_argument("--out-json", default="runs/bench/server.json")
     s.add_argument("--out-md", default=None, help="also write the markdown table here")
-    m = bsub.add_parser("model", help="static vs. points in-process: images/s, speedup vs. ideal, "
-                        "gates-on overhead, memory")  # fmt: skip
+    m = bsub.add_parser(
+        "model", help="static vs. points in-process: images/s, speedup vs. ideal, gates-on overhead, memory"
+    )
     m.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to time")
-    m.add_argument("--points", default="auto",
-                   help="comma-separated point ids, 'all', or 'auto' (default: rl and the leanest nsga point "
-                        "within 5 accuracy points of static)")  # fmt: skip
-    m.add_argument("--batch-sizes", type=_concurrency_list, default=[1, 8, 64, 256, 1024], metavar="B1,B2,...",
-                   help="batch sizes (default 1,8,64,256,1024)")  # fmt: skip
+    m.add_argument(
+        "--points",
+        default="auto",
+        help="comma-separated point ids, 'all', or 'auto' (default: rl and the leanest nsga point "
+        "within 5 accuracy points of static)",
+    )
+    m.add_argument(
+        "--batch-sizes",
+        type=_concurrency_list,
+        default=[1, 8, 64, 256, 1024],
+        metavar="B1,B2,...",
+        help="batch sizes (default 1,8,64,256,1024)",
+    )
     m.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     m.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     m.add_argument("--rounds", type=int, default=7, help="rounds over all configurations (median reported)")
@@ -294,7 +346,7 @@ def _bench_parser(sub) -> None:
     m.add_argument("--out-json", default="runs/bench/model.json")
     m.add_argument("--out-md", default=None, help="also write the markdown table here")
     m.add_argument("--out-png", default=None, help="the plot (default: next to the JSON, .png)")
-    from benchmarks.bench_kernel import add_arguments as kernel_arguments
+    from skipvit.benchmarks.bench_kernel import add_arguments as kernel_arguments
 
     k = bsub.add_parser(
         "kernel", help="row compaction: Triton vs torch boolean indexing (GPU); syncs per forward"
@@ -318,31 +370,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_evaluate(args) -> None:
-    from training.evaluate_cli import evaluate_bundle
+    from skipvit.training.evaluate_cli import evaluate_bundle
 
-    result = evaluate_bundle(args.bundle, args.point, args.split, args.limit, args.data_dir,
-                             args.batch_size, args.device)  # fmt: skip
+    result = evaluate_bundle(
+        args.bundle, args.point, args.split, args.limit, args.data_dir, args.batch_size, args.device
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"point {result['point']} ({result['method']}) on {result['split']} "
-              f"[{result['n']} images]: accuracy {100 * result['accuracy']:.2f}%, "
-              f"mean layers {result['mean_layers']:.3f} of {result['depth']}")  # fmt: skip
+        print(
+            f"point {result['point']} ({result['method']}) on {result['split']} "
+            f"[{result['n']} images]: accuracy {100 * result['accuracy']:.2f}%, "
+            f"mean layers {result['mean_layers']:.3f} of {result['depth']}"
+        )
 
 
 def cmd_analyze(args) -> None:
-    from training.analyze import analyze_bundle, render_markdown
+    from skipvit.training.analyze import analyze_bundle, render_markdown
 
-    result = analyze_bundle(args.bundle, args.point, args.data_dir, args.limit, args.batch_size,
-                            args.device, args.out)  # fmt: skip
+    result = analyze_bundle(
+        args.bundle, args.point, args.data_dir, args.limit, args.batch_size, args.device, args.out
+    )
     markdown = render_markdown(result)
     print(markdown)
     print(f"written to {result['out_dir']}")
     if args.into_report:
         from pathlib import Path
 
-        from model.bundle import write_manifest
-        from training.report import command_line, update_section
+        from skipvit.model.bundle import write_manifest
+        from skipvit.training.report import command_line, update_section
 
         root = Path(args.bundle)
         nested = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", markdown, flags=re.M)
@@ -353,15 +409,15 @@ def cmd_analyze(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from service.main import serve
+    from skipvit.service.main import run
 
-    serve(bundle=args.bundle, host=args.host, port=args.port)
+    run(args)
 
 
 def cmd_bench(args) -> None:
     import importlib
 
-    importlib.import_module(f"benchmarks.bench_{args.benchmark}").run(args)
+    importlib.import_module(f"skipvit.benchmarks.bench_{args.benchmark}").run(args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,15 +425,15 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "train":
-            from training import train_exits, train_rl, train_static
+            from skipvit.training import train_exits, train_rl, train_static
 
             {"static": train_static.run, "rl": train_rl.run, "exits": train_exits.run}[args.method](args)
         elif args.command == "search":
-            from training import search_dyce, search_lac, search_nsga
+            from skipvit.training import search_dyce, search_lac, search_nsga
 
             {"nsga": search_nsga.run, "dyce": search_dyce.run, "lac": search_lac.run}[args.method](args)
         elif args.command == "parity":
-            from training import parity
+            from skipvit.training import parity
 
             parity.run(args)
         elif args.command == "evaluate":

@@ -35,30 +35,14 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from skipvit.service.knobs import PIPELINE_DEPTH, REQUEST_TIMEOUT_S, Knobs
+
 HAND_OVER_LEAD = 0.25  # hand the next batch over this fraction of a batch's compute before the engine is free
-
-
-@dataclass(frozen=True)
-class Knobs:
-    max_batch_size: int = 32  # images in one forward
-    max_wait_ms: float = 5.0  # longest a request waits for company
-    max_queue: int = 1024  # images waiting; beyond it new requests get QueueFull
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        if not 0 <= self.max_wait_ms <= 10_000:
-            raise ValueError("max_wait_ms must be in [0, 10000]")
-        if self.max_queue < 1:
-            raise ValueError("max_queue must be >= 1")
-
-    def update(self, **changes: Any) -> Knobs:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 class Rejected(Exception):
@@ -192,11 +176,13 @@ class Batcher:
         active: str,
         key: Callable[[str], Hashable | None],
         knobs: Knobs | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = REQUEST_TIMEOUT_S.default,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
-        depth: int = 2,
+        depth: int = PIPELINE_DEPTH.default,
     ) -> None:
+        REQUEST_TIMEOUT_S.check("timeout_s", timeout_s)
+        PIPELINE_DEPTH.check("depth", depth)
         self._run = run  # (images (B, C, H, W), one point id per row) -> B results, in order
         self.active = active
         self.key = key
@@ -211,8 +197,6 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
-        if depth < 1:
-            raise ValueError("depth must be >= 1")
         self.depth = depth  # batches handed to the engine at once (``run`` is called from as many threads)
         self._running: set[asyncio.Task] = set()  # batches handed over and not yet answered
         self._in_engine: set[Future] = set()  # the worker threads' calls of ``run`` not yet returned

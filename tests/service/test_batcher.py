@@ -407,3 +407,12 @@ def test_reject_queued_answers_the_queue_and_leaves_the_running_batch():
         assert [n for n, _ in engine.batches] == [1]
 
     run(main())
+
+
+def test_a_batcher_takes_only_knobs_in_their_bounds():
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1 and <= 4096"):
+        Knobs(max_batch_size=4097)
+    with pytest.raises(ValueError, match="max_queue"):
+        Knobs().update(max_queue=0)
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        Batcher(FakeEngine(), active="static", key=keyed, timeout_s=0)

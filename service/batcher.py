@@ -46,10 +46,7 @@ HAND_OVER_LEAD = 0.25  # hand the next batch over this fraction of a batch's com
 
 
 class Rejected(Exception):
-    """A request answered without compute. ``status`` is the HTTP status, ``reason`` a metric label."""
-
-    status = 503
-    reason = "rejected"
+    """A request answered without compute (``service.failures`` says how, over HTTP)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -57,19 +54,19 @@ class Rejected(Exception):
 
 
 class QueueFull(Rejected):
-    status, reason = 503, "queue_full"
+    """The queue holds ``max_queue`` images already; ``retry_after``: seconds until it has likely drained."""
 
 
 class DeadlineExceeded(Rejected):
-    status, reason = 504, "deadline"
+    """Not started within the request timeout."""
 
 
 class Draining(Rejected):
-    status, reason = 503, "draining"
+    """The batcher is stopping (or was never started)."""
 
 
 class TooBig(Rejected):
-    status, reason = 413, "too_many_files"
+    """More images in one request than the queue holds."""
 
 
 @dataclass(eq=False)
@@ -146,7 +143,6 @@ class Observer(Protocol):
 
     def queued(self, images: int) -> None: ...
     def batch(self, images: int, waits: list[float]) -> None: ...
-    def rejected(self, reason: str) -> None: ...
 
 
 class _NullObserver:
@@ -154,9 +150,6 @@ class _NullObserver:
         pass
 
     def batch(self, images: int, waits: list[float]) -> None:
-        pass
-
-    def rejected(self, reason: str) -> None:
         pass
 
 
@@ -233,7 +226,6 @@ class Batcher:
         self._queue, self._queued_images = [], 0
         self.observer.queued(0)
         for req in queued:
-            self.observer.rejected(Draining.reason)
             self._settle(req, exc=Draining("the server is shutting down; Hint: retry on another replica"))
         self._poke()
         return len(queued)
@@ -273,13 +265,11 @@ class Batcher:
             raise Draining("the server is not accepting requests; Hint: retry shortly")
         n = int(images.shape[0])
         if n > self.knobs.max_queue:
-            self.observer.rejected(TooBig.reason)
             raise TooBig(
                 f"{n} images in one request, more than the queue holds ({self.knobs.max_queue}); "
                 "Hint: split the images over several requests"
             )
         if self._queued_images + n > self.knobs.max_queue:
-            self.observer.rejected(QueueFull.reason)
             raise QueueFull(
                 f"the queue is full ({self._queued_images} images waiting, limit {self.knobs.max_queue}); "
                 "Hint: retry after the Retry-After delay",
@@ -374,7 +364,6 @@ class Batcher:
     def _expire(self, reqs: list[Pending]) -> None:
         self._remove(reqs)
         for req in reqs:
-            self.observer.rejected(DeadlineExceeded.reason)
             self._settle(
                 req,
                 exc=DeadlineExceeded(
@@ -400,7 +389,6 @@ class Batcher:
                 raise RuntimeError(f"the engine answered {len(rows)} rows for {images.shape[0]} images")
         except asyncio.CancelledError:  # ``stop`` gave up on the engine: still one answer each
             for req in batch:
-                self.observer.rejected(Draining.reason)
                 self._settle(
                     req,
                     exc=Draining(

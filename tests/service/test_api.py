@@ -17,6 +17,7 @@ from skipvit.service.app import create_app
 from skipvit.service.engine import Engine
 from skipvit.service.schemas import ClassifyResponse
 from skipvit.service.settings import Settings
+from skipvit.service.state import service_state
 from skipvit.service.worker import EngineGone
 from tests.service.helpers import bar_image, files, png_bytes, wait_ready
 
@@ -182,7 +183,7 @@ def test_shutdown_ends_an_engine_process_that_hangs(tiny_bundle):
     answers = []
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
-        os.kill(c.app.state.engine.processes[0].pid, signal.SIGSTOP)  # hung, not dead
+        os.kill(service_state(c.app).engine.processes[0].pid, signal.SIGSTOP)  # hung, not dead
         asking = threading.Thread(
             target=lambda: answers.append(c.post("/classify", files=files(png_bytes(bar_image(0)))))
         )

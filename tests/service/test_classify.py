@@ -8,7 +8,8 @@ import pytest
 
 import skipvit.service.classify as classify
 from skipvit.service.asgi import ClientGone
-from skipvit.service.classify import HTTPError, answer_or_gone, point_param
+from skipvit.service.classify import answer_or_gone, point_param
+from skipvit.service.failures import BAD_REQUEST, Failure
 
 
 def test_point_param():
@@ -21,9 +22,9 @@ def test_point_param():
         (b"point=rl&point=static", "2 times"),
         (b"point=&point=", "2 times"),
     ):
-        with pytest.raises(HTTPError, match=words) as e:
+        with pytest.raises(Failure, match=words) as e:
             point_param(query)
-        assert e.value.status == 422 and "Hint" in str(e.value)
+        assert e.value.kind is BAD_REQUEST and e.value.kind.status == 422 and "Hint" in str(e.value)
 
 
 def test_a_request_whose_client_leaves_is_cancelled(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ import uvicorn
 
 from skipvit.service.app import create_app
 from skipvit.service.engine import Engine
+from skipvit.service.lifecycle import drain
 from skipvit.service.main import DrainingServer
 from skipvit.service.settings import Settings
+from skipvit.service.state import service_state
 from tests.service.helpers import bar_image, files, png_bytes
 from tests.service.server import REPO, free_port, poll_ready
 
@@ -43,7 +46,7 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
     app = create_app(settings)
     server = DrainingServer(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1),
-        app.state.drain,
+        functools.partial(drain, service_state(app)),
     )
     serving = threading.Thread(target=server.run, daemon=True)
     serving.start()

@@ -35,37 +35,18 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from skipvit.service.knobs import PIPELINE_DEPTH, REQUEST_TIMEOUT_S, Knobs
+
 HAND_OVER_LEAD = 0.25  # hand the next batch over this fraction of a batch's compute before the engine is free
 
 
-@dataclass(frozen=True)
-class Knobs:
-    max_batch_size: int = 32  # images in one forward
-    max_wait_ms: float = 5.0  # longest a request waits for company
-    max_queue: int = 1024  # images waiting; beyond it new requests get QueueFull
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        if not 0 <= self.max_wait_ms <= 10_000:
-            raise ValueError("max_wait_ms must be in [0, 10000]")
-        if self.max_queue < 1:
-            raise ValueError("max_queue must be >= 1")
-
-    def update(self, **changes: Any) -> Knobs:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
 class Rejected(Exception):
-    """A request answered without compute. ``status`` is the HTTP status, ``reason`` a metric label."""
-
-    status = 503
-    reason = "rejected"
+    """A request answered without compute (``service.failures`` says how, over HTTP)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -73,19 +54,19 @@ class Rejected(Exception):
 
 
 class QueueFull(Rejected):
-    status, reason = 503, "queue_full"
+    """The queue holds ``max_queue`` images already; ``retry_after``: seconds until it has likely drained."""
 
 
 class DeadlineExceeded(Rejected):
-    status, reason = 504, "deadline"
+    """Not started within the request timeout."""
 
 
 class Draining(Rejected):
-    status, reason = 503, "draining"
+    """The batcher is stopping (or was never started)."""
 
 
 class TooBig(Rejected):
-    status, reason = 413, "too_many_files"
+    """More images in one request than the queue holds."""
 
 
 @dataclass(eq=False)
@@ -162,7 +143,6 @@ class Observer(Protocol):
 
     def queued(self, images: int) -> None: ...
     def batch(self, images: int, waits: list[float]) -> None: ...
-    def rejected(self, reason: str) -> None: ...
 
 
 class _NullObserver:
@@ -170,9 +150,6 @@ class _NullObserver:
         pass
 
     def batch(self, images: int, waits: list[float]) -> None:
-        pass
-
-    def rejected(self, reason: str) -> None:
         pass
 
 
@@ -192,11 +169,13 @@ class Batcher:
         active: str,
         key: Callable[[str], Hashable | None],
         knobs: Knobs | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = REQUEST_TIMEOUT_S.default,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
-        depth: int = 2,
+        depth: int = PIPELINE_DEPTH.default,
     ) -> None:
+        REQUEST_TIMEOUT_S.check("timeout_s", timeout_s)
+        PIPELINE_DEPTH.check("depth", depth)
         self._run = run  # (images (B, C, H, W), one point id per row) -> B results, in order
         self.active = active
         self.key = key
@@ -211,8 +190,6 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
-        if depth < 1:
-            raise ValueError("depth must be >= 1")
         self.depth = depth  # batches handed to the engine at once (``run`` is called from as many threads)
         self._running: set[asyncio.Task] = set()  # batches handed over and not yet answered
         self._in_engine: set[Future] = set()  # the worker threads' calls of ``run`` not yet returned
@@ -249,7 +226,6 @@ class Batcher:
         self._queue, self._queued_images = [], 0
         self.observer.queued(0)
         for req in queued:
-            self.observer.rejected(Draining.reason)
             self._settle(req, exc=Draining("the server is shutting down; Hint: retry on another replica"))
         self._poke()
         return len(queued)
@@ -289,13 +265,11 @@ class Batcher:
             raise Draining("the server is not accepting requests; Hint: retry shortly")
         n = int(images.shape[0])
         if n > self.knobs.max_queue:
-            self.observer.rejected(TooBig.reason)
             raise TooBig(
                 f"{n} images in one request, more than the queue holds ({self.knobs.max_queue}); "
                 "Hint: split the images over several requests"
             )
         if self._queued_images + n > self.knobs.max_queue:
-            self.observer.rejected(QueueFull.reason)
             raise QueueFull(
                 f"the queue is full ({self._queued_images} images waiting, limit {self.knobs.max_queue}); "
                 "Hint: retry after the Retry-After delay",
@@ -390,7 +364,6 @@ class Batcher:
     def _expire(self, reqs: list[Pending]) -> None:
         self._remove(reqs)
         for req in reqs:
-            self.observer.rejected(DeadlineExceeded.reason)
             self._settle(
                 req,
                 exc=DeadlineExceeded(
@@ -416,7 +389,6 @@ class Batcher:
                 raise RuntimeError(f"the engine answered {len(rows)} rows for {images.shape[0]} images")
         except asyncio.CancelledError:  # ``stop`` gave up on the engine: still one answer each
             for req in batch:
-                self.observer.rejected(Draining.reason)
                 self._settle(
                     req,
                     exc=Draining(

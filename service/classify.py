@@ -9,7 +9,7 @@ and the body limit); the other routes stay FastAPI routes. OpenAPI still documen
 (``document``), and a test validates the answers against ``ClassifyResponse``.
 
 decode (``service.decode``) -> batch (``service.batcher``) -> encode (``service.schemas``): this
-module only reads the request, wires those together and maps errors to statuses.
+module only reads the request and wires those together; ``service.failures`` answers the errors.
 """
 
 from __future__ import annotations
@@ -22,40 +22,27 @@ from urllib.parse import parse_qs
 import torch
 
 from skipvit.service.asgi import ClientGone, header, read_body, send_json
-from skipvit.service.batcher import Rejected
 from skipvit.service.decode import DecodeError, decode_as_is, decode_image
-from skipvit.service.metrics import Metrics
-from skipvit.service.multipart import MultipartError, TooManyParts, read_files
+from skipvit.service.engine import BundleView
+from skipvit.service.failures import (
+    BAD_REQUEST,
+    ENGINE_GONE,
+    IMAGE_TOO_LARGE,
+    METHOD_NOT_ALLOWED,
+    MODEL_FAILED,
+    NOT_READY,
+    SHUTTING_DOWN,
+    Failure,
+    failure_of,
+    send_failure,
+)
+from skipvit.service.multipart import MultipartError, read_files
+from skipvit.service.pareto import check_point
 from skipvit.service.schemas import ClassifyResponse, classify_body
-from skipvit.service.settings import Settings
-from skipvit.service.worker import EngineGone
+from skipvit.service.state import ServiceState
 
 log = logging.getLogger("skipvit.service")
 WATCH_DISCONNECT_AFTER_S = 0.25  # a request still unanswered by then is dropped if its client leaves
-
-
-NOT_READY = "the model is not loaded yet; Hint: retry shortly"
-ENGINE_GONE = "the model process has exited and this server must be restarted; Hint: retry on another replica"
-SHUTTING_DOWN = "the server shut down before this request was answered; Hint: retry on another replica"
-
-
-def unknown_point(engine, point_id: str) -> str | None:
-    """Why ``point_id`` cannot be served (it is not on the bundle's front), or None if it can."""
-    try:
-        engine.point(point_id)
-    except KeyError:
-        known = ", ".join(p.id for p in engine.bundle.front)
-        return f"unknown point {point_id!r}; known points: {known} (see GET /pareto)"
-    return None
-
-
-class HTTPError(Exception):
-    """An answer other than 200. ``reason`` (a ``service.metrics.REASONS`` label) counts it as a
-    rejection; None does not."""
-
-    def __init__(self, status: int, message: str, reason: str | None = None, headers=()) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.headers = status, reason, list(headers)
 
 
 def point_param(query_string: bytes) -> str | None:
@@ -64,14 +51,13 @@ def point_param(query_string: bytes) -> str | None:
     if values is None:
         return None
     if len(values) > 1:
-        raise HTTPError(
-            422, f"point= given {len(values)} times; Hint: name one point (see GET /pareto)", "bad_request"
+        raise Failure(
+            BAD_REQUEST, f"point= given {len(values)} times; Hint: name one point (see GET /pareto)"
         )
     if not values[0]:
-        raise HTTPError(
-            422,
+        raise Failure(
+            BAD_REQUEST,
             "point= is empty; Hint: omit it to use the active point, or name one (see GET /pareto)",
-            "bad_request",
         )
     return values[0]
 
@@ -112,23 +98,18 @@ async def answer_or_gone(future: asyncio.Future, receive):
 
 
 class Classify:
-    """The ASGI app of ``/classify``. ``state`` is the FastAPI app's state: ``ready``, ``batcher``
-    and ``engine`` are read at each request (they appear once the bundle is loaded)."""
+    """The ASGI app of ``/classify``. It reads the ``ServiceState`` at each request: ``batcher`` and
+    ``engine`` appear once the bundle is loaded."""
 
-    def __init__(self, state, settings: Settings, metrics: Metrics) -> None:
-        self.state, self.settings, self.metrics = state, settings, metrics
+    def __init__(self, state: ServiceState) -> None:
+        self.state, self.settings, self.metrics = state, state.settings, state.metrics
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["method"] != "POST":
-            await send_json(
-                send,
-                405,
-                {"detail": "Method Not Allowed; Hint: POST images as multipart/form-data"},
-                [(b"allow", b"POST")],
-            )
+            await send_failure(send, Failure(METHOD_NOT_ALLOWED), self.metrics)
             return
         try:
-            status, body, headers = 200, await self.answer(scope, receive), []
+            body = await self.answer(scope, receive)
         except ClientGone:  # nobody to answer
             return
         except asyncio.CancelledError:
@@ -137,42 +118,48 @@ class Classify:
             # request ends here: re-raised, uvicorn would log the expected cancellation as an
             # "Exception in ASGI application" with its traceback.
             with contextlib.suppress(Exception):
-                await send_json(
-                    send, 503, {"detail": SHUTTING_DOWN}, [(b"retry-after", b"1"), (b"connection", b"close")]
-                )
+                await send_failure(send, Failure(SHUTTING_DOWN), self.metrics)
             return
-        except HTTPError as e:
-            if e.reason:
-                self.metrics.rejected(e.reason)
-            status, body, headers = e.status, {"detail": str(e)}, e.headers
-        await send_json(send, status, body, headers)
+        except Failure as e:
+            await send_failure(send, e, self.metrics)
+            return
+        await send_json(send, 200, body)
 
     async def answer(self, scope, receive) -> bytes:
-        s, state = self.settings, self.state
+        state = self.state
         if not state.ready:  # draining is refused earlier, by the middleware
-            raise HTTPError(503, NOT_READY, "not_ready", [(b"retry-after", b"1")])
+            raise Failure(NOT_READY)
         if state.load_error:  # the engine process died: /livez and /readyz say so too
-            raise HTTPError(503, ENGINE_GONE, "engine_gone", [(b"retry-after", b"1")])
+            raise Failure(ENGINE_GONE)
         batcher, engine = state.batcher, state.engine
         body = await read_body(receive)
         point = point_param(scope["query_string"])
         try:
-            files = read_files(header(scope, b"content-type"), body, max_files=s.max_files)
-        except TooManyParts as e:
-            raise HTTPError(
-                413,
-                f"{e} (SKIPVIT_MAX_FILES); Hint: split the images over several requests",
-                "too_many_files",
-            ) from None
+            files = read_files(header(scope, b"content-type"), body, max_files=self.settings.max_files)
         except MultipartError as e:
-            raise HTTPError(422, str(e), "bad_image") from None
-        if point is not None and (why := unknown_point(engine, point)):
-            raise HTTPError(404, why, "unknown_point")
+            raise failure_of(e) from None
+        if point is not None:
+            check_point(engine, point)
+        images = await self.decode(engine, files)
+        try:
+            answer = await answer_or_gone(batcher.submit(images, point), receive)
+        except ClientGone:
+            raise
+        except Exception as e:
+            failure = failure_of(e)
+            if failure.kind is MODEL_FAILED:  # the engine failed on this batch (every request in it hears so)
+                log.error("a batch failed: %s: %s", type(e).__name__, e)
+            raise failure from None
+        return classify_body(answer.point, answer.rows)
+
+    async def decode(self, engine: BundleView, files: list[tuple[str, bytes]]) -> torch.Tensor:
+        """The uploads as one (n, C, H, W) uint8 tensor in the bundle's layout."""
+        s = self.settings
         tensors = []
         for i, (filename, data) in enumerate(files):
             name = filename or f"file {i}"
             if len(data) > s.max_image_bytes:
-                raise HTTPError(413, f"{name}: larger than {s.max_image_bytes} bytes", "body_too_large")
+                raise Failure(IMAGE_TOO_LARGE, f"{name}: larger than {s.max_image_bytes} bytes")
             args = dict(
                 channels=engine.channels, size=engine.image_size, max_pixels=s.max_image_pixels, name=name
             )
@@ -184,23 +171,8 @@ class Classify:
                     pixels = await asyncio.to_thread(decode_image, data, **args)
                 tensors.append(pixels)
             except DecodeError as e:
-                raise HTTPError(e.status, str(e), "bad_image") from None
-        images = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # (n, C, H, W)
-        try:
-            answer = await answer_or_gone(batcher.submit(images, point), receive)
-        except Rejected as e:  # counted by the batcher
-            headers = [(b"retry-after", str(int(e.retry_after or 1)).encode())] if e.status == 503 else []
-            raise HTTPError(e.status, str(e), None, headers) from None
-        except ClientGone:
-            raise
-        except EngineGone:
-            raise HTTPError(503, ENGINE_GONE, "engine_gone", [(b"retry-after", b"1")]) from None
-        except Exception as e:  # the engine failed on this batch (every request in it hears so)
-            log.error("a batch failed: %s: %s", type(e).__name__, e)
-            raise HTTPError(
-                500, f"the model failed on this request's batch ({type(e).__name__}: {e})"
-            ) from None
-        return classify_body(answer.point, answer.rows)
+                raise failure_of(e) from None
+        return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # (n, C, H, W)
 
 
 CLASSIFY_OPENAPI = {  # what the ASGI app reads, for the docs

@@ -11,6 +11,7 @@ engine).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,9 @@ def run(args) -> None:
 
 def serve(bundle: str | None = None, host: str | None = None, port: int | None = None) -> None:
     from skipvit.service.app import create_app
+    from skipvit.service.lifecycle import drain
     from skipvit.service.settings import Settings
+    from skipvit.service.state import service_state
 
     overrides = {k: v for k, v in {"bundle": bundle, "host": host, "port": port}.items() if v is not None}
     settings = Settings(**overrides)
@@ -47,6 +50,7 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
+    state = service_state(app)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -54,17 +58,15 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
-    server = DrainingServer(config, app.state.drain)
+    server = DrainingServer(config, functools.partial(drain, state))
     server.run()
-    batcher = getattr(app.state, "batcher", None)
-    if app.state.engine_hung or (batcher is not None and batcher.computing):
+    if state.engine_hung or (state.batcher is not None and state.batcher.computing):
         # A batch never came back from the engine (its requests were answered 503, or a second
         # signal did not wait for them). The interpreter would wait for the worker thread at exit,
         # maybe forever: end a process engine, and leave without the thread.
         log.error("exiting with the engine still running a batch")
-        engine = getattr(app.state, "engine", None)
-        if engine is not None:
-            engine.close(timeout=1.0)
+        if state.engine is not None:
+            state.engine.close(timeout=1.0)
         logging.shutdown()
         os._exit(1)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from skipvit.service.asgi import send_json
+from skipvit.service.failures import BODY_TOO_LARGE, DRAINING, Failure, send_failure
 from skipvit.service.metrics import Metrics, route_label
 
 CLIENT_GONE = 499  # the status label of a request whose client left before its answer (nginx's)
@@ -79,6 +79,35 @@ async def _discard_body(receive, limit: int) -> None:
             return
 
 
+class _Exchange:
+    """One request on its way through: the status it was answered with, and the body's size so far."""
+
+    __slots__ = ("limit", "receive", "received", "send", "started", "status", "too_large")
+
+    def __init__(self, receive, send, limit: int) -> None:
+        self.receive, self.send, self.limit = receive, send, limit
+        self.status = 500
+        self.started = False
+        self.too_large = False
+        self.received = 0
+
+    async def app_send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            if self.too_large:  # the app gave up on the cut-off body: answer what really happened
+                raise _BodyTooLarge
+            self.status, self.started = message["status"], True
+        await self.send(message)
+
+    async def app_receive(self):
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                self.too_large = True
+                raise _BodyTooLarge
+        return message
+
+
 class ServiceMiddleware:
     def __init__(self, app, *, classify, metrics: Metrics, admission: Admission, max_body_bytes: int) -> None:
         self.app = app
@@ -92,77 +121,50 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         route = route_label(scope["path"])
-        if route == "/classify":
+        classify = route == "/classify"
+        if classify:
             self.admission.last_arrival = time.monotonic()
         t0 = time.perf_counter()
-        status = 500
-        started = False
-        too_large = False
-
-        async def send_wrapper(message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                if too_large:  # the app gave up on the cut-off body: answer what really happened
-                    raise _BodyTooLarge
-                status, started = message["status"], True
-            await send(message)
-
-        received = 0
-
-        async def receive_wrapper():
-            nonlocal received, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    too_large = True
-                    raise _BodyTooLarge
-            return message
-
+        exchange = _Exchange(receive, send, self.max_body)
         admitted = False
         self.metrics.inflight.inc()
         try:
-            if route == "/classify" and scope["method"] == "POST":
+            if classify and scope["method"] == "POST":
                 if self.admission.draining:
-                    # Read (and drop) the body first: closing a socket with unread bytes sends a
-                    # reset, and the client would see a broken connection instead of this 503.
-                    await _discard_body(receive, self.max_body)
-                    self.metrics.rejected("draining")
-                    status = 503
-                    await send_json(
-                        send,
-                        503,
-                        {"detail": "the server is draining; Hint: retry on another replica"},
-                        [(b"retry-after", b"1"), (b"connection", b"close")],
-                    )
+                    await self._refuse_draining(exchange)
                     return
                 self.admission.enter()
                 admitted = True
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                too_large = True
-                raise _BodyTooLarge
-            target = self.classify if route == "/classify" else self.app
-            await target(scope, receive_wrapper, send_wrapper)
-            if not started:  # the app gave up without an answer: the client had gone
-                status = CLIENT_GONE
+            await self._forward(scope, exchange, classify)
         except _BodyTooLarge:
-            if started:
+            if exchange.started:
                 raise
-            self.metrics.rejected("body_too_large")
-            status = 413
-            await send_json(
-                send,
-                413,
-                {
-                    "detail": f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
-                    "Hint: send fewer or smaller images per request"
-                },
-                [(b"connection", b"close")],
+            exchange.status = 413
+            message = (
+                f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
+                "Hint: send fewer or smaller images per request"
             )
+            await send_failure(send, Failure(BODY_TOO_LARGE, message), self.metrics)
         finally:
             if admitted:
                 self.admission.leave()
             self.metrics.inflight.dec()
-            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.requests.labels(route, str(exchange.status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)
+
+    async def _refuse_draining(self, exchange: _Exchange) -> None:
+        # Read (and drop) the body first: closing a socket with unread bytes sends a reset, and
+        # the client would see a broken connection instead of this 503.
+        await _discard_body(exchange.receive, self.max_body)
+        exchange.status = 503
+        await send_failure(exchange.send, Failure(DRAINING), self.metrics)
+
+    async def _forward(self, scope, exchange: _Exchange, classify: bool) -> None:
+        """Hand the request to ``/classify`` or to the FastAPI app, under the body limit."""
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            exchange.too_large = True
+            raise _BodyTooLarge
+        await (self.classify if classify else self.app)(scope, exchange.app_receive, exchange.app_send)
+        if not exchange.started:  # the app gave up without an answer: the client had gone
+            exchange.status = CLIENT_GONE

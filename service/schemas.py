@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from skipvit.service.knobs import MAX_BATCH_SIZE, MAX_QUEUE, MAX_WAIT_MS
+
 
 class TopK(BaseModel):
     label: str
@@ -83,9 +85,9 @@ class ConfigUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     point: str | None = Field(None, min_length=1, max_length=200)
-    max_batch_size: int | None = Field(None, ge=1, le=4096)
-    max_wait_ms: float | None = Field(None, ge=0, le=10_000)
-    max_queue: int | None = Field(None, ge=1, le=1_000_000)
+    max_batch_size: int | None = Field(None, **MAX_BATCH_SIZE.constraints())
+    max_wait_ms: float | None = Field(None, **MAX_WAIT_MS.constraints())
+    max_queue: int | None = Field(None, **MAX_QUEUE.constraints())
 
     @model_validator(mode="after")
     def _not_empty(self) -> ConfigUpdate:

@@ -8,6 +8,15 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from skipvit.service.knobs import (
+    MAX_BATCH_SIZE,
+    MAX_QUEUE,
+    MAX_WAIT_MS,
+    PIPELINE_DEPTH,
+    REQUEST_TIMEOUT_S,
+    waits_past_timeout,
+)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKIPVIT_", frozen=True, extra="ignore")
@@ -40,19 +49,25 @@ class Settings(BaseSettings):
     top_k: int = Field(3, ge=1, le=100)
     # dynamic batching (initial values; PUT /config changes them at runtime)
     max_batch_size: int = Field(
-        32,
-        ge=1,
-        le=4096,
+        MAX_BATCH_SIZE.default,
+        **MAX_BATCH_SIZE.constraints(),
         description="images in one forward pass (32: under heavy load two batches take turns, one "
         "computing while the next gathers; see the README)",
     )
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a batch to fill")
-    max_queue: int = Field(1024, ge=1, description="images waiting before 503 + Retry-After")
-    request_timeout_s: float = Field(30.0, gt=0, description="a request not started by then gets 504")
+    max_wait_ms: float = Field(
+        MAX_WAIT_MS.default, **MAX_WAIT_MS.constraints(), description="longest wait for a batch to fill"
+    )
+    max_queue: int = Field(
+        MAX_QUEUE.default, **MAX_QUEUE.constraints(), description="images waiting before 503 + Retry-After"
+    )
+    request_timeout_s: float = Field(
+        REQUEST_TIMEOUT_S.default,
+        **REQUEST_TIMEOUT_S.constraints(),
+        description="a request not started by then gets 504",
+    )
     pipeline_depth: int = Field(
-        2,
-        ge=1,
-        le=8,
+        PIPELINE_DEPTH.default,
+        **PIPELINE_DEPTH.constraints(),
         description="batches handed to the engine at once (2: the next one waits while one computes)",
     )
     # input limits
@@ -75,7 +90,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _wait_below_timeout(self) -> Settings:
-        if self.max_wait_ms >= 1000 * self.request_timeout_s:
+        if waits_past_timeout(self.max_wait_ms, self.request_timeout_s):
             raise ValueError(
                 f"SKIPVIT_MAX_WAIT_MS ({self.max_wait_ms:g}) must be below SKIPVIT_REQUEST_TIMEOUT_S "
                 f"({self.request_timeout_s:g} s): every request that waits for company would time out"

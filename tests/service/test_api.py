@@ -17,6 +17,7 @@ from skipvit.service.app import create_app
 from skipvit.service.engine import Engine
 from skipvit.service.schemas import ClassifyResponse
 from skipvit.service.settings import Settings
+from skipvit.service.state import service_state
 from skipvit.service.worker import EngineGone
 from tests.service.helpers import bar_image, files, png_bytes, wait_ready
 
@@ -182,12 +183,20 @@ def test_shutdown_ends_an_engine_process_that_hangs(tiny_bundle):
     answers = []
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
-        os.kill(c.app.state.engine.processes[0].pid, signal.SIGSTOP)  # hung, not dead
+        engine = service_state(c.app).engine
+        os.kill(engine.processes[0].pid, signal.SIGSTOP)  # hung, not dead
+        entered, predict = threading.Event(), engine.predict
+
+        def entering(images, points=None):
+            entered.set()
+            return predict(images, points)
+
+        engine.predict = entering
         asking = threading.Thread(
             target=lambda: answers.append(c.post("/classify", files=files(png_bytes(bar_image(0)))))
         )
         asking.start()
-        time.sleep(0.3)  # the batch waits in the engine's pipe
+        assert entered.wait(10)  # the batch is on its way to the hung engine process
         t0 = time.monotonic()
     assert time.monotonic() - t0 < 15  # drain bound + the engine's close (join, then kill)
     asking.join(10)

@@ -131,22 +131,47 @@ def test_knobs_validate_and_update():
 
 
 class FakeEngine:
-    """Answers each row with (point, the row's first pixel); records every batch it ran."""
+    """Answers each row with (point, the row's first pixel); records every batch it ran.
 
-    def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
+    ``started`` counts the batches that entered the engine (``await engine.entered()`` waits for
+    the next); each batch then waits for ``release`` (set from the start unless ``stuck``)."""
+
+    def __init__(self, delay: float = 0.0, fail_on: str | None = None, stuck: bool = False) -> None:
         self.delay = delay
         self.fail_on = fail_on
         self.batches: list[tuple[int, list[str]]] = []
-        self.gate = threading.Event()
-        self.gate.set()
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+        if not stuck:
+            self.release.set()
 
     def __call__(self, images: torch.Tensor, points: list[str]) -> list:
-        self.gate.wait(10)
-        time.sleep(self.delay)
+        self.started.release()
+        self.release.wait(10)
+        time.sleep(self.delay)  # about time: the batch's compute
         self.batches.append((images.shape[0], list(points)))
         if self.fail_on in points:
             raise RuntimeError("engine failure")
         return [(p, int(img.flatten()[0])) for p, img in zip(points, images, strict=True)]
+
+    async def entered(self, batches: int = 1) -> None:
+        """Wait until ``batches`` more batches have entered the engine (planned and handed over)."""
+        for _ in range(batches):
+            assert await asyncio.to_thread(self.started.acquire, True, 10), "no batch entered the engine"
+
+
+class QueueWatch:
+    """A batcher observer: ``empty`` is set whenever the queue is reported empty."""
+
+    def __init__(self) -> None:
+        self.empty = asyncio.Event()
+
+    def queued(self, images: int) -> None:
+        if images == 0:
+            self.empty.set()
+
+    def batch(self, images: int, waits: list[float]) -> None:
+        pass
 
 
 def images(ids: list[int]) -> torch.Tensor:
@@ -160,9 +185,9 @@ def run(coro):
 
 
 def stuck_batcher(knobs: Knobs, **kwargs) -> tuple[FakeEngine, Batcher]:
-    """A started batcher (one batch handed over at a time) whose engine blocks until its gate opens."""
-    engine = FakeEngine()
-    engine.gate.clear()
+    """A started batcher (one batch handed over at a time) whose engine holds every batch until
+    ``engine.release`` is set."""
+    engine = FakeEngine(stuck=True)
     b = Batcher(engine, active="static", key=keyed, knobs=knobs, depth=1, **kwargs)
     b.start()
     return engine, b
@@ -170,7 +195,7 @@ def stuck_batcher(knobs: Knobs, **kwargs) -> tuple[FakeEngine, Batcher]:
 
 def test_every_request_is_answered_once_with_its_rows_in_order():
     async def main():
-        engine = FakeEngine(delay=0.001)
+        engine = FakeEngine(delay=0.001)  # a batch takes time, so requests queue up meanwhile
         b = Batcher(engine, active="static", key=keyed, knobs=Knobs(8, 2.0, 10_000))
         b.start()
         rng = random.Random(0)
@@ -179,7 +204,7 @@ def test_every_request_is_answered_once_with_its_rows_in_order():
             ids = [rng.randrange(256) for _ in range(rng.randint(1, 5))]
             point = rng.choice([None, "rl", "nsga-1", "static"])
             reqs.append((ids, point, b.submit(images(ids), point)))
-            if i % 7 == 0:
+            if i % 7 == 0:  # about time: arrivals spread out, so batches close by max_wait as well as by size
                 await asyncio.sleep(0.001)
         answers = await asyncio.gather(*(f for _, _, f in reqs))
         await b.stop()
@@ -198,16 +223,16 @@ def test_every_request_is_answered_once_with_its_rows_in_order():
 def test_queue_full_is_refused_at_once_with_a_retry_hint():
     async def main():
         engine, b = stuck_batcher(Knobs(4, 0.0, max_queue=6))
-        first = b.submit(images([1, 2, 3, 4]), None)  # taken into the (stuck) batch
-        await asyncio.sleep(0.05)
+        first = b.submit(images([1, 2, 3, 4]), None)
+        await engine.entered()  # taken into the (stuck) batch
         queued = [b.submit(images([5, 6, 7]), None), b.submit(images([8, 9, 10]), None)]
         with pytest.raises(QueueFull) as e:
             b.submit(images([11]), None)
-        assert e.value.retry_after >= 1 and e.value.status == 503
+        assert e.value.retry_after >= 1
         with pytest.raises(TooBig):  # could never fit: a clear 413, not a retry
             b.submit(images(list(range(7))), None)
         assert b.queued_images == 6
-        engine.gate.set()
+        engine.release.set()
         assert (await first).rows == [("static", i) for i in (1, 2, 3, 4)]
         assert [len((await f).rows) for f in queued] == [3, 3]
         await b.stop()
@@ -215,18 +240,17 @@ def test_queue_full_is_refused_at_once_with_a_retry_hint():
     run(main())
 
 
-def test_requests_past_their_deadline_get_504_and_never_reach_the_engine():
+def test_requests_past_their_deadline_are_refused_and_never_reach_the_engine():
     async def main():
         engine, b = stuck_batcher(Knobs(1, 0.0, 100), timeout_s=0.05)
         first = b.submit(images([1]), None)
-        await asyncio.sleep(0.02)
+        await engine.entered()
         late = b.submit(images([2]), None)
-        await asyncio.sleep(0.1)  # its deadline passes while the engine is busy
-        engine.gate.set()
+        await asyncio.sleep(0.1)  # about time: its deadline (0.05 s) passes while the engine is busy
+        engine.release.set()
         assert (await first).rows == [("static", 1)]
-        with pytest.raises(DeadlineExceeded) as e:
+        with pytest.raises(DeadlineExceeded):
             await late
-        assert e.value.status == 504
         await b.stop()
         assert [pts for _, pts in engine.batches] == [["static"]]
 
@@ -237,10 +261,10 @@ def test_a_switch_lands_between_batches():
     async def main():
         engine, b = stuck_batcher(Knobs(4, 0.0, 100))
         running = b.submit(images([1]), None)
-        await asyncio.sleep(0.02)  # planned with 'static', now computing
+        await engine.entered()  # planned with 'static', now computing
         waiting = b.submit(images([2]), None)
         b.set_active("rl")
-        engine.gate.set()
+        engine.release.set()
         assert (await running).point == "static"
         assert (await waiting).point == "rl"
         await b.stop()
@@ -264,14 +288,18 @@ def test_an_engine_error_fails_its_batch_once_and_the_loop_goes_on():
 
 def test_a_cancelled_request_is_dropped_before_compute():
     async def main():
-        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
+        engine = FakeEngine(stuck=True)
+        watch = QueueWatch()
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), observer=watch, depth=1)
+        b.start()
         first = b.submit(images([1]), None)
-        await asyncio.sleep(0.02)
+        await engine.entered()
         gone = b.submit(images([2]), None)
+        watch.empty.clear()
         gone.cancel()  # its client went away
-        engine.gate.set()
+        engine.release.set()
         await first
-        await asyncio.sleep(0.02)
+        await watch.empty.wait()  # the loop has taken it off the queue: dropped, or (wrongly) planned
         await b.stop()
         assert [n for n, _ in engine.batches] == [1]
 
@@ -282,15 +310,15 @@ def test_stop_answers_what_is_still_queued_and_refuses_new_work():
     async def main():
         engine, b = stuck_batcher(Knobs(1, 0.0, 100))
         running = b.submit(images([1]), None)
-        await asyncio.sleep(0.02)
+        await engine.entered()
         queued = b.submit(images([2]), None)
         stopping = asyncio.create_task(b.stop())
-        await asyncio.sleep(0.02)
-        engine.gate.set()
+        with pytest.raises(Draining):  # at once, while the engine still holds the running batch
+            await queued
+        assert not stopping.done()
+        engine.release.set()
         await stopping
         assert (await running).rows == [("static", 1)]
-        with pytest.raises(Draining):
-            await queued
         with pytest.raises(Draining):
             b.submit(images([3]), None)
 
@@ -301,8 +329,9 @@ def test_stop_with_a_timeout_gives_up_on_a_hung_engine_and_still_answers_everyon
     async def main():
         engine, b = stuck_batcher(Knobs(1, 0.0, 100))
         running = b.submit(images([1]), None)  # handed over; the engine never returns it
-        await asyncio.sleep(0.02)
+        await engine.entered()
         queued = b.submit(images([2]), None)
+        (inside,) = b._in_engine  # the worker thread's call of the engine
         t0 = time.monotonic()
         assert await b.stop(timeout=0.1) is False
         assert time.monotonic() - t0 < 1.0
@@ -310,8 +339,8 @@ def test_stop_with_a_timeout_gives_up_on_a_hung_engine_and_still_answers_everyon
             with pytest.raises(Draining):
                 await future
         assert b.computing  # the worker thread is still inside the engine
-        engine.gate.set()  # it comes back later: nobody is answered twice
-        await asyncio.sleep(0.05)
+        engine.release.set()  # it comes back later: nobody is answered twice
+        await asyncio.wrap_future(inside)
         assert engine.batches == [(1, ["static"])] and not b.computing
 
     run(main())
@@ -319,11 +348,17 @@ def test_stop_with_a_timeout_gives_up_on_a_hung_engine_and_still_answers_everyon
 
 def test_stop_with_a_timeout_is_true_when_the_engine_returns_in_time():
     async def main():
-        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
+        engine = FakeEngine(stuck=True)
+        watch = QueueWatch()
+        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), observer=watch, depth=1)
+        b.start()
         running = b.submit(images([1]), None)
-        await asyncio.sleep(0.02)
-        asyncio.get_running_loop().call_later(0.05, engine.gate.set)
-        assert await b.stop(timeout=5.0) is True
+        await engine.entered()
+        watch.empty.clear()
+        stopping = asyncio.create_task(b.stop(timeout=5.0))
+        await watch.empty.wait()  # stop has begun (it empties the queue) and waits for the engine
+        engine.release.set()
+        assert await stopping is True
         assert (await running).rows == [("static", 1)]
 
     run(main())
@@ -331,8 +366,7 @@ def test_stop_with_a_timeout_is_true_when_the_engine_returns_in_time():
 
 def test_depth_two_hands_over_the_next_batch_while_one_computes():
     async def main():
-        engine = FakeEngine()
-        engine.gate.clear()  # batches handed over block until the gate opens
+        engine = FakeEngine(stuck=True)  # batches handed over wait until it is released
         entered = []
         real = engine.__call__
 
@@ -343,16 +377,16 @@ def test_depth_two_hands_over_the_next_batch_while_one_computes():
         b = Batcher(run_batch, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=2)
         b.start()
         futures = [b.submit(images([i]), None) for i in (1, 2, 3)]
-        await asyncio.sleep(0.1)
+        await engine.entered(2)
         # two handed over at once (on two threads, so in either order), the third waits in the queue
         assert sorted(entered) == [1, 2]
         assert b.queued_images == 1
-        engine.gate.set()
+        engine.release.set()
         answers = await asyncio.gather(*futures)
         assert [a.rows for a in answers] == [[("static", i)] for i in (1, 2, 3)]
         assert sorted(entered[:2]) == [1, 2] and entered[2] == 3
         await b.stop()
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="depth must be >= 1"):
             Batcher(run_batch, active="static", key=keyed, depth=0)
 
     run(main())
@@ -360,16 +394,19 @@ def test_depth_two_hands_over_the_next_batch_while_one_computes():
 
 def test_stop_waits_for_every_batch_handed_over():
     async def main():
-        engine = FakeEngine(delay=0.02)
+        engine = FakeEngine(stuck=True)
         b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), depth=2)
         b.start()
         futures = [b.submit(images([i]), None) for i in range(4)]
-        await asyncio.sleep(0.01)
-        await b.stop()
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        answered = [o for o in outcomes if isinstance(o, Answer)]
-        assert all(isinstance(o, Answer | Draining) for o in outcomes)
-        assert len(answered) == len(engine.batches) >= 2  # both handed-over batches were answered
+        await engine.entered(2)  # two handed over, two queued
+        stopping = asyncio.create_task(b.stop())
+        for queued in futures[2:]:
+            with pytest.raises(Draining):
+                await queued
+        engine.release.set()
+        await stopping
+        assert [(await f).rows for f in futures[:2]] == [[("static", 0)], [("static", 1)]]
+        assert len(engine.batches) == 2  # both handed-over batches were answered
 
     run(main())
 
@@ -378,12 +415,12 @@ def test_a_deadline_passing_while_the_engine_is_stuck_is_answered_at_once():
     async def main():
         engine, b = stuck_batcher(Knobs(1, 0.0, 100), timeout_s=0.05)
         first = b.submit(images([1]), None)  # handed over; the engine never returns it meanwhile
-        await asyncio.sleep(0.02)
+        await engine.entered()
         late = b.submit(images([2]), None)
-        with pytest.raises(DeadlineExceeded):  # not after the engine comes back: at its deadline
+        with pytest.raises(DeadlineExceeded):  # about time: not after the engine comes back, at its deadline
             await asyncio.wait_for(late, 1.0)
         assert not first.done() and b.queued_images == 0
-        engine.gate.set()
+        engine.release.set()
         assert (await first).rows == [("static", 1)]
         await b.stop()
         assert [pts for _, pts in engine.batches] == [["static"]]
@@ -395,15 +432,24 @@ def test_reject_queued_answers_the_queue_and_leaves_the_running_batch():
     async def main():
         engine, b = stuck_batcher(Knobs(1, 0.0, 100))
         running = b.submit(images([1]), None)
-        await asyncio.sleep(0.02)
+        await engine.entered()
         queued = [b.submit(images([i]), None) for i in (2, 3)]
         assert b.reject_queued() == 2 and b.queued_images == 0
         for f in queued:
             with pytest.raises(Draining):
                 await f
-        engine.gate.set()
+        engine.release.set()
         assert (await running).rows == [("static", 1)]
         await b.stop()
         assert [n for n, _ in engine.batches] == [1]
 
     run(main())
+
+
+def test_a_batcher_takes_only_knobs_in_their_bounds():
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1 and <= 4096"):
+        Knobs(max_batch_size=4097)
+    with pytest.raises(ValueError, match="max_queue"):
+        Knobs().update(max_queue=0)
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        Batcher(FakeEngine(), active="static", key=keyed, timeout_s=0)

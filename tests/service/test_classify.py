@@ -8,7 +8,8 @@ import pytest
 
 import skipvit.service.classify as classify
 from skipvit.service.asgi import ClientGone
-from skipvit.service.classify import HTTPError, answer_or_gone, point_param
+from skipvit.service.classify import answer_or_gone, point_param
+from skipvit.service.failures import BAD_REQUEST, Failure
 
 
 def test_point_param():
@@ -21,9 +22,9 @@ def test_point_param():
         (b"point=rl&point=static", "2 times"),
         (b"point=&point=", "2 times"),
     ):
-        with pytest.raises(HTTPError, match=words) as e:
+        with pytest.raises(Failure, match=words) as e:
             point_param(query)
-        assert e.value.status == 422 and "Hint" in str(e.value)
+        assert e.value.kind is BAD_REQUEST and e.value.kind.status == 422 and "Hint" in str(e.value)
 
 
 def test_a_request_whose_client_leaves_is_cancelled(monkeypatch):
@@ -32,12 +33,14 @@ def test_a_request_whose_client_leaves_is_cancelled(monkeypatch):
     async def main():
         future = asyncio.get_running_loop().create_future()  # the batcher never answers it
         messages = asyncio.Queue()
+        watching = asyncio.Event()
 
         async def receive():
+            watching.set()
             return await messages.get()
 
         waiting = asyncio.create_task(answer_or_gone(future, receive))
-        await asyncio.sleep(0.05)
+        await watching.wait()  # the watch has started reading
         assert not waiting.done()
         messages.put_nowait({"type": "http.disconnect"})
         with pytest.raises(ClientGone):
@@ -56,30 +59,30 @@ def test_an_answer_before_the_watch_starts_reads_nothing(monkeypatch):
 
         async def receive():
             reads.append(1)
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()
 
-        asyncio.get_running_loop().call_later(0.01, future.set_result, "rows")
+        asyncio.get_running_loop().call_soon(future.set_result, "rows")
         assert await answer_or_gone(future, receive) == "rows"
-        await asyncio.sleep(0.1)  # the watch would have started by now
+        await asyncio.sleep(0.1)  # about time: past the watch's delay, it has still not started
         assert reads == []
 
     asyncio.run(main())
 
 
 def test_an_answer_after_the_watch_started_stops_it(monkeypatch):
-    monkeypatch.setattr(classify, "WATCH_DISCONNECT_AFTER_S", 0.01)
+    monkeypatch.setattr(classify, "WATCH_DISCONNECT_AFTER_S", 0.0)
 
     async def main():
         future = asyncio.get_running_loop().create_future()
-        pending = asyncio.Event()
+        reads = []
 
         async def receive():
-            pending.set()
-            await asyncio.sleep(10)  # the client stays
+            reads.append(1)
+            future.set_result("rows")  # the answer comes while the watch reads
+            await asyncio.Event().wait()  # the client stays
 
-        asyncio.get_running_loop().call_later(0.05, future.set_result, "rows")
         assert await answer_or_gone(future, receive) == "rows"
-        assert pending.is_set()
+        assert reads == [1]
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         await asyncio.sleep(0)
         assert all(t.done() or t.cancelling() for t in tasks)  # the watcher does not outlive the request

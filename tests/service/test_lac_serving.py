@@ -16,6 +16,7 @@ from skipvit.service.app import create_app
 from skipvit.service.batcher import Knobs, Pending, plan
 from skipvit.service.engine import BundleView, Engine
 from skipvit.service.settings import Settings
+from skipvit.service.state import service_state
 from tests.service.helpers import bar_image, png_bytes, wait_ready
 
 LAC_POINTS = {
@@ -84,7 +85,7 @@ def served(lac_bundle):
     with TestClient(app) as c:
         wait_ready(c)
         calls: list[tuple[int, tuple[str, ...]]] = []  # (images, points) of every forward
-        engine = app.state.engine
+        engine = service_state(app).engine
         real = engine.predict
 
         def recording(imgs, points=None):

@@ -87,7 +87,7 @@ def test_32_clients_x_50_requests_with_20_switches(server, pngs):
     async def switcher(client) -> list[tuple[float, float, str]]:
         switches = []
         for i in range(20):
-            await asyncio.sleep(0.08)
+            await asyncio.sleep(0.08)  # about time: the switches are spread over the load
             point = SWITCH_POINTS[i % len(SWITCH_POINTS)]
             sent = time.monotonic()
             r = await client.put("/config", json={"point": point}, headers=ADMIN)
@@ -213,7 +213,7 @@ def test_sigterm_mid_load_loses_nothing_in_flight(server, pngs):
                 return outs
 
     async def killer():
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # about time: SIGTERM comes in the middle of the load
         stopped["t"] = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ import uvicorn
 
 from skipvit.service.app import create_app
 from skipvit.service.engine import Engine
+from skipvit.service.lifecycle import drain
 from skipvit.service.main import DrainingServer
 from skipvit.service.settings import Settings
+from skipvit.service.state import service_state
 from tests.service.helpers import bar_image, files, png_bytes
 from tests.service.server import REPO, free_port, poll_ready
 
@@ -41,22 +44,32 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
         drain_quiet_s=0.1,
     )
     app = create_app(settings)
+    state = service_state(app)
     server = DrainingServer(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1),
-        app.state.drain,
+        functools.partial(drain, state),
     )
     serving = threading.Thread(target=server.run, daemon=True)
     serving.start()
     base = f"http://127.0.0.1:{port}"
     assert poll_ready(base)
-    release = threading.Event()
+    entered, release, two_queued = threading.Event(), threading.Event(), threading.Event()
     real = Engine.predict
 
     def blocked(self, images, points=None):
+        entered.set()
         release.wait(10)
         return real(self, images, points)
 
     monkeypatch.setattr(Engine, "predict", blocked)
+    report_queue = state.metrics.queued
+
+    def queued(images: int) -> None:  # the batcher reports each change of its queue here
+        report_queue(images)
+        if images == 2:
+            two_queued.set()
+
+    monkeypatch.setattr(state.metrics, "queued", queued)
     answers: list[tuple[int, str]] = []
 
     def client(k: int) -> None:
@@ -64,12 +77,14 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
         answers.append((r.status_code, r.json()["detail"] if r.status_code != 200 else ""))
 
     clients = [threading.Thread(target=client, args=(k,)) for k in range(3)]
-    for t in clients:
+    clients[0].start()
+    assert entered.wait(10)  # the first request computes ...
+    for t in clients[1:]:
         t.start()
-        time.sleep(0.1)
+    assert two_queued.wait(10)  # ... and the other two wait in the queue
     server.handle_exit(signal.SIGTERM, None)
     if engine_returns:
-        time.sleep(0.8)  # past the drain's 0.5 s, within uvicorn's 1 s
+        time.sleep(0.8)  # about time: past the drain's 0.5 s, within uvicorn's 1 s
         release.set()
     for t in clients:
         t.join(10)
@@ -84,12 +99,21 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
         assert any("shut down before this request was answered" in d for d in details)
 
 
+def wait_for_line(log, text: str, timeout: float = 30.0) -> None:
+    """Poll the server's log until a line with ``text`` appears."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{log.read_text(errors='replace')}"
+        time.sleep(0.05)
+
+
 HUNG_THREAD_ENGINE = """
 import threading, sys
 from skipvit.service.engine import Engine
 real = Engine.predict
 def predict(self, images, points=None):
     if images.shape[0] == 2:  # the test's request: hangs for good
+        print("test: the batch is in the engine", flush=True)
         threading.Event().wait()
     return real(self, images, points)
 Engine.predict = predict
@@ -142,7 +166,7 @@ def test_serve_exits_when_a_thread_engine_never_returns(tiny_bundle, tmp_path):
             )
         )
         asking.start()
-        time.sleep(0.5)  # the batch is in the engine, which never returns it
+        wait_for_line(log, "test: the batch is in the engine")  # which never returns it
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(20)

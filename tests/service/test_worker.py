@@ -179,7 +179,10 @@ def test_close_returns_while_a_hung_child_leaves_a_batch_stuck_in_a_full_pipe(ti
 
     asking = threading.Thread(target=ask, daemon=True)
     asking.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while not remote._send_lock.locked():  # the send has begun; the stopped child never reads it
+        assert time.monotonic() < deadline, "the batch was never sent"
+        time.sleep(0.01)
     t0 = time.monotonic()
     remote.close(timeout=1.0)
     assert time.monotonic() - t0 < 5

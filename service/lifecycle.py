@@ -1,0 +1,145 @@
+"""The app's life: load the bundle and warm it up (after startup, so that /livez answers meanwhile),
+start the batcher, drain on SIGTERM, stop and close at shutdown. Every step reads and writes the
+one ``ServiceState``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from skipvit.kernels import set_backend
+from skipvit.service.auth import admin_token
+from skipvit.service.batcher import Batcher, Knobs
+from skipvit.service.engine import Engine
+from skipvit.service.runner import BatchRunner
+from skipvit.service.settings import Settings
+from skipvit.service.state import ServiceState
+from skipvit.service.worker import EngineProcess, layout
+
+log = logging.getLogger("skipvit.service")
+
+
+def start_engine(settings: Settings) -> Engine | EngineProcess:
+    """Load the bundle and warm it up, in child processes (default) or in this one."""
+    if settings.engine == "process":
+        workers, threads = layout(settings.device, settings.engine_workers, settings.torch_threads)
+        log.info(
+            "engine: %d process%s, %s torch thread%s each",
+            workers,
+            "es" if workers > 1 else "",
+            threads or "default",
+            "s" if threads != 1 else "",
+        )
+        return EngineProcess(
+            settings.bundle,
+            settings.device,
+            settings.top_k,
+            threads,
+            compact=settings.compact,
+            workers=workers,
+        )
+    set_backend(settings.compact)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    engine = Engine.from_dir(settings.bundle, settings.device, settings.top_k)
+    engine.warm_up()
+    return engine
+
+
+def start_batcher(state: ServiceState, engine: Engine | EngineProcess, active: str) -> Batcher:
+    s = state.settings
+    batcher = Batcher(
+        BatchRunner(engine, state.metrics, on_gone=state.fail),
+        active=active,
+        key=engine.batch_key,
+        knobs=Knobs(s.max_batch_size, s.max_wait_ms, s.max_queue),
+        timeout_s=s.request_timeout_s,
+        observer=state.metrics,
+        depth=s.pipeline_depth,
+    )
+    batcher.start()
+    return batcher
+
+
+async def load(state: ServiceState) -> None:
+    """Load the bundle, warm up, start the batcher; then the state is ready. A failure is kept
+    as ``load_error``: /livez turns 503 with the reason, so an orchestrator restarts us."""
+    settings, metrics = state.settings, state.metrics
+    try:
+        engine = await run_in_threadpool(start_engine, settings)
+        state.engine = engine
+        metrics.init_layers(engine.depth)
+        active = engine.point(settings.point)
+        metrics.set_active(active.id, active.method, active.weights)
+        state.batcher = start_batcher(state, engine, active.id)
+    except Exception as e:
+        state.load_error = f"{type(e).__name__}: {e}"
+        log.exception("could not load the bundle %s", settings.bundle)
+        return
+    state.ready = True
+    metrics.ready.set(1)
+    log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
+
+
+async def drain(state: ServiceState, timeout: float | None = None) -> bool:
+    """Stop admitting /classify (503) and answer everything admitted; return once nothing is in
+    flight and no request has come for ``drain_quiet_s``. True if that happened within
+    ``timeout`` (``drain_timeout_s``); the shutdown then stops the batcher."""
+    settings, admission, batcher = state.settings, state.admission, state.batcher
+    timeout = settings.drain_timeout_s if timeout is None else timeout
+    admission.draining = True  # /readyz and new /classify now answer 503
+    state.metrics.ready.set(0)
+    if batcher is not None:
+        batcher.flush()
+    done = await admission.wait_idle(timeout, quiet=settings.drain_quiet_s)
+    if done:
+        log.info("drained: every admitted request answered")
+    else:  # what still waits for the engine hears 503 now; what computes gets until uvicorn's own timeout
+        dropped = batcher.reject_queued() if batcher is not None else 0
+        log.warning("drain timed out after %g s: %d queued requests answered 503", timeout, dropped)
+    return done
+
+
+async def shutdown(state: ServiceState, loading: asyncio.Task) -> None:
+    """Stop loading, stop the batcher (bounded by ``drain_timeout_s``), close the engine."""
+    state.ready = False
+    state.metrics.ready.set(0)
+    loading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loading
+    timeout = state.settings.drain_timeout_s
+    if state.batcher is not None and not await state.batcher.stop(timeout=timeout):
+        # The engine held a batch past the drain's bound (hung): its requests heard 503. A process
+        # engine is ended below; a thread cannot be, and `skipvit serve` exits 1 without waiting
+        # for it (``engine_hung``).
+        log.warning("the engine did not finish its batch within %g s; giving up on it", timeout)
+        state.engine_hung = True
+    if state.engine is not None:
+        await run_in_threadpool(state.engine.close)
+
+
+def lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the admin token, then the load in the background (the app serves
+    /livez meanwhile); at shutdown, ``shutdown``."""
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        settings = state.settings
+        state.metrics.ready.set(0)
+        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+        state.admin_token = admin_token(token, settings.admin_token_file)
+        loading = asyncio.create_task(load(state), name="skipvit-load")
+        try:
+            yield
+        finally:
+            await shutdown(state, loading)
+
+    return run

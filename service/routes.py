@@ -1,0 +1,135 @@
+"""The FastAPI routes: probes, metrics, the front, the config, the web page. (``POST /classify``, the
+hot one, is a plain ASGI app: ``service.classify``.)
+
+Each route takes what it needs as a typed dependency: the ``ServiceState``, a batcher that is
+ready (503 until the bundle is loaded), the admin token check. Failures are raised as
+``service.failures.Failure`` and answered there.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from skipvit.service.auth import bearer_ok
+from skipvit.service.batcher import Batcher
+from skipvit.service.failures import BAD_CONFIG, NOT_READY, UNAUTHORIZED, Failure
+from skipvit.service.knobs import waits_past_timeout
+from skipvit.service.pareto import check_point, points_out
+from skipvit.service.schemas import ConfigResponse, ConfigUpdate, ParetoResponse
+from skipvit.service.state import ServiceState
+
+log = logging.getLogger("skipvit.service")
+STATIC = Path(__file__).parent / "static"
+
+
+def state_of(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(state_of)]
+
+
+def require_admin(request: Request, state: State) -> None:
+    """401 unless the request carries the admin token (none is set before startup: nothing passes)."""
+    token = state.admin_token
+    if not token or not bearer_ok(request.headers.get("authorization"), token):
+        raise Failure(UNAUTHORIZED)
+
+
+def ready_batcher(state: State) -> Batcher:
+    """The batcher, once the bundle is loaded; 503 until then."""
+    if not state.ready or state.batcher is None:
+        raise Failure(NOT_READY)
+    return state.batcher
+
+
+ReadyBatcher = Annotated[Batcher, Depends(ready_batcher)]
+router = APIRouter()
+
+
+@router.get("/livez")
+async def livez(state: State) -> JSONResponse:
+    if state.load_error:
+        return JSONResponse(status_code=503, content={"status": "failed", "error": state.load_error})
+    return JSONResponse(content={"status": "alive"})
+
+
+@router.get("/readyz")
+async def readyz(state: State) -> JSONResponse:
+    draining = state.admission.draining
+    ready = state.ready and not draining and not state.load_error
+    body: dict = {"ready": ready, "draining": draining}
+    if state.load_error:
+        body["error"] = state.load_error
+    return JSONResponse(status_code=200 if ready else 503, content=body)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(state: State) -> Response:  # the batcher keeps the queue gauge current
+    data, content_type = state.metrics.exposition()
+    return Response(data, media_type=content_type)
+
+
+@router.get("/pareto", response_model=ParetoResponse)
+async def pareto(state: State, batcher: ReadyBatcher) -> ParetoResponse:
+    assert state.engine is not None  # loaded, as the batcher is ready
+    return ParetoResponse(active=batcher.active, points=points_out(state.engine, batcher.active))
+
+
+@router.get("/config", response_model=ConfigResponse)
+async def get_config(batcher: ReadyBatcher) -> ConfigResponse:
+    return config_of(batcher)
+
+
+@router.put("/config", response_model=ConfigResponse, dependencies=[Depends(require_admin)])
+async def put_config(update: ConfigUpdate, state: State) -> ConfigResponse:
+    """Switch the active point and/or change the batching knobs; applies between batches."""
+    batcher = ready_batcher(state)  # here, not a dependency: a malformed body is 422 even while loading
+    apply_config(state, batcher, update)
+    return config_of(batcher)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+def config_of(batcher: Batcher) -> ConfigResponse:
+    return ConfigResponse(
+        point=batcher.active,
+        max_batch_size=batcher.knobs.max_batch_size,
+        max_wait_ms=batcher.knobs.max_wait_ms,
+        max_queue=batcher.knobs.max_queue,
+        request_timeout_s=batcher.timeout_s,
+    )
+
+
+def apply_config(state: ServiceState, batcher: Batcher, update: ConfigUpdate) -> None:
+    """Check the whole update, then apply it: nothing of a refused update applies."""
+    assert state.engine is not None  # loaded, as the batcher is ready
+    if update.point is not None:
+        check_point(state.engine, update.point)
+    knobs = batcher.knobs.update(
+        max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms, max_queue=update.max_queue
+    )
+    if waits_past_timeout(knobs.max_wait_ms, batcher.timeout_s):
+        raise Failure(
+            BAD_CONFIG,
+            f"max_wait_ms {knobs.max_wait_ms:g} is not below the request timeout ({batcher.timeout_s:g} s, "
+            "SKIPVIT_REQUEST_TIMEOUT_S): every request that waits for company would time out; "
+            "Hint: choose a shorter wait",
+        )
+    if update.point is not None and update.point != batcher.active:
+        p = state.engine.point(update.point)
+        batcher.set_active(p.id)  # on the event loop, so never inside a batch being planned
+        state.metrics.switches.inc()
+        state.metrics.set_active(p.id, p.method, p.weights)
+        log.info("active point: %s", p.id)
+    if knobs != batcher.knobs:
+        batcher.set_knobs(knobs)
+        log.info("batching knobs: %s", knobs)

@@ -1,0 +1,42 @@
+"""What the parts of one app share: ``ServiceState``, the only thing the FastAPI app's state holds
+(``app.state.service``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from skipvit.service.batcher import Batcher
+from skipvit.service.engine import Engine
+from skipvit.service.metrics import Metrics
+from skipvit.service.middleware import Admission
+from skipvit.service.settings import Settings
+from skipvit.service.worker import EngineProcess
+
+
+@dataclass(eq=False)
+class ServiceState:
+    """The settings and the parts made from them; ``engine`` and ``batcher`` appear once the bundle
+    is loaded (``service.lifecycle``). Read on the event loop; ``fail`` may come from a worker thread."""
+
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    admission: Admission = field(default_factory=Admission)
+    admin_token: str | None = None  # set at startup; until then no admin request passes
+    engine: Engine | EngineProcess | None = None
+    batcher: Batcher | None = None
+    ready: bool = False  # loaded, warmed up and batching: /readyz says 200 unless draining
+    load_error: str | None = None  # why the engine cannot serve (load failed, its process died)
+    engine_hung: bool = False  # set at shutdown if the engine never returned a batch
+
+    def fail(self, error: str) -> None:
+        """The engine can serve no more: /livez and /readyz fail from now on, so that an
+        orchestrator restarts us, and /classify answers 503."""
+        self.load_error = error
+        self.metrics.ready.set(0)
+
+
+def service_state(app: FastAPI) -> ServiceState:
+    """The state of an app made by ``create_app``."""
+    return app.state.service

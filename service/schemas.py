@@ -1,4 +1,4 @@
-"""Response shapes of the HTTP API (the contract in DESIGN.md).
+"""Response shapes of the HTTP API (the contract in docs/design.md).
 
 ``/classify`` is the hot route: its answer is built as JSON bytes straight from the engine's rows
 (``classify_body``), skipping the response model's validation; ``ClassifyResponse`` still

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         MAX_BATCH_SIZE.default,
         **MAX_BATCH_SIZE.constraints(),
         description="images in one forward pass (32: under heavy load two batches take turns, one "
-        "computing while the next gathers; see the README)",
+        "computing while the next gathers; see docs/serving.md)",
     )
     max_wait_ms: float = Field(
         MAX_WAIT_MS.default, **MAX_WAIT_MS.constraints(), description="longest wait for a batch to fill"

@@ -12,7 +12,7 @@ barrier. When the event loop takes a core from one of those threads, the others 
 barrier until it is back, so every millisecond of HTTP work stalled every core. Here a batch is cut
 into one contiguous slice per process; the slices run side by side with no barrier between them,
 and a process the event loop pre-empts delays only its own slice (measured: `skipvit bench server`,
-see the README). A batch whose answer depends on its other rows (a point with a batch key of
+see docs/serving.md). A batch whose answer depends on its other rows (a point with a batch key of
 None, per-batch LAC) is never cut.
 
 ``EngineProcess`` offers what the app needs of an ``Engine`` (metadata from the bundle, read in

@@ -13,6 +13,7 @@ Layers are numbered from 1 in every file written (as in the thesis); tensors ind
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from skipvit import flags
 from skipvit.model.policy import RUN, SKIP, MaskPolicy
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.device import full_precision
@@ -302,3 +304,40 @@ def analyze_bundle(
     draw_processing_ratio(result, out / "processing_ratio.png")
     result["out_dir"] = str(out)
     return result
+
+
+# ---------------------------------------------------------------- the command
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
+    flags.add_data_dir(p)
+    p.add_argument("--limit", type=int, default=None, help="analyse only the first N test images")
+    p.add_argument("--batch-size", type=int, default=512)
+    flags.add_device(p)
+    p.add_argument("--out", default=None, help="output directory (default runs/analysis/<bundle>/<point>)")
+    p.add_argument(
+        "--into-report",
+        action="store_true",
+        help="also put the tables in the bundle's REPORT.md (and refresh its manifest)",
+    )
+
+
+def run(args) -> None:
+    result = analyze_bundle(
+        args.bundle, args.point, args.data_dir, args.limit, args.batch_size, args.device, args.out
+    )
+    markdown = render_markdown(result)
+    print(markdown)
+    print(f"written to {result['out_dir']}")
+    if args.into_report:
+        from skipvit.model.bundle import write_manifest
+        from skipvit.training.report import command_line, update_section
+
+        root = Path(args.bundle)
+        nested = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", markdown, flags=re.M)
+        update_section(
+            root, f"analysis: {result['point']}", f"Command: `{command_line(args.argv)}`\n\n{nested}"
+        )
+        write_manifest(root)

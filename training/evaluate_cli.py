@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from skipvit import flags
 from skipvit.model.bundle import load_bundle
 from skipvit.model.points import batch_key, policy_for
 from skipvit.training.data import load_bundle_splits
@@ -36,3 +39,28 @@ def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, de
         "depth": bundle.architecture.depth,
         "relative_compute": relative,
     }
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
+    flags.add_data_dir(p)
+    p.add_argument("--batch-size", type=int, default=512)
+    flags.add_device(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args) -> None:
+    result = evaluate_bundle(
+        args.bundle, args.point, args.split, args.limit, args.data_dir, args.batch_size, args.device
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"point {result['point']} ({result['method']}) on {result['split']} "
+            f"[{result['n']} images]: accuracy {100 * result['accuracy']:.2f}%, "
+            f"mean layers {result['mean_layers']:.3f} of {result['depth']}"
+        )

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from skipvit import flags
 from skipvit.model.lac import LACTracker, check_alpha, state_norm
 from skipvit.training.schedule import warmup_cosine
 
@@ -205,9 +206,28 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(p) -> None:
+    p.add_argument("--mode", default="all", choices=["all", *MODES])
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=10, help="T, the most GRU steps")
+    p.add_argument("--length", type=int, default=16, help="sequence length")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-steps", type=int, default=20_000, help="optimiser steps per mode")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay to 1%%)")
+    p.add_argument("--test-size", type=int, default=10_000)
+    flags.add_seed(p)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    flags.add_device(p, default="cpu")
+    p.add_argument("--out", default="runs/parity/parity.json", help="results JSON (the table is printed)")
+
+
 def run(args) -> None:
+    from skipvit.training.device import resolve_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     modes = MODES if args.mode == "all" else (args.mode,)
     base = ParityConfig(
         alpha=args.alpha,
@@ -224,7 +244,7 @@ def run(args) -> None:
     for mode in modes:
         cfg = replace(base, mode=mode)
         print(f"parity: training {LABELS[mode]} | {cfg}", flush=True)
-        results.append(run_mode(cfg, args.device))
+        results.append(run_mode(cfg, device))
         t = results[-1]["test"]
         print(f"parity: {LABELS[mode]}: test accuracy {t['accuracy']:.4f}, mean steps {t['mean_steps']:.3f}")
     table = markdown(results)

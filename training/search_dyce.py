@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skipvit import flags
 from skipvit.model.config import ViTConfig
 from skipvit.model.dyce import DyCEConfig, DyCEPolicy, ExitChoice, flops_by_exit, static_flops
 from skipvit.model.exits import ExitSet, exit_flops, exits_of
@@ -311,6 +312,21 @@ def sweep(sim: Simulator, cfg: SearchConfig, log=print) -> SweepResult:
 
 
 # ---------------------------------------------------------------- the command
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True, help="bundle to search and write into")
+    p.add_argument("--weights", default="dyce", help="weight set with exit heads (default: dyce)")
+    p.add_argument("--name", default="dyce", help="point prefix (points <name>-1, <name>-2, ...)")
+    p.add_argument("--lambdas", type=int, default=41, help="lambda values in the sweep")
+    p.add_argument("--lambda-min", type=float, default=0.3, help="smallest lambda (weight of accuracy)")
+    p.add_argument("--lambda-max", type=float, default=0.9995, help="largest lambda")
+    p.add_argument("--thresholds", type=int, default=40, help="thresholds per exit (confidence quantiles)")
+    p.add_argument("--max-rounds", type=int, default=100, help="circular search: most changes applied")
+    p.add_argument("--max-points", type=int, default=16, help="most points written")
+    p.add_argument("--batch-size", type=int, default=512)
+    flags.add_device(p)
+    flags.add_data_dir(p)
 
 
 def config_from_args(args) -> SearchConfig:

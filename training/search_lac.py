@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from skipvit import flags
 from skipvit.model.lac import MODES, LACPolicy, check_alpha
 
 MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
@@ -68,6 +69,23 @@ def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: 
                 flush=True,
             )
     return records
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True, help="bundle to evaluate and write into")
+    p.add_argument("--weights", default="static", help="comma-separated weight sets (default: static)")
+    p.add_argument("--alphas", default="0.05,0.1,0.2,0.3,0.4,0.6,0.8,1.0", help="comma-separated alphas")
+    p.add_argument("--modes", default="both", choices=["both", "per-example", "per-batch"])
+    p.add_argument("--batch-size", type=int, default=512, help="per-example: images per forward")
+    p.add_argument(
+        "--report-batch",
+        type=int,
+        default=128,
+        help="per-batch: also report at this many images per forward (0: skip)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    flags.add_device(p)
+    flags.add_data_dir(p)
 
 
 def run(args) -> None:

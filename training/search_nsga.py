@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from skipvit import flags
 from skipvit.model.gates import GatePolicy
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.data.augment import augment, to_float
@@ -488,6 +489,34 @@ class NSGASearch:
 
 
 # ---------------------------------------------------------------- the command
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True, help="bundle to search and write into")
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="joint RL-NSGA: reward objective, weights fine-tuned between generations",
+    )
+    p.add_argument("--weights", default=None, help="weight set with gates to start from (default: rl)")
+    p.add_argument("--name", default=None, help="point prefix (default nsga, or nsga-joint with --joint)")
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--population", type=int, default=25)
+    p.add_argument("--mutation", type=float, default=0.65, help="probability that an offspring mutates")
+    p.add_argument("--crossover", type=float, default=0.5, help="probability of one-point crossover")
+    p.add_argument("--step", type=float, default=0.25, help="gene step: genes are -1 and 0..1 by this")
+    p.add_argument("--val-batch", type=int, default=1024, help="validation images scored per generation")
+    p.add_argument(
+        "--steps-per-generation", type=int, default=20, help="joint: weight updates per generation"
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="joint: training batch size")
+    p.add_argument("--lr", type=float, default=1e-4, help="joint: backbone and head learning rate")
+    p.add_argument("--agent-lr", type=float, default=1e-3, help="joint: gate and baseline learning rate")
+    flags.add_reward(p, "joint: ")
+    flags.add_seed(p)
+    flags.add_device(p)
+    flags.add_data_dir(p)
+    flags.add_checkpointing(p, "runs/<bundle>-<name>-search", unit="generations", state="search state")
 
 
 def config_from_args(args) -> NSGAConfig:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from skipvit import flags
 from skipvit.model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_of, pooled_tokens
 from skipvit.model.flops import block_flops
 from skipvit.model.vit import AdaptiveViT
@@ -198,6 +199,25 @@ def config_from_args(args) -> ExitTrainConfig:
         hard_weight=args.hard_weight,
         seed=args.seed,
     )
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True, help="bundle to read the backbone from and write into")
+    p.add_argument("--weights", default="static", help="the backbone's weight set (default: static)")
+    p.add_argument("--name", default="dyce", help="weight set to write: the backbone plus the exits")
+    p.add_argument("--types", default="linear,mlp-s,mlp-m", help="exit types (model.exits.EXIT_TYPES)")
+    p.add_argument("--positions", default=None, help="exits after these layers, e.g. 3,5,7 (default: all)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the soft targets")
+    p.add_argument("--hard-weight", type=float, default=0.0, help="share of CE on the labels in the loss")
+    flags.add_seed(p)
+    flags.add_device(p)
+    flags.add_data_dir(p)
+    flags.add_limit_train(p)
+    flags.add_checkpointing(p, "runs/<bundle>-<name>-exits")
 
 
 def run(args) -> None:

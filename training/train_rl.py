@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
+from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.model.vit import AdaptiveViT, build_model
@@ -220,6 +221,31 @@ def _check_same_split(src: Bundle, target: Bundle) -> None:
             f"its weights have seen some of {target.root}'s validation images; Hint: --init-from a bundle "
             "made with that split (e.g. the --out bundle itself), or pick another --out"
         )
+
+
+def add_arguments(p) -> None:
+    flags.add_data(p)
+    p.add_argument(
+        "--out", required=True, help="bundle to write into (an existing bundle gains the weight set)"
+    )
+    p.add_argument("--init-from", default=None, help="start from this bundle's weights (default: scratch)")
+    p.add_argument("--init-weights", default=None, help="weight set of --init-from (default: static)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the head and the gates")
+    p.add_argument("--name", default="rl", help="weight-set and point id to write")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4, help="backbone and head learning rate")
+    p.add_argument("--agent-lr", type=float, default=1e-3, help="gate learning rate")
+    p.add_argument("--baseline-lr", type=float, default=1e-3, help="baseline learning rate")
+    flags.add_reward(p)
+    p.add_argument("--rl-weight", type=float, default=1.0, help="weight of the policy loss next to CE")
+    p.add_argument("--baseline-hidden", type=int, default=64, help="baseline MLP width")
+    p.add_argument("--gate-init-bias", type=float, default=2.0, help="initial gate bias (p = sigmoid(bias))")
+    p.add_argument("--preset", default="fmnist-9", help="architecture preset when training from scratch")
+    flags.add_seed(p)
+    flags.add_device(p)
+    flags.add_limit_train(p)
+    flags.add_checkpointing(p, "runs/<out>-<name>")
 
 
 def run(args) -> None:

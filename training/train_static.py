@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.config import ViTConfig
 from skipvit.model.policy import StaticPolicy
@@ -113,6 +114,29 @@ def train_epoch(
         loss_sum += loss.item() * len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{lr:.2e}")
     return step, loss_sum / max(1, seen), correct / max(1, seen)
+
+
+def add_arguments(p) -> None:
+    flags.add_data(p)
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    flags.add_seed(p)
+    flags.add_device(p)
+    p.add_argument("--preset", default="fmnist-9", help="architecture preset (model.vit.PRESETS)")
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--shared-layers", action="store_true", help="UViT: one block shared by every layer")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability")
+    flags.add_limit_train(p)
+    p.add_argument(
+        "--init-from", default=None, help="start from this bundle's static weights (a second stage)"
+    )
+    flags.add_checkpointing(p, "runs/<out>-static")
 
 
 def run(args) -> None:

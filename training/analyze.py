@@ -332,12 +332,10 @@ def run(args) -> None:
     print(markdown)
     print(f"written to {result['out_dir']}")
     if args.into_report:
-        from skipvit.model.bundle import write_manifest
-        from skipvit.training.report import command_line, update_section
+        from skipvit.model.bundle import load_bundle
+        from skipvit.training.publish import publish
+        from skipvit.training.report import command_line
 
-        root = Path(args.bundle)
         nested = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", markdown, flags=re.M)
-        update_section(
-            root, f"analysis: {result['point']}", f"Command: `{command_line(args.argv)}`\n\n{nested}"
-        )
-        write_manifest(root)
+        body = f"Command: `{command_line(args.argv)}`\n\n{nested}"
+        publish(load_bundle(args.bundle), f"analysis: {result['point']}", lambda *_: body)

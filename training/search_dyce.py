@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,8 +39,8 @@ from skipvit.model.dyce import DyCEConfig, DyCEPolicy, ExitChoice, flops_by_exit
 from skipvit.model.exits import ExitSet, exit_flops, exits_of
 from skipvit.model.flops import block_flops, head_flops, patch_embed_flops
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.backbone import backbone_features
 from skipvit.training.data.base import ArrayData
-from skipvit.training.train_exits import backbone_features
 
 Option = tuple[int, int] | None  # (type index, threshold index) at one position, or no exit
 Choice = tuple[Option, ...]  # one option per position of the exit set
@@ -394,7 +393,17 @@ def run(args) -> None:
     configs = [sim.config(c) for c in result.chosen]
     test = [measure(model, splits.test, mean, std, c, args.batch_size, device) for c in configs]
     write_search(
-        bundle.root, args.name, args.weights, sim, result, configs, test, cfg, record_s, device, args
+        load_bundle(bundle.root),
+        args.name,
+        args.weights,
+        sim,
+        result,
+        configs,
+        test,
+        cfg,
+        record_s,
+        device,
+        args,
     )
 
 
@@ -403,7 +412,7 @@ def _lambdas_of(result: SweepResult, choice: Choice) -> list[float]:
 
 
 def write_search(
-    root: Path,
+    bundle,
     name: str,
     weights: str,
     sim: Simulator,
@@ -415,12 +424,13 @@ def write_search(
     device,
     args,
 ) -> None:
-    from skipvit.model.bundle import Point, load_bundle
-    from skipvit.training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
-    from skipvit.training.plots import draw_front
-    from skipvit.training.report import command_line, environment, markdown_table, update_section
+    """Points ``<name>-1``, ``-2``, ... into ``bundle`` (loaded afresh: another command may have
+    written points meanwhile), replacing the earlier DyCE points of that name."""
+    from skipvit.model.bundle import Point
+    from skipvit.training.fronts import HV_REF, hypervolume, objectives
+    from skipvit.training.publish import publish
+    from skipvit.training.report import command_line, environment, markdown_table
 
-    bundle = load_bundle(root)  # afresh: another command may have written points meanwhile
     points = []
     for i, (choice, config, val, t) in enumerate(zip(result.chosen, configs, result.val, test, strict=True)):
         metrics = {
@@ -435,9 +445,6 @@ def write_search(
         }
         params = {**config.to_params(), "lambdas": _lambdas_of(result, choice)}
         points.append(Point(f"{name}-{i + 1}", "dyce", weights, params, metrics))
-    bundle.front = [p for p in bundle.front if not (p.method == "dyce" and p.id.startswith(f"{name}-"))]
-    bundle.upsert_points(points)
-    draw_front(bundle)
     static = next((p for p in bundle.front if p.method == "static"), None)
     best = None
     if static is not None:
@@ -519,10 +526,16 @@ Lambda sweep (validation split):
         )
     }
 """
-    update_section(root, name, body)
-    update_fronts_section(bundle)
-    bundle.save()
-    print(f"wrote {len(points)} points {name}-1..{len(points)} into {root}")
+    ours = f"{name}-"
+    publish(
+        bundle,
+        name,
+        lambda *_: body,
+        points,
+        replaces=lambda p: p.method == "dyce" and p.id.startswith(ours),
+        fronts=True,
+    )
+    print(f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}")
     for p in points:
         print(
             f"  {p.id}: test accuracy {100 * p.metrics['accuracy']:.2f}% at {p.metrics['mean_layers']:.3f} "

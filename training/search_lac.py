@@ -122,16 +122,21 @@ def run(args) -> None:
             results[w] = sweep(
                 model, data, ds["mean"], ds["std"], alphas, modes, args.batch_size, args.report_batch, device
             )
-    write_points(bundle, results, len(data), len(data) == len(splits.test), args, device, time.time() - t0)
+    elapsed = time.time() - t0
+    write_points(
+        load_bundle(bundle.root), results, len(data), len(data) == len(splits.test), args, device, elapsed
+    )
 
 
 def write_points(
     bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
 ) -> None:
+    """The swept points into ``bundle`` (loaded afresh), replacing every earlier LAC point on the
+    weight sets swept."""
     from skipvit.model.bundle import Point
-    from skipvit.training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
-    from skipvit.training.plots import draw_front
-    from skipvit.training.report import command_line, environment, markdown_table, update_section
+    from skipvit.training.fronts import HV_REF, hypervolume, objectives
+    from skipvit.training.publish import publish
+    from skipvit.training.report import command_line, environment, markdown_table
 
     depth = bundle.architecture.depth
     points, rows = [], []
@@ -156,10 +161,6 @@ def write_points(
                     f"{100 * big.accuracy:.2f} @ {big.mean_layers:.3f}" if big else "—",
                 ]
             )
-    swept = set(results)
-    bundle.front = [p for p in bundle.front if not (p.method == "lac" and p.weights in swept)]
-    bundle.upsert_points(points)
-    draw_front(bundle)
     hv = {
         w: hypervolume(
             objectives([p for p in points if p.weights == w and p.params["mode"] == "per-example"])
@@ -183,7 +184,7 @@ def write_points(
     body = f"""
 Command: `{command_line(args.argv)}`
 
-- LAC (seed 002, `model/lac.py`): no training. Before layer j the norm ‖h_j‖₂ of the residual
+- LAC (L2 Norm Guided Adaptive Computation, `model/lac.py`): no training. Before layer j the norm ‖h_j‖₂ of the residual
   stream (every token and channel, before the final LayerNorm; h_0 = embedding output) gives
   δ_j = ‖h_j‖ − ‖h_(j−1)‖; the image stops if δ_j < λ_j = α·|max Δ − min Δ| over the earlier
   changes Δ = {{0, δ_1, …, δ_(j−1)}} (a buffer that starts at zero, as in the authors' code; λ = 0
@@ -215,9 +216,15 @@ reference {HV_REF}): {", ".join(f"`{w}` **{v:.4f}**" for w, v in hv.items())}.
         )
     }
 """
-    update_section(bundle.root, "lac", body)
-    update_fronts_section(bundle)
-    bundle.save()
+    swept = set(results)
+    publish(
+        bundle,
+        "lac",
+        lambda *_: body,
+        points,
+        replaces=lambda p: p.method == "lac" and p.weights in swept,
+        fronts=True,
+    )
     print(f"wrote {len(points)} LAC points into {bundle.root}")
     for p in points:
         print(

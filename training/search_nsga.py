@@ -36,7 +36,6 @@ test split and written as points. The test split plays no part in any choice.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,11 +46,14 @@ from torch import Tensor
 from skipvit import flags
 from skipvit.model.gates import GatePolicy
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.checkpoint import check_settings
 from skipvit.training.data.augment import augment, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.device import autocast, full_precision
 from skipvit.training.fronts import hypervolume
-from skipvit.training.rl import RewardConfig, rewards
+from skipvit.training.optim import gradient_step
+from skipvit.training.reinforce import RewardConfig, RLConfig, optimizer_for, reward_config, rewards, rl_step
+from skipvit.training.run import Progress
 
 STATE = "search.json"
 
@@ -227,9 +229,6 @@ def finetune(
     device,
 ) -> dict:
     """``steps`` weight updates; each row runs under a configuration drawn from ``genes`` (P, L)."""
-    from skipvit.training.train_rl import rl_step
-    from skipvit.training.train_static import gradient_step
-
     thresholds = torch.as_tensor(np.asarray(genes, dtype=np.float32))
     model.train()
     totals = {"ce": 0.0, "correct": 0, "layers": 0.0, "n": 0}
@@ -251,9 +250,7 @@ def finetune(
     return {"ce": totals["ce"] / n, "train_acc": totals["correct"] / n, "train_layers": totals["layers"] / n}
 
 
-def joint_rl_config(cfg: NSGAConfig):
-    from skipvit.training.train_rl import RLConfig
-
+def joint_rl_config(cfg: NSGAConfig) -> RLConfig:
     return RLConfig(
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -303,12 +300,15 @@ class NSGASearch:
         self.rl_cfg = joint_rl_config(cfg) if cfg.joint else None
         self.opt = None
         if cfg.joint:
-            from skipvit.training.train_rl import optimizer_for
-
             self.opt = optimizer_for(model, self.rl_cfg)
-        self.generation, self.history, self.elapsed = 0, [], 0.0
+        self.generation = 0
+        self.progress = Progress(cfg.generations, None, "generation", f"state in {self.state_dir}")
         self.reward_mean: dict[tuple[int, ...], tuple[float, int]] = {}  # eq. 3.19 per configuration
         self.best_hv = 0.0
+
+    @property
+    def history(self) -> list[dict]:
+        return self.progress.history
 
     # ---- state
     def _save(self) -> None:
@@ -316,9 +316,9 @@ class NSGASearch:
         state = {
             "config": self.cfg.to_dict(),
             "generation": self.generation,
-            "elapsed_s": self.elapsed,
+            "elapsed_s": self.progress.elapsed,
             "best_hv": self.best_hv,
-            "history": self.history,
+            "history": self.progress.history,
             "X": np.asarray(pop.get("X")).astype(int).tolist(),
             "F": np.asarray(pop.get("F")).tolist(),
             "rank": np.asarray(pop.get("rank")).tolist(),
@@ -344,14 +344,9 @@ class NSGASearch:
                 f"no search state in {self.state_dir}; Hint: drop --resume to start fresh"
             )
         state = json.loads(path.read_text())
-        saved, now = state["config"], json.loads(json.dumps(self.cfg.to_dict()))
+        saved, now = dict(state["config"]), self.cfg.to_dict()
         saved.pop("generations"), now.pop("generations")  # a search may be extended
-        if saved != now:
-            changed = ", ".join(k for k in now if saved.get(k) != now[k])
-            raise ValueError(
-                f"{path} was written by a search with other settings ({changed}); "
-                "Hint: drop --resume, or repeat the original flags"
-            )
+        check_settings(path, saved, now, "search")
         if self.cfg.joint:
             from skipvit.training.checkpoint import CKPT_META, load_checkpoint, read_meta
 
@@ -377,12 +372,8 @@ class NSGASearch:
         pop.set("rank", np.array(state["rank"]), "crowding", np.array(state["crowding"]))
         self.algorithm.pop = pop
         self.algorithm.random_state.bit_generator.state = state["rng"]
-        self.generation, self.elapsed, self.best_hv = (
-            state["generation"],
-            state["elapsed_s"],
-            state["best_hv"],
-        )
-        self.history = state["history"]
+        self.generation, self.best_hv = state["generation"], state["best_hv"]
+        self.progress.resume(state["generation"], state["elapsed_s"], state["history"])
         self.reward_mean = {tuple(k): (m, c) for k, m, c in state["reward_mean"]}
         self.log(f"resumed the search from {self.state_dir} after generation {self.generation}")
 
@@ -444,35 +435,25 @@ class NSGASearch:
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> bool:
         """Advance to the last generation (or ``stop_after`` more); True when the search is complete."""
-        cfg = self.cfg
+        cfg, progress = self.cfg, self.progress
+        progress.stop_after = stop_after
         if resume:
             self._restore()
         else:
             self.algorithm.setup(self.problem, seed=cfg.seed)
-        end = cfg.generations if stop_after is None else min(cfg.generations, self.generation + stop_after)
-        for gen in range(self.generation, end):
-            t0 = time.time()
-            record = self._generation(gen)
-            self.elapsed += time.time() - t0
+        for gen in progress:
+            record = progress.record(self._generation(gen))
             self.generation = gen + 1
-            record["elapsed_s"] = round(self.elapsed, 1)
-            self.history.append(record)
             self._save()
-            left = self.elapsed / (gen + 1) * (cfg.generations - gen - 1)
+            left = progress.elapsed / (gen + 1) * (cfg.generations - gen - 1)
             extra = f" | train CE {record['ce']:.3f}" if cfg.joint else ""
             self.log(
                 f"generation {gen + 1}/{cfg.generations} | HV {record['hv']:.4f} (best "
                 f"{self.best_hv:.4f}) | front {record['front_points']} points, best acc "
                 f"{record['max_acc']:.4f}, fewest layers {record['min_layers']:.2f}{extra} | "
-                f"{_fmt_time(self.elapsed)} elapsed, ~{_fmt_time(left)} left"
+                f"{_fmt_time(progress.elapsed)} elapsed, ~{_fmt_time(left)} left"
             )
-        if self.generation < cfg.generations:
-            self.log(
-                f"stopped after generation {self.generation}/{cfg.generations}; continue with "
-                f"--resume (state in {self.state_dir})"
-            )
-            return False
-        return True
+        return progress.finished(self.log)
 
     def select(self) -> SearchResult:
         """The final population's non-dominated set on the full validation split."""
@@ -485,7 +466,7 @@ class NSGASearch:
         keep = non_dominated(np.stack([fit["compute"], 1 - fit["accuracy"]], axis=1))
         keep = sorted(keep, key=lambda i: (fit["compute"][i], -fit["accuracy"][i]))
         val = {k: v[keep] for k, v in fit.items()}
-        return SearchResult(genes[keep], val, self.history, self.elapsed)
+        return SearchResult(genes[keep], val, self.progress.history, self.progress.elapsed)
 
 
 # ---------------------------------------------------------------- the command
@@ -533,14 +514,13 @@ def config_from_args(args) -> NSGAConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         agent_lr=args.agent_lr,
-        reward=RewardConfig(gamma=args.gamma, eps=args.eps, w_acc=args.w_acc, w_layers=args.w_layers),
+        reward=reward_config(args),
     )
 
 
 def run(args) -> None:
     from skipvit.model.bundle import load_bundle
-    from skipvit.training.data import load_bundle_splits
-    from skipvit.training.device import resolve_device
+    from skipvit.training.run import RunContext
 
     cfg = config_from_args(args)
     gene_values(cfg.step)  # reject a bad step before any work
@@ -557,16 +537,15 @@ def run(args) -> None:
             f"the joint search writes its own weight set; --name {name!r} would overwrite the "
             f"weights it starts from; Hint: pick another --name, e.g. nsga-joint"
         )
-    device = resolve_device(args.device)
-    torch.manual_seed(cfg.seed)
+    ctx = RunContext.start(args, f"{bundle.root.name}-{name}-search")
+    device = ctx.device
     model = bundle.build_model(weights, device)
-    splits = load_bundle_splits(bundle.dataset, args.data_dir)
-    state_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{bundle.root.name}-{name}-search"
+    splits = ctx.bundle_splits(bundle.dataset)
     print(
         f"NSGA-II {'joint RL-NSGA' if cfg.joint else 'plain'} search on weights {weights!r} of "
         f"{args.bundle} | {cfg} | device {device}"
     )
-    search = NSGASearch(model, splits.train, splits.val, splits.info, cfg, state_dir, device)
+    search = NSGASearch(model, splits.train, splits.val, splits.info, cfg, ctx.ckpt_dir, device)
     if not search.run(resume=args.resume, stop_after=args.stop_after):
         return
     result = search.select()
@@ -574,7 +553,15 @@ def run(args) -> None:
     correct, executed = score_split(model, splits.test, splits.info, result.genes, device)
     test = fitness(correct, executed, cfg.reward)
     write_search(
-        bundle, name, weights, model if cfg.joint else None, result, test, len(splits.test), cfg, args, device
+        load_bundle(bundle.root),
+        name,
+        weights,
+        model if cfg.joint else None,
+        result,
+        test,
+        len(splits.test),
+        cfg,
+        ctx,
     )
 
 
@@ -587,13 +574,14 @@ def write_search(
     test: dict,
     n_test: int,
     cfg: NSGAConfig,
-    args,
-    device,
+    ctx,
 ) -> None:
+    """Points ``<name>-1``, ``-2``, ... into ``bundle`` (loaded afresh), replacing the earlier ones;
+    the joint search also writes its weights as weight set ``name``."""
     from skipvit.model.bundle import Point
-    from skipvit.training.fronts import HV_REF, objectives, update_fronts_section
-    from skipvit.training.plots import draw_front
-    from skipvit.training.report import command_line, environment, markdown_table, update_section
+    from skipvit.training.fronts import HV_REF, objectives
+    from skipvit.training.publish import publish
+    from skipvit.training.report import command_line, environment, markdown_table
 
     method = "nsga-joint" if cfg.joint else "nsga"
     source = weights
@@ -613,9 +601,6 @@ def write_search(
         }
         params = {"genes": [float(g) for g in genes], "step": cfg.step}
         points.append(Point(f"{name}-{i + 1}", method, weights, params, metrics))
-    bundle.front = [p for p in bundle.front if not p.id.startswith(f"{name}-")]
-    bundle.upsert_points(points)
-    draw_front(bundle)
     hv_test = hypervolume(objectives(points))
     hv_val = hypervolume(np.stack([result.val["compute"], 1 - result.val["accuracy"]], axis=1))
     rows = [
@@ -647,7 +632,7 @@ def write_search(
         else ""
     )
     body = f"""
-Command: `{command_line(args.argv)}`
+Command: `{command_line(ctx.args.argv)}`
 
 - Start: weight set `{source}`; NSGA-II (pymoo, ask-and-tell): {cfg.generations} generations,
   population {cfg.population}, one-point crossover {cfg.crossover}, uniform-replacement mutation
@@ -656,7 +641,7 @@ Command: `{command_line(args.argv)}`
   generation (parents re-scored with their offspring){joint_text}
 - Selection: the non-dominated set of the final population, scored on the full validation split; the
   test split is read only to report the chosen points
-- Environment: {environment()}, device {device}; search wall time {result.elapsed_s / 60:.1f} min
+- Environment: {environment()}, device {ctx.device}; search wall time {result.elapsed_s / 60:.1f} min
 
 Hypervolume (pymoo HV over (mean layers / depth, 1 − accuracy), reference point {HV_REF}):
 **{hv_test:.4f}** on the test split, {hv_val:.4f} on the validation split.
@@ -665,9 +650,9 @@ Hypervolume (pymoo HV over (mean layers / depth, 1 − accuracy), reference poin
 
 {markdown_table(hist_head, hist)}
 """
-    update_section(bundle.root, name, body)
-    update_fronts_section(bundle)
-    bundle.save()
+    publish(
+        bundle, name, lambda *_: body, points, replaces=lambda p: p.id.startswith(f"{name}-"), fronts=True
+    )
     print(
         f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}; "
         f"test hypervolume {hv_test:.4f}"

@@ -9,22 +9,30 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
 
 from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.config import ViTConfig
 from skipvit.model.policy import StaticPolicy
-from skipvit.model.vit import PRESETS, AdaptiveViT, build_model
-from skipvit.training.data import DataSplits, load_dataset
-from skipvit.training.data.augment import AugmentConfig, augment, to_float
-from skipvit.training.device import autocast, resolve_device
+from skipvit.model.vit import AdaptiveViT, build_model
+from skipvit.training.data import DataSplits
+from skipvit.training.data.augment import AugmentConfig
+from skipvit.training.device import autocast
 from skipvit.training.evaluate import evaluate
-from skipvit.training.loop import EpochRunner, weights_id
-from skipvit.training.plots import draw_front
-from skipvit.training.report import command_line, environment, markdown_table, read_section, update_section
+from skipvit.training.optim import gradient_step, param_groups
+from skipvit.training.presets import model_config
+from skipvit.training.publish import holds_bundle, publish
+from skipvit.training.report import command_line, environment, markdown_table, read_section
+from skipvit.training.run import (
+    EpochRunner,
+    RunContext,
+    run_settings,
+    steps_per_epoch,
+    train_batches,
+    weights_id,
+)
 from skipvit.training.schedule import warmup_cosine
+from skipvit.training.splits import dataset_meta, run_split, same_dataset
 
 
 @dataclass(frozen=True)
@@ -39,81 +47,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.dim() < 2 or "pos_embed" in name or "cls_token" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def gradient_step(opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
-    """Backpropagate ``loss``, clip the optimiser's parameters' gradient norm (0: no clip), step."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], grad_clip)
-    opt.step()
-
-
-def model_config(preset: str, splits: DataSplits, **overrides) -> ViTConfig:
-    if preset not in PRESETS:
-        raise SystemExit(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = dict(PRESETS[preset])
-    base.update(
-        image_size=splits.info.image_size,
-        in_channels=splits.info.channels,
-        num_classes=splits.info.num_classes,
-    )
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return ViTConfig(**base)
-
-
-def train_epoch(
-    model: AdaptiveViT,
-    opt: torch.optim.Optimizer,
-    splits: DataSplits,
-    cfg: TrainConfig,
-    device: torch.device,
-    epoch: int,
-    step: int,
-    total_steps: int,
-    g: torch.Generator,
-) -> tuple[int, float, float]:
-    info = splits.info
-    model.train()
-    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    seen = correct = 0
-    loss_sum = 0.0
-    bar = tqdm(
-        splits.train.batches(cfg.batch_size, shuffle=True, generator=g),
-        total=steps_per_epoch,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        leave=False,
-        mininterval=1.0,
-    )
-    for images, labels in bar:
-        lr = warmup_cosine(step, total_steps, warmup, cfg.lr, cfg.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x = to_float(images, info.mean, info.std)
-        x = augment(x, cfg.augment, info.hflip, g, info.mean, info.std).to(device)
-        y = labels.to(device)
-        with autocast(device):
-            logits = model(x, StaticPolicy()).logits
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        gradient_step(opt, loss, cfg.grad_clip)
-        step += 1
-        seen += len(y)
-        correct += (logits.argmax(-1) == y).sum().item()
-        loss_sum += loss.item() * len(y)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{lr:.2e}")
-    return step, loss_sum / max(1, seen), correct / max(1, seen)
 
 
 def add_arguments(p) -> None:
@@ -139,56 +72,93 @@ def add_arguments(p) -> None:
     flags.add_checkpointing(p, "runs/<out>-static")
 
 
-def run(args) -> None:
-    device = resolve_device(args.device)
+def config_from_args(args) -> TrainConfig:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     cfg = replace(cfg, augment=replace(cfg.augment, erase_prob=args.erase_prob))
     if args.no_augment:
         cfg = replace(cfg, augment=AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0))
-    torch.manual_seed(cfg.seed)
-    src = load_bundle(args.init_from) if args.init_from else None
-    # A second stage keeps the first stage's split: its validation images stay unseen.
-    split = run_split(args, src if src is not None and same_dataset(src.dataset, args) else None)
-    splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
-    if args.limit_train:
-        splits.train = splits.train.head(args.limit_train)
-    origin = ""
-    if src is not None:  # continue training a bundle's static weights (a second stage)
-        model, arch = src.build_model("static"), src.architecture
-        previous = read_section(src.root, "static") or "(no report)"
-        origin = (
-            f"Continued from the `static` weights of `{args.init_from}`, whose own run was:\n\n"
-            + "\n".join("> " + line for line in previous.splitlines())
-        )
-    else:
+    return cfg
+
+
+def train_epoch(
+    model: AdaptiveViT,
+    opt: torch.optim.Optimizer,
+    splits: DataSplits,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    g: torch.Generator,
+) -> tuple[int, float, float]:
+    model.train()
+    warmup = int(cfg.warmup_epochs * steps_per_epoch(len(splits.train), cfg.batch_size))
+    seen = correct = 0
+    loss_sum = 0.0
+    desc = f"epoch {epoch + 1}/{cfg.epochs}"
+    bar = train_batches(splits.train, splits.info, cfg.batch_size, cfg.augment, g, device, desc)
+    for x, y in bar:
+        lr = warmup_cosine(step, total_steps, warmup, cfg.lr, cfg.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with autocast(device):
+            logits = model(x, StaticPolicy()).logits
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        gradient_step(opt, loss, cfg.grad_clip)
+        step += 1
+        seen += len(y)
+        correct += (logits.argmax(-1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{lr:.2e}")
+    return step, loss_sum / max(1, seen), correct / max(1, seen)
+
+
+def initial_model(args, splits: DataSplits, src: Bundle | None) -> tuple[AdaptiveViT, ViTConfig, str]:
+    """The model to train: ``src``'s static weights (a second stage), else a fresh ``--preset``;
+    its architecture, and the report's note on where it came from."""
+    if src is None:
         arch = model_config(
             args.preset,
-            splits,
+            splits.info,
             depth=args.depth,
             dim=args.dim,
             heads=args.heads,
             patch_size=args.patch_size,
             shared_layers=args.shared_layers or None,
         )
-        model = build_model(arch)
-    model.to(device)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    out = Path(args.out)
-    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-static"
-    init = weights_id(src, "static") if src is not None else None
-    runner = EpochRunner(
-        args, ckpt_dir, model, opt, cfg.seed, cfg.epochs, settings(cfg, args, split, arch, init)
+        return build_model(arch), arch, ""
+    previous = read_section(src.root, "static") or "(no report)"
+    origin = f"Continued from the `static` weights of `{args.init_from}`, whose own run was:\n\n" + "\n".join(
+        "> " + line for line in previous.splitlines()
     )
+    return src.build_model("static"), src.architecture, origin
+
+
+def run(args) -> None:
+    out = Path(args.out)
+    ctx = RunContext.start(args, f"{out.name}-static")
+    cfg = config_from_args(args)
+    src = load_bundle(args.init_from) if args.init_from else None
+    # A second stage keeps the first stage's split: its validation images stay unseen.
+    split = run_split(args, src if src is not None and same_dataset(src.dataset, args) else None)
+    splits = ctx.dataset_splits(split)
+    model, arch, origin = initial_model(args, splits, src)
+    model.to(ctx.device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    init = weights_id(src, "static") if src is not None else None
+    runner = ctx.epochs(model, opt, cfg.epochs, run_settings(asdict(cfg), args, split, arch, init))
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"{arch} | {n_params:,} parameters | device {device} | train {len(splits.train)}, val {len(splits.val)}"
+        f"{arch} | {n_params:,} parameters | device {ctx.device} | train {len(splits.train)}, "
+        f"val {len(splits.val)}"
     )
-    total_steps = -(-len(splits.train) // cfg.batch_size) * cfg.epochs
+    total_steps = steps_per_epoch(len(splits.train), cfg.batch_size) * cfg.epochs
+    info = splits.info
     for epoch in runner:
         runner.step, loss, acc = train_epoch(
-            model, opt, splits, cfg, device, epoch, runner.step, total_steps, runner.g
+            model, opt, splits, cfg, ctx.device, epoch, runner.step, total_steps, runner.g
         )
-        val = evaluate(model, splits.val, splits.info.mean, splits.info.std, device=device)
+        val = evaluate(model, splits.val, info.mean, info.std, device=ctx.device)
         runner.end_epoch_with(
             {
                 "epoch": epoch + 1,
@@ -203,69 +173,9 @@ def run(args) -> None:
         )
     if not runner.finished():
         return
-    test = evaluate(model, splits.test, splits.info.mean, splits.info.std, device=device)
+    test = evaluate(model, splits.test, info.mean, info.std, device=ctx.device)
     print(f"test accuracy {test.accuracy:.4f} on {test.n} images")
-    write_static_bundle(
-        out,
-        model,
-        splits,
-        split,
-        cfg,
-        test.metrics(arch.depth, "test"),
-        runner.history,
-        runner.elapsed,
-        device,
-        args,
-        origin,
-    )
-
-
-DEFAULT_VAL_FRACTION = 0.1
-
-
-def same_dataset(dataset: dict, args) -> bool:
-    """Whether a bundle's ``dataset`` entry is the dataset this run loads (name and options)."""
-    return dataset.get("name") == args.data and dataset.get("options", {}) == dict(args.data_opt)
-
-
-def recorded_split(bundle: Bundle) -> dict:
-    """The train/val split ``bundle`` was made with (bundles from before it was recorded: the default)."""
-    return {"val_fraction": DEFAULT_VAL_FRACTION, "seed": 0} | bundle.dataset.get("split", {})
-
-
-def run_split(args, bundle: Bundle | None) -> dict:
-    """The run's train/val split: the one ``bundle`` recorded, when the run starts from or writes into
-    an existing bundle (its searches select on that validation split, so the weights must not train on
-    it), else ``--val-fraction`` (default 0.1) and ``--seed``. ``--seed`` also seeds the training, so
-    only an explicit ``--val-fraction`` can conflict with a recorded split."""
-    if bundle is None:
-        fraction = DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
-        return {"val_fraction": fraction, "seed": args.seed}
-    split = recorded_split(bundle)
-    if args.val_fraction is not None and args.val_fraction != split["val_fraction"]:
-        raise ValueError(
-            f"--val-fraction {args.val_fraction} conflicts with the split recorded in {bundle.root} "
-            f"(val_fraction {split['val_fraction']}, seed {split['seed']}), which this run keeps so that "
-            "the bundle's validation images stay out of training; Hint: drop --val-fraction, or pick "
-            "another --out (and no --init-from) for a new split"
-        )
-    return split
-
-
-def settings(cfg, args, split: dict, arch: ViTConfig, init: dict | None) -> dict:
-    """What determines a training run's result, for ``EpochRunner`` to check on --resume."""
-    data = {
-        "name": args.data,
-        "split": split,
-        "options": dict(args.data_opt),
-        "limit_train": args.limit_train,
-    }
-    return {"train": asdict(cfg), "data": data, "architecture": arch.to_dict(), "init": init}
-
-
-def dataset_meta(splits: DataSplits, split: dict, args) -> dict:
-    """The bundle's dataset entry: enough to rebuild the same splits later (evaluate, search)."""
-    return splits.info.to_dict() | {"split": split, "options": dict(args.data_opt)}
+    write_static_bundle(out, model, splits, split, cfg, test.metrics(arch.depth, "test"), runner, ctx, origin)
 
 
 def _contents(root: Path) -> str:
@@ -278,28 +188,32 @@ def _contents(root: Path) -> str:
 
 
 def write_static_bundle(
-    out: Path, model, splits, split, cfg, metrics, history, elapsed, device, args, origin=""
+    out: Path,
+    model: AdaptiveViT,
+    splits: DataSplits,
+    split: dict,
+    cfg: TrainConfig,
+    metrics: dict,
+    runner: EpochRunner,
+    ctx: RunContext,
+    origin: str = "",
 ) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not (out / "bundle.json").is_file():
-            raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
+    if holds_bundle(out):
         # Nothing measured on the old weights survives, so no point is left stale; say what goes.
         print(f"replacing the bundle in {out}: `train static` starts a bundle afresh{_contents(out)}")
         shutil.rmtree(out)
-    bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, args))
+    bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, ctx.args))
     bundle.add_weight_set("static", model.state_dict())
-    bundle.upsert_points([Point("static", "static", "static", {}, metrics)])
-    draw_front(bundle)
-    rows = [[h["epoch"], h["loss"], h["train_acc"], h["val_acc"], h["elapsed_s"]] for h in history]
+    rows = [[h["epoch"], h["loss"], h["train_acc"], h["val_acc"], h["elapsed_s"]] for h in runner.history]
     body = f"""
-Command: `{command_line(args.argv)}`
+Command: `{command_line(ctx.args.argv)}`
 
 - Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train: fraction {split["val_fraction"]}, seed {split["seed"]}) / test {len(splits.test)}
 - Model: {model.cfg.to_dict()}
 - Training: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup_epochs} epoch, cosine),
   weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, augmentation {cfg.augment}, seed {cfg.seed}
-- Environment: {environment()}, device {device}
-- Wall time (training + per-epoch validation): {elapsed / 60:.1f} min
+- Environment: {environment()}, device {ctx.device}
+- Wall time (training + per-epoch validation): {runner.elapsed / 60:.1f} min
 
 Result on the full test split: accuracy **{100 * metrics["accuracy"]:.2f}%**, mean layers {metrics["mean_layers"]} of {model.cfg.depth}.
 
@@ -307,6 +221,5 @@ Result on the full test split: accuracy **{100 * metrics["accuracy"]:.2f}%**, me
 
 {origin}
 """
-    update_section(out, "static", body)
-    bundle.save()
+    publish(bundle, "static", lambda *_: body, [Point("static", "static", "static", {}, metrics)])
     print(f"wrote bundle {out}")

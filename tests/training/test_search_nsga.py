@@ -187,16 +187,14 @@ def _noisy_test(real):
 def test_search_writes_non_dominated_points_chosen_without_the_test_split(
     tiny_rl_bundle, tmp_path, monkeypatch
 ):
-    from skipvit.training import data as training_data
+    from skipvit.training import run
 
     outs = {}
     for variant in ("real", "noise"):
         out = tmp_path / variant
         shutil.copytree(tiny_rl_bundle, out)
         if variant == "noise":
-            monkeypatch.setattr(
-                training_data, "load_bundle_splits", _noisy_test(training_data.load_bundle_splits)
-            )
+            monkeypatch.setattr(run, "load_bundle_splits", _noisy_test(run.load_bundle_splits))
         main(["search", "nsga", "--bundle", str(out), *SMALL, "--ckpt-dir", str(tmp_path / f"c-{variant}")])
         outs[variant] = load_bundle(out)
     monkeypatch.undo()

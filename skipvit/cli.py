@@ -15,18 +15,18 @@ from typing import Any
 
 # (command path, module, help)
 COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
-    (("train", "static"), "skipvit.training.train_static", "plain ViT, cross-entropy"),
+    (("train", "static"), "skipvit.training.train.static", "plain ViT, cross-entropy"),
     (
         ("train", "rl"),
-        "skipvit.training.train_rl",
+        "skipvit.training.train.rl",
         "RL layer-skipping gates, jointly with the backbone (thesis 3.4)",
     ),
     (
         ("train", "exits"),
-        "skipvit.training.train_exits",
+        "skipvit.training.train.exits",
         "DyCE exit heads on a bundle's frozen backbone (Dynamically Configurable Exiting)",
     ),
-    (("evaluate",), "skipvit.training.evaluate_cli", "accuracy and mean layers of a bundle point"),
+    (("evaluate",), "skipvit.training.evaluate_bundle", "accuracy and mean layers of a bundle point"),
     (
         ("analyze",),
         "skipvit.training.analyze",
@@ -34,17 +34,17 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     ),
     (
         ("search", "nsga"),
-        "skipvit.training.search_nsga",
+        "skipvit.training.search.nsga",
         "NSGA-II over per-layer gate genes, plain or --joint (thesis 3.5, 4.3)",
     ),
     (
         ("search", "dyce"),
-        "skipvit.training.search_dyce",
+        "skipvit.training.search.dyce",
         "DyCE (Dynamically Configurable Exiting): a lambda sweep picks exits and thresholds",
     ),
     (
         ("search", "lac"),
-        "skipvit.training.search_lac",
+        "skipvit.training.search.lac",
         "LAC (L2 Norm Guided Adaptive Computation): halt when the hidden state's L2 norm stops growing",
     ),
     (

@@ -59,7 +59,7 @@ def test_only_the_named_command_is_imported():
         "'skipvit.training.train', 'skipvit.benchmarks.bench'))))"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['skipvit.training.search_lac']"
+    assert done.stdout.strip() == "['skipvit.training.search', 'skipvit.training.search.lac']"
 
 
 def test_python_dash_m_skipvit_is_the_same_command_line():

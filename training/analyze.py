@@ -1,4 +1,5 @@
-"""`skipvit analyze`: how a bundle point spends its layers on the test split (thesis, seed 001).
+"""`skipvit analyze`: how a bundle point spends its layers on the test split (the analyses of the
+thesis "Reinforcement Learning Based Layer Skipping Vision Transformer for Efficient Inference").
 
 - **path distribution** (thesis Table 12): each image's path as a string like ``"110100111"``
   (1 = the layer ran), counted over the split and sorted by frequency;
@@ -23,10 +24,16 @@ import torch
 from torch import Tensor
 
 from skipvit import flags
+from skipvit.model.bundle import load_bundle
+from skipvit.model.points import batch_key, policy_for
 from skipvit.model.policy import RUN, SKIP, MaskPolicy
 from skipvit.model.vit import AdaptiveViT
-from skipvit.training.device import full_precision
-from skipvit.training.report import markdown_table
+from skipvit.training.data import load_bundle_splits
+from skipvit.training.data.augment import to_float
+from skipvit.training.device import full_precision, resolve_device
+from skipvit.training.evaluate import evaluate
+from skipvit.training.publish import publish
+from skipvit.training.report import command_line, markdown_table
 
 TOP_PATHS = 15
 
@@ -264,13 +271,6 @@ def analyze_bundle(
     The bundle's manifest refuses files it does not list, so the default output directory is
     ``runs/analysis/<bundle name>/<point>/`` under the working directory, not the bundle.
     """
-    from skipvit.model.bundle import load_bundle
-    from skipvit.model.points import batch_key, policy_for
-    from skipvit.training.data import load_bundle_splits
-    from skipvit.training.data.augment import to_float
-    from skipvit.training.device import resolve_device
-    from skipvit.training.evaluate import evaluate
-
     bundle = load_bundle(bundle_dir)
     point = bundle.point(point_id)
     dev = resolve_device(device)
@@ -332,10 +332,6 @@ def run(args) -> None:
     print(markdown)
     print(f"written to {result['out_dir']}")
     if args.into_report:
-        from skipvit.model.bundle import load_bundle
-        from skipvit.training.publish import publish
-        from skipvit.training.report import command_line
-
         nested = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", markdown, flags=re.M)
         body = f"Command: `{command_line(args.argv)}`\n\n{nested}"
         publish(load_bundle(args.bundle), f"analysis: {result['point']}", lambda *_: body)

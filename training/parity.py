@@ -1,4 +1,5 @@
-"""`skipvit parity`: the parity task of seed 002 (Table 1), a GRU cell with and without LAC.
+"""`skipvit parity`: the parity task of "L2 Norm Guided Adaptive Computation" (Table 1), a GRU
+cell with and without LAC.
 
 Task (Graves 2016, as the paper uses it): a sequence of ``length`` = 16 digits in {1, −1, 0}; a
 random number k ∈ [1, 16] of positions, chosen at random, hold ±1 (each sign with probability
@@ -42,7 +43,7 @@ from skipvit.model.lac import LACTracker, check_alpha, state_norm
 from skipvit.training.schedule import warmup_cosine
 
 MODES = ("none", "per-batch", "per-example")
-PAPER = {  # seed 002, Table 1: (accuracy, steps)
+PAPER = {  # L2 Norm Guided Adaptive Computation, Table 1: (accuracy, steps)
     "none": (1.0, 10),
     "per-batch": (1.0, 3),
     "per-example": (1.0, 3),

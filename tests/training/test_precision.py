@@ -16,7 +16,7 @@ from skipvit.model.policy import StaticPolicy
 from skipvit.training.backbone import backbone_features
 from skipvit.training.data.base import ArrayData
 from skipvit.training.evaluate import evaluate
-from skipvit.training.search_nsga import score
+from skipvit.training.search.nsga_scoring import score
 
 MEAN, STD = (0.3,), (0.3,)
 

@@ -12,15 +12,9 @@ from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.training.data import load_bundle_splits
-from skipvit.training.search_nsga import (
-    NSGAConfig,
-    NSGASearch,
-    decode,
-    encode,
-    gene_values,
-    non_dominated,
-    score,
-)
+from skipvit.training.search.nsga_genes import decode, encode, gene_values, non_dominated
+from skipvit.training.search.nsga_scoring import score
+from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch
 
 SMALL = ["--generations", "3", "--population", "6", "--val-batch", "96", "--device", "cpu"]
 

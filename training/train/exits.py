@@ -1,4 +1,4 @@
-"""`skipvit train exits`: DyCE exit heads (seed 003) on a frozen backbone.
+"""`skipvit train exits`: DyCE (Dynamically Configurable Exiting) exit heads on a frozen backbone.
 
 The backbone (a weight set of the bundle, default ``static``) is frozen: ``requires_grad_(False)``
 and eval mode. Every exit type reads only the CLS token and the token mean (``model.exits``), so

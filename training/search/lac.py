@@ -1,4 +1,5 @@
-"""`skipvit search lac`: LAC points (seed 002) for a bundle's weight sets. Nothing is trained.
+"""`skipvit search lac`: LAC (L2 Norm Guided Adaptive Computation) points for a bundle's weight
+sets. Nothing is trained.
 
 LAC needs no parameters of its own (``model.lac`` has the rule), so the "search" is a sweep: for
 each weight set (default ``static``), each alpha and each mode, the test split is evaluated
@@ -26,7 +27,14 @@ import time
 import torch
 
 from skipvit import flags
+from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.lac import MODES, LACPolicy, check_alpha
+from skipvit.training.data import load_bundle_splits
+from skipvit.training.device import resolve_device
+from skipvit.training.evaluate import evaluate
+from skipvit.training.fronts import HV_REF, hypervolume, objectives
+from skipvit.training.publish import publish
+from skipvit.training.report import command_line, environment, markdown_table
 
 MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
 
@@ -48,8 +56,6 @@ def parse_alphas(text: str) -> list[float]:
 
 def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: int, device) -> list[dict]:
     """One record per (mode, alpha): the EvalResult as served, and per-batch at ``report_batch``."""
-    from skipvit.training.evaluate import evaluate
-
     records = []
     for mode in modes:
         for alpha in alphas:
@@ -89,10 +95,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from skipvit.model.bundle import load_bundle
-    from skipvit.training.data import load_bundle_splits
-    from skipvit.training.device import resolve_device
-
     bundle = load_bundle(args.bundle)
     weight_sets = [w for w in args.weights.split(",") if w]
     for w in weight_sets:
@@ -129,15 +131,10 @@ def run(args) -> None:
 
 
 def write_points(
-    bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
+    bundle: Bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
 ) -> None:
     """The swept points into ``bundle`` (loaded afresh), replacing every earlier LAC point on the
     weight sets swept."""
-    from skipvit.model.bundle import Point
-    from skipvit.training.fronts import HV_REF, hypervolume, objectives
-    from skipvit.training.publish import publish
-    from skipvit.training.report import command_line, environment, markdown_table
-
     depth = bundle.architecture.depth
     points, rows = [], []
     for w, records in results.items():

@@ -21,7 +21,7 @@ def add_seed(p: argparse.ArgumentParser) -> None:
 
 def add_data(p: argparse.ArgumentParser) -> None:
     """The dataset a run trains on, and the train/val split it carves."""
-    from skipvit.training.data import DATASETS  # light: the loaders import lazily
+    from skipvit.training.data import DATASETS  # imports torch: only the commands that train from --data
 
     p.add_argument("--data", required=True, choices=DATASETS, help="dataset name")
     add_data_dir(p)

@@ -25,13 +25,11 @@ from torch import Tensor
 
 from skipvit import flags
 from skipvit.model.bundle import load_bundle
-from skipvit.model.points import batch_key, policy_for
 from skipvit.model.policy import RUN, SKIP, MaskPolicy
 from skipvit.model.vit import AdaptiveViT
-from skipvit.training.data import load_bundle_splits
 from skipvit.training.data.augment import to_float
-from skipvit.training.device import full_precision, resolve_device
-from skipvit.training.evaluate import evaluate
+from skipvit.training.device import full_precision
+from skipvit.training.evaluate import evaluate_point
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, markdown_table
 
@@ -271,15 +269,9 @@ def analyze_bundle(
     The bundle's manifest refuses files it does not list, so the default output directory is
     ``runs/analysis/<bundle name>/<point>/`` under the working directory, not the bundle.
     """
-    bundle = load_bundle(bundle_dir)
-    point = bundle.point(point_id)
-    dev = resolve_device(device)
+    run = evaluate_point(bundle_dir, point_id, "test", limit, data_dir, batch_size, device)
+    bundle, point, model, data, dev, res = run.bundle, run.point, run.model, run.data, run.device, run.result
     ds = bundle.dataset
-    splits = load_bundle_splits(ds, data_dir)
-    data = splits.test.head(limit)
-    model = bundle.build_model(point.weights, dev)
-    served_batch = 1 if batch_key(point) is None else batch_size  # per-batch LAC: one image per forward
-    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), served_batch, dev)
     images = to_float(data.images, ds["mean"], ds["std"])  # (N, C, H, W) on the CPU
     depth = bundle.architecture.depth
     result: dict[str, Any] = {

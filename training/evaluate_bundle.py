@@ -5,28 +5,16 @@ from __future__ import annotations
 import json
 
 from skipvit import flags
-from skipvit.model.bundle import load_bundle
-from skipvit.model.points import batch_key, policy_for
-from skipvit.training.data import load_bundle_splits
-from skipvit.training.device import resolve_device
-from skipvit.training.evaluate import evaluate
+from skipvit.model.dyce import DyCEConfig, relative_compute
+from skipvit.training.evaluate import evaluate_point
 
 
 def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, device) -> dict:
-    bundle = load_bundle(bundle_dir)
-    point = bundle.point(point_id)
-    dev = resolve_device(device)
-    ds = bundle.dataset
-    splits = load_bundle_splits(ds, data_dir)
-    data = splits.split(split).head(limit)
-    model = bundle.build_model(point.weights, dev)
-    if batch_key(point) is None:  # served one request per forward (per-batch LAC): one image per forward
-        batch_size = 1
-    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), batch_size, dev)
+    """The figures ``skipvit evaluate`` prints (``evaluate_point``), with the point's relative compute."""
+    run = evaluate_point(bundle_dir, point_id, split, limit, data_dir, batch_size, device)
+    bundle, point, res = run.bundle, run.point, run.result
     relative = res.mean_layers / bundle.architecture.depth
     if point.method == "dyce":  # FLOPs / static FLOPs, counting the exit heads evaluated on the way
-        from skipvit.model.dyce import DyCEConfig, relative_compute
-
         config = DyCEConfig.from_params(point.params)
         relative = relative_compute(bundle.architecture, config, res.executed.sum(1))
     return {

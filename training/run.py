@@ -77,11 +77,12 @@ class Progress:
 
     def __init__(self, total: int, stop_after: int | None, unit: str, where: str) -> None:
         self.total, self.stop_after, self.unit, self.where = total, stop_after, unit, where
-        self.start, self.elapsed, self.history = 0, 0.0, []
+        self.start, self.done, self.elapsed, self.history = 0, 0, 0.0, []
         self._t0 = 0.0
 
     def resume(self, start: int, elapsed: float, history: list[dict]) -> None:
-        self.start, self.elapsed, self.history = start, elapsed, history
+        """Continue a run whose first ``start`` steps took ``elapsed`` seconds and left ``history``."""
+        self.start, self.done, self.elapsed, self.history = start, start, elapsed, history
 
     @property
     def end(self) -> int:
@@ -95,6 +96,7 @@ class Progress:
 
     def record(self, record: dict) -> dict:
         """Add the step's wall time to the total and keep ``record`` (with ``elapsed_s``)."""
+        self.done += 1
         self.elapsed += time.time() - self._t0
         self.history.append({**record, "elapsed_s": round(self.elapsed, 1)})
         return self.history[-1]

@@ -19,11 +19,13 @@ def test_progress_stops_after_n_steps_and_resumes_where_it_stopped(capsys):
     for step in p:
         rec = p.record({"epoch": step + 1})
         assert rec["epoch"] == step + 1 and rec["elapsed_s"] >= 0
-    assert [h["epoch"] for h in p.history] == [1, 2] and not p.finished()
+    assert [h["epoch"] for h in p.history] == [1, 2] and p.done == 2 and not p.finished()
     assert "stopped after epoch 2/5; continue with --resume (checkpoint in d)" in capsys.readouterr().out
     later = Progress(5, None, "generation", "state in d")
     later.resume(2, p.elapsed, list(p.history))
-    assert list(later) == [2, 3, 4] and later.finished()
+    for step in later:
+        later.record({"epoch": step + 1})
+    assert later.done == 5 and len(later.history) == 5 and later.finished()
     done = Progress(3, 4, "epoch", "x")
     done.resume(3, 0.0, [])
     assert list(done) == [] and done.finished()

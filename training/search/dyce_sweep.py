@@ -17,7 +17,7 @@ left out: that is the static point); at most ``max_points``, evenly spread.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,9 +38,6 @@ class SearchConfig:
             raise ValueError("need 0 < --lambda-min <= --lambda-max < 1 and --lambdas >= 1")
         if self.thresholds < 1 or self.max_points < 1 or self.max_rounds < 0:
             raise ValueError("--thresholds and --max-points must be >= 1, --max-rounds >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def lambda_grid(n: int, lo: float, hi: float) -> np.ndarray:

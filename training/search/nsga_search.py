@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from skipvit.model.vit import AdaptiveViT
-from skipvit.training.checkpoint import check_settings
+from skipvit.training.checkpoint import CKPT_META, check_settings, load_checkpoint, read_meta, save_checkpoint
 from skipvit.training.data.augment import to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.fronts import hypervolume
@@ -160,10 +160,14 @@ class NSGASearch:
         self.opt = None
         if cfg.joint:
             self.opt = optimizer_for(model, self.rl_cfg)
-        self.generation = 0
         self.progress = Progress(cfg.generations, None, "generation", f"state in {self.state_dir}")
         self.reward_mean: dict[tuple[int, ...], tuple[float, int]] = {}  # eq. 3.19 per configuration
         self.best_hv = 0.0
+
+    @property
+    def generation(self) -> int:
+        """Generations done."""
+        return self.progress.done
 
     @property
     def history(self) -> list[dict]:
@@ -187,8 +191,6 @@ class NSGASearch:
         }
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.joint:
-            from skipvit.training.checkpoint import save_checkpoint
-
             save_checkpoint(self.state_dir, self.model, self.opt, {"generation": self.generation})
         tmp = self.state_dir / (STATE + ".tmp")
         tmp.write_text(json.dumps(state))
@@ -207,8 +209,6 @@ class NSGASearch:
         saved.pop("generations"), now.pop("generations")  # a search may be extended
         check_settings(path, saved, now, "search")
         if self.cfg.joint:
-            from skipvit.training.checkpoint import CKPT_META, load_checkpoint, read_meta
-
             # _save writes the weights, then search.json: a crash between the two leaves weights one
             # fine-tune ahead of the population, which no resume can line up again.
             weights_gen = read_meta(self.state_dir).get("generation")
@@ -231,7 +231,7 @@ class NSGASearch:
         pop.set("rank", np.array(state["rank"]), "crowding", np.array(state["crowding"]))
         self.algorithm.pop = pop
         self.algorithm.random_state.bit_generator.state = state["rng"]
-        self.generation, self.best_hv = state["generation"], state["best_hv"]
+        self.best_hv = state["best_hv"]
         self.progress.resume(state["generation"], state["elapsed_s"], state["history"])
         self.reward_mean = {tuple(k): (m, c) for k, m, c in state["reward_mean"]}
         self.log(f"resumed the search from {self.state_dir} after generation {self.generation}")
@@ -302,7 +302,6 @@ class NSGASearch:
             self.algorithm.setup(self.problem, seed=cfg.seed)
         for gen in progress:
             record = progress.record(self._generation(gen))
-            self.generation = gen + 1
             self._save()
             left = progress.elapsed / (gen + 1) * (cfg.generations - gen - 1)
             extra = f" | train CE {record['ce']:.3f}" if cfg.joint else ""

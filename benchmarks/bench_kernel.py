@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from skipvit import flags
 from skipvit.benchmarks.server_report import machine_info
 from skipvit.kernels.reference import (
     compact_rows_fixed_ref,
@@ -36,19 +37,13 @@ from skipvit.kernels.reference import (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
-def _float_list(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
 def add_arguments(parser) -> None:
-    parser.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 64, 256, 1024], metavar="B1,B2,...")
+    parser.add_argument(
+        "--batch-sizes", type=flags.positive_ints, default=[1, 8, 64, 256, 1024], metavar="B1,B2,..."
+    )
     parser.add_argument(
         "--densities",
-        type=_float_list,
+        type=flags.floats,
         default=[0.1, 0.5, 0.9],
         metavar="P1,P2,...",
         help="fraction of rows that run the layer",
@@ -61,8 +56,8 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed round trips first")
     parser.add_argument("--model-batch", type=int, default=64, help="batch of the sync-counting forward")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--seed", type=int, default=0)
+    flags.add_device(parser, "auto", "cpu, cuda or auto")
+    flags.add_seed(parser)
     parser.add_argument("--out-json", default="runs/bench/kernel.json")
     parser.add_argument("--out-md", default=None, help="also write the markdown tables here")
 
@@ -221,12 +216,9 @@ def render_markdown(result: dict) -> str:
 
 
 def run(args) -> dict:
-    dev = args.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(dev)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here. Hint: use --device cpu or auto")
+    from skipvit.training.device import resolve_device
+
+    device = resolve_device(args.device)
     result: dict[str, Any] = {
         "environment": environment(device),
         "tokens": args.tokens,
@@ -248,11 +240,3 @@ def run(args) -> dict:
     print(markdown)
     print(f"written to {out}")
     return result
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    run(parser.parse_args())

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from skipvit import flags
 from skipvit.benchmarks.model_report import (
     MEMORY_MEASURES,
     derive_rows,
@@ -306,6 +307,33 @@ def _check(args) -> None:
         )
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to time")
+    p.add_argument(
+        "--points",
+        default="auto",
+        help="comma-separated point ids, 'all', or 'auto' (default: rl and the leanest nsga point "
+        "within 5 accuracy points of static)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=flags.positive_ints,
+        default=[1, 8, 64, 256, 1024],
+        metavar="B1,B2,...",
+        help="batch sizes (default 1,8,64,256,1024)",
+    )
+    flags.add_device(p, "cpu", "cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--rounds", type=int, default=7, help="rounds over all configurations (median reported)")
+    p.add_argument("--min-seconds", type=float, default=0.25, help="timed seconds per measurement")
+    p.add_argument("--repeats", type=int, default=1, help="at least this many calls per measurement")
+    p.add_argument("--limit", type=int, default=1024, help="first N test images used")
+    flags.add_data_dir(p, "dataset directory (default: the dataset's own)")
+    p.add_argument("--out-json", default="runs/bench/model.json")
+    p.add_argument("--out-md", default=None, help="also write the markdown table here")
+    p.add_argument("--out-png", default=None, help="the plot (default: next to the JSON, .png)")
 
 
 def run(args) -> None:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from skipvit import flags
 from skipvit.benchmarks.loadgen import (
     check_loopback_url,
     http_get,
@@ -537,6 +538,49 @@ class InProcess:
                 f"max_batch_size (the server's mean batch size at {clients} clients is n/a)",
             )
         self.measure(batch, why, rnd, reference=True)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to serve and time")
+    p.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
+    p.add_argument(
+        "--url",
+        default=None,
+        help="measure this already running server instead of starting one (loopback only)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=flags.positive_ints,
+        default=[1, 8, 32, 64],
+        metavar="C1,C2,...",
+        help="closed-loop clients per level (default 1,8,32,64)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="runs of the reference level (64 clients), each with an in-process timing; the verdict "
+        "reads the median round",
+    )
+    p.add_argument("--images-per-request", type=int, default=1)
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
+    p.add_argument("--requests", type=int, default=None, help="measured requests per level (not --duration)")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each level")
+    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds until a request fails")
+    p.add_argument("--timeout", type=float, default=900.0, help="bound on the whole load phase, in seconds")
+    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a server may take to be ready")
+    p.add_argument("--max-batch-size", type=int, default=None, help="SKIPVIT_MAX_BATCH_SIZE for the server")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="SKIPVIT_MAX_WAIT_MS for the server")
+    p.add_argument(
+        "--inproc-seconds",
+        type=float,
+        default=None,
+        help="seconds per in-process timing (default: --duration, as long as a level's window)",
+    )
+    flags.add_device(p, "cpu", "cpu, cuda or auto (servers and in-process alike)")
+    flags.add_data_dir(p, "Fashion-MNIST directory (test images to send)")
+    p.add_argument("--out-json", default="runs/bench/server.json")
+    p.add_argument("--out-md", default=None, help="also write the markdown table here")
 
 
 def run(args) -> None:

@@ -5,7 +5,7 @@ speedups (depth / mean layers, and static FLOPs / point FLOPs from ``model.flops
 speedup (median over rounds of point images/s / static images/s in the same round), achieved
 over ideal, the gates-on overhead (static images/s / gates-on images/s - 1) and peak memory.
 
-Targets (issue 6): at batch >= 64, achieved / ideal (FLOPs) >= 0.85 for every point and the
+Targets: at batch >= 64, achieved / ideal (FLOPs) >= 0.85 for every point and the
 gates-on overhead <= 5% (on CPU); at batch 1, achieved / ideal (FLOPs) >= 0.6.
 """
 

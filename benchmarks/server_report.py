@@ -1,6 +1,6 @@
 """The verdict and the report of `skipvit bench server`: pure functions of the measured figures.
 
-The targets (issue 5): at 64 clients the batched server serves >= 3x the naive endpoint's
+The targets: at 64 clients the batched server serves >= 3x the naive endpoint's
 images/s at no worse p95 (and neither fails a request), and >= 70% of the images/s the engine
 reaches without HTTP at the server's mean batch size: the faster of ``engine.predict`` in the
 bench's process and, where the server splits batches across several engine processes, those

@@ -1,4 +1,5 @@
-"""`skipvit analyze`: how a bundle point spends its layers on the test split (thesis, seed 001).
+"""`skipvit analyze`: how a bundle point spends its layers on the test split (the analyses of the
+thesis "Reinforcement Learning Based Layer Skipping Vision Transformer for Efficient Inference").
 
 - **path distribution** (thesis Table 12): each image's path as a string like ``"110100111"``
   (1 = the layer ran), counted over the split and sorted by frequency;
@@ -13,6 +14,7 @@ Layers are numbered from 1 in every file written (as in the thesis); tensors ind
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,10 +23,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from skipvit import flags
+from skipvit.model.bundle import load_bundle
 from skipvit.model.policy import RUN, SKIP, MaskPolicy
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data.augment import to_float
 from skipvit.training.device import full_precision
-from skipvit.training.report import markdown_table
+from skipvit.training.evaluate import evaluate_point
+from skipvit.training.publish import publish
+from skipvit.training.report import command_line, markdown_table
 
 TOP_PATHS = 15
 
@@ -262,22 +269,9 @@ def analyze_bundle(
     The bundle's manifest refuses files it does not list, so the default output directory is
     ``runs/analysis/<bundle name>/<point>/`` under the working directory, not the bundle.
     """
-    from skipvit.model.bundle import load_bundle
-    from skipvit.model.points import batch_key, policy_for
-    from skipvit.training.data import load_bundle_splits
-    from skipvit.training.data.augment import to_float
-    from skipvit.training.device import resolve_device
-    from skipvit.training.evaluate import evaluate
-
-    bundle = load_bundle(bundle_dir)
-    point = bundle.point(point_id)
-    dev = resolve_device(device)
+    run = evaluate_point(bundle_dir, point_id, "test", limit, data_dir, batch_size, device)
+    bundle, point, model, data, dev, res = run.bundle, run.point, run.model, run.data, run.device, run.result
     ds = bundle.dataset
-    splits = load_bundle_splits(ds, data_dir)
-    data = splits.test.head(limit)
-    model = bundle.build_model(point.weights, dev)
-    served_batch = 1 if batch_key(point) is None else batch_size  # per-batch LAC: one image per forward
-    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), served_batch, dev)
     images = to_float(data.images, ds["mean"], ds["std"])  # (N, C, H, W) on the CPU
     depth = bundle.architecture.depth
     result: dict[str, Any] = {
@@ -302,3 +296,34 @@ def analyze_bundle(
     draw_processing_ratio(result, out / "processing_ratio.png")
     result["out_dir"] = str(out)
     return result
+
+
+# ---------------------------------------------------------------- the command
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
+    flags.add_data_dir(p)
+    p.add_argument("--limit", type=int, default=None, help="analyse only the first N test images")
+    p.add_argument("--batch-size", type=int, default=512)
+    flags.add_device(p)
+    p.add_argument("--out", default=None, help="output directory (default runs/analysis/<bundle>/<point>)")
+    p.add_argument(
+        "--into-report",
+        action="store_true",
+        help="also put the tables in the bundle's REPORT.md (and refresh its manifest)",
+    )
+
+
+def run(args) -> None:
+    result = analyze_bundle(
+        args.bundle, args.point, args.data_dir, args.limit, args.batch_size, args.device, args.out
+    )
+    markdown = render_markdown(result)
+    print(markdown)
+    print(f"written to {result['out_dir']}")
+    if args.into_report:
+        nested = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", markdown, flags=re.M)
+        body = f"Command: `{command_line(args.argv)}`\n\n{nested}"
+        publish(load_bundle(args.bundle), f"analysis: {result['point']}", lambda *_: body)

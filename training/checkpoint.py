@@ -61,6 +61,22 @@ def changed_settings(saved: Any, now: Any, prefix: str = "") -> list[str]:
     return [name.rstrip(".") for name in out]
 
 
+def check_settings(where: Path, saved: Any, now: Any, noun: str = "run") -> None:
+    """Refuse to resume state saved at ``where`` under settings ``saved`` (None: none recorded) in
+    a ``noun`` (run, search) with settings ``now``."""
+    if saved is None:
+        raise ValueError(
+            f"{where} records no settings (written before resumes were checked), so "
+            f"it cannot be matched to this {noun}; Hint: drop --resume to start fresh"
+        )
+    changed = changed_settings(saved, now)
+    if changed:
+        raise ValueError(
+            f"{where} was written by a {noun} with other settings ({', '.join(changed)}); "
+            "Hint: drop --resume, or repeat the original flags"
+        )
+
+
 def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG state; return the saved ``meta``."""
     if not has_checkpoint(directory):

@@ -1,4 +1,5 @@
-"""Evaluate a model under a policy on a split: accuracy and layers run."""
+"""Evaluate a model under a policy on a split (accuracy and layers run), and a bundle point as the
+service serves it."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
+from skipvit.model.bundle import Bundle, Point, load_bundle
+from skipvit.model.points import batch_key, policy_for
 from skipvit.model.policy import ExecutionPolicy
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data import load_bundle_splits
 from skipvit.training.data.augment import to_float
 from skipvit.training.data.base import ArrayData
-from skipvit.training.device import full_precision
+from skipvit.training.device import full_precision, resolve_device
 
 
 @dataclass
@@ -64,3 +68,32 @@ def evaluate(
         executed=ex,
         predictions=pred,
     )
+
+
+@dataclass
+class PointEval:
+    """A bundle point evaluated on (the head of) a split: what was run and what came out."""
+
+    bundle: Bundle
+    point: Point
+    model: AdaptiveViT
+    data: ArrayData
+    device: torch.device
+    result: EvalResult
+
+
+def evaluate_point(
+    bundle_dir, point_id: str | None, split: str, limit: int | None, data_dir, batch_size: int, device: str
+) -> PointEval:
+    """Point ``point_id`` (default: the bundle's default point) of the bundle at ``bundle_dir`` on the
+    first ``limit`` images of ``split``, through its policy as the service serves it: a point whose
+    rows cannot share a forward (per-batch LAC) runs one image per forward."""
+    bundle = load_bundle(bundle_dir)
+    point = bundle.point(point_id)
+    dev = resolve_device(device)
+    ds = bundle.dataset
+    data = load_bundle_splits(ds, data_dir).split(split).head(limit)
+    model = bundle.build_model(point.weights, dev)
+    served_batch = 1 if batch_key(point) is None else batch_size
+    res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), served_batch, dev)
+    return PointEval(bundle, point, model, data, dev, res)

@@ -64,19 +64,6 @@ def fronts_table(bundle: Bundle) -> str:
     )
 
 
-def drop_points_on(bundle: Bundle, weights: str, keep: str | None = None) -> list[str]:
-    """Remove the points measured on weight set ``weights`` (about to be replaced), all but point
-    ``keep``; return the ids dropped. A dropped default point gives way to ``static``, else to the
-    first point left."""
-    stale = [p.id for p in bundle.front if p.weights == weights and p.id != keep]
-    if stale:
-        bundle.front = [p for p in bundle.front if p.id not in stale]
-        if bundle.default_point in stale:
-            fallback = "static" if any(p.id == "static" for p in bundle.front) else None
-            bundle.default_point = fallback or (bundle.front[0].id if bundle.front else keep or "")
-    return stale
-
-
 def update_fronts_section(bundle: Bundle) -> None:
     body = (
         "Hypervolume of each method's points on the test split: pymoo's HV over (relative compute, "

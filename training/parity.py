@@ -1,4 +1,5 @@
-"""`skipvit parity`: the parity task of seed 002 (Table 1), a GRU cell with and without LAC.
+"""`skipvit parity`: the parity task of "L2 Norm Guided Adaptive Computation" (Table 1), a GRU
+cell with and without LAC.
 
 Task (Graves 2016, as the paper uses it): a sequence of ``length`` = 16 digits in {1, −1, 0}; a
 random number k ∈ [1, 16] of positions, chosen at random, hold ±1 (each sign with probability
@@ -37,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from skipvit import flags
 from skipvit.model.lac import LACTracker, check_alpha, state_norm
 from skipvit.training.schedule import warmup_cosine
 
 MODES = ("none", "per-batch", "per-example")
-PAPER = {  # seed 002, Table 1: (accuracy, steps)
+PAPER = {  # L2 Norm Guided Adaptive Computation, Table 1: (accuracy, steps)
     "none": (1.0, 10),
     "per-batch": (1.0, 3),
     "per-example": (1.0, 3),
@@ -205,9 +207,28 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(p) -> None:
+    p.add_argument("--mode", default="all", choices=["all", *MODES])
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=10, help="T, the most GRU steps")
+    p.add_argument("--length", type=int, default=16, help="sequence length")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-steps", type=int, default=20_000, help="optimiser steps per mode")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay to 1%%)")
+    p.add_argument("--test-size", type=int, default=10_000)
+    flags.add_seed(p)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    flags.add_device(p, default="cpu")
+    p.add_argument("--out", default="runs/parity/parity.json", help="results JSON (the table is printed)")
+
+
 def run(args) -> None:
+    from skipvit.training.device import resolve_device
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     modes = MODES if args.mode == "all" else (args.mode,)
     base = ParityConfig(
         alpha=args.alpha,
@@ -224,7 +245,7 @@ def run(args) -> None:
     for mode in modes:
         cfg = replace(base, mode=mode)
         print(f"parity: training {LABELS[mode]} | {cfg}", flush=True)
-        results.append(run_mode(cfg, args.device))
+        results.append(run_mode(cfg, device))
         t = results[-1]["test"]
         print(f"parity: {LABELS[mode]}: test accuracy {t['accuracy']:.4f}, mean steps {t['mean_steps']:.3f}")
     table = markdown(results)

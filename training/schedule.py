@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 
 def warmup_cosine(step: int, total: int, warmup: int, base_lr: float, min_ratio: float = 0.01) -> float:
     if total <= 0:
@@ -12,3 +14,9 @@ def warmup_cosine(step: int, total: int, warmup: int, base_lr: float, min_ratio:
         return base_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warmup: int) -> None:
+    """Every parameter group's learning rate at ``step``: ``warmup_cosine`` of its ``base_lr``."""
+    for group in opt.param_groups:
+        group["lr"] = warmup_cosine(step, total, warmup, group["base_lr"])

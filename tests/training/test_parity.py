@@ -1,4 +1,5 @@
-"""`skipvit parity` (seed 002, Table 1): the data, the GRU with LAC halting, a few training steps."""
+"""`skipvit parity` (L2 Norm Guided Adaptive Computation, Table 1): the data, the GRU with LAC
+halting, a few training steps."""
 
 from __future__ import annotations
 

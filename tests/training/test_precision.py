@@ -13,10 +13,10 @@ import torch
 
 from skipvit.model.gates import SkipAgent
 from skipvit.model.policy import StaticPolicy
+from skipvit.training.backbone import backbone_features
 from skipvit.training.data.base import ArrayData
 from skipvit.training.evaluate import evaluate
-from skipvit.training.search_nsga import score
-from skipvit.training.train_exits import backbone_features
+from skipvit.training.search.nsga_scoring import score
 
 MEAN, STD = (0.3,), (0.3,)
 

@@ -8,8 +8,15 @@ import torch
 from skipvit.model.config import ViTConfig
 from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.model.vit import build_model
-from skipvit.training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
-from skipvit.training.train_rl import RLConfig, rl_step
+from skipvit.training.reinforce import (
+    RewardConfig,
+    RLConfig,
+    discounted_returns,
+    reinforce_losses,
+    rewards,
+    rl_step,
+    whiten,
+)
 
 
 def make_model(depth=4, seed=0):

@@ -10,20 +10,10 @@ import pytest
 from skipvit.model.bundle import load_bundle
 from skipvit.model.dyce import DyCEConfig
 from skipvit.training.data import load_bundle_splits
-from skipvit.training.evaluate_cli import evaluate_bundle
-from skipvit.training.search_dyce import (
-    Recording,
-    Score,
-    Simulator,
-    circular,
-    lambda_grid,
-    measure,
-    monotone,
-    one_pass,
-    record,
-    spread,
-    threshold_grid,
-)
+from skipvit.training.evaluate_bundle import evaluate_bundle
+from skipvit.training.search.dyce import measure
+from skipvit.training.search.dyce_sim import Recording, Score, Simulator, record, threshold_grid
+from skipvit.training.search.dyce_sweep import circular, lambda_grid, monotone, one_pass, spread
 
 
 def test_lambda_grid_spans_the_range_in_order():

@@ -9,7 +9,7 @@ import pytest
 
 from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
-from skipvit.training.search_lac import parse_alphas, point_id
+from skipvit.training.search.lac import parse_alphas, point_id
 
 SMALL = ["--limit", "48", "--device", "cpu", "--report-batch", "16"]
 

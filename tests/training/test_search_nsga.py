@@ -12,15 +12,9 @@ from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.training.data import load_bundle_splits
-from skipvit.training.search_nsga import (
-    NSGAConfig,
-    NSGASearch,
-    decode,
-    encode,
-    gene_values,
-    non_dominated,
-    score,
-)
+from skipvit.training.search.nsga_genes import decode, encode, gene_values, non_dominated
+from skipvit.training.search.nsga_scoring import score
+from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch
 
 SMALL = ["--generations", "3", "--population", "6", "--val-batch", "96", "--device", "cpu"]
 
@@ -187,16 +181,14 @@ def _noisy_test(real):
 def test_search_writes_non_dominated_points_chosen_without_the_test_split(
     tiny_rl_bundle, tmp_path, monkeypatch
 ):
-    from skipvit.training import data as training_data
+    from skipvit.training import run
 
     outs = {}
     for variant in ("real", "noise"):
         out = tmp_path / variant
         shutil.copytree(tiny_rl_bundle, out)
         if variant == "noise":
-            monkeypatch.setattr(
-                training_data, "load_bundle_splits", _noisy_test(training_data.load_bundle_splits)
-            )
+            monkeypatch.setattr(run, "load_bundle_splits", _noisy_test(run.load_bundle_splits))
         main(["search", "nsga", "--bundle", str(out), *SMALL, "--ckpt-dir", str(tmp_path / f"c-{variant}")])
         outs[variant] = load_bundle(out)
     monkeypatch.undo()

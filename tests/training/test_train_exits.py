@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from skipvit.cli import main
 from skipvit.model.bundle import load_bundle, verify_manifest
 from skipvit.model.exits import ExitSet, exits_of
+from skipvit.training.backbone import backbone_features
 from skipvit.training.data import load_bundle_splits
-from skipvit.training.train_exits import ExitTrainConfig, backbone_features, soft_cross_entropy, train_epoch
+from skipvit.training.train.exits import ExitTrainConfig, soft_cross_entropy, train_epoch
 
 
 def test_soft_cross_entropy():

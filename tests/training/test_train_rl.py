@@ -120,7 +120,7 @@ def test_rl_refuses_to_overwrite_another_methods_weight_set(
 
 
 def test_rl_trains_on_the_split_of_the_bundle_it_writes_into(tiny_bundle, tmp_path, monkeypatch, capsys):
-    from skipvit.training import train_rl
+    from skipvit.training import run
 
     seen = []
 
@@ -128,7 +128,7 @@ def test_rl_trains_on_the_split_of_the_bundle_it_writes_into(tiny_bundle, tmp_pa
         seen.append({k: kwargs[k] for k in ("val_fraction", "seed")})
         return load_dataset(*args, **kwargs)
 
-    monkeypatch.setattr(train_rl, "load_dataset", spy)
+    monkeypatch.setattr(run, "load_dataset", spy)
     out = tmp_path / "b"
     shutil.copytree(tiny_bundle, out)
     recorded = load_bundle(out).dataset["split"]

@@ -1,4 +1,4 @@
-"""`skipvit train exits`: DyCE exit heads (seed 003) on a frozen backbone.
+"""`skipvit train exits`: DyCE (Dynamically Configurable Exiting) exit heads on a frozen backbone.
 
 The backbone (a weight set of the bundle, default ``static``) is frozen: ``requires_grad_(False)``
 and eval mode. Every exit type reads only the CLS token and the token mean (``model.exits``), so
@@ -19,22 +19,22 @@ they are dropped; ``skipvit search dyce`` writes new ones.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from skipvit.model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_of, pooled_tokens
+from skipvit import flags
+from skipvit.model.bundle import Bundle, load_bundle
+from skipvit.model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_of
 from skipvit.model.flops import block_flops
-from skipvit.model.vit import AdaptiveViT
-from skipvit.training.data.augment import to_float
-from skipvit.training.data.base import ArrayData
-from skipvit.training.device import full_precision
-from skipvit.training.schedule import warmup_cosine
+from skipvit.training.backbone import backbone_features
+from skipvit.training.publish import publish
+from skipvit.training.report import command_line, environment, markdown_table
+from skipvit.training.run import EpochRunner, RunContext, steps_per_epoch, weights_id
+from skipvit.training.schedule import set_lr
 
 
 @dataclass(frozen=True)
@@ -54,44 +54,7 @@ class ExitTrainConfig:
         return asdict(self)
 
 
-# ---------------------------------------------------------------- the frozen backbone
-
-
-@torch.no_grad()
-def backbone_features(
-    model: AdaptiveViT,
-    data: ArrayData,
-    mean,
-    std,
-    positions: Sequence[int],
-    batch_size: int = 512,
-    device: torch.device | str = "cpu",
-) -> tuple[Tensor, Tensor]:
-    """One pass of the frozen backbone: ``pooled_tokens`` after each layer in ``positions``,
-    (N, P, 2, D) float32, and the final logits (N, C) float32, on the CPU.
-
-    The loop is the static forward (every row runs every layer), written out to read the state
-    between layers. ``no_grad`` rather than ``inference_mode``: the heads train on the results.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    want = set(positions)
-    feats, logits = [], []
-    for images, _ in data.batches(batch_size):
-        x = to_float(images.to(device), mean, std)  # (B, C, H, W)
-        with full_precision(device):  # the exits decide on these in fp32 when served
-            h = model.embed(x)  # (B, T, D)
-            pooled = []
-            for j in range(model.depth):
-                h = model.block(j)(h)  # (B, T, D): the state after layer j + 1
-                if j + 1 in want:
-                    pooled.append(pooled_tokens(h))  # (B, 2, D)
-            z = model.forward_head(h)  # (B, C)
-        feats.append(torch.stack(pooled, dim=1).float().cpu())  # (B, P, 2, D)
-        logits.append(z.float().cpu())
-    model.train(was_training)
-    return torch.cat(feats), torch.cat(logits)
+# ---------------------------------------------------------------- the heads' loss
 
 
 def soft_cross_entropy(logits: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
@@ -145,14 +108,12 @@ def train_epoch(
     device,
 ) -> tuple[int, float]:
     exits.train()
-    steps_per_epoch = -(-len(labels) // cfg.batch_size)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch(len(labels), cfg.batch_size))
     order = torch.randperm(len(labels), generator=g)
     loss_sum, seen = 0.0, 0
     for start in range(0, len(labels), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        for group in opt.param_groups:
-            group["lr"] = warmup_cosine(step, total_steps, warmup, group["base_lr"])
+        set_lr(opt, step, total_steps, warmup)
         pooled = feats[idx].to(device)  # (b, P, 2, D)
         loss = exits_loss(exits, pooled, teacher[idx].to(device), labels[idx].to(device), cfg)
         opt.zero_grad(set_to_none=True)
@@ -200,12 +161,26 @@ def config_from_args(args) -> ExitTrainConfig:
     )
 
 
-def run(args) -> None:
-    from skipvit.model.bundle import load_bundle
-    from skipvit.training.data import load_bundle_splits
-    from skipvit.training.device import resolve_device
-    from skipvit.training.loop import EpochRunner, weights_id
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True, help="bundle to read the backbone from and write into")
+    p.add_argument("--weights", default="static", help="the backbone's weight set (default: static)")
+    p.add_argument("--name", default="dyce", help="weight set to write: the backbone plus the exits")
+    p.add_argument("--types", default="linear,mlp-s,mlp-m", help="exit types (model.exits.EXIT_TYPES)")
+    p.add_argument("--positions", default=None, help="exits after these layers, e.g. 3,5,7 (default: all)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the soft targets")
+    p.add_argument("--hard-weight", type=float, default=0.0, help="share of CE on the labels in the loss")
+    flags.add_seed(p)
+    flags.add_device(p)
+    flags.add_data_dir(p)
+    flags.add_limit_train(p)
+    flags.add_checkpointing(p, "runs/<bundle>-<name>-exits")
 
+
+def run(args) -> None:
     cfg = config_from_args(args)
     bundle = load_bundle(args.bundle)
     source, name = args.weights, args.name
@@ -225,17 +200,15 @@ def run(args) -> None:
             f"--name {name!r} would overwrite weight set {name!r}, which points of method "
             f"{', '.join(others)} use; Hint: pick another --name"
         )
-    device = resolve_device(args.device)
-    torch.manual_seed(cfg.seed)
+    ctx = RunContext.start(args, f"{bundle.root.name}-{name}-exits")
+    device = ctx.device
     model = bundle.build_model(source, device)
     model.requires_grad_(False)
-    depth = model.depth
-    positions = cfg.positions or tuple(range(1, depth))
+    positions = cfg.positions or tuple(range(1, model.depth))
     exits = ExitSet(model.cfg, positions, cfg.types).to(device)
-    splits = load_bundle_splits(bundle.dataset, args.data_dir)
+    splits = ctx.bundle_splits(bundle.dataset)
     train = splits.train.head(args.limit_train)
     mean, std = bundle.dataset["mean"], bundle.dataset["std"]
-    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{bundle.root.name}-{name}-exits"
     print(
         f"DyCE exits on frozen weights {source!r} of {args.bundle}: {len(exits.heads)} heads "
         f"(types {', '.join(cfg.types)}; after layers {', '.join(map(str, exits.positions))}) | {cfg} | "
@@ -259,14 +232,15 @@ def run(args) -> None:
         "split": bundle.dataset.get("split", {}),
         "limit_train": args.limit_train,
     }
-    runner = EpochRunner(args, ckpt_dir, exits, opt, cfg.seed, cfg.epochs, run_settings)
-    total_steps = -(-len(train) // cfg.batch_size) * cfg.epochs
+    runner = ctx.epochs(exits, opt, cfg.epochs, run_settings)
+    total_steps = steps_per_epoch(len(train), cfg.batch_size) * cfg.epochs
+    val_labels = splits.val.labels.to(device)
     stats: dict[str, dict] = {}
     for epoch in runner:
         runner.step, loss = train_epoch(
             exits, opt, feats, teacher, train.labels, cfg, runner.step, total_steps, runner.g, device
         )
-        stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), splits.val.labels.to(device))
+        stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), val_labels)
         agree = np.mean([s["agreement"] for s in stats.values()])
         best = max(stats.items(), key=lambda kv: kv[1]["agreement"])
         runner.end_epoch_with(
@@ -279,9 +253,9 @@ def run(args) -> None:
     if not runner.finished():
         return
     if not stats:  # resumed a finished run: measure the restored heads
-        stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), splits.val.labels.to(device))
+        stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), val_labels)
     backbone_acc = (val_teacher.argmax(-1) == splits.val.labels).float().mean().item()
-    write_exits(bundle.root, name, source, exits, cfg, stats, backbone_acc, runner, feature_s, device, args)
+    write_exits(load_bundle(bundle.root), source, exits, cfg, stats, backbone_acc, runner, feature_s, ctx)
 
 
 def exit_state(backbone: dict[str, Tensor], exits: ExitSet) -> dict[str, Tensor]:
@@ -292,32 +266,20 @@ def exit_state(backbone: dict[str, Tensor], exits: ExitSet) -> dict[str, Tensor]
 
 
 def write_exits(
-    root: Path,
-    name: str,
+    bundle: Bundle,
     source: str,
     exits: ExitSet,
     cfg: ExitTrainConfig,
     stats: dict,
     backbone_acc: float,
-    runner,
+    runner: EpochRunner,
     feature_s: float,
-    device,
-    args,
+    ctx: RunContext,
 ) -> None:
-    from skipvit.model.bundle import load_bundle
-    from skipvit.training.fronts import drop_points_on, update_fronts_section
-    from skipvit.training.plots import draw_front
-    from skipvit.training.report import command_line, environment, markdown_table, update_section
-
-    bundle = load_bundle(root)  # afresh: another command may have written points meanwhile
+    """Write weight set ``--name`` into ``bundle`` (loaded afresh: another command may have written
+    points meanwhile), dropping the points measured with the old heads."""
+    args, name = ctx.args, ctx.args.name
     bundle.add_weight_set(name, exit_state(bundle.load_weights(source), exits))
-    stale = drop_points_on(bundle, name)
-    if stale:
-        print(
-            f"dropped {len(stale)} points measured with the old heads ({', '.join(stale)}); "
-            "Hint: run `skipvit search dyce` for new ones"
-        )
-        draw_front(bundle)
     loaded = exits_of(bundle.build_model(name))  # the written set loads, with its exits
     if loaded is None or len(loaded.heads) != len(exits.heads):
         raise RuntimeError(f"weight set {name!r} does not load back with its {len(exits.heads)} exit heads")
@@ -362,7 +324,7 @@ Command: `{command_line(args.argv)}`
   {cfg.batch_size}, {cfg.epochs} epochs, warmup {cfg.warmup_epochs} epoch then cosine, seed {cfg.seed}
 - Data: the bundle's train split{f" (first {args.limit_train} images)" if args.limit_train else ""}, its
   validation split for the figures below
-- Environment: {environment()}, device {device}; head training {runner.elapsed / 60:.1f} min
+- Environment: {environment()}, device {ctx.device}; head training {runner.elapsed / 60:.1f} min
 
 {markdown_table(["type", "reads", "hidden", "FLOPs", "of a block"], kinds)}
 
@@ -372,8 +334,10 @@ Validation accuracy / agreement with the backbone (%; the backbone: {100 * backb
 
 {markdown_table(["epoch", "loss", "mean val agreement", "elapsed s"], hist)}
 """
-    update_section(root, f"{name}: exits", body)
+    stale = publish(bundle, f"{name}: exits", lambda *_: body, replaces=lambda p: p.weights == name)
     if stale:
-        update_fronts_section(bundle)
-    bundle.save()
-    print(f"wrote weight set {name!r} ({len(exits.heads)} exit heads on {source!r}) into {root}")
+        print(
+            f"dropped {len(stale)} points measured with the old heads ({', '.join(stale)}); "
+            "Hint: run `skipvit search dyce` for new ones"
+        )
+    print(f"wrote weight set {name!r} ({len(exits.heads)} exit heads on {source!r}) into {bundle.root}")

@@ -1,4 +1,5 @@
-"""`skipvit search lac`: LAC points (seed 002) for a bundle's weight sets. Nothing is trained.
+"""`skipvit search lac`: LAC (L2 Norm Guided Adaptive Computation) points for a bundle's weight
+sets. Nothing is trained.
 
 LAC needs no parameters of its own (``model.lac`` has the rule), so the "search" is a sweep: for
 each weight set (default ``static``), each alpha and each mode, the test split is evaluated
@@ -25,7 +26,15 @@ import time
 
 import torch
 
+from skipvit import flags
+from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.lac import MODES, LACPolicy, check_alpha
+from skipvit.training.data import load_bundle_splits
+from skipvit.training.device import resolve_device
+from skipvit.training.evaluate import evaluate
+from skipvit.training.fronts import HV_REF, hypervolume, objectives
+from skipvit.training.publish import publish
+from skipvit.training.report import command_line, environment, markdown_table
 
 MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
 
@@ -47,8 +56,6 @@ def parse_alphas(text: str) -> list[float]:
 
 def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: int, device) -> list[dict]:
     """One record per (mode, alpha): the EvalResult as served, and per-batch at ``report_batch``."""
-    from skipvit.training.evaluate import evaluate
-
     records = []
     for mode in modes:
         for alpha in alphas:
@@ -70,11 +77,24 @@ def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: 
     return records
 
 
-def run(args) -> None:
-    from skipvit.model.bundle import load_bundle
-    from skipvit.training.data import load_bundle_splits
-    from skipvit.training.device import resolve_device
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True, help="bundle to evaluate and write into")
+    p.add_argument("--weights", default="static", help="comma-separated weight sets (default: static)")
+    p.add_argument("--alphas", default="0.05,0.1,0.2,0.3,0.4,0.6,0.8,1.0", help="comma-separated alphas")
+    p.add_argument("--modes", default="both", choices=["both", "per-example", "per-batch"])
+    p.add_argument("--batch-size", type=int, default=512, help="per-example: images per forward")
+    p.add_argument(
+        "--report-batch",
+        type=int,
+        default=128,
+        help="per-batch: also report at this many images per forward (0: skip)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    flags.add_device(p)
+    flags.add_data_dir(p)
 
+
+def run(args) -> None:
     bundle = load_bundle(args.bundle)
     weight_sets = [w for w in args.weights.split(",") if w]
     for w in weight_sets:
@@ -104,17 +124,17 @@ def run(args) -> None:
             results[w] = sweep(
                 model, data, ds["mean"], ds["std"], alphas, modes, args.batch_size, args.report_batch, device
             )
-    write_points(bundle, results, len(data), len(data) == len(splits.test), args, device, time.time() - t0)
+    elapsed = time.time() - t0
+    write_points(
+        load_bundle(bundle.root), results, len(data), len(data) == len(splits.test), args, device, elapsed
+    )
 
 
 def write_points(
-    bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
+    bundle: Bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
 ) -> None:
-    from skipvit.model.bundle import Point
-    from skipvit.training.fronts import HV_REF, hypervolume, objectives, update_fronts_section
-    from skipvit.training.plots import draw_front
-    from skipvit.training.report import command_line, environment, markdown_table, update_section
-
+    """The swept points into ``bundle`` (loaded afresh), replacing every earlier LAC point on the
+    weight sets swept."""
     depth = bundle.architecture.depth
     points, rows = [], []
     for w, records in results.items():
@@ -138,10 +158,6 @@ def write_points(
                     f"{100 * big.accuracy:.2f} @ {big.mean_layers:.3f}" if big else "—",
                 ]
             )
-    swept = set(results)
-    bundle.front = [p for p in bundle.front if not (p.method == "lac" and p.weights in swept)]
-    bundle.upsert_points(points)
-    draw_front(bundle)
     hv = {
         w: hypervolume(
             objectives([p for p in points if p.weights == w and p.params["mode"] == "per-example"])
@@ -165,7 +181,7 @@ def write_points(
     body = f"""
 Command: `{command_line(args.argv)}`
 
-- LAC (seed 002, `model/lac.py`): no training. Before layer j the norm ‖h_j‖₂ of the residual
+- LAC (L2 Norm Guided Adaptive Computation, `model/lac.py`): no training. Before layer j the norm ‖h_j‖₂ of the residual
   stream (every token and channel, before the final LayerNorm; h_0 = embedding output) gives
   δ_j = ‖h_j‖ − ‖h_(j−1)‖; the image stops if δ_j < λ_j = α·|max Δ − min Δ| over the earlier
   changes Δ = {{0, δ_1, …, δ_(j−1)}} (a buffer that starts at zero, as in the authors' code; λ = 0
@@ -197,9 +213,15 @@ reference {HV_REF}): {", ".join(f"`{w}` **{v:.4f}**" for w, v in hv.items())}.
         )
     }
 """
-    update_section(bundle.root, "lac", body)
-    update_fronts_section(bundle)
-    bundle.save()
+    swept = set(results)
+    publish(
+        bundle,
+        "lac",
+        lambda *_: body,
+        points,
+        replaces=lambda p: p.method == "lac" and p.weights in swept,
+        fronts=True,
+    )
     print(f"wrote {len(points)} LAC points into {bundle.root}")
     for p in points:
         print(

@@ -11,38 +11,33 @@ describe the old weights), and refuses a ``--name`` that is another method's wei
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from safetensors import safe_open
-from torch import nn
-from tqdm import tqdm
 
+from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.model.vit import AdaptiveViT, build_model
-from skipvit.training.data import DataSplits, load_dataset
-from skipvit.training.data.augment import AugmentConfig, augment, to_float
-from skipvit.training.device import autocast, resolve_device
-from skipvit.training.evaluate import evaluate
-from skipvit.training.fronts import drop_points_on, update_fronts_section
-from skipvit.training.loop import EpochRunner, weights_id
-from skipvit.training.plots import draw_front
-from skipvit.training.report import command_line, environment, markdown_table, update_section
-from skipvit.training.rl import RewardConfig, discounted_returns, reinforce_losses, rewards, whiten
-from skipvit.training.schedule import warmup_cosine
-from skipvit.training.train_static import (
-    dataset_meta,
-    gradient_step,
-    model_config,
-    param_groups,
-    recorded_split,
-    run_split,
-    same_dataset,
-    settings,
+from skipvit.training.data import DataSplits
+from skipvit.training.device import autocast
+from skipvit.training.evaluate import EvalResult, evaluate
+from skipvit.training.optim import gradient_step
+from skipvit.training.presets import model_config
+from skipvit.training.publish import existing_bundle, publish
+from skipvit.training.reinforce import RLConfig, optimizer_for, reward_config, rl_step
+from skipvit.training.report import command_line, environment, markdown_table
+from skipvit.training.run import (
+    EpochRunner,
+    RunContext,
+    run_settings,
+    steps_per_epoch,
+    train_batches,
+    weights_id,
 )
+from skipvit.training.schedule import set_lr
+from skipvit.training.splits import check_same_split, dataset_meta, run_split, same_dataset
 
 # Points that only set a knob (thresholds, genes, alpha) on a weight set: when `train rl` replaces
 # the weight set they are stale and go. Points of any other method mean the weight set is another
@@ -50,25 +45,29 @@ from skipvit.training.train_static import (
 KNOB_METHODS = ("rl", "nsga", "lac")
 
 
-@dataclass(frozen=True)
-class RLConfig:
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 2e-4  # backbone and head
-    agent_lr: float = 1e-3  # gates
-    baseline_lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.1
-    grad_clip: float = 1.0
-    rl_weight: float = 1.0
-    baseline_weight: float = 1.0
-    baseline_hidden: int = 64
-    gate_init_bias: float = 2.0
-    freeze_backbone: bool = False
-    seed: int = 0
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+def add_arguments(p) -> None:
+    flags.add_data(p)
+    p.add_argument(
+        "--out", required=True, help="bundle to write into (an existing bundle gains the weight set)"
+    )
+    p.add_argument("--init-from", default=None, help="start from this bundle's weights (default: scratch)")
+    p.add_argument("--init-weights", default=None, help="weight set of --init-from (default: static)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the head and the gates")
+    p.add_argument("--name", default="rl", help="weight-set and point id to write")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4, help="backbone and head learning rate")
+    p.add_argument("--agent-lr", type=float, default=1e-3, help="gate learning rate")
+    p.add_argument("--baseline-lr", type=float, default=1e-3, help="baseline learning rate")
+    flags.add_reward(p)
+    p.add_argument("--rl-weight", type=float, default=1.0, help="weight of the policy loss next to CE")
+    p.add_argument("--baseline-hidden", type=int, default=64, help="baseline MLP width")
+    p.add_argument("--gate-init-bias", type=float, default=2.0, help="initial gate bias (p = sigmoid(bias))")
+    p.add_argument("--preset", default="fmnist-9", help="architecture preset when training from scratch")
+    flags.add_seed(p)
+    flags.add_device(p)
+    flags.add_limit_train(p)
+    flags.add_checkpointing(p, "runs/<out>-<name>")
 
 
 def config_from_args(args) -> RLConfig:
@@ -83,7 +82,7 @@ def config_from_args(args) -> RLConfig:
         gate_init_bias=args.gate_init_bias,
         freeze_backbone=args.freeze_backbone,
         seed=args.seed,
-        reward=RewardConfig(gamma=args.gamma, eps=args.eps, w_acc=args.w_acc, w_layers=args.w_layers),
+        reward=reward_config(args),
     )
 
 
@@ -112,7 +111,7 @@ def initial_model(args, splits: DataSplits, cfg: RLConfig, src: Bundle | None) -
             new.load_state_dict(state, strict=False)
             model, origin = new, origin + f" (new {info.num_classes}-class head)"
     else:
-        model = build_model(model_config(args.preset, splits))
+        model = build_model(model_config(args.preset, info))
         origin = f"scratch (preset {args.preset})"
     if model.agent is None:
         d = model.cfg
@@ -120,77 +119,17 @@ def initial_model(args, splits: DataSplits, cfg: RLConfig, src: Bundle | None) -
     return model, origin
 
 
-def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
-    agent = model.agent
-    backbone = nn.ModuleDict({n: m for n, m in model.named_children() if n != "agent"})
-    if cfg.freeze_backbone:
-        for n, p in backbone.named_parameters():
-            p.requires_grad_(n.startswith("head."))
-    groups = [{**g, "lr": cfg.lr, "base_lr": cfg.lr} for g in param_groups(backbone, cfg.weight_decay)]
-    groups += [
-        {
-            "params": list(agent.gates.parameters()),
-            "lr": cfg.agent_lr,
-            "base_lr": cfg.agent_lr,
-            "weight_decay": 0.0,
-        },
-        {
-            "params": list(agent.baselines.parameters()),
-            "lr": cfg.baseline_lr,
-            "base_lr": cfg.baseline_lr,
-            "weight_decay": 0.0,
-        },
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
-
-
-def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5) -> tuple[torch.Tensor, dict]:
-    """One REINFORCE + cross-entropy step's loss and its statistics. Negative ``thresholds``
-    (scalar, (L,) or (B, L)) remove layers; the other gates sample their actions."""
-    agent = model.agent
-    policy = GatePolicy(agent, thresholds, sample=True)
-    out = model(x, policy)
-    ce = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
-    correct = out.logits.argmax(-1) == y  # (B,)
-    reward = rewards(correct, out.executed, cfg.reward)  # (B,)
-    returns = whiten(discounted_returns(reward, model.depth, cfg.reward.gamma))  # (B, L)
-    log_probs = torch.stack(policy.log_probs, dim=1)  # (B, L)
-    cls = torch.stack(policy.cls, dim=1)  # (B, L, D)
-    base = torch.stack([agent.baseline(j, cls[:, j]) for j in range(model.depth)], dim=1)  # (B, L)
-    pl, bl = reinforce_losses(log_probs, returns, base)
-    loss = ce + cfg.rl_weight * pl + cfg.baseline_weight * bl
-    stats = {
-        "ce": ce.item(),
-        "baseline": bl.item(),
-        "correct": int(correct.sum()),
-        "layers": out.executed.float().sum(1).mean().item(),
-        "reward": reward.mean().item(),
-    }
-    return loss, stats
-
-
 def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_steps, g):
-    info = splits.info
     model.train()
     if cfg.freeze_backbone:
         model.eval()  # frozen backbone: no dropout; gradients still flow to head and agent
-    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch(len(splits.train), cfg.batch_size))
     seen = correct = 0
     ce_sum = layers_sum = 0.0
-    bar = tqdm(
-        splits.train.batches(cfg.batch_size, shuffle=True, generator=g),
-        total=steps_per_epoch,
-        desc=f"rl epoch {epoch + 1}/{cfg.epochs}",
-        leave=False,
-        mininterval=1.0,
-    )
-    for images, labels in bar:
-        for group in opt.param_groups:
-            group["lr"] = warmup_cosine(step, total_steps, warmup, group["base_lr"])
-        x = to_float(images, info.mean, info.std)
-        x = augment(x, cfg.augment, info.hflip, g, info.mean, info.std).to(device)
-        y = labels.to(device)
+    desc = f"rl epoch {epoch + 1}/{cfg.epochs}"
+    bar = train_batches(splits.train, splits.info, cfg.batch_size, cfg.augment, g, device, desc)
+    for x, y in bar:
+        set_lr(opt, step, total_steps, warmup)
         with autocast(device):
             loss, st = rl_step(model, x, y, cfg)
         gradient_step(opt, loss, cfg.grad_clip)
@@ -209,25 +148,11 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
     }
 
 
-def _check_same_split(src: Bundle, target: Bundle) -> None:
-    """Refuse weights trained on another split of the same data than the bundle written into: some
-    of the target's validation images, on which its searches select, would be their training images."""
-    a, b = recorded_split(src), recorded_split(target)
-    if a != b:
-        raise ValueError(
-            f"{src.root} was trained on another split of this dataset (val_fraction {a['val_fraction']}, "
-            f"seed {a['seed']}) than {target.root} records (val_fraction {b['val_fraction']}, seed {b['seed']}): "
-            f"its weights have seen some of {target.root}'s validation images; Hint: --init-from a bundle "
-            "made with that split (e.g. the --out bundle itself), or pick another --out"
-        )
-
-
 def run(args) -> None:
-    device = resolve_device(args.device)
-    cfg = config_from_args(args)
-    torch.manual_seed(cfg.seed)
     out = Path(args.out)
-    target = _existing_bundle(out)
+    ctx = RunContext.start(args, f"{out.name}-{args.name}")
+    cfg = config_from_args(args)
+    target = existing_bundle(out)
     if target is not None:
         _check_dataset(target, args)
     src = load_bundle(args.init_from) if args.init_from else None
@@ -235,30 +160,25 @@ def run(args) -> None:
     # the bundle started from (its weights trained on its train split), else --val-fraction/--seed.
     same_src = src is not None and same_dataset(src.dataset, args)
     if target is not None and same_src:
-        _check_same_split(src, target)
-    recorded = target if target is not None else src if same_src else None
-    split = run_split(args, recorded)
-    splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
-    if args.limit_train:
-        splits.train = splits.train.head(args.limit_train)
+        check_same_split(src, target)
+    split = run_split(args, target if target is not None else src if same_src else None)
+    splits = ctx.dataset_splits(split)
     model, origin = initial_model(args, splits, cfg, src)
     if target is not None:  # refuse before training, not after
         _check_target(target, model, args.name)
-    model.to(device)
+    model.to(ctx.device)
     opt = optimizer_for(model, cfg)
-    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / f"{out.name}-{args.name}"
     init = weights_id(src, init_weights(args, src)) if src is not None else None
-    runner = EpochRunner(
-        args, ckpt_dir, model, opt, cfg.seed, cfg.epochs, settings(cfg, args, split, model.cfg, init)
-    )
-    print(f"RL training from {origin} | {cfg} | device {device}")
-    total_steps = -(-len(splits.train) // cfg.batch_size) * cfg.epochs
+    runner = ctx.epochs(model, opt, cfg.epochs, run_settings(asdict(cfg), args, split, model.cfg, init))
+    print(f"RL training from {origin} | {cfg} | device {ctx.device}")
+    total_steps = steps_per_epoch(len(splits.train), cfg.batch_size) * cfg.epochs
+    info = splits.info
     for epoch in runner:
         runner.step, stats = train_epoch(
-            model, opt, splits, cfg, device, epoch, runner.step, total_steps, runner.g
+            model, opt, splits, cfg, ctx.device, epoch, runner.step, total_steps, runner.g
         )
         policy = GatePolicy(model.agent)
-        val = evaluate(model, splits.val, splits.info.mean, splits.info.std, policy, device=device)
+        val = evaluate(model, splits.val, info.mean, info.std, policy, device=ctx.device)
         runner.end_epoch_with(
             {
                 "epoch": epoch + 1,
@@ -274,22 +194,9 @@ def run(args) -> None:
         )
     if not runner.finished():
         return
-    test = evaluate(
-        model, splits.test, splits.info.mean, splits.info.std, GatePolicy(model.agent), device=device
-    )
+    test = evaluate(model, splits.test, info.mean, info.std, GatePolicy(model.agent), device=ctx.device)
     print(f"test accuracy {test.accuracy:.4f} at {test.mean_layers:.3f} mean layers on {test.n} images")
-    write_rl_bundle(
-        out, model, splits, split, cfg, test, runner.history, runner.elapsed, device, origin, args
-    )
-
-
-def _existing_bundle(out: Path) -> Bundle | None:
-    """The bundle at ``out``, or None where ``out`` is missing or empty."""
-    if (out / "bundle.json").is_file():
-        return load_bundle(out)
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} exists and is not a bundle; Hint: pick an empty --out directory")
-    return None
+    write_rl_bundle(out, model, splits, split, cfg, test, runner, ctx, origin)
 
 
 def _check_dataset(bundle: Bundle, args) -> None:
@@ -333,28 +240,27 @@ def _check_target(bundle: Bundle, model: AdaptiveViT, name: str) -> None:
 
 
 def write_rl_bundle(
-    out: Path, model, splits, split: dict, cfg: RLConfig, test, history, elapsed, device, origin, args
+    out: Path,
+    model: AdaptiveViT,
+    splits: DataSplits,
+    split: dict,
+    cfg: RLConfig,
+    test: EvalResult,
+    runner: EpochRunner,
+    ctx: RunContext,
+    origin: str,
 ) -> None:
-    name = args.name
-    bundle = _existing_bundle(out)  # afresh: another command may have written into it meanwhile
+    args, name = ctx.args, ctx.args.name
+    bundle = existing_bundle(out)  # afresh: another command may have written into it meanwhile
     if bundle is not None:
         _check_dataset(bundle, args)
         _check_target(bundle, model, name)
     else:
         bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, args))
         bundle.default_point = name
-    # The other points on the weight set being replaced were measured on the old weights.
-    stale = drop_points_on(bundle, name, keep=name)
-    if stale:
-        print(
-            f"dropped {len(stale)} points measured on the old {name!r} weights ({', '.join(stale)}); "
-            "Hint: run `skipvit search nsga` (or `search lac --weights`) for new ones"
-        )
     bundle.add_weight_set(name, model.state_dict())
     depth = model.depth
-    metrics = test.metrics(depth, "test")
-    bundle.upsert_points([Point(name, "rl", name, {"thresholds": [0.5] * depth}, metrics)])
-    draw_front(bundle)
+    point = Point(name, "rl", name, {"thresholds": [0.5] * depth}, test.metrics(depth, "test"))
     rows = [
         [
             h["epoch"],
@@ -365,20 +271,22 @@ def write_rl_bundle(
             h["val_layers"],
             h["elapsed_s"],
         ]
-        for h in history
-    ]
-    compare = [
-        [
-            p.id,
-            p.method,
-            f"{100 * p.metrics['accuracy']:.2f}",
-            p.metrics["mean_layers"],
-            p.metrics["relative_compute"],
-        ]
-        for p in bundle.front
+        for h in runner.history
     ]
     ratio = test.executed.float().mean(0).tolist()
-    body = f"""
+
+    def body(bundle: Bundle, stale: list[str]) -> str:
+        compare = [
+            [
+                p.id,
+                p.method,
+                f"{100 * p.metrics['accuracy']:.2f}",
+                p.metrics["mean_layers"],
+                p.metrics["relative_compute"],
+            ]
+            for p in bundle.front
+        ]
+        text = f"""
 Command: `{command_line(args.argv)}`
 
 - Start: {origin}; backbone {"frozen (head and gates train)" if cfg.freeze_backbone else "trained jointly"}
@@ -389,7 +297,7 @@ Command: `{command_line(args.argv)}`
   the (batch × layers) matrix; loss = CE + {cfg.rl_weight}·policy + {cfg.baseline_weight}·baseline MSE
 - Optimiser: AdamW, {cfg.epochs} epochs, batch {cfg.batch_size}, lr backbone {cfg.lr} / gates {cfg.agent_lr} /
   baseline {cfg.baseline_lr}, warmup {cfg.warmup_epochs} epoch then cosine; gate bias init {cfg.gate_init_bias}; seed {cfg.seed}
-- Environment: {environment()}, device {device}; wall time {elapsed / 60:.1f} min
+- Environment: {environment()}, device {ctx.device}; wall time {runner.elapsed / 60:.1f} min
 
 Full test split, threshold 0.5 at every gate: accuracy **{100 * test.accuracy:.2f}%** at
 **{test.mean_layers:.3f}** mean layers of {depth} ({100 * test.mean_layers / depth:.1f}% of the layers).
@@ -399,13 +307,18 @@ Per-layer processing ratio: {", ".join(f"{r:.2f}" for r in ratio)}.
 
 {markdown_table(["epoch", "CE", "train acc", "sampled layers", "val acc", "val layers", "elapsed s"], rows)}
 """
+        if stale:
+            text += (
+                f"\nDropped the points measured on the previous `{name}` weights: {', '.join(stale)} (measured on "
+                "weights this bundle no longer holds; their report sections are kept as a record).\n"
+            )
+        return text
+
+    # The other points on the weight set being replaced were measured on the old weights.
+    stale = publish(bundle, name, body, [point], replaces=lambda p: p.weights == name)
     if stale:
-        body += (
-            f"\nDropped the points measured on the previous `{name}` weights: {', '.join(stale)} (measured on "
-            "weights this bundle no longer holds; their report sections are kept as a record).\n"
+        print(
+            f"dropped {len(stale)} points measured on the old {name!r} weights ({', '.join(stale)}); "
+            "Hint: run `skipvit search nsga` (or `search lac --weights`) for new ones"
         )
-    update_section(out, name, body)
-    if stale:
-        update_fronts_section(bundle)
-    bundle.save()
     print(f"wrote weight set and point {name!r} into {out}")

@@ -1,0 +1,136 @@
+"""REINFORCE with a learned baseline for the skip agents (thesis eqs. 3.6-3.13), and the training
+step of `train rl` that the joint NSGA search also takes.
+
+R = w_acc * A - w_layers * L + eps, per image: A = 1 if the prediction is correct, L = the
+fraction of layers run, eps = -1e-5 (the thesis: a zero reward destabilises training). The
+reward arrives after the last layer and is discounted back over the layers, G_j = gamma * G_{j+1}
+(eq. 3.10), so G_j = gamma^(L-1-j) * R. Returns are whitened over the whole (B, L) matrix: per
+layer whitening would cancel gamma, which only scales a layer's returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skipvit.model.gates import GatePolicy
+from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data.augment import AugmentConfig
+from skipvit.training.optim import param_groups
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    gamma: float = 0.99
+    eps: float = -1e-5
+    w_acc: float = 1.0
+    w_layers: float = 1.0
+
+
+def reward_config(args) -> RewardConfig:
+    """The reward flags (``skipvit.flags.add_reward``)."""
+    return RewardConfig(gamma=args.gamma, eps=args.eps, w_acc=args.w_acc, w_layers=args.w_layers)
+
+
+def rewards(correct: Tensor, executed: Tensor, cfg: RewardConfig) -> Tensor:
+    """(B,) bool, (B, L) bool -> (B,) float."""
+    return cfg.w_acc * correct.float() - cfg.w_layers * executed.float().mean(1) + cfg.eps
+
+
+def discounted_returns(reward: Tensor, depth: int, gamma: float) -> Tensor:
+    """(B,) -> (B, L): G_j = gamma^(L-1-j) * R."""
+    powers = torch.arange(depth - 1, -1, -1, device=reward.device, dtype=reward.dtype)  # (L,)
+    return reward[:, None] * gamma ** powers[None, :]  # (B, L)
+
+
+def whiten(returns: Tensor) -> Tensor:
+    """Zero mean, unit variance over every entry of the (B, L) batch of returns."""
+    if returns.numel() < 2:
+        return returns - returns.mean()
+    return (returns - returns.mean()) / (returns.std() + 1e-8)
+
+
+def reinforce_losses(log_probs: Tensor, returns: Tensor, baselines: Tensor) -> tuple[Tensor, Tensor]:
+    """Policy loss -(G - b) log pi (b detached) and baseline MSE to G; all (B, L) in, scalars out."""
+    advantage = (returns - baselines.detach()).detach()  # (B, L)
+    policy_loss = -(advantage * log_probs).mean()
+    baseline_loss = F.mse_loss(baselines, returns.detach())
+    return policy_loss, baseline_loss
+
+
+# ---------------------------------------------------------------- the training step
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 2e-4  # backbone and head
+    agent_lr: float = 1e-3  # gates
+    baseline_lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    rl_weight: float = 1.0
+    baseline_weight: float = 1.0
+    baseline_hidden: int = 64
+    gate_init_bias: float = 2.0
+    freeze_backbone: bool = False
+    seed: int = 0
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
+    """AdamW over the backbone and head (``cfg.lr``; only the head when ``freeze_backbone``), the
+    gates (``agent_lr``) and the baselines (``baseline_lr``); each group keeps its ``base_lr``."""
+    agent = model.agent
+    backbone = nn.ModuleDict({n: m for n, m in model.named_children() if n != "agent"})
+    if cfg.freeze_backbone:
+        for n, p in backbone.named_parameters():
+            p.requires_grad_(n.startswith("head."))
+    groups = [{**g, "lr": cfg.lr, "base_lr": cfg.lr} for g in param_groups(backbone, cfg.weight_decay)]
+    groups += [
+        {
+            "params": list(agent.gates.parameters()),
+            "lr": cfg.agent_lr,
+            "base_lr": cfg.agent_lr,
+            "weight_decay": 0.0,
+        },
+        {
+            "params": list(agent.baselines.parameters()),
+            "lr": cfg.baseline_lr,
+            "base_lr": cfg.baseline_lr,
+            "weight_decay": 0.0,
+        },
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
+
+
+def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5) -> tuple[torch.Tensor, dict]:
+    """One REINFORCE + cross-entropy step's loss and its statistics. Negative ``thresholds``
+    (scalar, (L,) or (B, L)) remove layers; the other gates sample their actions."""
+    agent = model.agent
+    policy = GatePolicy(agent, thresholds, sample=True)
+    out = model(x, policy)
+    ce = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
+    correct = out.logits.argmax(-1) == y  # (B,)
+    reward = rewards(correct, out.executed, cfg.reward)  # (B,)
+    returns = whiten(discounted_returns(reward, model.depth, cfg.reward.gamma))  # (B, L)
+    log_probs = torch.stack(policy.log_probs, dim=1)  # (B, L)
+    cls = torch.stack(policy.cls, dim=1)  # (B, L, D)
+    base = torch.stack([agent.baseline(j, cls[:, j]) for j in range(model.depth)], dim=1)  # (B, L)
+    pl, bl = reinforce_losses(log_probs, returns, base)
+    loss = ce + cfg.rl_weight * pl + cfg.baseline_weight * bl
+    stats = {
+        "ce": ce.item(),
+        "baseline": bl.item(),
+        "correct": int(correct.sum()),
+        "layers": out.executed.float().sum(1).mean().item(),
+        "reward": reward.mean().item(),
+    }
+    return loss, stats

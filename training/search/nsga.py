@@ -1,0 +1,210 @@
+"""`skipvit search nsga`: post-training search over the RL gates' per-layer settings with NSGA-II
+(thesis 2.1.8, 3.5 and 4.3), plain or joint with the agent (`--joint`).
+
+The genes are in ``nsga_genes``, their scoring in ``nsga_scoring``, the search (operators,
+objectives, the joint variant) in ``nsga_search``; this module is the command.
+
+**Output.** The final population is evaluated on the full validation split; its non-dominated set
+in (relative compute, error), with repeated objective pairs kept once, is evaluated once on the
+test split and written as points. The test split plays no part in any choice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from skipvit import flags
+from skipvit.model.bundle import Bundle, Point, load_bundle
+from skipvit.model.vit import AdaptiveViT
+from skipvit.training.fronts import HV_REF, hypervolume, objectives
+from skipvit.training.publish import publish
+from skipvit.training.reinforce import reward_config
+from skipvit.training.report import command_line, environment, markdown_table
+from skipvit.training.run import RunContext
+from skipvit.training.search.nsga_genes import gene_values
+from skipvit.training.search.nsga_scoring import fitness, score_split
+from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch, SearchResult
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True, help="bundle to search and write into")
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="joint RL-NSGA: reward objective, weights fine-tuned between generations",
+    )
+    p.add_argument("--weights", default=None, help="weight set with gates to start from (default: rl)")
+    p.add_argument("--name", default=None, help="point prefix (default nsga, or nsga-joint with --joint)")
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--population", type=int, default=25)
+    p.add_argument("--mutation", type=float, default=0.65, help="probability that an offspring mutates")
+    p.add_argument("--crossover", type=float, default=0.5, help="probability of one-point crossover")
+    p.add_argument("--step", type=float, default=0.25, help="gene step: genes are -1 and 0..1 by this")
+    p.add_argument("--val-batch", type=int, default=1024, help="validation images scored per generation")
+    p.add_argument(
+        "--steps-per-generation", type=int, default=20, help="joint: weight updates per generation"
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="joint: training batch size")
+    p.add_argument("--lr", type=float, default=1e-4, help="joint: backbone and head learning rate")
+    p.add_argument("--agent-lr", type=float, default=1e-3, help="joint: gate and baseline learning rate")
+    flags.add_reward(p, "joint: ")
+    flags.add_seed(p)
+    flags.add_device(p)
+    flags.add_data_dir(p)
+    flags.add_checkpointing(p, "runs/<bundle>-<name>-search", unit="generations", state="search state")
+
+
+def config_from_args(args) -> NSGAConfig:
+    return NSGAConfig(
+        generations=args.generations,
+        population=args.population,
+        mutation=args.mutation,
+        crossover=args.crossover,
+        step=args.step,
+        val_batch=args.val_batch,
+        seed=args.seed,
+        joint=args.joint,
+        steps_per_generation=args.steps_per_generation,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        agent_lr=args.agent_lr,
+        reward=reward_config(args),
+    )
+
+
+def run(args) -> None:
+    cfg = config_from_args(args)
+    gene_values(cfg.step)  # reject a bad step before any work
+    bundle = load_bundle(args.bundle)
+    name = args.name or ("nsga-joint" if cfg.joint else "nsga")
+    weights = args.weights or ("rl" if "rl" in bundle.weight_sets else None)
+    if weights is None:
+        raise ValueError(
+            f"{args.bundle} has no weight set 'rl'; Hint: run `skipvit train rl` first, "
+            "or name a weight set with gates through --weights"
+        )
+    if cfg.joint and name == weights:
+        raise ValueError(
+            f"the joint search writes its own weight set; --name {name!r} would overwrite the "
+            f"weights it starts from; Hint: pick another --name, e.g. nsga-joint"
+        )
+    ctx = RunContext.start(args, f"{bundle.root.name}-{name}-search")
+    device = ctx.device
+    model = bundle.build_model(weights, device)
+    splits = ctx.bundle_splits(bundle.dataset)
+    print(
+        f"NSGA-II {'joint RL-NSGA' if cfg.joint else 'plain'} search on weights {weights!r} of "
+        f"{args.bundle} | {cfg} | device {device}"
+    )
+    search = NSGASearch(model, splits.train, splits.val, splits.info, cfg, ctx.ckpt_dir, device)
+    if not search.run(resume=args.resume, stop_after=args.stop_after):
+        return
+    result = search.select()
+    # The choice is made; only now is the test split read, once per chosen configuration.
+    correct, executed = score_split(model, splits.test, splits.info, result.genes, device)
+    test = fitness(correct, executed, cfg.reward)
+    write_search(
+        load_bundle(bundle.root),
+        name,
+        weights,
+        model if cfg.joint else None,
+        result,
+        test,
+        len(splits.test),
+        cfg,
+        ctx,
+    )
+
+
+def write_search(
+    bundle: Bundle,
+    name: str,
+    weights: str,
+    joint_model: AdaptiveViT | None,
+    result: SearchResult,
+    test: dict,
+    n_test: int,
+    cfg: NSGAConfig,
+    ctx: RunContext,
+) -> None:
+    """Points ``<name>-1``, ``-2``, ... into ``bundle`` (loaded afresh), replacing the earlier ones;
+    the joint search also writes its weights as weight set ``name``."""
+    method = "nsga-joint" if cfg.joint else "nsga"
+    source = weights
+    if joint_model is not None:
+        bundle.add_weight_set(name, joint_model.state_dict())
+        weights = name
+    points = []
+    for i, genes in enumerate(result.genes):
+        metrics = {
+            "accuracy": round(float(test["accuracy"][i]), 5),
+            "mean_layers": round(float(test["mean_layers"][i]), 4),
+            "relative_compute": round(float(test["compute"][i]), 4),
+            "split": "test",
+            "n": n_test,
+            "val_accuracy": round(float(result.val["accuracy"][i]), 5),
+            "val_mean_layers": round(float(result.val["mean_layers"][i]), 4),
+        }
+        params = {"genes": [float(g) for g in genes], "step": cfg.step}
+        points.append(Point(f"{name}-{i + 1}", method, weights, params, metrics))
+    hv_test = hypervolume(objectives(points))
+    hv_val = hypervolume(np.stack([result.val["compute"], 1 - result.val["accuracy"]], axis=1))
+    rows = [
+        [
+            p.id,
+            " ".join(f"{g:g}" for g in p.params["genes"]),
+            f"{100 * p.metrics['val_accuracy']:.2f}",
+            p.metrics["val_mean_layers"],
+            f"{100 * p.metrics['accuracy']:.2f}",
+            p.metrics["mean_layers"],
+        ]
+        for p in points
+    ]
+    hist = [
+        [h["generation"], h["hv"], h["front_points"], h["max_acc"], h["min_layers"], h["elapsed_s"]]
+        + ([h["ce"], h["train_acc"], h["train_layers"]] if cfg.joint else [])
+        for h in result.history
+    ]
+    hist_head = ["generation", "HV (batch)", "front points", "best acc", "fewest layers", "elapsed s"]
+    hist_head += ["train CE", "train acc", "sampled layers"] if cfg.joint else []
+    joint_text = (
+        f"""
+- Joint: third objective = running mean (eq. 3.19) of the RL reward R = {cfg.reward.w_acc}·A −
+  {cfg.reward.w_layers}·L + ({cfg.reward.eps}) under the configuration; between generations
+  {cfg.steps_per_generation} AdamW steps (batch {cfg.batch_size}, lr backbone {cfg.lr}, gates and baselines
+  {cfg.agent_lr}, constant) with CE + REINFORCE + baseline MSE, each row under a configuration drawn
+  from the surviving population (removed layers never run, the other gates sample). Weight set `{name}`."""
+        if cfg.joint
+        else ""
+    )
+    body = f"""
+Command: `{command_line(ctx.args.argv)}`
+
+- Start: weight set `{source}`; NSGA-II (pymoo, ask-and-tell): {cfg.generations} generations,
+  population {cfg.population}, one-point crossover {cfg.crossover}, uniform-replacement mutation
+  {cfg.mutation}, gene step {cfg.step} (genes {{-1}} ∪ {{0, …, 1}}), seed {cfg.seed}
+- Objectives: relative compute and error on a fresh batch of {cfg.val_batch} validation images per
+  generation (parents re-scored with their offspring){joint_text}
+- Selection: the non-dominated set of the final population, scored on the full validation split; the
+  test split is read only to report the chosen points
+- Environment: {environment()}, device {ctx.device}; search wall time {result.elapsed_s / 60:.1f} min
+
+Hypervolume (pymoo HV over (mean layers / depth, 1 − accuracy), reference point {HV_REF}):
+**{hv_test:.4f}** on the test split, {hv_val:.4f} on the validation split.
+
+{markdown_table(["point", "genes (per layer)", "val acc %", "val layers", "test acc %", "test layers"], rows)}
+
+{markdown_table(hist_head, hist)}
+"""
+    publish(
+        bundle, name, lambda *_: body, points, replaces=lambda p: p.id.startswith(f"{name}-"), fronts=True
+    )
+    print(
+        f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}; "
+        f"test hypervolume {hv_test:.4f}"
+    )
+    for p in points:
+        print(
+            f"  {p.id}: test accuracy {100 * p.metrics['accuracy']:.2f}% at {p.metrics['mean_layers']:.3f} "
+            f"layers (val {100 * p.metrics['val_accuracy']:.2f}% at {p.metrics['val_mean_layers']:.3f})"
+        )

@@ -1,0 +1,1 @@
+"""The training commands: `skipvit train static`, `train rl` and `train exits`."""

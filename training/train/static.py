@@ -1,0 +1,225 @@
+"""`skipvit train static`: cross-entropy training of the plain ViT, written as a bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from skipvit import flags
+from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
+from skipvit.model.config import ViTConfig
+from skipvit.model.policy import StaticPolicy
+from skipvit.model.vit import AdaptiveViT, build_model
+from skipvit.training.data import DataSplits
+from skipvit.training.data.augment import AugmentConfig
+from skipvit.training.device import autocast
+from skipvit.training.evaluate import evaluate
+from skipvit.training.optim import gradient_step, param_groups
+from skipvit.training.presets import model_config
+from skipvit.training.publish import holds_bundle, publish
+from skipvit.training.report import command_line, environment, markdown_table, read_section
+from skipvit.training.run import (
+    EpochRunner,
+    RunContext,
+    run_settings,
+    steps_per_epoch,
+    train_batches,
+    weights_id,
+)
+from skipvit.training.schedule import warmup_cosine
+from skipvit.training.splits import dataset_meta, run_split, same_dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.01
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def add_arguments(p) -> None:
+    flags.add_data(p)
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    flags.add_seed(p)
+    flags.add_device(p)
+    p.add_argument("--preset", default="fmnist-9", help="architecture preset (model.vit.PRESETS)")
+    p.add_argument("--depth", type=int, default=None)
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--shared-layers", action="store_true", help="UViT: one block shared by every layer")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability")
+    flags.add_limit_train(p)
+    p.add_argument(
+        "--init-from", default=None, help="start from this bundle's static weights (a second stage)"
+    )
+    flags.add_checkpointing(p, "runs/<out>-static")
+
+
+def config_from_args(args) -> TrainConfig:
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = replace(cfg, augment=replace(cfg.augment, erase_prob=args.erase_prob))
+    if args.no_augment:
+        cfg = replace(cfg, augment=AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0))
+    return cfg
+
+
+def train_epoch(
+    model: AdaptiveViT,
+    opt: torch.optim.Optimizer,
+    splits: DataSplits,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    g: torch.Generator,
+) -> tuple[int, float, float]:
+    model.train()
+    warmup = int(cfg.warmup_epochs * steps_per_epoch(len(splits.train), cfg.batch_size))
+    seen = correct = 0
+    loss_sum = 0.0
+    desc = f"epoch {epoch + 1}/{cfg.epochs}"
+    bar = train_batches(splits.train, splits.info, cfg.batch_size, cfg.augment, g, device, desc)
+    for x, y in bar:
+        lr = warmup_cosine(step, total_steps, warmup, cfg.lr, cfg.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with autocast(device):
+            logits = model(x, StaticPolicy()).logits
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        gradient_step(opt, loss, cfg.grad_clip)
+        step += 1
+        seen += len(y)
+        correct += (logits.argmax(-1) == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{lr:.2e}")
+    return step, loss_sum / max(1, seen), correct / max(1, seen)
+
+
+def initial_model(args, splits: DataSplits, src: Bundle | None) -> tuple[AdaptiveViT, ViTConfig, str]:
+    """The model to train: ``src``'s static weights (a second stage), else a fresh ``--preset``;
+    its architecture, and the report's note on where it came from."""
+    if src is None:
+        arch = model_config(
+            args.preset,
+            splits.info,
+            depth=args.depth,
+            dim=args.dim,
+            heads=args.heads,
+            patch_size=args.patch_size,
+            shared_layers=args.shared_layers or None,
+        )
+        return build_model(arch), arch, ""
+    previous = read_section(src.root, "static") or "(no report)"
+    origin = f"Continued from the `static` weights of `{args.init_from}`, whose own run was:\n\n" + "\n".join(
+        "> " + line for line in previous.splitlines()
+    )
+    return src.build_model("static"), src.architecture, origin
+
+
+def run(args) -> None:
+    out = Path(args.out)
+    ctx = RunContext.start(args, f"{out.name}-static")
+    cfg = config_from_args(args)
+    src = load_bundle(args.init_from) if args.init_from else None
+    # A second stage keeps the first stage's split: its validation images stay unseen.
+    split = run_split(args, src if src is not None and same_dataset(src.dataset, args) else None)
+    splits = ctx.dataset_splits(split)
+    model, arch, origin = initial_model(args, splits, src)
+    model.to(ctx.device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    init = weights_id(src, "static") if src is not None else None
+    runner = ctx.epochs(model, opt, cfg.epochs, run_settings(asdict(cfg), args, split, arch, init))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"{arch} | {n_params:,} parameters | device {ctx.device} | train {len(splits.train)}, "
+        f"val {len(splits.val)}"
+    )
+    total_steps = steps_per_epoch(len(splits.train), cfg.batch_size) * cfg.epochs
+    info = splits.info
+    for epoch in runner:
+        runner.step, loss, acc = train_epoch(
+            model, opt, splits, cfg, ctx.device, epoch, runner.step, total_steps, runner.g
+        )
+        val = evaluate(model, splits.val, info.mean, info.std, device=ctx.device)
+        runner.end_epoch_with(
+            {
+                "epoch": epoch + 1,
+                "loss": round(loss, 5),
+                "train_acc": round(acc, 5),
+                "val_acc": round(val.accuracy, 5),
+            }
+        )
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train acc {acc:.4f} "
+            f"val acc {val.accuracy:.4f} ({runner.elapsed / 60:.1f} min)"
+        )
+    if not runner.finished():
+        return
+    test = evaluate(model, splits.test, info.mean, info.std, device=ctx.device)
+    print(f"test accuracy {test.accuracy:.4f} on {test.n} images")
+    write_static_bundle(out, model, splits, split, cfg, test.metrics(arch.depth, "test"), runner, ctx, origin)
+
+
+def _contents(root: Path) -> str:
+    """`` (dropping weight sets a, b and N points)`` for the bundle at ``root``, best effort."""
+    try:
+        meta = json.loads((root / "bundle.json").read_text())
+        return f" (dropping weight sets {', '.join(meta['weight_sets'])} and {len(meta['front'])} points)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def write_static_bundle(
+    out: Path,
+    model: AdaptiveViT,
+    splits: DataSplits,
+    split: dict,
+    cfg: TrainConfig,
+    metrics: dict,
+    runner: EpochRunner,
+    ctx: RunContext,
+    origin: str = "",
+) -> None:
+    if holds_bundle(out):
+        # Nothing measured on the old weights survives, so no point is left stale; say what goes.
+        print(f"replacing the bundle in {out}: `train static` starts a bundle afresh{_contents(out)}")
+        shutil.rmtree(out)
+    bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, ctx.args))
+    bundle.add_weight_set("static", model.state_dict())
+    rows = [[h["epoch"], h["loss"], h["train_acc"], h["val_acc"], h["elapsed_s"]] for h in runner.history]
+    body = f"""
+Command: `{command_line(ctx.args.argv)}`
+
+- Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train: fraction {split["val_fraction"]}, seed {split["seed"]}) / test {len(splits.test)}
+- Model: {model.cfg.to_dict()}
+- Training: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup_epochs} epoch, cosine),
+  weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, augmentation {cfg.augment}, seed {cfg.seed}
+- Environment: {environment()}, device {ctx.device}
+- Wall time (training + per-epoch validation): {runner.elapsed / 60:.1f} min
+
+Result on the full test split: accuracy **{100 * metrics["accuracy"]:.2f}%**, mean layers {metrics["mean_layers"]} of {model.cfg.depth}.
+
+{markdown_table(["epoch", "train loss", "train acc", "val acc", "elapsed s"], rows)}
+
+{origin}
+"""
+    publish(bundle, "static", lambda *_: body, [Point("static", "static", "static", {}, metrics)])
+    print(f"wrote bundle {out}")

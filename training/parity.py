@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from skipvit import flags
 from skipvit.model.lac import LACTracker, check_alpha, state_norm
+from skipvit.training.configs import config_from
 from skipvit.training.schedule import warmup_cosine
 
 MODES = ("none", "per-batch", "per-example")
@@ -230,24 +231,14 @@ def run(args) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     modes = MODES if args.mode == "all" else (args.mode,)
-    base = ParityConfig(
-        alpha=args.alpha,
-        max_steps=args.steps,
-        length=args.length,
-        hidden=args.hidden,
-        batch_size=args.batch_size,
-        train_steps=args.train_steps,
-        lr=args.lr,
-        test_size=args.test_size,
-        seed=args.seed,
-    )
+    configs = [config_from(ParityConfig, args, mode=mode, max_steps=args.steps) for mode in modes]
     results = []
-    for mode in modes:
-        cfg = replace(base, mode=mode)
-        print(f"parity: training {LABELS[mode]} | {cfg}", flush=True)
+    for cfg in configs:
+        label = LABELS[cfg.mode]
+        print(f"parity: training {label} | {cfg}", flush=True)
         results.append(run_mode(cfg, device))
         t = results[-1]["test"]
-        print(f"parity: {LABELS[mode]}: test accuracy {t['accuracy']:.4f}, mean steps {t['mean_steps']:.3f}")
+        print(f"parity: {label}: test accuracy {t['accuracy']:.4f}, mean steps {t['mean_steps']:.3f}")
     table = markdown(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from skipvit.model.gates import GatePolicy
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.configs import config_from
 from skipvit.training.data.augment import AugmentConfig
 from skipvit.training.optim import param_groups
 
@@ -32,7 +33,7 @@ class RewardConfig:
 
 def reward_config(args) -> RewardConfig:
     """The reward flags (``skipvit.flags.add_reward``)."""
-    return RewardConfig(gamma=args.gamma, eps=args.eps, w_acc=args.w_acc, w_layers=args.w_layers)
+    return config_from(RewardConfig, args)
 
 
 def rewards(correct: Tensor, executed: Tensor, cfg: RewardConfig) -> Tensor:

@@ -16,6 +16,7 @@ from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.dyce import DyCEConfig, DyCEPolicy, flops_by_exit, static_flops
 from skipvit.model.exits import ExitSet, exits_of
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.configs import config_from
 from skipvit.training.data import load_bundle_splits
 from skipvit.training.data.base import ArrayData
 from skipvit.training.device import resolve_device
@@ -43,14 +44,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> SearchConfig:
-    return SearchConfig(
-        lambdas=args.lambdas,
-        lambda_min=args.lambda_min,
-        lambda_max=args.lambda_max,
-        thresholds=args.thresholds,
-        max_rounds=args.max_rounds,
-        max_points=args.max_points,
-    )
+    return config_from(SearchConfig, args)
 
 
 @torch.inference_mode()

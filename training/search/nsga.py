@@ -16,6 +16,7 @@ import numpy as np
 from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.configs import config_from
 from skipvit.training.fronts import HV_REF, hypervolume, objectives
 from skipvit.training.publish import publish
 from skipvit.training.reinforce import reward_config
@@ -55,21 +56,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> NSGAConfig:
-    return NSGAConfig(
-        generations=args.generations,
-        population=args.population,
-        mutation=args.mutation,
-        crossover=args.crossover,
-        step=args.step,
-        val_batch=args.val_batch,
-        seed=args.seed,
-        joint=args.joint,
-        steps_per_generation=args.steps_per_generation,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        agent_lr=args.agent_lr,
-        reward=reward_config(args),
-    )
+    return config_from(NSGAConfig, args, reward=reward_config(args))
 
 
 def run(args) -> None:

@@ -36,6 +36,7 @@ import torch
 
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.checkpoint import CKPT_META, check_settings, load_checkpoint, read_meta, save_checkpoint
+from skipvit.training.configs import config_from
 from skipvit.training.data.augment import to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.fronts import hypervolume
@@ -110,14 +111,9 @@ def _set_objectives(problem, pop, f: np.ndarray) -> None:
 
 
 def joint_rl_config(cfg: NSGAConfig) -> RLConfig:
-    return RLConfig(
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        agent_lr=cfg.agent_lr,
-        baseline_lr=cfg.agent_lr,
-        seed=cfg.seed,
-        reward=cfg.reward,
-    )
+    """The RL settings of the joint fine-tune: the search's fields of the same name (batch size,
+    learning rates, seed, reward), its agent learning rate also for the baselines."""
+    return config_from(RLConfig, cfg, baseline_lr=cfg.agent_lr)
 
 
 # ---------------------------------------------------------------- the search

@@ -31,6 +31,7 @@ from skipvit.model.bundle import Bundle, load_bundle
 from skipvit.model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_of
 from skipvit.model.flops import block_flops
 from skipvit.training.backbone import backbone_features
+from skipvit.training.configs import config_from
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.run import EpochRunner, RunContext, steps_per_epoch, weights_id
@@ -148,17 +149,7 @@ def config_from_args(args) -> ExitTrainConfig:
         )
     if not 0.0 <= args.hard_weight <= 1.0 or args.temperature <= 0:
         raise ValueError("--hard-weight must lie in [0, 1] and --temperature be > 0")
-    return ExitTrainConfig(
-        types=types,
-        positions=_int_list(args.positions),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        temperature=args.temperature,
-        hard_weight=args.hard_weight,
-        seed=args.seed,
-    )
+    return config_from(ExitTrainConfig, args, types=types, positions=_int_list(args.positions))
 
 
 def add_arguments(p) -> None:

@@ -20,6 +20,7 @@ from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.model.vit import AdaptiveViT, build_model
+from skipvit.training.configs import config_from
 from skipvit.training.data import DataSplits
 from skipvit.training.device import autocast
 from skipvit.training.evaluate import EvalResult, evaluate
@@ -71,19 +72,7 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> RLConfig:
-    return RLConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        agent_lr=args.agent_lr,
-        baseline_lr=args.baseline_lr,
-        rl_weight=args.rl_weight,
-        baseline_hidden=args.baseline_hidden,
-        gate_init_bias=args.gate_init_bias,
-        freeze_backbone=args.freeze_backbone,
-        seed=args.seed,
-        reward=reward_config(args),
-    )
+    return config_from(RLConfig, args, reward=reward_config(args))
 
 
 def init_weights(args, src: Bundle) -> str:

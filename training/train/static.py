@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.config import ViTConfig
 from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT, build_model
+from skipvit.training.configs import config_from
 from skipvit.training.data import DataSplits
 from skipvit.training.data.augment import AugmentConfig
 from skipvit.training.device import autocast
@@ -73,11 +74,11 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    cfg = replace(cfg, augment=replace(cfg.augment, erase_prob=args.erase_prob))
     if args.no_augment:
-        cfg = replace(cfg, augment=AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0))
-    return cfg
+        augment = AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0)
+    else:
+        augment = AugmentConfig(erase_prob=args.erase_prob)
+    return config_from(TrainConfig, args, augment=augment)
 
 
 def train_epoch(

@@ -84,6 +84,15 @@ class Progress:
         """Continue a run whose first ``start`` steps took ``elapsed`` seconds and left ``history``."""
         self.start, self.done, self.elapsed, self.history = start, start, elapsed, history
 
+    def state(self) -> dict:
+        """What a saved run records of its steps, for ``restore``: the steps done (under the key
+        ``unit``), their wall time and their records."""
+        return {self.unit: self.done, "elapsed_s": self.elapsed, "history": self.history}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a run's ``state()``."""
+        self.resume(state[self.unit], state["elapsed_s"], state["history"])
+
     @property
     def end(self) -> int:
         """The step this session stops at."""
@@ -130,7 +139,7 @@ class EpochRunner:
         if ctx.args.resume:
             check_settings(ctx.ckpt_dir / CKPT_META, read_meta(ctx.ckpt_dir).get("config"), self.config)
             meta = load_checkpoint(ctx.ckpt_dir, model, opt)
-            self.progress.resume(meta["epoch"], meta["elapsed_s"], meta["history"])
+            self.progress.restore(meta)
             self.step = meta["step"]
             self.g.set_state(torch.tensor(meta["generator_state"], dtype=torch.uint8))
             print(f"resumed from {ctx.ckpt_dir} at epoch {self.progress.start}")
@@ -154,10 +163,8 @@ class EpochRunner:
         """Log the epoch's figures and write the checkpoint."""
         self.progress.record(record)
         meta = {
-            "epoch": record["epoch"],
+            **self.progress.state(),
             "step": self.step,
-            "elapsed_s": self.elapsed,
-            "history": self.history,
             "generator_state": self.g.get_state().tolist(),
             "config": self.config,
         }

@@ -174,10 +174,8 @@ class NSGASearch:
         pop = self.algorithm.pop
         state = {
             "config": self.cfg.to_dict(),
-            "generation": self.generation,
-            "elapsed_s": self.progress.elapsed,
+            **self.progress.state(),
             "best_hv": self.best_hv,
-            "history": self.progress.history,
             "X": np.asarray(pop.get("X")).astype(int).tolist(),
             "F": np.asarray(pop.get("F")).tolist(),
             "rank": np.asarray(pop.get("rank")).tolist(),
@@ -228,7 +226,7 @@ class NSGASearch:
         self.algorithm.pop = pop
         self.algorithm.random_state.bit_generator.state = state["rng"]
         self.best_hv = state["best_hv"]
-        self.progress.resume(state["generation"], state["elapsed_s"], state["history"])
+        self.progress.restore(state)
         self.reward_mean = {tuple(k): (m, c) for k, m, c in state["reward_mean"]}
         self.log(f"resumed the search from {self.state_dir} after generation {self.generation}")
 

@@ -398,6 +398,18 @@ def timing_batches(images, batch_size: int) -> list:
     return batches
 
 
+def throughput(batch_size: int, calls: int, elapsed: float, cpu_s: float) -> dict:
+    """The row of an in-process measurement: ``calls`` batches of ``batch_size`` in ``elapsed``
+    seconds of wall time and ``cpu_s`` of CPU time."""
+    return {
+        "batch_size": batch_size,
+        "calls": calls,
+        "seconds": round(elapsed, 3),
+        "images_per_s": calls * batch_size / elapsed,
+        "cpu_ms_per_image": 1000 * cpu_s / (calls * batch_size),
+    }
+
+
 def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds: float) -> dict:
     """engine.predict on ``batch_size`` real images at a time, as fast as it goes: the ceiling."""
     batches = timing_batches(images, batch_size)
@@ -410,14 +422,7 @@ def inprocess_images_per_s(engine, images, batch_size: int, point: str, seconds:
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds and done >= 5:
             break
-    cpu = time.process_time() - cpu0
-    return {
-        "batch_size": batch_size,
-        "calls": done,
-        "seconds": round(elapsed, 3),
-        "images_per_s": done * batch_size / elapsed,
-        "cpu_ms_per_image": 1000 * cpu / (done * batch_size),
-    }
+    return throughput(batch_size, done, elapsed, time.process_time() - cpu0)
 
 
 def engine_processes_images_per_s(
@@ -447,13 +452,7 @@ def engine_processes_images_per_s(
         for f in flight:  # in flight past the window: finished, not counted
             f.result()
         cpu_s = cpu() - cpu0
-    return {
-        "batch_size": batch_size,
-        "calls": done,
-        "seconds": round(elapsed, 3),
-        "images_per_s": done * batch_size / elapsed,
-        "cpu_ms_per_image": 1000 * cpu_s / (done * batch_size),
-    }
+    return throughput(batch_size, done, elapsed, cpu_s)
 
 
 def served_layout(args) -> tuple[int, int | None] | None:

@@ -9,6 +9,7 @@ import torch
 
 from skipvit.model.config import ViTConfig
 from skipvit.model.vit import PRESETS, build_model
+from tests.cli_args import argv
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHIPPED_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
@@ -41,26 +42,8 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     ckpt = tmp_path_factory.mktemp("ckpt")
-    main(
-        [
-            "train",
-            "static",
-            "--data",
-            "synthetic",
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
-            "--preset",
-            "tiny",
-            "--device",
-            "cpu",
-            "--ckpt-dir",
-            str(ckpt),
-            "--seed",
-            "0",
-        ]
-    )
+    words = "train static --data synthetic --epochs 3 --preset tiny --device cpu --seed 0"
+    main(argv(words, out=out, ckpt_dir=ckpt))
     return out
 
 
@@ -73,24 +56,8 @@ def tiny_rl_bundle(tiny_bundle, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-rl"
     shutil.copytree(tiny_bundle, out)
-    main(
-        [
-            "train",
-            "rl",
-            "--data",
-            "synthetic",
-            "--init-from",
-            str(out),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--ckpt-dir",
-            str(tmp_path_factory.mktemp("ckpt-rl")),
-        ]
-    )
+    ckpt = tmp_path_factory.mktemp("ckpt-rl")
+    main(argv("train rl --data synthetic --epochs 1 --device cpu", init_from=out, out=out, ckpt_dir=ckpt))
     return out
 
 
@@ -128,34 +95,7 @@ def tiny_dyce_bundle(tiny_bundle, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("bundles") / "tiny-dyce"
     shutil.copytree(tiny_bundle, out)
-    main(
-        [
-            "train",
-            "exits",
-            "--bundle",
-            str(out),
-            "--epochs",
-            "3",
-            "--device",
-            "cpu",
-            "--ckpt-dir",
-            str(tmp_path_factory.mktemp("ckpt-exits")),
-        ]
-    )
-    main(
-        [
-            "search",
-            "dyce",
-            "--bundle",
-            str(out),
-            "--lambdas",
-            "9",
-            "--thresholds",
-            "12",
-            "--max-points",
-            "6",
-            "--device",
-            "cpu",
-        ]
-    )
+    ckpt = tmp_path_factory.mktemp("ckpt-exits")
+    main(argv("train exits --epochs 3 --device cpu", bundle=out, ckpt_dir=ckpt))
+    main(argv("search dyce --lambdas 9 --thresholds 12 --max-points 6 --device cpu", bundle=out))
     return out

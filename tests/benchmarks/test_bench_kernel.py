@@ -5,32 +5,13 @@ from __future__ import annotations
 import json
 
 from skipvit.cli import main
+from tests.cli_args import argv
 
 
 def test_cpu_run_through_the_cli(tmp_path, capsys):
     out, md = tmp_path / "kernel.json", tmp_path / "kernel.md"
-    main(
-        [
-            "bench",
-            "kernel",
-            "--device",
-            "cpu",
-            "--batch-sizes",
-            "1,8",
-            "--densities",
-            "0,1",
-            "--repeats",
-            "2",
-            "--warmup",
-            "1",
-            "--model-batch",
-            "8",
-            "--out-json",
-            str(out),
-            "--out-md",
-            str(md),
-        ]
-    )
+    sizes = "--batch-sizes 1,8 --densities 0,1 --repeats 2 --warmup 1 --model-batch 8"
+    main(argv(f"bench kernel --device cpu {sizes}", out_json=out, out_md=md))
     result = json.loads(out.read_text())
     assert result["environment"]["device"] == "cpu"
     keys = {(r["batch"], r["density"]) for r in result["kernels"]}

@@ -14,6 +14,7 @@ from skipvit.benchmarks.model_report import derive_rows, render_markdown, verdic
 from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
 from skipvit.model.flops import forward_flops, gate_flops
+from tests.cli_args import argv
 from tests.conftest import SHIPPED_BUNDLE
 
 # ---- pure figures
@@ -154,30 +155,8 @@ def test_gates_on_runs_every_layer_even_where_every_gate_says_skip(tiny_gate_bun
 def test_quick_run_on_the_tiny_gate_bundle(tiny_gate_bundle, tmp_path, capsys):
     out = tmp_path / "bench" / "model.json"
     md = tmp_path / "model.md"
-    main(
-        [
-            "bench",
-            "model",
-            "--bundle",
-            str(tiny_gate_bundle),
-            "--points",
-            "rl,nsga-a",
-            "--batch-sizes",
-            "1,8",
-            "--rounds",
-            "2",
-            "--min-seconds",
-            "0.01",
-            "--repeats",
-            "2",
-            "--limit",
-            "16",
-            "--out-json",
-            str(out),
-            "--out-md",
-            str(md),
-        ]
-    )
+    small = "--points rl,nsga-a --batch-sizes 1,8 --rounds 2 --min-seconds 0.01 --repeats 2 --limit 16"
+    main(argv(f"bench model {small}", bundle=tiny_gate_bundle, out_json=out, out_md=md))
     report = json.loads(out.read_text())
     for key in (
         "command",

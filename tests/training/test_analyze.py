@@ -19,6 +19,7 @@ from skipvit.training.analyze import (
     processing_ratio,
     unnecessary_activations,
 )
+from tests.cli_args import argv
 
 
 def _paths(*strings: str) -> torch.Tensor:
@@ -150,21 +151,7 @@ def test_analyze_bundle_end_to_end(tiny_bundle, tmp_path, monkeypatch):
 
 
 def test_cli_analyze(tiny_bundle, tmp_path, capsys):
-    main(
-        [
-            "analyze",
-            "--bundle",
-            str(tiny_bundle),
-            "--out",
-            str(tmp_path / "a"),
-            "--limit",
-            "32",
-            "--device",
-            "cpu",
-            "--point",
-            "static",
-        ]
-    )
+    main(argv("analyze --limit 32 --device cpu --point static", bundle=tiny_bundle, out=tmp_path / "a"))
     printed = capsys.readouterr().out
     assert "`1111`" in printed and "100.00%" in printed and str(tmp_path / "a") in printed
     assert json.loads((tmp_path / "a" / "analysis.json").read_text())["n"] == 32
@@ -176,20 +163,7 @@ def test_into_report_adds_one_section_and_keeps_the_bundle_loadable(tiny_bundle,
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
     for limit in ("16", "8"):
-        main(
-            [
-                "analyze",
-                "--bundle",
-                str(b),
-                "--out",
-                str(tmp_path / "a"),
-                "--limit",
-                limit,
-                "--device",
-                "cpu",
-                "--into-report",
-            ]
-        )
+        main(argv(f"analyze --limit {limit} --device cpu --into-report", bundle=b, out=tmp_path / "a"))
     report = (b / "REPORT.md").read_text()
     assert report.count("## analysis: static") == 1 and "8 images" in report and "16 images" not in report
     assert "\n# " not in report.split("## analysis: static")[1]  # headings nested under the section

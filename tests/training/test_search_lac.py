@@ -10,8 +10,12 @@ import pytest
 from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
 from skipvit.training.search.lac import parse_alphas, point_id
+from tests.cli_args import argv
 
-SMALL = ["--limit", "48", "--device", "cpu", "--report-batch", "16"]
+
+def search_lac(bundle, words: str) -> None:
+    """`skipvit search lac` on 48 test images of ``bundle``, with the flags in ``words``."""
+    main(argv(f"search lac --limit 48 --device cpu --report-batch 16 {words}", bundle=bundle))
 
 
 @pytest.fixture
@@ -26,7 +30,7 @@ def lac_points(root):
 
 
 def test_writes_both_modes_per_alpha_with_test_metrics(bundle_dir, capsys):
-    main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.8,0.3", *SMALL])
+    search_lac(bundle_dir, "--alphas 0.8,0.3")
     points = lac_points(bundle_dir)  # load_bundle also verifies the manifest
     assert set(points) == {"lac-ex-0.3", "lac-ex-0.8", "lac-batch-0.3", "lac-batch-0.8"}
     depth = load_bundle(bundle_dir).architecture.depth
@@ -49,26 +53,13 @@ def test_writes_both_modes_per_alpha_with_test_metrics(bundle_dir, capsys):
 
 
 def test_a_rerun_replaces_the_earlier_lac_points_and_evaluate_reproduces_them(bundle_dir, capsys):
-    main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.3,0.8", *SMALL])
-    main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.5", "--modes", "per-batch", *SMALL])
+    search_lac(bundle_dir, "--alphas 0.3,0.8")
+    search_lac(bundle_dir, "--alphas 0.5 --modes per-batch")
     points = lac_points(bundle_dir)
     assert set(points) == {"lac-batch-0.5"}
     assert {p.id for p in load_bundle(bundle_dir).front} >= {"static", "lac-batch-0.5"}
     capsys.readouterr()
-    main(
-        [
-            "evaluate",
-            "--bundle",
-            str(bundle_dir),
-            "--point",
-            "lac-batch-0.5",
-            "--limit",
-            "48",
-            "--json",
-            "--device",
-            "cpu",
-        ]
-    )
+    main(argv("evaluate --point lac-batch-0.5 --limit 48 --json --device cpu", bundle=bundle_dir))
     got = json.loads(capsys.readouterr().out)
     m = points["lac-batch-0.5"].metrics  # measured one image per forward; evaluate serves it the same way
     assert got["accuracy"] == pytest.approx(m["accuracy"], abs=1e-5)
@@ -77,10 +68,10 @@ def test_a_rerun_replaces_the_earlier_lac_points_and_evaluate_reproduces_them(bu
 
 def test_bad_arguments_say_what_to_do(bundle_dir, capsys):
     with pytest.raises(SystemExit):
-        main(["search", "lac", "--bundle", str(bundle_dir), "--weights", "nope", *SMALL])
+        search_lac(bundle_dir, "--weights nope")
     assert "Hint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["search", "lac", "--bundle", str(bundle_dir), "--alphas", "0.5,-1", *SMALL])
+        search_lac(bundle_dir, "--alphas 0.5,-1")
     assert "alpha" in capsys.readouterr().err
     assert parse_alphas("1.0, 0.5,0.5") == [0.5, 1.0]
     assert point_id("static", "per-example", 0.05) == "lac-ex-0.05"
@@ -89,32 +80,13 @@ def test_bad_arguments_say_what_to_do(bundle_dir, capsys):
 
 def test_a_tiny_uvit_trains_and_lac_runs_on_it(tmp_path):
     out = tmp_path / "uvit"
-    main(
-        [
-            "train",
-            "static",
-            "--data",
-            "synthetic",
-            "--preset",
-            "tiny",
-            "--shared-layers",
-            "--device",
-            "cpu",
-            "--limit-train",
-            "64",
-            "--epochs",
-            "1",
-            "--out",
-            str(out),
-            "--ckpt-dir",
-            str(tmp_path / "ck"),
-        ]
-    )
+    uvit = "train static --data synthetic --preset tiny --shared-layers --device cpu"
+    main(argv(f"{uvit} --limit-train 64 --epochs 1", out=out, ckpt_dir=tmp_path / "ck"))
     bundle = load_bundle(out)
     assert bundle.architecture.shared_layers
     state = bundle.load_weights("static")
     assert any(k.startswith("blocks.0.") for k in state) and not any(k.startswith("blocks.1.") for k in state)
-    main(["search", "lac", "--bundle", str(out), "--alphas", "0.5", *SMALL])
+    search_lac(out, "--alphas 0.5")
     points = lac_points(out)
     assert set(points) == {"lac-ex-0.5", "lac-batch-0.5"}
     assert all(2 <= p.metrics["mean_layers"] <= bundle.architecture.depth for p in points.values())

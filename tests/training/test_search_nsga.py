@@ -15,8 +15,14 @@ from skipvit.training.data import load_bundle_splits
 from skipvit.training.search.nsga_genes import decode, encode, gene_values, non_dominated
 from skipvit.training.search.nsga_scoring import score
 from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch
+from tests.cli_args import argv
 
-SMALL = ["--generations", "3", "--population", "6", "--val-batch", "96", "--device", "cpu"]
+
+def search_nsga(bundle, words: str = "", **flags) -> None:
+    """A small `skipvit search nsga` (3 generations of 6) on ``bundle``, with the flags in ``words``
+    and ``flags``."""
+    small = "search nsga --generations 3 --population 6 --val-batch 96 --device cpu"
+    main(argv(f"{small} {words}", bundle=bundle, **flags))
 
 
 # ---------------------------------------------------------------- genes
@@ -189,7 +195,7 @@ def test_search_writes_non_dominated_points_chosen_without_the_test_split(
         shutil.copytree(tiny_rl_bundle, out)
         if variant == "noise":
             monkeypatch.setattr(run, "load_bundle_splits", _noisy_test(run.load_bundle_splits))
-        main(["search", "nsga", "--bundle", str(out), *SMALL, "--ckpt-dir", str(tmp_path / f"c-{variant}")])
+        search_nsga(out, ckpt_dir=tmp_path / f"c-{variant}")
         outs[variant] = load_bundle(out)
     monkeypatch.undo()
 
@@ -214,10 +220,10 @@ def test_search_writes_non_dominated_points_chosen_without_the_test_split(
 def test_evaluate_reproduces_a_written_point(tiny_rl_bundle, tmp_path, capsys):
     out = tmp_path / "b"
     shutil.copytree(tiny_rl_bundle, out)
-    main(["search", "nsga", "--bundle", str(out), *SMALL, "--ckpt-dir", str(tmp_path / "c")])
+    search_nsga(out, ckpt_dir=tmp_path / "c")
     point = next(p for p in load_bundle(out).front if p.method == "nsga")
     capsys.readouterr()
-    main(["evaluate", "--bundle", str(out), "--point", point.id, "--device", "cpu", "--json"])
+    main(argv(f"evaluate --point {point.id} --device cpu --json", bundle=out))
     import json
 
     got = json.loads(capsys.readouterr().out)
@@ -228,22 +234,7 @@ def test_evaluate_reproduces_a_written_point(tiny_rl_bundle, tmp_path, capsys):
 def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path, capsys):
     out = tmp_path / "b"
     shutil.copytree(tiny_rl_bundle, out)
-    main(
-        [
-            "search",
-            "nsga",
-            "--bundle",
-            str(out),
-            "--joint",
-            *SMALL,
-            "--steps-per-generation",
-            "2",
-            "--batch-size",
-            "32",
-            "--ckpt-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+    search_nsga(out, "--joint --steps-per-generation 2 --batch-size 32", ckpt_dir=tmp_path / "c")
     b = load_bundle(out)
     joint = [p for p in b.front if p.method == "nsga-joint"]
     assert joint and all(p.weights == "nsga-joint" and p.id.startswith("nsga-joint-") for p in joint)
@@ -252,5 +243,5 @@ def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path, capsys
     assert "## nsga-joint" in (out / "REPORT.md").read_text()
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["search", "nsga", "--bundle", str(out), "--joint", "--name", "rl", *SMALL])
+        search_nsga(out, "--joint --name rl")
     assert "would overwrite the weights it starts from; Hint: pick another --name" in capsys.readouterr().err

@@ -14,6 +14,12 @@ from skipvit.model.exits import ExitSet, exits_of
 from skipvit.training.backbone import backbone_features
 from skipvit.training.data import load_bundle_splits
 from skipvit.training.train.exits import ExitTrainConfig, soft_cross_entropy, train_epoch
+from tests.cli_args import argv
+
+
+def train_exits(bundle, ckpt_dir, words: str = "") -> None:
+    """`skipvit train exits` on ``bundle`` on the CPU, with the flags in ``words``."""
+    main(argv(f"train exits --device cpu {words}", bundle=bundle, ckpt_dir=ckpt_dir))
 
 
 def test_soft_cross_entropy():
@@ -78,33 +84,18 @@ def test_the_weight_set_holds_the_backbone_bit_for_bit_plus_the_exits(tiny_dyce_
     assert "## dyce: exits" in report and "frozen" in report
 
 
+SHORT = "--epochs 2 --types linear --positions 2"
+
+
 def test_resume_continues_to_the_same_heads(tiny_bundle, tmp_path):
-    def train(out, *extra):
-        main(
-            [
-                "train",
-                "exits",
-                "--bundle",
-                str(out),
-                "--epochs",
-                "2",
-                "--types",
-                "linear",
-                "--positions",
-                "2",
-                "--device",
-                "cpu",
-                "--ckpt-dir",
-                str(tmp_path / f"ck-{out.name}"),
-                *extra,
-            ]
-        )
+    def train(out, more=""):
+        train_exits(out, tmp_path / f"ck-{out.name}", f"{SHORT} {more}")
 
     whole, split = tmp_path / "whole", tmp_path / "split"
     shutil.copytree(tiny_bundle, whole)
     shutil.copytree(tiny_bundle, split)
     train(whole)
-    train(split, "--stop-after", "1")
+    train(split, "--stop-after 1")
     assert "dyce" not in load_bundle(split).weight_sets  # nothing written until the run ends
     train(split, "--resume")
     a, b = load_bundle(whole).load_weights("dyce"), load_bundle(split).load_weights("dyce")
@@ -115,26 +106,10 @@ def test_resume_continues_to_the_same_heads(tiny_bundle, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tiny_bundle, tmp_path, capsys):
-    args = [
-        "train",
-        "exits",
-        "--bundle",
-        str(tiny_bundle),
-        "--epochs",
-        "2",
-        "--types",
-        "linear",
-        "--positions",
-        "2",
-        "--device",
-        "cpu",
-        "--ckpt-dir",
-        str(tmp_path / "ck"),
-    ]
-    main([*args, "--stop-after", "1"])
+    train_exits(tiny_bundle, tmp_path / "ck", f"{SHORT} --stop-after 1")
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main([*args, "--temperature", "2", "--resume"])
+        train_exits(tiny_bundle, tmp_path / "ck", f"{SHORT} --temperature 2 --resume")
     err = capsys.readouterr().err
     assert "other settings (train.temperature)" in err and "Hint:" in err
 
@@ -143,20 +118,7 @@ def test_retraining_drops_points_measured_with_old_heads(tiny_dyce_bundle, tmp_p
     out = tmp_path / "again"
     shutil.copytree(tiny_dyce_bundle, out)
     assert any(p.weights == "dyce" for p in load_bundle(out).front)
-    main(
-        [
-            "train",
-            "exits",
-            "--bundle",
-            str(out),
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--ckpt-dir",
-            str(tmp_path / "ck"),
-        ]
-    )
+    train_exits(out, tmp_path / "ck", "--epochs 1")
     bundle = load_bundle(out)
     verify_manifest(out)
     assert not any(p.weights == "dyce" for p in bundle.front) and bundle.point("static")
@@ -165,46 +127,21 @@ def test_retraining_drops_points_measured_with_old_heads(tiny_dyce_bundle, tmp_p
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--name", "static"], "overwrite the backbone"),
-        (["--types", "linear,big"], "unknown"),
-        (["--weights", "nope"], "no weight set"),
-        (["--positions", "4"], "out of range"),
+        ("--name static", "overwrite the backbone"),
+        ("--types linear,big", "unknown"),
+        ("--weights nope", "no weight set"),
+        ("--positions 4", "out of range"),
     ],
 )
 def test_bad_arguments_are_refused_with_a_hint(tiny_bundle, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
-        main(
-            [
-                "train",
-                "exits",
-                "--bundle",
-                str(tiny_bundle),
-                "--device",
-                "cpu",
-                "--ckpt-dir",
-                str(tmp_path),
-                *extra,
-            ]
-        )
+        train_exits(tiny_bundle, tmp_path, extra)
     assert message in capsys.readouterr().err
 
 
 def test_another_methods_weight_set_is_not_overwritten(tiny_rl_bundle, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(
-            [
-                "train",
-                "exits",
-                "--bundle",
-                str(tiny_rl_bundle),
-                "--name",
-                "rl",
-                "--device",
-                "cpu",
-                "--ckpt-dir",
-                str(tmp_path),
-            ]
-        )
+        train_exits(tiny_rl_bundle, tmp_path, "--name rl")
     err = capsys.readouterr().err
     assert "would overwrite weight set 'rl', which points of method rl use" in err and "Hint:" in err
     assert "rl" in load_bundle(tiny_rl_bundle).weight_sets

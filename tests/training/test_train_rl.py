@@ -11,8 +11,14 @@ from safetensors.torch import load_file
 from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
 from skipvit.training.data import load_dataset
+from tests.cli_args import argv
 
-COMMON = ["--data", "synthetic", "--device", "cpu", "--epochs", "1", "--limit-train", "256"]
+
+def train_rl(out, ckpt_dir, words: str = "", **flags) -> None:
+    """One epoch of `skipvit train rl` on 256 synthetic images into ``out``, with the flags in
+    ``words`` and ``flags``."""
+    common = "train rl --data synthetic --device cpu --epochs 1 --limit-train 256"
+    main(argv(f"{common} {words}", out=out, ckpt_dir=ckpt_dir, **flags))
 
 
 def test_rl_adds_a_point_to_an_existing_bundle(tiny_rl_bundle):
@@ -25,27 +31,12 @@ def test_rl_adds_a_point_to_an_existing_bundle(tiny_rl_bundle):
     assert "## rl" in (out / "REPORT.md").read_text() and "## static" in (out / "REPORT.md").read_text()
     model = b.build_model("rl")
     assert model.agent is not None and len(model.agent.gates) == 4
-    main(["evaluate", "--bundle", str(out), "--point", "rl", "--limit", "20", "--device", "cpu"])
+    main(argv("evaluate --point rl --limit 20 --device cpu", bundle=out))
 
 
 def test_transfer_learning_freezes_the_backbone(tiny_bundle, tmp_path):
     out = tmp_path / "t"
-    main(
-        [
-            "train",
-            "rl",
-            *COMMON,
-            "--data-opt",
-            "classes=6",
-            "--init-from",
-            str(tiny_bundle),
-            "--freeze-backbone",
-            "--out",
-            str(out),
-            "--ckpt-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+    train_rl(out, tmp_path / "c", "--data-opt classes=6 --freeze-backbone", init_from=tiny_bundle)
     b = load_bundle(out)
     assert b.architecture.num_classes == 6 and len(b.dataset["classes"]) == 6
     assert b.dataset["options"] == {"classes": 6} and b.default_point == "rl"
@@ -55,7 +46,7 @@ def test_transfer_learning_freezes_the_backbone(tiny_bundle, tmp_path):
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert after["head.weight"].shape[0] == 6
     assert any(not torch.equal(after[f"agent.gates.{j}.bias"], torch.full((1,), 2.0)) for j in range(4))
-    main(["evaluate", "--bundle", str(out), "--limit", "20", "--device", "cpu"])
+    main(argv("evaluate --limit 20 --device cpu", bundle=out))
 
 
 def test_retraining_drops_the_points_measured_on_the_old_weights(tiny_gate_bundle, tmp_path, capsys):
@@ -63,19 +54,7 @@ def test_retraining_drops_the_points_measured_on_the_old_weights(tiny_gate_bundl
     shutil.copytree(tiny_gate_bundle, out)
     before = load_bundle(out)
     assert {p.id for p in before.front if p.weights == "rl"} == {"rl", "rl-t0.8", "nsga-a"}
-    main(
-        [
-            "train",
-            "rl",
-            *COMMON,
-            "--init-from",
-            str(out),
-            "--out",
-            str(out),
-            "--ckpt-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+    train_rl(out, tmp_path / "c", init_from=out)
     printed = capsys.readouterr().out
     bundle = load_bundle(out)  # also checks the manifest
     assert {p.id for p in bundle.front} == {"static", "rl"}
@@ -99,21 +78,7 @@ def test_rl_refuses_to_overwrite_another_methods_weight_set(
     out = tmp_path / "b"
     shutil.copytree(request.getfixturevalue(fixture), out)
     with pytest.raises(SystemExit):
-        main(
-            [
-                "train",
-                "rl",
-                *COMMON,
-                "--init-from",
-                str(out),
-                "--out",
-                str(out),
-                "--name",
-                name,
-                "--ckpt-dir",
-                str(tmp_path / "c"),
-            ]
-        )
+        train_rl(out, tmp_path / "c", init_from=out, name=name)
     err = capsys.readouterr().err
     assert message in err and "Hint: pick another --name" in err
     assert not (tmp_path / "c").exists()  # refused before any training
@@ -134,59 +99,15 @@ def test_rl_trains_on_the_split_of_the_bundle_it_writes_into(tiny_bundle, tmp_pa
     recorded = load_bundle(out).dataset["split"]
     assert recorded == {"val_fraction": 0.1, "seed": 0}
     # --seed 3 seeds the training; the split stays the bundle's, on which its searches select.
-    main(
-        [
-            "train",
-            "rl",
-            *COMMON,
-            "--seed",
-            "3",
-            "--init-from",
-            str(out),
-            "--out",
-            str(out),
-            "--ckpt-dir",
-            str(tmp_path / "c"),
-        ]
-    )
+    train_rl(out, tmp_path / "c", "--seed 3", init_from=out)
     assert seen == [recorded] and load_bundle(out).dataset["split"] == recorded
     # A fresh bundle still carves its split with --val-fraction and --seed.
-    main(
-        [
-            "train",
-            "rl",
-            *COMMON,
-            "--seed",
-            "3",
-            "--val-fraction",
-            "0.2",
-            "--preset",
-            "tiny",
-            "--out",
-            str(tmp_path / "fresh"),
-            "--ckpt-dir",
-            str(tmp_path / "c2"),
-        ]
-    )
+    train_rl(tmp_path / "fresh", tmp_path / "c2", "--seed 3 --val-fraction 0.2 --preset tiny")
     assert seen[-1] == {"val_fraction": 0.2, "seed": 3}
     assert load_bundle(tmp_path / "fresh").dataset["split"] == {"val_fraction": 0.2, "seed": 3}
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(
-            [
-                "train",
-                "rl",
-                *COMMON,
-                "--val-fraction",
-                "0.2",
-                "--init-from",
-                str(out),
-                "--out",
-                str(out),
-                "--ckpt-dir",
-                str(tmp_path / "c3"),
-            ]
-        )
+        train_rl(out, tmp_path / "c3", "--val-fraction 0.2", init_from=out)
     err = capsys.readouterr().err
     assert "--val-fraction 0.2 conflicts with the split recorded" in err and "Hint:" in err
 
@@ -200,19 +121,7 @@ def test_rl_refuses_weights_from_another_split_than_the_bundle_it_writes_into(ti
     b.dataset["split"] = {"val_fraction": 0.1, "seed": 5}  # as `train static --seed 5` would record
     b.save()
     with pytest.raises(SystemExit):
-        main(
-            [
-                "train",
-                "rl",
-                *COMMON,
-                "--init-from",
-                str(tiny_bundle),
-                "--out",
-                str(out),
-                "--ckpt-dir",
-                str(tmp_path / "c"),
-            ]
-        )
+        train_rl(out, tmp_path / "c", init_from=tiny_bundle)
     err = capsys.readouterr().err
     assert "was trained on another split of this dataset" in err and "Hint:" in err
     assert not (tmp_path / "c").exists()

@@ -9,23 +9,14 @@ from safetensors.torch import load_file
 
 from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
+from tests.cli_args import argv
 
-TRAIN = [
-    "train",
-    "static",
-    "--data",
-    "synthetic",
-    "--preset",
-    "tiny",
-    "--device",
-    "cpu",
-    "--seed",
-    "3",
-    "--limit-train",
-    "256",
-    "--epochs",
-    "2",
-]
+TRAIN = "train static --data synthetic --preset tiny --device cpu --seed 3 --limit-train 256 --epochs 2"
+
+
+def train(out, ckpt_dir, words: str = "", **flags) -> None:
+    """`skipvit train static` as ``TRAIN`` with the flags in ``words`` and ``flags``."""
+    main(argv(f"{TRAIN} {words}", out=out, ckpt_dir=ckpt_dir, **flags))
 
 
 def test_tiny_bundle_is_complete(tiny_bundle):
@@ -44,10 +35,10 @@ def test_tiny_bundle_is_complete(tiny_bundle):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    main([*TRAIN, "--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "ca")])
-    main([*TRAIN, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "cb"), "--stop-after", "1"])
+    train(tmp_path / "a", tmp_path / "ca")
+    train(tmp_path / "b", tmp_path / "cb", "--stop-after 1")
     assert not (tmp_path / "b").exists()
-    main([*TRAIN, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "cb"), "--resume"])
+    train(tmp_path / "b", tmp_path / "cb", "--resume")
     wa = load_file(str(tmp_path / "a" / "weights" / "static.safetensors"))
     wb = load_file(str(tmp_path / "b" / "weights" / "static.safetensors"))
     assert wa.keys() == wb.keys()
@@ -55,22 +46,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_evaluate_json_limit_and_point(tiny_bundle, capsys):
-    main(
-        [
-            "evaluate",
-            "--bundle",
-            str(tiny_bundle),
-            "--split",
-            "test",
-            "--limit",
-            "50",
-            "--json",
-            "--point",
-            "static",
-            "--device",
-            "cpu",
-        ]
-    )
+    main(argv("evaluate --split test --limit 50 --json --point static --device cpu", bundle=tiny_bundle))
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 50 and out["point"] == "static" and 0.0 <= out["accuracy"] <= 1.0
     assert out["mean_layers"] == 4.0
@@ -84,60 +60,28 @@ def test_evaluate_unknown_point_is_a_clear_error(tiny_bundle, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_second_stage_continues_from_a_bundle(tiny_bundle, tmp_path):
-    main(
-        [
-            *TRAIN,
-            "--epochs",
-            "1",
-            "--init-from",
-            str(tiny_bundle),
-            "--out",
-            str(tmp_path / "s2"),
-            "--ckpt-dir",
-            str(tmp_path / "c"),
-        ]
-    )
-    report = (tmp_path / "s2" / "REPORT.md").read_text()
+@pytest.fixture(scope="module")
+def second_stage(tiny_bundle, tmp_path_factory):
+    """One epoch of a second stage that continues from the tiny bundle."""
+    root = tmp_path_factory.mktemp("second-stage")
+    train(root / "s2", root / "c", "--epochs 1", init_from=tiny_bundle)
+    return root / "s2"
+
+
+def test_second_stage_continues_from_a_bundle(tiny_bundle, second_stage):
+    report = (second_stage / "REPORT.md").read_text()
     assert "Continued from the `static` weights" in report
     assert "> Command: `skipvit train static --data synthetic" in report  # the first stage's command
-    assert load_bundle(tmp_path / "s2").architecture == load_bundle(tiny_bundle).architecture
+    assert load_bundle(second_stage).architecture == load_bundle(tiny_bundle).architecture
 
 
-def test_second_stage_keeps_the_first_stages_split(tiny_bundle, tmp_path, capsys):
+def test_second_stage_keeps_the_first_stages_split(tiny_bundle, second_stage, tmp_path, capsys):
     # TRAIN has --seed 3, the first stage seed 0: the second stage must not train on the first's val.
-    main(
-        [
-            *TRAIN,
-            "--epochs",
-            "1",
-            "--init-from",
-            str(tiny_bundle),
-            "--out",
-            str(tmp_path / "s2"),
-            "--ckpt-dir",
-            str(tmp_path / "c"),
-        ]
-    )
-    assert load_bundle(tmp_path / "s2").dataset["split"] == {"val_fraction": 0.1, "seed": 0}
-    assert "(carved from train: fraction 0.1, seed 0)" in (tmp_path / "s2" / "REPORT.md").read_text()
+    assert load_bundle(second_stage).dataset["split"] == {"val_fraction": 0.1, "seed": 0}
+    assert "(carved from train: fraction 0.1, seed 0)" in (second_stage / "REPORT.md").read_text()
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(
-            [
-                *TRAIN,
-                "--epochs",
-                "1",
-                "--val-fraction",
-                "0.3",
-                "--init-from",
-                str(tiny_bundle),
-                "--out",
-                str(tmp_path / "s3"),
-                "--ckpt-dir",
-                str(tmp_path / "c3"),
-            ]
-        )
+        train(tmp_path / "s3", tmp_path / "c3", "--epochs 1 --val-fraction 0.3", init_from=tiny_bundle)
     err = capsys.readouterr().err
     assert "--val-fraction 0.3 conflicts with the split recorded in" in err and "Hint:" in err
 
@@ -145,28 +89,28 @@ def test_second_stage_keeps_the_first_stages_split(tiny_bundle, tmp_path, capsys
 @pytest.mark.parametrize(
     "change, named",
     [
-        (["--lr", "5e-4"], "train.lr"),
-        (["--seed", "7"], "train.seed"),
-        (["--epochs", "1"], "train.epochs"),
-        (["--limit-train", "128"], "data.limit_train"),
+        ("--lr 5e-4", "train.lr"),
+        ("--seed 7", "train.seed"),
+        ("--epochs 1", "train.epochs"),
+        ("--limit-train 128", "data.limit_train"),
     ],
 )
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys, change, named):
-    main([*TRAIN, "--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "c"), "--stop-after", "1"])
+    train(tmp_path / "a", tmp_path / "c", "--stop-after 1")
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main([*TRAIN, *change, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "c"), "--resume"])
+        train(tmp_path / "b", tmp_path / "c", f"{change} --resume")
     err = capsys.readouterr().err
     assert "was written by a run with other settings" in err and named in err and "Hint:" in err
     assert not (tmp_path / "b").exists()
 
 
 def test_resume_refuses_a_checkpoint_without_settings(tmp_path, capsys):
-    main([*TRAIN, "--out", str(tmp_path / "a"), "--ckpt-dir", str(tmp_path / "c"), "--stop-after", "1"])
+    train(tmp_path / "a", tmp_path / "c", "--stop-after 1")
     meta = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
     del meta["meta"]["config"]  # as the checkpoints written before settings were recorded
     (tmp_path / "c" / "checkpoint.json").write_text(json.dumps(meta))
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main([*TRAIN, "--out", str(tmp_path / "b"), "--ckpt-dir", str(tmp_path / "c"), "--resume"])
+        train(tmp_path / "b", tmp_path / "c", "--resume")
     assert "records no settings" in capsys.readouterr().err

@@ -4,7 +4,6 @@ generator against the naive endpoint served in this process."""
 from __future__ import annotations
 
 import asyncio
-import gzip
 import io
 import json
 import math
@@ -41,6 +40,8 @@ from skipvit.benchmarks.loadgen import (
     summarize,
 )
 from skipvit.cli import build_parser, main
+from tests.cli_args import argv
+from tests.training.fixtures import write_idx
 
 # ---- HTTP parsing
 
@@ -204,6 +205,21 @@ def _level(server, c, images_per_s, p95, failed=0, mean=None):
     }
 
 
+def _report(servers: dict, inproc: list[dict], targets: dict, max_wait_ms: float) -> dict:
+    """A `bench server` report of ``servers`` and ``inproc`` rows, as ``render_markdown`` reads it."""
+    settings = {"images_per_request": 1, "duration_s": 10.0, "requests": None, "warmup_s": 1.0}
+    return {
+        "command": "skipvit bench server",
+        "bundle": "b",
+        "point": "static",
+        "servers": servers,
+        "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
+        "settings": {**settings, "max_batch_size": 64, "max_wait_ms": max_wait_ms},
+        "in_process": inproc,
+        "targets": targets,
+    }
+
+
 def test_verdict_checks_both_targets_at_64_clients():
     servers = {
         "batched": [_level("batched", 8, 500, 20, mean=6.0), _level("batched", 64, 1200, 60, mean=31.6)],
@@ -245,17 +261,7 @@ def test_verdict_reads_the_median_round_and_pairs_in_process_by_round():
             for r, ips, p95 in ((1, 900, 90), (2, 1000, 80), (3, 700, 95))
         ],
         "naive": [_level("naive", 8, 300, 30)]
-        + [
-            rnd(_level("naive", 64, ips, 300), r)
-            for r, ips in (
-                (
-                    1,
-                    250,
-                ),
-                (2, 200),
-                (3, 280),
-            )
-        ],
+        + [rnd(_level("naive", 64, ips, 300), r) for r, ips in ((1, 250), (2, 200), (3, 280))],
     }
     inproc = [
         {"batch_size": 32 + r, "images_per_s": ips, "why": "mean batch", "round": r, "reference": True}
@@ -277,24 +283,7 @@ def test_verdict_reads_the_median_round_and_pairs_in_process_by_round():
     inproc.pop()
     servers["naive"][2]["failed"] = 1  # a failure in any round fails the first target
     assert not verdict(servers, inproc)["speedup"]["met"]
-    report = {
-        "command": "skipvit bench server",
-        "bundle": "b",
-        "point": "static",
-        "servers": servers,
-        "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
-        "settings": {
-            "images_per_request": 1,
-            "duration_s": 10.0,
-            "requests": None,
-            "warmup_s": 1.0,
-            "max_batch_size": 64,
-            "max_wait_ms": 5.0,
-        },
-        "in_process": inproc,
-        "targets": v,
-    }
-    md = render_markdown(report)
+    md = render_markdown(_report(servers, inproc, v, max_wait_ms=5.0))
     assert "| batched | 64 (round 2) | 1,000.0 |" in md and "| 35 (round 3) | 1,000.0 |" in md
     assert "(rounds: 3.60x, 5.00x, 2.50x)" in md and "(rounds: 75.0%, 62.5%, 70.0%)" in md
     assert "median of 3 rounds" in md
@@ -306,24 +295,7 @@ def test_render_markdown_has_one_row_per_level_and_the_verdict():
         "naive": [_level("naive", 64, 350, 190)],
     }
     inproc = [{"batch_size": 64, "images_per_s": 1500.0, "why": "max_batch_size", "reference": True}]
-    report = {
-        "command": "skipvit bench server",
-        "bundle": "b",
-        "point": "static",
-        "servers": servers,
-        "machine": {"cpu": "CPU", "cores": 2, "torch": "2", "torch_threads": 2},
-        "settings": {
-            "images_per_request": 1,
-            "duration_s": 10.0,
-            "requests": None,
-            "warmup_s": 1.0,
-            "max_batch_size": 64,
-            "max_wait_ms": float("nan"),
-        },
-        "in_process": inproc,
-        "targets": verdict(servers, inproc),
-    }
-    md = render_markdown(report)
+    md = render_markdown(_report(servers, inproc, verdict(servers, inproc), max_wait_ms=float("nan")))
     assert "| batched | 64 | 1,200.0 | 1,200.0 |" in md and "| naive | 64 |" in md
     assert "max_wait_ms n/a" in md and "| n/a |" in md  # absent /metrics shows as n/a
     assert "**3.43x**" in md and "**80.0%**" in md and "**met**" in md
@@ -391,9 +363,7 @@ def test_cli_parses_the_bench_server_flags():
 
 def test_fashion_mnist_pngs_encode_the_idx_test_images(tmp_path):
     images = np.arange(3 * 28 * 28, dtype=np.uint32).reshape(3, 28, 28) % 251
-    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
-    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(header + images.astype(np.uint8).tobytes())
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
     pngs = fashion_mnist_pngs(str(tmp_path), 2)
     assert len(pngs) == 2
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(pngs[1]))), images[1].astype(np.uint8))
@@ -403,9 +373,7 @@ def test_fashion_mnist_pngs_encode_the_idx_test_images(tmp_path):
 
 def _fake_fashion_mnist(root: Path, n: int = 8) -> Path:
     images = (np.arange(n * 28 * 28, dtype=np.uint32).reshape(n, 28, 28) * 7) % 251
-    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
-    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(header + images.astype(np.uint8).tobytes())
+    write_idx(root / "t10k-images-idx3-ubyte.gz", images)
     return root
 
 
@@ -417,33 +385,10 @@ def test_bench_server_end_to_end_with_rounds(tiny_bundle, tmp_path):
 
     data = _fake_fashion_mnist(tmp_path)
     out = tmp_path / "bench"
-    main(
-        [
-            "bench",
-            "server",
-            "--bundle",
-            str(tiny_bundle),
-            "--data-dir",
-            str(data),
-            "--concurrency",
-            "1,4",
-            "--rounds",
-            "2",
-            "--duration",
-            "0.4",
-            "--warmup",
-            "0.1",
-            "--inproc-seconds",
-            "0.1",
-            "--max-wait-ms",
-            "2",
-            "--out-json",
-            str(out / "server.json"),
-            "--out-md",
-            str(out / "server.md"),
-        ]
-    )
-    report = json.loads((out / "server.json").read_text())
+    short = "--concurrency 1,4 --rounds 2 --duration 0.4 --warmup 0.1 --inproc-seconds 0.1 --max-wait-ms 2"
+    js, md = out / "server.json", out / "server.md"
+    main(argv(f"bench server {short}", bundle=tiny_bundle, data_dir=data, out_json=js, out_md=md))
+    report = json.loads(js.read_text())
     for name in ("batched", "naive"):
         rows = report["servers"][name]
         assert [(r["concurrency"], r.get("round")) for r in rows] == [(1, None), (4, 1), (4, 2)]
@@ -465,7 +410,7 @@ def test_bench_server_end_to_end_with_rounds(tiny_bundle, tmp_path):
     assert [r["batch_size"] for r in ref] == [max(1, round(m)) for m in means for _ in range(per_round)]
     t = report["targets"]
     assert t["clients"] == 4 and len(t["speedup"]["rounds"]) == 2 and len(t["efficiency"]["rounds"]) == 2
-    assert "(round 2)" in (out / "server.md").read_text()
+    assert "(round 2)" in md.read_text()
 
 
 # ---- the load generator, end to end

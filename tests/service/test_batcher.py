@@ -193,6 +193,15 @@ def stuck_batcher(knobs: Knobs, **kwargs) -> tuple[FakeEngine, Batcher]:
     return engine, b
 
 
+async def holding_one(batch: int = 1, **kwargs) -> tuple[FakeEngine, Batcher, asyncio.Future]:
+    """A ``stuck_batcher`` (batches of up to ``batch`` images, no wait) whose engine holds the first
+    request (one image, 1), and that request's future."""
+    engine, b = stuck_batcher(Knobs(batch, 0.0, 100), **kwargs)
+    running = b.submit(images([1]), None)
+    await engine.entered()
+    return engine, b, running
+
+
 def test_every_request_is_answered_once_with_its_rows_in_order():
     async def main():
         engine = FakeEngine(delay=0.001)  # a batch takes time, so requests queue up meanwhile
@@ -242,9 +251,7 @@ def test_queue_full_is_refused_at_once_with_a_retry_hint():
 
 def test_requests_past_their_deadline_are_refused_and_never_reach_the_engine():
     async def main():
-        engine, b = stuck_batcher(Knobs(1, 0.0, 100), timeout_s=0.05)
-        first = b.submit(images([1]), None)
-        await engine.entered()
+        engine, b, first = await holding_one(timeout_s=0.05)
         late = b.submit(images([2]), None)
         await asyncio.sleep(0.1)  # about time: its deadline (0.05 s) passes while the engine is busy
         engine.release.set()
@@ -259,9 +266,7 @@ def test_requests_past_their_deadline_are_refused_and_never_reach_the_engine():
 
 def test_a_switch_lands_between_batches():
     async def main():
-        engine, b = stuck_batcher(Knobs(4, 0.0, 100))
-        running = b.submit(images([1]), None)
-        await engine.entered()  # planned with 'static', now computing
+        engine, b, running = await holding_one(batch=4)  # planned with 'static', now computing
         waiting = b.submit(images([2]), None)
         b.set_active("rl")
         engine.release.set()
@@ -288,12 +293,8 @@ def test_an_engine_error_fails_its_batch_once_and_the_loop_goes_on():
 
 def test_a_cancelled_request_is_dropped_before_compute():
     async def main():
-        engine = FakeEngine(stuck=True)
         watch = QueueWatch()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), observer=watch, depth=1)
-        b.start()
-        first = b.submit(images([1]), None)
-        await engine.entered()
+        engine, b, first = await holding_one(observer=watch)
         gone = b.submit(images([2]), None)
         watch.empty.clear()
         gone.cancel()  # its client went away
@@ -308,9 +309,7 @@ def test_a_cancelled_request_is_dropped_before_compute():
 
 def test_stop_answers_what_is_still_queued_and_refuses_new_work():
     async def main():
-        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
-        running = b.submit(images([1]), None)
-        await engine.entered()
+        engine, b, running = await holding_one()
         queued = b.submit(images([2]), None)
         stopping = asyncio.create_task(b.stop())
         with pytest.raises(Draining):  # at once, while the engine still holds the running batch
@@ -327,9 +326,7 @@ def test_stop_answers_what_is_still_queued_and_refuses_new_work():
 
 def test_stop_with_a_timeout_gives_up_on_a_hung_engine_and_still_answers_everyone():
     async def main():
-        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
-        running = b.submit(images([1]), None)  # handed over; the engine never returns it
-        await engine.entered()
+        engine, b, running = await holding_one()  # the engine never returns it
         queued = b.submit(images([2]), None)
         (inside,) = b._in_engine  # the worker thread's call of the engine
         t0 = time.monotonic()
@@ -348,12 +345,8 @@ def test_stop_with_a_timeout_gives_up_on_a_hung_engine_and_still_answers_everyon
 
 def test_stop_with_a_timeout_is_true_when_the_engine_returns_in_time():
     async def main():
-        engine = FakeEngine(stuck=True)
         watch = QueueWatch()
-        b = Batcher(engine, active="static", key=keyed, knobs=Knobs(1, 0.0, 100), observer=watch, depth=1)
-        b.start()
-        running = b.submit(images([1]), None)
-        await engine.entered()
+        engine, b, running = await holding_one(observer=watch)
         watch.empty.clear()
         stopping = asyncio.create_task(b.stop(timeout=5.0))
         await watch.empty.wait()  # stop has begun (it empties the queue) and waits for the engine
@@ -413,9 +406,7 @@ def test_stop_waits_for_every_batch_handed_over():
 
 def test_a_deadline_passing_while_the_engine_is_stuck_is_answered_at_once():
     async def main():
-        engine, b = stuck_batcher(Knobs(1, 0.0, 100), timeout_s=0.05)
-        first = b.submit(images([1]), None)  # handed over; the engine never returns it meanwhile
-        await engine.entered()
+        engine, b, first = await holding_one(timeout_s=0.05)  # the engine never returns it meanwhile
         late = b.submit(images([2]), None)
         with pytest.raises(DeadlineExceeded):  # about time: not after the engine comes back, at its deadline
             await asyncio.wait_for(late, 1.0)
@@ -430,9 +421,7 @@ def test_a_deadline_passing_while_the_engine_is_stuck_is_answered_at_once():
 
 def test_reject_queued_answers_the_queue_and_leaves_the_running_batch():
     async def main():
-        engine, b = stuck_batcher(Knobs(1, 0.0, 100))
-        running = b.submit(images([1]), None)
-        await engine.entered()
+        engine, b, running = await holding_one()
         queued = [b.submit(images([i]), None) for i in (2, 3)]
         assert b.reject_queued() == 2 and b.queued_images == 0
         for f in queued:

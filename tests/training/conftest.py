@@ -15,22 +15,25 @@ from tests.training.fixtures import (
 )
 
 
+def _written(write, root: Path) -> Path:
+    """``root``, filled by ``write``."""
+    write(root)
+    return root
+
+
 @pytest.fixture
 def fashion_dir(tmp_path: Path) -> Path:
-    write_fashion_mnist(tmp_path / "fmnist")
-    return tmp_path / "fmnist"
+    return _written(write_fashion_mnist, tmp_path / "fmnist")
 
 
 @pytest.fixture
 def cifar10_dir(tmp_path: Path) -> Path:
-    write_cifar10(tmp_path / "c10")
-    return tmp_path / "c10"
+    return _written(write_cifar10, tmp_path / "c10")
 
 
 @pytest.fixture
 def cifar100_dir(tmp_path: Path) -> Path:
-    write_cifar100(tmp_path / "cifar-100-python")
-    return tmp_path / "cifar-100-python"
+    return _written(write_cifar100, tmp_path / "cifar-100-python")
 
 
 @pytest.fixture
@@ -40,5 +43,4 @@ def tiny_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def folder_dir(tmp_path: Path) -> Path:
-    write_image_folder(tmp_path / "imgs")
-    return tmp_path / "imgs"
+    return _written(write_image_folder, tmp_path / "imgs")

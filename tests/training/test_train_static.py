@@ -114,3 +114,18 @@ def test_resume_refuses_a_checkpoint_without_settings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train(tmp_path / "b", tmp_path / "c", "--resume")
     assert "records no settings" in capsys.readouterr().err
+
+
+def test_layer_drop_trains_a_different_model_resumes_exactly_and_is_reported(tmp_path):
+    train(tmp_path / "plain", tmp_path / "cp")
+    train(tmp_path / "ld", tmp_path / "cl", "--layer-drop 0.5")
+    train(tmp_path / "split", tmp_path / "cs", "--layer-drop 0.5 --stop-after 1")
+    train(tmp_path / "split", tmp_path / "cs", "--layer-drop 0.5 --resume")
+    plain, ld, split = (
+        load_file(tmp_path / n / "weights" / "static.safetensors") for n in ("plain", "ld", "split")
+    )
+    assert any(not (plain[k] == ld[k]).all() for k in plain)  # the skips change what is learned
+    assert all((ld[k] == split[k]).all() for k in ld)  # the skip draws resume with the generator
+    assert "LayerDrop 0.5" in (tmp_path / "ld" / "REPORT.md").read_text()
+    with pytest.raises(SystemExit):  # a checkpoint of another LayerDrop rate is refused
+        train(tmp_path / "other", tmp_path / "cs", "--layer-drop 0.2 --resume")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.config import ViTConfig
-from skipvit.model.policy import StaticPolicy
+from skipvit.model.policy import ExecutionPolicy, LayerDropPolicy, StaticPolicy, layer_drop_rates
 from skipvit.model.vit import AdaptiveViT, build_model
 from skipvit.training.configs import config_from
 from skipvit.training.data import DataSplits
@@ -46,6 +46,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
+    layer_drop: float = 0.0  # LayerDrop: the last layer's drop rate, rising linearly from 0 at the first
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -66,6 +67,14 @@ def add_arguments(p) -> None:
     p.add_argument("--shared-layers", action="store_true", help="UViT: one block shared by every layer")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability")
+    p.add_argument(
+        "--layer-drop",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="LayerDrop while training: each image skips layer j with probability P*j/(depth-1), so that "
+        "later layers can be skipped at inference at little cost (default 0: off)",
+    )
     flags.add_limit_train(p)
     p.add_argument(
         "--init-from", default=None, help="start from this bundle's static weights (a second stage)"
@@ -103,7 +112,7 @@ def train_epoch(
         for group in opt.param_groups:
             group["lr"] = lr
         with autocast(device):
-            logits = model(x, StaticPolicy()).logits
+            logits = model(x, training_policy(model, cfg, g)).logits
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         gradient_step(opt, loss, cfg.grad_clip)
         step += 1
@@ -112,6 +121,13 @@ def train_epoch(
         loss_sum += loss.item() * len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{lr:.2e}")
     return step, loss_sum / max(1, seen), correct / max(1, seen)
+
+
+def training_policy(model: AdaptiveViT, cfg: TrainConfig, g: torch.Generator) -> ExecutionPolicy:
+    """Every layer, or LayerDrop's random per-image skips (``model.policy.LayerDropPolicy``)."""
+    if cfg.layer_drop <= 0:
+        return StaticPolicy()
+    return LayerDropPolicy(layer_drop_rates(model.depth, cfg.layer_drop), generator=g)
 
 
 def initial_model(args, splits: DataSplits, src: Bundle | None) -> tuple[AdaptiveViT, ViTConfig, str]:
@@ -212,7 +228,7 @@ Command: `{command_line(ctx.args.argv)}`
 - Data: `{splits.info.name}`, train {len(splits.train)} / val {len(splits.val)} (carved from train: fraction {split["val_fraction"]}, seed {split["seed"]}) / test {len(splits.test)}
 - Model: {model.cfg.to_dict()}
 - Training: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup_epochs} epoch, cosine),
-  weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, augmentation {cfg.augment}, seed {cfg.seed}
+  weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, LayerDrop {cfg.layer_drop}, augmentation {cfg.augment}, seed {cfg.seed}
 - Environment: {environment()}, device {ctx.device}
 - Wall time (training + per-epoch validation): {runner.elapsed / 60:.1f} min
 

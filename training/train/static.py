@@ -35,6 +35,11 @@ from skipvit.training.run import (
 from skipvit.training.schedule import warmup_cosine
 from skipvit.training.splits import dataset_meta, run_split, same_dataset
 
+LAYER_DROP_HELP = (
+    "LayerDrop while training: each image skips layer j with probability P*j/(depth-1), so that later "
+    "layers can be skipped at inference at little cost (default 0: off)"
+)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -67,14 +72,7 @@ def add_arguments(p) -> None:
     p.add_argument("--shared-layers", action="store_true", help="UViT: one block shared by every layer")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--erase-prob", type=float, default=0.25, help="random-erasing probability")
-    p.add_argument(
-        "--layer-drop",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="LayerDrop while training: each image skips layer j with probability P*j/(depth-1), so that "
-        "later layers can be skipped at inference at little cost (default 0: off)",
-    )
+    p.add_argument("--layer-drop", type=float, default=0.0, metavar="P", help=LAYER_DROP_HELP)
     flags.add_limit_train(p)
     p.add_argument(
         "--init-from", default=None, help="start from this bundle's static weights (a second stage)"

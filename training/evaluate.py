@@ -15,6 +15,7 @@ from skipvit.training.data import load_bundle_splits
 from skipvit.training.data.augment import to_float
 from skipvit.training.data.base import ArrayData
 from skipvit.training.device import full_precision, resolve_device
+from skipvit.training.stats import accuracy_ci95
 
 
 @dataclass
@@ -33,6 +34,15 @@ class EvalResult:
             "relative_compute": round(self.mean_layers / depth, 4),
             "split": split,
             "n": self.n,
+            "accuracy_ci95": accuracy_ci95(self.accuracy, self.n),
+        }
+
+    def val_metrics(self, depth: int) -> dict:
+        """The keys a point's metrics carry for the validation split, which every selection reads."""
+        return {
+            "val_accuracy": round(self.accuracy, 5),
+            "val_mean_layers": round(self.mean_layers, 4),
+            "val_relative_compute": round(self.mean_layers / depth, 4),
         }
 
 

@@ -7,6 +7,7 @@ import json
 from skipvit import flags
 from skipvit.model.dyce import DyCEConfig, relative_compute
 from skipvit.training.evaluate import evaluate_point
+from skipvit.training.stats import accuracy_ci95
 
 
 def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, device) -> dict:
@@ -23,6 +24,7 @@ def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, de
         "split": split,
         "n": res.n,
         "accuracy": res.accuracy,
+        "accuracy_ci95": accuracy_ci95(res.accuracy, res.n),
         "mean_layers": res.mean_layers,
         "depth": bundle.architecture.depth,
         "relative_compute": relative,
@@ -44,11 +46,13 @@ def run(args) -> None:
     result = evaluate_bundle(
         args.bundle, args.point, args.split, args.limit, args.data_dir, args.batch_size, args.device
     )
+    low, high = result["accuracy_ci95"]
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(
             f"point {result['point']} ({result['method']}) on {result['split']} "
-            f"[{result['n']} images]: accuracy {100 * result['accuracy']:.2f}%, "
+            f"[{result['n']} images]: accuracy {100 * result['accuracy']:.2f}% "
+            f"(95% CI {100 * low:.2f}-{100 * high:.2f}%), "
             f"mean layers {result['mean_layers']:.3f} of {result['depth']}"
         )

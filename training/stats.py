@@ -33,6 +33,13 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return low, high
 
 
+def accuracy_ci95(accuracy: float, n: int) -> list[float]:
+    """``[low, high]`` of the Wilson interval for an accuracy measured on ``n`` images, rounded as the
+    bundle's metrics are (the key ``accuracy_ci95`` of a point's metrics)."""
+    low, high = wilson_interval(round(accuracy * n), n)
+    return [round(low, 5), round(high, 5)]
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     n: int

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from skipvit.training.stats import mcnemar, paired_difference, wilson_interval
+from skipvit.training.stats import accuracy_ci95, mcnemar, paired_difference, wilson_interval
 
 
 def test_wilson_interval_known_values():
@@ -41,3 +41,8 @@ def test_paired_difference_counts_only_discordant_images():
     assert same.difference == 0 and same.p_value == 1.0 and same.verdict() == "no significant difference"
     with pytest.raises(ValueError):
         paired_difference(a, b[:-1])
+
+
+def test_accuracy_ci95_is_the_rounded_wilson_interval_of_the_count():
+    assert accuracy_ci95(0.8929, 10000) == [0.88669, 0.89881]
+    assert accuracy_ci95(1.0, 10) == [0.72247, 1.0]

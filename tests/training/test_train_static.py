@@ -28,6 +28,8 @@ def test_tiny_bundle_is_complete(tiny_bundle):
     # 4 classes: chance is 0.25. Crops pad with black (pixel 0), but the synthetic images' background
     # is noise, so three epochs reach about 0.48 (0.63 when the pad was the mean).
     assert point.metrics["accuracy"] > 0.4
+    low, high = point.metrics["accuracy_ci95"]  # Wilson, 95%, on the 500 test images
+    assert low < point.metrics["accuracy"] < high and 0.05 < high - low < 0.1
     report = (tiny_bundle / "REPORT.md").read_text()
     assert "skipvit train static" in report and "--data synthetic" in report
     assert (tiny_bundle / "front.png").stat().st_size > 1000
@@ -49,6 +51,7 @@ def test_evaluate_json_limit_and_point(tiny_bundle, capsys):
     main(argv("evaluate --split test --limit 50 --json --point static --device cpu", bundle=tiny_bundle))
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 50 and out["point"] == "static" and 0.0 <= out["accuracy"] <= 1.0
+    assert out["accuracy_ci95"][0] <= out["accuracy"] <= out["accuracy_ci95"][1]
     assert out["mean_layers"] == 4.0
 
 

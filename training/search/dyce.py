@@ -26,6 +26,7 @@ from skipvit.training.publish import publish
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.search.dyce_sim import Choice, Simulator, record
 from skipvit.training.search.dyce_sweep import SearchConfig, SweepResult, sweep
+from skipvit.training.stats import accuracy_ci95
 
 
 def add_arguments(p) -> None:
@@ -136,6 +137,7 @@ def write_search(
             "relative_compute": round(t["relative_compute"], 4),
             "split": "test",
             "n": t["n"],
+            "accuracy_ci95": accuracy_ci95(t["accuracy"], t["n"]),
             "val_accuracy": round(val.accuracy, 5),
             "val_mean_layers": round(val.mean_layers, 4),
             "val_relative_compute": round(val.relative(sim.static), 4),

@@ -25,6 +25,7 @@ from skipvit.training.run import RunContext
 from skipvit.training.search.nsga_genes import gene_values
 from skipvit.training.search.nsga_scoring import fitness, score_split
 from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch, SearchResult
+from skipvit.training.stats import accuracy_ci95
 
 
 def add_arguments(p) -> None:
@@ -129,8 +130,10 @@ def write_search(
             "relative_compute": round(float(test["compute"][i]), 4),
             "split": "test",
             "n": n_test,
+            "accuracy_ci95": accuracy_ci95(float(test["accuracy"][i]), n_test),
             "val_accuracy": round(float(result.val["accuracy"][i]), 5),
             "val_mean_layers": round(float(result.val["mean_layers"][i]), 4),
+            "val_relative_compute": round(float(result.val["compute"][i]), 4),
         }
         params = {"genes": [float(g) for g in genes], "step": cfg.step}
         points.append(Point(f"{name}-{i + 1}", method, weights, params, metrics))

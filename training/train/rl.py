@@ -183,9 +183,10 @@ def run(args) -> None:
         )
     if not runner.finished():
         return
+    val = evaluate(model, splits.val, info.mean, info.std, GatePolicy(model.agent), device=ctx.device)
     test = evaluate(model, splits.test, info.mean, info.std, GatePolicy(model.agent), device=ctx.device)
     print(f"test accuracy {test.accuracy:.4f} at {test.mean_layers:.3f} mean layers on {test.n} images")
-    write_rl_bundle(out, model, splits, split, cfg, test, runner, ctx, origin)
+    write_rl_bundle(out, model, splits, split, cfg, (val, test), runner, ctx, origin)
 
 
 def _check_dataset(bundle: Bundle, args) -> None:
@@ -234,7 +235,7 @@ def write_rl_bundle(
     splits: DataSplits,
     split: dict,
     cfg: RLConfig,
-    test: EvalResult,
+    results: tuple[EvalResult, EvalResult],
     runner: EpochRunner,
     ctx: RunContext,
     origin: str,
@@ -249,7 +250,9 @@ def write_rl_bundle(
         bundle.default_point = name
     bundle.add_weight_set(name, model.state_dict())
     depth = model.depth
-    point = Point(name, "rl", name, {"thresholds": [0.5] * depth}, test.metrics(depth, "test"))
+    val, test = results
+    metrics = test.metrics(depth, "test") | val.val_metrics(depth)
+    point = Point(name, "rl", name, {"thresholds": [0.5] * depth}, metrics)
     rows = [
         [
             h["epoch"],

@@ -188,9 +188,11 @@ def run(args) -> None:
         )
     if not runner.finished():
         return
+    val = evaluate(model, splits.val, info.mean, info.std, device=ctx.device)
     test = evaluate(model, splits.test, info.mean, info.std, device=ctx.device)
     print(f"test accuracy {test.accuracy:.4f} on {test.n} images")
-    write_static_bundle(out, model, splits, split, cfg, test.metrics(arch.depth, "test"), runner, ctx, origin)
+    metrics = test.metrics(arch.depth, "test") | val.val_metrics(arch.depth)
+    write_static_bundle(out, model, splits, split, cfg, metrics, runner, ctx, origin)
 
 
 def _contents(root: Path) -> str:

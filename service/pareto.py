@@ -27,6 +27,8 @@ def describe(point: Point) -> str:
         alpha, mode = point.params.get("alpha"), point.params.get("mode", "per-example")
         who = "the request's images halt together" if mode == "per-batch" else "each image halts on its own"
         text += f"; {mode}, alpha {alpha}: {who}"
+        if mode == "per-batch" and "request_images" in point.params:
+            text += f" (measured on requests of {point.params['request_images']} images)"
     return text
 
 

@@ -97,13 +97,16 @@ def evaluate_point(
 ) -> PointEval:
     """Point ``point_id`` (default: the bundle's default point) of the bundle at ``bundle_dir`` on the
     first ``limit`` images of ``split``, through its policy as the service serves it: a point whose
-    rows cannot share a forward (per-batch LAC) runs one image per forward."""
+    rows cannot share a forward (per-batch LAC) runs one request per forward, of the size it was
+    measured at."""
     bundle = load_bundle(bundle_dir)
     point = bundle.point(point_id)
     dev = resolve_device(device)
     ds = bundle.dataset
     data = load_bundle_splits(ds, data_dir).split(split).head(limit)
     model = bundle.build_model(point.weights, dev)
-    served_batch = 1 if batch_key(point) is None else batch_size
+    # A point whose rows cannot share a forward runs one request per forward: as measured, a
+    # request of ``request_images`` (per-batch LAC), else of one image.
+    served_batch = int(point.params.get("request_images", 1)) if batch_key(point) is None else batch_size
     res = evaluate(model, data, ds["mean"], ds["std"], policy_for(point, model), served_batch, dev)
     return PointEval(bundle, point, model, data, dev, res)

@@ -15,7 +15,7 @@ from tests.cli_args import argv
 
 def search_lac(bundle, words: str) -> None:
     """`skipvit search lac` on 48 test images of ``bundle``, with the flags in ``words``."""
-    main(argv(f"search lac --limit 48 --device cpu --report-batch 16 {words}", bundle=bundle))
+    main(argv(f"search lac --limit 48 --device cpu --request-images 4 {words}", bundle=bundle))
 
 
 @pytest.fixture
@@ -29,10 +29,10 @@ def lac_points(root):
     return {p.id: p for p in load_bundle(root).front if p.method == "lac"}
 
 
-def test_writes_both_modes_per_alpha_with_test_metrics(bundle_dir, capsys):
+def test_writes_both_modes_per_alpha_with_test_and_validation_metrics(bundle_dir, capsys):
     search_lac(bundle_dir, "--alphas 0.8,0.3")
     points = lac_points(bundle_dir)  # load_bundle also verifies the manifest
-    assert set(points) == {"lac-ex-0.3", "lac-ex-0.8", "lac-batch-0.3", "lac-batch-0.8"}
+    assert set(points) == {"lac-ex-0.3", "lac-ex-0.8", "lac-batch4-0.3", "lac-batch4-0.8"}
     depth = load_bundle(bundle_dir).architecture.depth
     for p in points.values():
         assert p.weights == "static" and p.params["mode"] in ("per-example", "per-batch")
@@ -41,27 +41,27 @@ def test_writes_both_modes_per_alpha_with_test_metrics(bundle_dir, capsys):
         assert 2 <= m["mean_layers"] <= depth and m["relative_compute"] == pytest.approx(
             m["mean_layers"] / depth, abs=1e-4
         )
-        assert m["eval_batch"] == (1 if p.params["mode"] == "per-batch" else 512)
-    for a in ("0.3", "0.8"):  # per-batch at one image per forward is per-example: one image is its own batch
-        ex, batch = points[f"lac-ex-{a}"].metrics, points[f"lac-batch-{a}"].metrics
-        assert (ex["accuracy"], ex["mean_layers"]) == (batch["accuracy"], batch["mean_layers"])
+        assert m["eval_batch"] == (4 if p.params["mode"] == "per-batch" else 512)
+        assert p.params.get("request_images") == (4 if p.params["mode"] == "per-batch" else None)
+        assert 0 <= m["val_accuracy"] <= 1 and 2 <= m["val_mean_layers"] <= depth
+        assert m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
     assert points["lac-ex-0.3"].metrics["mean_layers"] >= points["lac-ex-0.8"].metrics["mean_layers"]
     report = (bundle_dir / "REPORT.md").read_text()
-    assert "## lac" in report and "skipvit search lac" in report and "per-batch at 16/forward" in report
+    assert "## lac" in report and "skipvit search lac" in report and "requests of **4 images**" in report
     assert "| lac |" in report.split("## fronts", 1)[1]  # the fronts table has a row for LAC
-    assert "lac-batch-0.8" in capsys.readouterr().out
+    assert "lac-batch4-0.8" in capsys.readouterr().out
 
 
 def test_a_rerun_replaces_the_earlier_lac_points_and_evaluate_reproduces_them(bundle_dir, capsys):
     search_lac(bundle_dir, "--alphas 0.3,0.8")
     search_lac(bundle_dir, "--alphas 0.5 --modes per-batch")
     points = lac_points(bundle_dir)
-    assert set(points) == {"lac-batch-0.5"}
-    assert {p.id for p in load_bundle(bundle_dir).front} >= {"static", "lac-batch-0.5"}
+    assert set(points) == {"lac-batch4-0.5"}
+    assert {p.id for p in load_bundle(bundle_dir).front} >= {"static", "lac-batch4-0.5"}
     capsys.readouterr()
-    main(argv("evaluate --point lac-batch-0.5 --limit 48 --json --device cpu", bundle=bundle_dir))
+    main(argv("evaluate --point lac-batch4-0.5 --limit 48 --json --device cpu", bundle=bundle_dir))
     got = json.loads(capsys.readouterr().out)
-    m = points["lac-batch-0.5"].metrics  # measured one image per forward; evaluate serves it the same way
+    m = points["lac-batch4-0.5"].metrics  # measured on requests of 4 images; evaluate serves it the same way
     assert got["accuracy"] == pytest.approx(m["accuracy"], abs=1e-5)
     assert got["mean_layers"] == pytest.approx(m["mean_layers"], abs=1e-4)
 
@@ -75,7 +75,10 @@ def test_bad_arguments_say_what_to_do(bundle_dir, capsys):
     assert "alpha" in capsys.readouterr().err
     assert parse_alphas("1.0, 0.5,0.5") == [0.5, 1.0]
     assert point_id("static", "per-example", 0.05) == "lac-ex-0.05"
-    assert point_id("rl", "per-batch", 1.0) == "lac-rl-batch-1"
+    assert point_id("rl", "per-batch", 1.0, 8) == "lac-rl-batch8-1"
+    with pytest.raises(SystemExit):
+        search_lac(bundle_dir, "--request-images 1")
+    assert "Hint" in capsys.readouterr().err
 
 
 def test_a_tiny_uvit_trains_and_lac_runs_on_it(tmp_path):
@@ -88,5 +91,5 @@ def test_a_tiny_uvit_trains_and_lac_runs_on_it(tmp_path):
     assert any(k.startswith("blocks.0.") for k in state) and not any(k.startswith("blocks.1.") for k in state)
     search_lac(out, "--alphas 0.5")
     points = lac_points(out)
-    assert set(points) == {"lac-ex-0.5", "lac-batch-0.5"}
+    assert set(points) == {"lac-ex-0.5", "lac-batch4-0.5"}
     assert all(2 <= p.metrics["mean_layers"] <= bundle.architecture.depth for p in points.values())

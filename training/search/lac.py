@@ -7,17 +7,19 @@ through the model's real per-layer loop and a point is written:
 
 - ``lac-ex-<alpha>`` (``per-example``): each image halts on its own; evaluated in batches of
   ``--batch-size`` rows, which changes nothing (the decision of a row reads only that row);
-- ``lac-batch-<alpha>`` (``per-batch``): the whole batch halts together on the norm of the whole
+- ``lac-batch<K>-<alpha>`` (``per-batch``): the whole batch halts together on the norm of the whole
   batch, so the figures depend on what shares the batch. The server runs these points one request
-  per forward (``model.points.batch_key`` is None), so a request's own images are the batch; the
-  point's metrics are measured as served for the common one-image request: **one image per
-  forward** (which makes them equal to the per-example point's: one image is its own batch). The
-  REPORT section also gives the figures at ``--report-batch`` images per forward (default 128, the
-  paper's batch size) for comparison, which no request of one image sees.
+  per forward (``model.points.batch_key`` is None): a request's own images are the batch. So a
+  per-batch point is measured as the server runs a request of ``--request-images`` K images
+  (default 8): on consecutive groups of K images, and K is in its id and its params
+  (``request_images``). K is at least 2: at one image per forward a per-batch point would be the
+  per-example point measured again.
 
-Points on another weight set ``W`` are named ``lac-W-ex-<alpha>`` / ``lac-W-batch-<alpha>``. A rerun
-replaces every earlier LAC point on the weight sets it sweeps. No choice is made, so no validation
-split is read; all swept points go on the front, the test split measures them.
+Every point is measured on the validation split (``val_*`` figures, which every choice made on
+the front reads) and on the test split (its reported figures, with their 95% interval).
+
+Points on another weight set ``W`` are named ``lac-W-ex-<alpha>`` / ``lac-W-batch<K>-<alpha>``. A rerun
+replaces every earlier LAC point on the weight sets it sweeps. All swept points go on the front.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from skipvit.training.report import command_line, environment, markdown_table
 MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
 
 
-def point_id(weights: str, mode: str, alpha: float) -> str:
+def point_id(weights: str, mode: str, alpha: float, request_images: int = 1) -> str:
     prefix = "lac" if weights == "static" else f"lac-{weights}"
-    return f"{prefix}-{MODE_TAG[mode]}-{alpha:g}"
+    size = request_images if mode == "per-batch" else ""
+    return f"{prefix}-{MODE_TAG[mode]}{size}-{alpha:g}"
 
 
 def parse_alphas(text: str) -> list[float]:
@@ -54,23 +57,27 @@ def parse_alphas(text: str) -> list[float]:
     return sorted(set(alphas))
 
 
-def sweep(model, data, mean, std, alphas, modes, batch_size: int, report_batch: int, device) -> list[dict]:
-    """One record per (mode, alpha): the EvalResult as served, and per-batch at ``report_batch``."""
+def sweep(
+    model, splits: dict, mean, std, alphas, modes, batch_size: int, request_images: int, device
+) -> list[dict]:
+    """One record per (mode, alpha): an EvalResult per split in ``splits`` (name -> data), each
+    measured as served: per-example in batches of ``batch_size``, per-batch in requests of
+    ``request_images``."""
     records = []
     for mode in modes:
+        served_batch = batch_size if mode == "per-example" else request_images
         for alpha in alphas:
             t0 = time.time()
-            served_batch = batch_size if mode == "per-example" else 1
-            res = evaluate(model, data, mean, std, LACPolicy(alpha, mode), served_batch, device)
-            rec = {"mode": mode, "alpha": alpha, "result": res, "batch": served_batch}
-            if mode == "per-batch" and report_batch > 1:
-                rec["at_report_batch"] = evaluate(
-                    model, data, mean, std, LACPolicy(alpha, mode), report_batch, device
-                )
+            results = {
+                name: evaluate(model, data, mean, std, LACPolicy(alpha, mode), served_batch, device)
+                for name, data in splits.items()
+            }
+            rec = {"mode": mode, "alpha": alpha, "results": results, "batch": served_batch}
             rec["seconds"] = time.time() - t0
             records.append(rec)
+            res = results["test"]
             print(
-                f"  {mode} alpha {alpha:g}: accuracy {100 * res.accuracy:.2f}%, mean layers "
+                f"  {mode} alpha {alpha:g}: test accuracy {100 * res.accuracy:.2f}%, mean layers "
                 f"{res.mean_layers:.3f} ({rec['seconds']:.0f} s)",
                 flush=True,
             )
@@ -84,12 +91,13 @@ def add_arguments(p) -> None:
     p.add_argument("--modes", default="both", choices=["both", "per-example", "per-batch"])
     p.add_argument("--batch-size", type=int, default=512, help="per-example: images per forward")
     p.add_argument(
-        "--report-batch",
+        "--request-images",
         type=int,
-        default=128,
-        help="per-batch: also report at this many images per forward (0: skip)",
+        default=8,
+        metavar="K",
+        help="per-batch: measure as the server runs requests of K images (>= 2), on groups of K images",
     )
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each split")
     flags.add_device(p)
     flags.add_data_dir(p)
 
@@ -107,26 +115,45 @@ def run(args) -> None:
     modes = MODES if args.modes == "both" else (args.modes,)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if "per-batch" in modes and args.request_images < 2:
+        raise ValueError(
+            f"--request-images {args.request_images}: a per-batch point measured on requests of one image "
+            "is the per-example point measured again; Hint: pass 2 or more, or --modes per-example"
+        )
     device = resolve_device(args.device)
     ds = bundle.dataset
     splits = load_bundle_splits(ds, args.data_dir)
-    data = splits.test.head(args.limit)
+    data = {"val": splits.val.head(args.limit), "test": splits.test.head(args.limit)}
     t0 = time.time()
     results = {}
     for w in weight_sets:
         model = bundle.build_model(w, device)
         print(
             f"LAC sweep on weights {w!r} of {args.bundle}: alphas {alphas}, modes {list(modes)}, "
-            f"{len(data)} test images, device {device}",
+            f"{len(data['val'])} validation and {len(data['test'])} test images, device {device}",
             flush=True,
         )
         with torch.inference_mode():
             results[w] = sweep(
-                model, data, ds["mean"], ds["std"], alphas, modes, args.batch_size, args.report_batch, device
+                model,
+                data,
+                ds["mean"],
+                ds["std"],
+                alphas,
+                modes,
+                args.batch_size,
+                args.request_images,
+                device,
             )
     elapsed = time.time() - t0
     write_points(
-        load_bundle(bundle.root), results, len(data), len(data) == len(splits.test), args, device, elapsed
+        load_bundle(bundle.root),
+        results,
+        len(data["test"]),
+        len(data["test"]) == len(splits.test),
+        args,
+        device,
+        elapsed,
     )
 
 
@@ -139,23 +166,25 @@ def write_points(
     points, rows = [], []
     for w, records in results.items():
         for rec in records:
-            res, mode, alpha = rec["result"], rec["mode"], rec["alpha"]
-            metrics = res.metrics(depth, "test") | {"eval_batch": rec["batch"]}
-            p = Point(point_id(w, mode, alpha), "lac", w, {"alpha": alpha, "mode": mode}, metrics)
+            res, val, mode, alpha = rec["results"]["test"], rec["results"]["val"], rec["mode"], rec["alpha"]
+            metrics = res.metrics(depth, "test") | val.val_metrics(depth) | {"eval_batch": rec["batch"]}
+            params = {"alpha": alpha, "mode": mode}
+            if mode == "per-batch":
+                params["request_images"] = rec["batch"]
+            p = Point(point_id(w, mode, alpha, rec["batch"]), "lac", w, params, metrics)
             points.append(p)
             hist = torch.bincount(res.executed.sum(1), minlength=depth + 1).tolist()
-            big = rec.get("at_report_batch")
             rows.append(
                 [
                     p.id,
                     w,
                     mode,
                     f"{alpha:g}",
+                    f"{100 * val.accuracy:.2f}",
                     f"{100 * res.accuracy:.2f}",
                     f"{res.mean_layers:.3f}",
                     f"{res.mean_layers / depth:.3f}",
                     " ".join(map(str, hist)),
-                    f"{100 * big.accuracy:.2f} @ {big.mean_layers:.3f}" if big else "—",
                 ]
             )
     hv = {
@@ -172,12 +201,6 @@ def write_points(
         if w in static
     )
     data_text = f"the full test split ({n} images)" if full else f"the first {n} images of the test split"
-    report_text = (
-        f" The last column is per-batch LAC at {args.report_batch} images per forward (the paper's batch "
-        "size, 128 by default), for comparison only: no one-image request is served that way."
-        if args.report_batch > 1
-        else ""
-    )
     body = f"""
 Command: `{command_line(args.argv)}`
 
@@ -188,9 +211,11 @@ Command: `{command_line(args.argv)}`
   never halts, so the first two layers always run) and is answered by the head from h_j.
 - `per-example`: one norm per image, evaluated in batches of {args.batch_size} (a row's decision
   reads only that row). `per-batch`: one norm for the whole batch, which stops together; served one
-  request per forward, so its points are measured at **one image per forward** (equal to
-  per-example: one image is its own batch).{report_text}
-- Data: {data_text}; nothing is selected, so no validation split is read.{static_text}
+  request per forward, so its points are measured as requests of **{args.request_images} images**
+  (consecutive groups of {args.request_images}), which their ids and params state.
+- Data: {data_text}; validation figures (which the choices on the front read) on {
+        "the whole" if full else f"the first {n} images of the"
+    } validation split.{static_text}
 - Environment: {environment()}, device {device}; sweep wall time {elapsed / 60:.1f} min
 
 Hypervolume of the per-example points (pymoo HV over (mean layers / depth, 1 − accuracy),
@@ -203,11 +228,11 @@ reference {HV_REF}): {", ".join(f"`{w}` **{v:.4f}**" for w, v in hv.items())}.
                 "weights",
                 "mode",
                 "alpha",
+                "val acc %",
                 "test acc %",
                 "mean layers",
                 "rel. compute",
-                f"images by layers run (0..{depth})",
-                f"per-batch at {args.report_batch}/forward: acc % @ layers",
+                f"test images by layers run (0..{depth})",
             ],
             rows,
         )

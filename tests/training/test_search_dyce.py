@@ -146,6 +146,11 @@ def test_search_writes_points_whose_accuracy_rises_with_compute(tiny_dyce_bundle
         assert DyCEConfig.from_params(p.params).exits and 0 < p.metrics["relative_compute"] < 1
     report = (tiny_dyce_bundle / "REPORT.md").read_text()
     assert "## dyce\n" in report and "Lambda sweep" in report and "| dyce |" in report  # fronts table
+    assert "within 0.5 pt of static on validation" in report and "validation minus test accuracy" in report
+    assert all(
+        p.metrics["accuracy_ci95"][0] <= p.metrics["accuracy"] <= p.metrics["accuracy_ci95"][1]
+        for p in points
+    )
     # Served behaviour = reported: evaluating a point reproduces its test metrics.
     last = points[-1]
     res = evaluate_bundle(tiny_dyce_bundle, last.id, "test", None, None, 512, "cpu")

@@ -27,8 +27,10 @@ from skipvit import flags
 from skipvit.model.bundle import load_bundle
 from skipvit.model.policy import RUN, SKIP, MaskPolicy
 from skipvit.model.vit import AdaptiveViT
+from skipvit.training.data import load_bundle_splits
 from skipvit.training.data.augment import to_float
 from skipvit.training.device import full_precision
+from skipvit.training.drop_one import drop_one_rows, render_drop_one
 from skipvit.training.evaluate import evaluate_point
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, markdown_table
@@ -230,6 +232,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"\nNote: {un['replay_mismatch']} correct images are not correct when their path is replayed "
             "with the final head (the policy answers some rows from its own exit heads)."
         )
+    if "drop_one" in result:
+        lines += ["", render_drop_one(result["drop_one"], result["weights"])]
     return "\n".join(lines) + "\n"
 
 
@@ -263,6 +267,7 @@ def analyze_bundle(
     batch_size: int = 512,
     device: str = "auto",
     out_dir: str | Path | None = None,
+    drop_one: bool = False,
 ) -> dict[str, Any]:
     """Run the three analyses on a point's test split; write analysis.{json,md} and processing_ratio.png.
 
@@ -289,6 +294,11 @@ def analyze_bundle(
             model, images, data.labels, res.executed, res.predictions, ds["classes"], batch_size, dev
         ),
     }
+    if drop_one:
+        splits = load_bundle_splits(ds, data_dir)
+        both = {"val": splits.val.head(limit), "test": data}
+        result["drop_one"] = drop_one_rows(model, both, ds["mean"], ds["std"], batch_size, dev)
+        result["weights"] = point.weights
     out = Path(out_dir) if out_dir is not None else Path("runs/analysis") / result["bundle"] / point.id
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -310,6 +320,11 @@ def add_arguments(p) -> None:
     flags.add_device(p)
     p.add_argument("--out", default=None, help="output directory (default runs/analysis/<bundle>/<point>)")
     p.add_argument(
+        "--drop-one",
+        action="store_true",
+        help="also the drop-one-layer table: the point's weights with each single layer removed (val and test)",
+    )
+    p.add_argument(
         "--into-report",
         action="store_true",
         help="also put the tables in the bundle's REPORT.md (and refresh its manifest)",
@@ -318,7 +333,14 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     result = analyze_bundle(
-        args.bundle, args.point, args.data_dir, args.limit, args.batch_size, args.device, args.out
+        args.bundle,
+        args.point,
+        args.data_dir,
+        args.limit,
+        args.batch_size,
+        args.device,
+        args.out,
+        args.drop_one,
     )
     markdown = render_markdown(result)
     print(markdown)

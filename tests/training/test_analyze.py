@@ -168,3 +168,21 @@ def test_into_report_adds_one_section_and_keeps_the_bundle_loadable(tiny_bundle,
     assert report.count("## analysis: static") == 1 and "8 images" in report and "16 images" not in report
     assert "\n# " not in report.split("## analysis: static")[1]  # headings nested under the section
     load_bundle(b)  # the manifest was refreshed
+
+
+def test_drop_one_layer_table(tiny_bundle, tmp_path, capsys):
+    main(
+        argv(
+            "analyze --point static --limit 60 --device cpu --drop-one",
+            bundle=tiny_bundle,
+            out=tmp_path / "a",
+        )
+    )
+    result = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    rows = result["drop_one"]
+    depth = load_bundle(tiny_bundle).architecture.depth
+    assert [r["removed"] for r in rows] == [None, *range(1, depth + 1)]
+    assert rows[0]["test"] == pytest.approx(result["accuracy"])  # every layer: the static point itself
+    assert all(0 <= r["val"] <= 1 and 0 <= r["test"] <= 1 for r in rows)
+    assert len({r["test"] for r in rows}) > 1  # removing a layer changes the answers
+    assert "## Drop one layer (weights `static`)" in capsys.readouterr().out

@@ -5,7 +5,8 @@ Inference rule: run iff p_j >= threshold_j (default 0.5). Thresholds are a (B, L
 rows served at different operating points share one forward; a negative threshold (the NSGA
 gene -1) removes the layer: it never runs, in training or inference. During training the action
 is sampled from Bernoulli(p_j) and its log-probability recorded for REINFORCE (zero where the
-layer is removed: that is no decision of the agent); a per-layer baseline (a two-layer MLP on the
+layer is removed: that is no decision of the agent); an optional exploration floor f samples from
+f + (1 - 2f) p_j instead, so that no layer dies in training (a layer never run gets no gradient); a per-layer baseline (a two-layer MLP on the
 CLS token) estimates the return and is trained by MSE. The baseline is a training aid only:
 inference never calls it.
 """
@@ -62,10 +63,13 @@ def thresholds_tensor(thresholds, batch: int, depth: int, device) -> Tensor:
 class GatePolicy(ExecutionPolicy):
     """Run layer j for a row iff its gate says so: thresholded at inference, sampled in training."""
 
-    def __init__(self, agent: SkipAgent, thresholds=0.5, *, sample: bool = False) -> None:
+    def __init__(self, agent: SkipAgent, thresholds=0.5, *, sample: bool = False, floor: float = 0.0) -> None:
+        if not 0.0 <= floor < 0.5:
+            raise ValueError(f"the exploration floor must lie in [0, 0.5), got {floor}")
         self.agent = agent
         self.thresholds = thresholds
         self.sample = sample
+        self.floor = floor  # training only: actions are sampled from floor + (1 - 2 floor) p
         self.log_probs: list[Tensor] = []  # each (B,): log pi(a_j | c_j) of the sampled action
         self.cls: list[Tensor] = []  # each (B, D): the CLS token the gate saw (for the baseline)
         self._thr: Tensor | None = None
@@ -94,6 +98,9 @@ class GatePolicy(ExecutionPolicy):
         thr = self._thr[:, layer]  # (B,)
         kept = thr >= 0  # a negative threshold removes the layer
         if self.sample:
+            # An exploration floor keeps every layer alive: the sampled probability stays in
+            # [floor, 1 - floor], and the log-probability is of that distribution (on-policy).
+            p = self.floor + (1 - 2 * self.floor) * p if self.floor else p
             run = torch.bernoulli(p.detach()).bool() & kept
             eps = 1e-6
             log_prob = torch.where(run, (p + eps).log(), (1 - p + eps).log())

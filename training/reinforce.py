@@ -81,14 +81,27 @@ class RLConfig:
     baseline_hidden: int = 64
     gate_init_bias: float = 2.0
     freeze_backbone: bool = False
+    # What holds the backbone (each 0 by default: the thesis's recipe). ``distill``: share of the
+    # classification loss taken by distillation from the starting weights run with every layer, at
+    # ``distill_temperature``; ``gate_hold_epochs``: the gates do not learn for that long (the
+    # backbone first gets used to the skips they sample), then their learning rate ramps up over
+    # ``gate_ramp_epochs``; ``explore_floor``: actions sampled from floor + (1 - 2 floor) p, so no
+    # layer dies while training.
+    distill: float = 0.0
+    distill_temperature: float = 1.0
+    gate_hold_epochs: float = 0.0
+    gate_ramp_epochs: float = 0.0
+    explore_floor: float = 0.0
     seed: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
+def optimizer_for(model: AdaptiveViT, cfg: RLConfig, steps_per_epoch: int = 0) -> torch.optim.Optimizer:
     """AdamW over the backbone and head (``cfg.lr``; only the head when ``freeze_backbone``), the
-    gates (``agent_lr``) and the baselines (``baseline_lr``); each group keeps its ``base_lr``."""
+    gates (``agent_lr``, held then ramped as ``cfg`` says, counted in steps of ``steps_per_epoch``)
+    and the baselines (``baseline_lr``); each group keeps its ``base_lr``."""
+    hold = (int(cfg.gate_hold_epochs * steps_per_epoch), int(cfg.gate_ramp_epochs * steps_per_epoch))
     agent = model.agent
     backbone = nn.ModuleDict({n: m for n, m in model.named_children() if n != "agent"})
     if cfg.freeze_backbone:
@@ -101,6 +114,7 @@ def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
             "lr": cfg.agent_lr,
             "base_lr": cfg.agent_lr,
             "weight_decay": 0.0,
+            "hold": hold,
         },
         {
             "params": list(agent.baselines.parameters()),
@@ -112,13 +126,28 @@ def optimizer_for(model: AdaptiveViT, cfg: RLConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
 
 
-def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5) -> tuple[torch.Tensor, dict]:
+def distillation(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """KL(teacher || student) at ``temperature``, times T^2 so its gradients keep their scale."""
+    t = temperature
+    log_student = F.log_softmax(logits.float() / t, dim=-1)
+    log_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * t * t
+
+
+def rl_step(
+    model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5, teacher_logits: Tensor | None = None
+) -> tuple[torch.Tensor, dict]:
     """One REINFORCE + cross-entropy step's loss and its statistics. Negative ``thresholds``
-    (scalar, (L,) or (B, L)) remove layers; the other gates sample their actions."""
+    (scalar, (L,) or (B, L)) remove layers; the other gates sample their actions. With
+    ``teacher_logits``, ``cfg.distill`` of the classification loss is distillation from them."""
     agent = model.agent
-    policy = GatePolicy(agent, thresholds, sample=True)
+    policy = GatePolicy(agent, thresholds, sample=True, floor=cfg.explore_floor)
     out = model(x, policy)
     ce = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
+    cls_loss = ce
+    if teacher_logits is not None and cfg.distill > 0:
+        kd = distillation(out.logits, teacher_logits, cfg.distill_temperature)
+        cls_loss = (1 - cfg.distill) * ce + cfg.distill * kd
     correct = out.logits.argmax(-1) == y  # (B,)
     reward = rewards(correct, out.executed, cfg.reward)  # (B,)
     returns = whiten(discounted_returns(reward, model.depth, cfg.reward.gamma))  # (B, L)
@@ -126,7 +155,7 @@ def rl_step(model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5) -> tuple[to
     cls = torch.stack(policy.cls, dim=1)  # (B, L, D)
     base = torch.stack([agent.baseline(j, cls[:, j]) for j in range(model.depth)], dim=1)  # (B, L)
     pl, bl = reinforce_losses(log_probs, returns, base)
-    loss = ce + cfg.rl_weight * pl + cfg.baseline_weight * bl
+    loss = cls_loss + cfg.rl_weight * pl + cfg.baseline_weight * bl
     stats = {
         "ce": ce.item(),
         "baseline": bl.item(),

@@ -16,7 +16,16 @@ def warmup_cosine(step: int, total: int, warmup: int, base_lr: float, min_ratio:
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def hold_then_ramp(step: int, hold: int, ramp: int) -> float:
+    """0 for the first ``hold`` steps, then rising linearly to 1 over ``ramp`` steps."""
+    if step < hold:
+        return 0.0
+    return min(1.0, (step - hold + 1) / ramp) if ramp > 0 else 1.0
+
+
 def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warmup: int) -> None:
-    """Every parameter group's learning rate at ``step``: ``warmup_cosine`` of its ``base_lr``."""
+    """Every parameter group's learning rate at ``step``: ``warmup_cosine`` of its ``base_lr``, times
+    ``hold_then_ramp`` for a group with a ``hold`` of (hold steps, ramp steps)."""
     for group in opt.param_groups:
-        group["lr"] = warmup_cosine(step, total, warmup, group["base_lr"])
+        factor = hold_then_ramp(step, *group["hold"]) if "hold" in group else 1.0
+        group["lr"] = factor * warmup_cosine(step, total, warmup, group["base_lr"])

@@ -14,14 +14,17 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
+from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT, build_model
 from skipvit.training.configs import config_from
 from skipvit.training.data import DataSplits
+from skipvit.training.data.augment import AugmentConfig
 from skipvit.training.device import autocast
 from skipvit.training.evaluate import EvalResult, evaluate
 from skipvit.training.optim import gradient_step
@@ -64,6 +67,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rl-weight", type=float, default=1.0, help="weight of the policy loss next to CE")
     p.add_argument("--baseline-hidden", type=int, default=64, help="baseline MLP width")
     p.add_argument("--gate-init-bias", type=float, default=2.0, help="initial gate bias (p = sigmoid(bias))")
+    add_holding_arguments(p)
     p.add_argument("--preset", default="fmnist-9", help="architecture preset when training from scratch")
     flags.add_seed(p)
     flags.add_device(p)
@@ -71,8 +75,54 @@ def add_arguments(p) -> None:
     flags.add_checkpointing(p, "runs/<out>-<name>")
 
 
+def add_holding_arguments(p) -> None:
+    """The flags that hold the backbone while the gates learn (each off by default: the thesis)."""
+    g = p.add_argument_group("holding the backbone (departures from the thesis, off by default)")
+    g.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="share W of the classification loss from distillation of the --init-from weights run "
+        "with every layer (needs --init-from)",
+    )
+    g.add_argument("--distill-temperature", type=float, default=1.0, metavar="T")
+    g.add_argument(
+        "--gate-hold-epochs",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="the gates do not learn for the first E epochs (they sample from their initial p)",
+    )
+    g.add_argument(
+        "--gate-ramp-epochs",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="then their learning rate rises linearly to --agent-lr over E epochs",
+    )
+    g.add_argument(
+        "--explore-floor",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="while training, actions are sampled from F + (1 - 2F) p: no layer dies",
+    )
+    g.add_argument(
+        "--erase-prob",
+        type=float,
+        default=0.25,
+        help="random-erasing probability (0: none, e.g. when the backbone ended without it)",
+    )
+
+
 def config_from_args(args) -> RLConfig:
-    return config_from(RLConfig, args, reward=reward_config(args))
+    if not 0.0 <= args.distill <= 1.0:
+        raise ValueError(f"--distill {args.distill}: a share of the loss, in [0, 1]")
+    if args.distill > 0 and not args.init_from:
+        raise ValueError("--distill needs a teacher; Hint: pass --init-from BUNDLE (its weights teach)")
+    augment = AugmentConfig(erase_prob=args.erase_prob)
+    return config_from(RLConfig, args, reward=reward_config(args), augment=augment)
 
 
 def init_weights(args, src: Bundle) -> str:
@@ -108,7 +158,29 @@ def initial_model(args, splits: DataSplits, cfg: RLConfig, src: Bundle | None) -
     return model, origin
 
 
-def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_steps, g):
+def holding_text(cfg: RLConfig) -> str:
+    """The report's words for the departures from the thesis that hold the backbone."""
+    parts = []
+    if cfg.distill > 0:
+        parts.append(
+            f"{cfg.distill} of the classification loss is distillation (T = {cfg.distill_temperature})"
+        )
+    if cfg.gate_hold_epochs or cfg.gate_ramp_epochs:
+        parts.append(f"gates held {cfg.gate_hold_epochs} epochs, then ramped over {cfg.gate_ramp_epochs}")
+    if cfg.explore_floor:
+        parts.append(f"exploration floor {cfg.explore_floor}")
+    return "; ".join(parts) or "none (the thesis's recipe)"
+
+
+def teacher_for(args, src: Bundle | None, cfg: RLConfig, device) -> AdaptiveViT | None:
+    """The distillation teacher: the --init-from weights (as they were, even on --resume), frozen."""
+    if cfg.distill <= 0 or src is None:
+        return None
+    teacher = src.build_model(init_weights(args, src), device).eval()
+    return teacher.requires_grad_(False)
+
+
+def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_steps, g, teacher=None):
     model.train()
     if cfg.freeze_backbone:
         model.eval()  # frozen backbone: no dropout; gradients still flow to head and agent
@@ -120,7 +192,11 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
     for x, y in bar:
         set_lr(opt, step, total_steps, warmup)
         with autocast(device):
-            loss, st = rl_step(model, x, y, cfg)
+            taught = None
+            if teacher is not None:
+                with torch.no_grad():
+                    taught = teacher(x, StaticPolicy()).logits
+            loss, st = rl_step(model, x, y, cfg, teacher_logits=taught)
         gradient_step(opt, loss, cfg.grad_clip)
         step += 1
         seen += len(y)
@@ -156,7 +232,8 @@ def run(args) -> None:
     if target is not None:  # refuse before training, not after
         _check_target(target, model, args.name)
     model.to(ctx.device)
-    opt = optimizer_for(model, cfg)
+    opt = optimizer_for(model, cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
+    teacher = teacher_for(args, src, cfg, ctx.device)
     init = weights_id(src, init_weights(args, src)) if src is not None else None
     runner = ctx.epochs(model, opt, cfg.epochs, run_settings(asdict(cfg), args, split, model.cfg, init))
     print(f"RL training from {origin} | {cfg} | device {ctx.device}")
@@ -164,7 +241,7 @@ def run(args) -> None:
     info = splits.info
     for epoch in runner:
         runner.step, stats = train_epoch(
-            model, opt, splits, cfg, ctx.device, epoch, runner.step, total_steps, runner.g
+            model, opt, splits, cfg, ctx.device, epoch, runner.step, total_steps, runner.g, teacher
         )
         policy = GatePolicy(model.agent)
         val = evaluate(model, splits.val, info.mean, info.std, policy, device=ctx.device)
@@ -289,6 +366,7 @@ Command: `{command_line(args.argv)}`
   the (batch × layers) matrix; loss = CE + {cfg.rl_weight}·policy + {cfg.baseline_weight}·baseline MSE
 - Optimiser: AdamW, {cfg.epochs} epochs, batch {cfg.batch_size}, lr backbone {cfg.lr} / gates {cfg.agent_lr} /
   baseline {cfg.baseline_lr}, warmup {cfg.warmup_epochs} epoch then cosine; gate bias init {cfg.gate_init_bias}; seed {cfg.seed}
+- Holding the backbone: {holding_text(cfg)}; augmentation {cfg.augment}
 - Environment: {environment()}, device {ctx.device}; wall time {runner.elapsed / 60:.1f} min
 
 Full test split, threshold 0.5 at every gate: accuracy **{100 * test.accuracy:.2f}%** at

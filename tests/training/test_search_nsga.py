@@ -215,6 +215,7 @@ def test_search_writes_non_dominated_points_chosen_without_the_test_split(
         assert np.array_equal(decode(encode(p.params["genes"], 0.25), 0.25), p.params["genes"])
     report = (tmp_path / "real" / "REPORT.md").read_text()
     assert "## nsga" in report and "## fronts" in report and "reference point (1.0, 1.0)" in report
+    assert "standard error of one fitness accuracy near" in report
 
 
 def test_evaluate_reproduces_a_written_point(tiny_rl_bundle, tmp_path, capsys):

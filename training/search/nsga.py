@@ -11,6 +11,8 @@ test split and written as points. The test split plays no part in any choice.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from skipvit import flags
@@ -42,7 +44,12 @@ def add_arguments(p) -> None:
     p.add_argument("--mutation", type=float, default=0.65, help="probability that an offspring mutates")
     p.add_argument("--crossover", type=float, default=0.5, help="probability of one-point crossover")
     p.add_argument("--step", type=float, default=0.25, help="gene step: genes are -1 and 0..1 by this")
-    p.add_argument("--val-batch", type=int, default=1024, help="validation images scored per generation")
+    p.add_argument(
+        "--val-batch",
+        type=int,
+        default=1024,
+        help="validation images scored per generation (0: the whole validation split)",
+    )
     p.add_argument(
         "--steps-per-generation", type=int, default=20, help="joint: weight updates per generation"
     )
@@ -54,6 +61,15 @@ def add_arguments(p) -> None:
     flags.add_device(p)
     flags.add_data_dir(p)
     flags.add_checkpointing(p, "runs/<bundle>-<name>-search", unit="generations", state="search state")
+
+
+def fitness_noise(accuracies, n: int) -> str:
+    """The standard error of a fitness accuracy measured on ``n`` images, at the chosen points'
+    median validation accuracy: two configurations closer than about twice it are told apart by
+    the batch drawn, not by what they are."""
+    a = float(np.median(accuracies)) if len(accuracies) else 0.5
+    se = math.sqrt(a * (1 - a) / max(1, n))
+    return f"standard error of one fitness accuracy near {100 * a:.1f}%: {100 * se:.2f} pt"
 
 
 def config_from_args(args) -> NSGAConfig:
@@ -98,7 +114,7 @@ def run(args) -> None:
         model if cfg.joint else None,
         result,
         test,
-        len(splits.test),
+        (len(splits.val), len(splits.test)),
         cfg,
         ctx,
     )
@@ -111,12 +127,13 @@ def write_search(
     joint_model: AdaptiveViT | None,
     result: SearchResult,
     test: dict,
-    n_test: int,
+    sizes: tuple[int, int],
     cfg: NSGAConfig,
     ctx: RunContext,
 ) -> None:
     """Points ``<name>-1``, ``-2``, ... into ``bundle`` (loaded afresh), replacing the earlier ones;
-    the joint search also writes its weights as weight set ``name``."""
+    the joint search also writes its weights as weight set ``name``; ``sizes``: (validation, test) images."""
+    n_val, n_test = sizes
     method = "nsga-joint" if cfg.joint else "nsga"
     source = weights
     if joint_model is not None:
@@ -167,14 +184,16 @@ def write_search(
         if cfg.joint
         else ""
     )
+    n_fit = min(cfg.val_batch, n_val) if cfg.val_batch > 0 else n_val
+    se_text = fitness_noise(result.val["accuracy"], n_fit)
     body = f"""
 Command: `{command_line(ctx.args.argv)}`
 
 - Start: weight set `{source}`; NSGA-II (pymoo, ask-and-tell): {cfg.generations} generations,
   population {cfg.population}, one-point crossover {cfg.crossover}, uniform-replacement mutation
   {cfg.mutation}, gene step {cfg.step} (genes {{-1}} ∪ {{0, …, 1}}), seed {cfg.seed}
-- Objectives: relative compute and error on a fresh batch of {cfg.val_batch} validation images per
-  generation (parents re-scored with their offspring){joint_text}
+- Objectives: relative compute and error on a fresh batch of {n_fit} validation images per
+  generation (parents re-scored with their offspring); {se_text}{joint_text}
 - Selection: the non-dominated set of the final population, scored on the full validation split; the
   test split is read only to report the chosen points
 - Environment: {environment()}, device {ctx.device}; search wall time {result.elapsed_s / 60:.1f} min

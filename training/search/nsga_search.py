@@ -55,7 +55,7 @@ class NSGAConfig:
     mutation: float = 0.65  # probability that an offspring mutates
     crossover: float = 0.5  # probability that a mating crosses over
     step: float = 0.25  # threshold step of the genes
-    val_batch: int = 1024  # validation images per generation
+    val_batch: int = 1024  # validation images per generation (0: the whole validation split)
     rows_per_forward: int = 8192  # (configurations x images) rows per forward while scoring
     seed: int = 0
     joint: bool = False
@@ -251,7 +251,8 @@ class NSGASearch:
         offspring = self.algorithm.ask()
         everyone = offspring if gen == 0 else Population.merge(self.algorithm.pop, offspring)
         codes = np.asarray(everyone.get("X")).astype(int)
-        idx = torch.randperm(len(self.val), generator=batch_generator(cfg.seed, gen, 0))[: cfg.val_batch]
+        size = cfg.val_batch if cfg.val_batch > 0 else len(self.val)  # 0: the whole validation split
+        idx = torch.randperm(len(self.val), generator=batch_generator(cfg.seed, gen, 0))[:size]
         x = to_float(self.val.images[idx].to(self.device), self.info.mean, self.info.std)
         correct, executed = score(
             self.model, x, self.val.labels[idx].to(self.device), decode(codes, cfg.step), cfg.rows_per_forward

@@ -27,6 +27,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "DyCE exit heads on a bundle's frozen backbone (Dynamically Configurable Exiting)",
     ),
     (("evaluate",), "skipvit.training.evaluate_bundle", "accuracy and mean layers of a bundle point"),
+    (("compare",), "skipvit.training.compare", "two points on the same images: paired difference, McNemar"),
     (
         ("analyze",),
         "skipvit.training.analyze",

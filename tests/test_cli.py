@@ -28,6 +28,7 @@ def test_the_parser_routes_each_command_path_to_its_module():
         required = {
             ("train", "static"): ["--data", "synthetic", "--out", "x"],
             ("train", "rl"): ["--data", "synthetic", "--out", "x"],
+            ("compare",): ["--bundle", "x", "--point", "rl"],
         }.get(path, ["--bundle", "x"] if path[0] in ("train", "search", "evaluate", "analyze") else [])
         args = parser.parse_args([*path, *required])
         assert args.command == path[0] and args.command_module == module

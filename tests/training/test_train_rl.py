@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -125,3 +126,15 @@ def test_rl_refuses_weights_from_another_split_than_the_bundle_it_writes_into(ti
     err = capsys.readouterr().err
     assert "was trained on another split of this dataset" in err and "Hint:" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_compare_pairs_two_points_on_the_same_images(tiny_rl_bundle, capsys):
+    main(argv("compare --point rl --limit 80 --device cpu --json", bundle=tiny_rl_bundle))
+    r = json.loads(capsys.readouterr().out)
+    assert (r["point"], r["against"], r["split"], r["n"]) == ("rl", "static", "test", 80)
+    assert r["difference"] == pytest.approx(r["accuracy"] - r["against_accuracy"])
+    assert r["difference"] == pytest.approx((r["only_point_right"] - r["only_against_right"]) / 80)
+    assert r["difference_ci95"][0] <= r["difference"] <= r["difference_ci95"][1] and 0 < r["p_value"] <= 1
+    assert r["verdict"] in ("rl better", "rl worse", "no significant difference")
+    main(argv("compare --point static --limit 80 --device cpu", bundle=tiny_rl_bundle))
+    assert "static vs static" in capsys.readouterr().out  # a point against itself: no discordant image

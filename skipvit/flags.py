@@ -46,6 +46,17 @@ def add_data_dir(p: argparse.ArgumentParser, help: str = "directory holding the 
     p.add_argument("--data-dir", default=None, help=help)
 
 
+def add_evaluation(p: argparse.ArgumentParser) -> None:
+    """What a command that runs bundle points on a split takes: the split, how much of it, where the
+    data is, the batch, the device, and JSON output."""
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    add_data_dir(p)
+    p.add_argument("--batch-size", type=int, default=512)
+    add_device(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
 def add_limit_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
 

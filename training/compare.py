@@ -56,23 +56,10 @@ def add_arguments(p) -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("--point", required=True, help="the point to compare")
     p.add_argument("--against", default="static", help="the point it is compared with (default: static)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
-    flags.add_data_dir(p)
-    p.add_argument("--batch-size", type=int, default=512)
-    flags.add_device(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    flags.add_evaluation(p)
 
 
 def run(args) -> None:
-    result = compare_points(
-        args.bundle,
-        args.point,
-        args.against,
-        args.split,
-        args.limit,
-        args.data_dir,
-        args.batch_size,
-        args.device,
-    )
+    where = (args.split, args.limit, args.data_dir, args.batch_size, args.device)
+    result = compare_points(args.bundle, args.point, args.against, *where)
     print(json.dumps(result, indent=2) if args.json else render(result))

@@ -34,12 +34,7 @@ def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, de
 def add_arguments(p) -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
-    flags.add_data_dir(p)
-    p.add_argument("--batch-size", type=int, default=512)
-    flags.add_device(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    flags.add_evaluation(p)
 
 
 def run(args) -> None:

@@ -38,6 +38,9 @@ from skipvit.training.fronts import HV_REF, hypervolume, objectives
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, environment, markdown_table
 
+REQUEST_IMAGES_HELP = (
+    "per-batch: measure as the server runs requests of K images (>= 2), on groups of K images"
+)
 MODE_TAG = {"per-example": "ex", "per-batch": "batch"}
 
 
@@ -90,13 +93,7 @@ def add_arguments(p) -> None:
     p.add_argument("--alphas", default="0.05,0.1,0.2,0.3,0.4,0.6,0.8,1.0", help="comma-separated alphas")
     p.add_argument("--modes", default="both", choices=["both", "per-example", "per-batch"])
     p.add_argument("--batch-size", type=int, default=512, help="per-example: images per forward")
-    p.add_argument(
-        "--request-images",
-        type=int,
-        default=8,
-        metavar="K",
-        help="per-batch: measure as the server runs requests of K images (>= 2), on groups of K images",
-    )
+    p.add_argument("--request-images", type=int, default=8, metavar="K", help=REQUEST_IMAGES_HELP)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each split")
     flags.add_device(p)
     flags.add_data_dir(p)

@@ -44,12 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--mutation", type=float, default=0.65, help="probability that an offspring mutates")
     p.add_argument("--crossover", type=float, default=0.5, help="probability of one-point crossover")
     p.add_argument("--step", type=float, default=0.25, help="gene step: genes are -1 and 0..1 by this")
-    p.add_argument(
-        "--val-batch",
-        type=int,
-        default=1024,
-        help="validation images scored per generation (0: the whole validation split)",
-    )
+    p.add_argument("--val-batch", type=int, default=1024, help="validation images per generation (0: all)")
     p.add_argument(
         "--steps-per-generation", type=int, default=20, help="joint: weight updates per generation"
     )

@@ -75,45 +75,31 @@ def add_arguments(p) -> None:
     flags.add_checkpointing(p, "runs/<out>-<name>")
 
 
+HOLDING_FLAGS = (  # (flag, default, metavar, help)
+    (
+        "--distill",
+        0.0,
+        "W",
+        "share W of the classification loss from distillation of the --init-from weights",
+    ),
+    ("--distill-temperature", 1.0, "T", "the distillation's softmax temperature"),
+    ("--gate-hold-epochs", 0.0, "E", "the gates do not learn for the first E epochs"),
+    ("--gate-ramp-epochs", 0.0, "E", "then their learning rate rises linearly to --agent-lr over E epochs"),
+    ("--explore-floor", 0.0, "F", "while training, actions are sampled from F + (1 - 2F) p: no layer dies"),
+    (
+        "--erase-prob",
+        0.25,
+        "P",
+        "random-erasing probability (0: none, as when the backbone ended without it)",
+    ),
+)
+
+
 def add_holding_arguments(p) -> None:
     """The flags that hold the backbone while the gates learn (each off by default: the thesis)."""
     g = p.add_argument_group("holding the backbone (departures from the thesis, off by default)")
-    g.add_argument(
-        "--distill",
-        type=float,
-        default=0.0,
-        metavar="W",
-        help="share W of the classification loss from distillation of the --init-from weights run "
-        "with every layer (needs --init-from)",
-    )
-    g.add_argument("--distill-temperature", type=float, default=1.0, metavar="T")
-    g.add_argument(
-        "--gate-hold-epochs",
-        type=float,
-        default=0.0,
-        metavar="E",
-        help="the gates do not learn for the first E epochs (they sample from their initial p)",
-    )
-    g.add_argument(
-        "--gate-ramp-epochs",
-        type=float,
-        default=0.0,
-        metavar="E",
-        help="then their learning rate rises linearly to --agent-lr over E epochs",
-    )
-    g.add_argument(
-        "--explore-floor",
-        type=float,
-        default=0.0,
-        metavar="F",
-        help="while training, actions are sampled from F + (1 - 2F) p: no layer dies",
-    )
-    g.add_argument(
-        "--erase-prob",
-        type=float,
-        default=0.25,
-        help="random-erasing probability (0: none, e.g. when the backbone ended without it)",
-    )
+    for flag, default, metavar, text in HOLDING_FLAGS:
+        g.add_argument(flag, type=float, default=default, metavar=metavar, help=text)
 
 
 def config_from_args(args) -> RLConfig:

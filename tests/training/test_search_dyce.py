@@ -6,12 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from skipvit.model.bundle import load_bundle
 from skipvit.model.dyce import DyCEConfig
-from skipvit.training.data import load_bundle_splits
+from skipvit.training.data import load_bundle_splits, load_dataset
 from skipvit.training.evaluate_bundle import evaluate_bundle
-from skipvit.training.search.dyce import measure
+from skipvit.training.search.dyce import calibration_split, measure
 from skipvit.training.search.dyce_sim import Recording, Score, Simulator, record, threshold_grid
 from skipvit.training.search.dyce_sweep import circular, lambda_grid, monotone, one_pass, spread
 
@@ -139,14 +140,18 @@ def test_search_writes_points_whose_accuracy_rises_with_compute(tiny_dyce_bundle
     bundle = load_bundle(tiny_dyce_bundle)
     points = [p for p in bundle.front if p.method == "dyce"]
     assert points and [p.id for p in points] == [f"dyce-{i + 1}" for i in range(len(points))]
-    val = [(p.metrics["val_relative_compute"], p.metrics["val_accuracy"]) for p in points]
-    assert all(c1 < c2 and a1 < a2 for (c1, a1), (c2, a2) in itertools.pairwise(val))
+    # Kept while the search's own accuracy rises with its compute; measured again on held-out images.
+    search = [(p.metrics["search_relative_compute"], p.metrics["search_accuracy"]) for p in points]
+    assert all(c1 < c2 and a1 < a2 for (c1, a1), (c2, a2) in itertools.pairwise(search))
+    assert all(0 <= p.metrics["val_accuracy"] <= 1 for p in points)
+    assert any(p.metrics["val_accuracy"] != p.metrics["search_accuracy"] for p in points)
     for p in points:
         assert p.weights == "dyce" and p.metrics["split"] == "test" and p.metrics["n"] == 500
         assert DyCEConfig.from_params(p.params).exits and 0 < p.metrics["relative_compute"] < 1
     report = (tiny_dyce_bundle / "REPORT.md").read_text()
     assert "## dyce\n" in report and "Lambda sweep" in report and "| dyce |" in report  # fronts table
     assert "within 0.5 pt of static on validation" in report and "validation minus test accuracy" in report
+    assert "search minus held-out validation accuracy" in report and "calibration part" in report
     assert all(
         p.metrics["accuracy_ci95"][0] <= p.metrics["accuracy"] <= p.metrics["accuracy_ci95"][1]
         for p in points
@@ -157,3 +162,16 @@ def test_search_writes_points_whose_accuracy_rises_with_compute(tiny_dyce_bundle
     assert res["accuracy"] == pytest.approx(last.metrics["accuracy"], abs=1e-5)
     assert res["mean_layers"] == pytest.approx(last.metrics["mean_layers"], abs=1e-4)
     assert res["relative_compute"] == pytest.approx(last.metrics["relative_compute"], abs=1e-4)
+
+
+def test_calibration_split_is_a_seeded_partition_and_zero_keeps_the_whole_split():
+    val = load_dataset("synthetic").val
+    cal, held = calibration_split(val, 0.5)
+    assert len(cal) + len(held) == len(val) and abs(len(cal) - len(held)) <= 1
+    rows = {tuple(x.flatten().tolist()) for part in (cal, held) for x in part.images}
+    assert len(rows) == len({tuple(x.flatten().tolist()) for x in val.images})  # a partition: none in both
+    again, _ = calibration_split(val, 0.5)
+    assert torch.equal(again.images, cal.images)
+    assert calibration_split(val, 0.0) == (val, None)
+    with pytest.raises(ValueError):
+        calibration_split(val, 1.0)

@@ -1,8 +1,11 @@
 """`skipvit search dyce`: DyCE configurations by a lambda sweep (DyCE: Dynamically Configurable Exiting).
 
-The validation split is recorded once and every configuration simulated on it (``dyce_sim``); a
-sweep over lambda picks the configurations (``dyce_sweep``). Each is then run on the test split
-through ``DyCEPolicy`` in the model, so that what is reported is what is served.
+A calibration part of the validation split (``--calibration-fraction``, half by default, a seeded
+draw) is recorded once and every configuration simulated on it (``dyce_sim``); a sweep over lambda
+picks the configurations (``dyce_sweep``). Each is then run through ``DyCEPolicy`` in the model on
+the rest of the validation split, which the search never saw (the point's ``val_*`` figures, which
+every later choice reads), and on the test split (what is reported), so that what is reported is
+what is served. Figures on the images a search chose on flatter it; the report gives both gaps.
 """
 
 from __future__ import annotations
@@ -28,6 +31,23 @@ from skipvit.training.search.dyce_sim import Choice, Simulator, record
 from skipvit.training.search.dyce_sweep import SearchConfig, SweepResult, sweep
 from skipvit.training.stats import accuracy_ci95
 
+CALIBRATION_HELP = (
+    "share of the validation split the search runs on; the rest measures the points' validation figures "
+    "(0: search and measure on the whole validation split, which flatters the figures)"
+)
+CALIBRATION_SEED = 0
+
+
+def calibration_split(val: ArrayData, fraction: float) -> tuple[ArrayData, ArrayData | None]:
+    """(the images the search runs on, the held-out rest or None) by a seeded draw."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--calibration-fraction {fraction}: expected a share in [0, 1)")
+    if fraction == 0.0:
+        return val, None
+    perm = torch.randperm(len(val), generator=torch.Generator().manual_seed(CALIBRATION_SEED))
+    n = round(fraction * len(val))
+    return val.subset(perm[:n]), val.subset(perm[n:])
+
 
 def add_arguments(p) -> None:
     p.add_argument("--bundle", required=True, help="bundle to search and write into")
@@ -39,6 +59,7 @@ def add_arguments(p) -> None:
     p.add_argument("--thresholds", type=int, default=40, help="thresholds per exit (confidence quantiles)")
     p.add_argument("--max-rounds", type=int, default=100, help="circular search: most changes applied")
     p.add_argument("--max-points", type=int, default=16, help="most points written")
+    p.add_argument("--calibration-fraction", type=float, default=0.5, metavar="F", help=CALIBRATION_HELP)
     p.add_argument("--batch-size", type=int, default=512)
     flags.add_device(p)
     flags.add_data_dir(p)
@@ -84,16 +105,22 @@ def run(args) -> None:
     mean, std = bundle.dataset["mean"], bundle.dataset["std"]
     print(f"DyCE search on weights {args.weights!r} of {args.bundle} | {cfg} | device {device}")
     t0 = time.time()
-    rec = record(model, splits.val, mean, std, args.batch_size, device)
+    calibration, held = calibration_split(splits.val, args.calibration_fraction)
+    rec = record(model, calibration, mean, std, args.batch_size, device)
     sim = Simulator(rec, model.cfg, cfg.thresholds)
     record_s = time.time() - t0
     print(
-        f"recorded {len(rec.positions) * len(rec.types)} exits on {rec.n} validation images in {record_s:.0f} s; "
+        f"recorded {len(rec.positions) * len(rec.types)} exits on {rec.n} calibration images in {record_s:.0f} s; "
         f"backbone accuracy {sim.backbone_accuracy:.4f}"
     )
     result = sweep(sim, cfg)
     # The choice is made; only now is the test split read, once per chosen configuration.
     configs = [sim.config(c) for c in result.chosen]
+    val = (
+        None
+        if held is None
+        else [measure(model, held, mean, std, c, args.batch_size, device) for c in configs]
+    )
     test = [measure(model, splits.test, mean, std, c, args.batch_size, device) for c in configs]
     write_search(
         load_bundle(bundle.root),
@@ -102,12 +129,20 @@ def run(args) -> None:
         sim,
         result,
         configs,
-        test,
+        (val, test),
         cfg,
         record_s,
         device,
         args,
     )
+
+
+def gap(points: list[Point], a: str, b: str, text: str) -> str:
+    """``text`` over the points: the mean and range of metric ``a`` minus metric ``b``, in points."""
+    d = [p.metrics[a] - p.metrics[b] for p in points]
+    if not d:
+        return f"{text}: no points"
+    return f"{text} over {len(d)} points: mean {100 * sum(d) / len(d):+.2f} pt, from {100 * min(d):+.2f} to {100 * max(d):+.2f}"
 
 
 def _lambdas_of(result: SweepResult, choice: Choice) -> list[float]:
@@ -121,16 +156,18 @@ def write_search(
     sim: Simulator,
     result: SweepResult,
     configs: list[DyCEConfig],
-    test: list[dict],
+    measured: tuple[list[dict] | None, list[dict]],
     cfg: SearchConfig,
     record_s: float,
     device,
     args,
 ) -> None:
     """Points ``<name>-1``, ``-2``, ... into ``bundle`` (loaded afresh: another command may have
-    written points meanwhile), replacing the earlier DyCE points of that name."""
+    written points meanwhile), replacing the earlier DyCE points of that name. ``measured``: each
+    configuration on the held-out validation images (None: none were held out) and on the test split."""
+    held, test = measured
     points = []
-    for i, (choice, config, val, t) in enumerate(zip(result.chosen, configs, result.val, test, strict=True)):
+    for i, (choice, config, cal, t) in enumerate(zip(result.chosen, configs, result.val, test, strict=True)):
         metrics = {
             "accuracy": round(t["accuracy"], 5),
             "mean_layers": round(t["mean_layers"], 4),
@@ -138,10 +175,22 @@ def write_search(
             "split": "test",
             "n": t["n"],
             "accuracy_ci95": accuracy_ci95(t["accuracy"], t["n"]),
-            "val_accuracy": round(val.accuracy, 5),
-            "val_mean_layers": round(val.mean_layers, 4),
-            "val_relative_compute": round(val.relative(sim.static), 4),
+            "search_accuracy": round(cal.accuracy, 5),
+            "search_relative_compute": round(cal.relative(sim.static), 4),
         }
+        if held is None:  # validation figures are the search's own
+            metrics |= {
+                "val_accuracy": metrics["search_accuracy"],
+                "val_mean_layers": round(cal.mean_layers, 4),
+            }
+            metrics["val_relative_compute"] = metrics["search_relative_compute"]
+        else:
+            v = held[i]
+            metrics |= {
+                "val_accuracy": round(v["accuracy"], 5),
+                "val_mean_layers": round(v["mean_layers"], 4),
+                "val_relative_compute": round(v["relative_compute"], 4),
+            }
         params = {**config.to_params(), "lambdas": _lambdas_of(result, choice)}
         points.append(Point(f"{name}-{i + 1}", "dyce", weights, params, metrics))
     static = next((p for p in bundle.front if p.method == "static"), None)
@@ -155,12 +204,19 @@ def write_search(
         if best and static
         else "none (static has no validation figures, or no point is within 0.5 pt of it on validation)"
     )
-    gaps = [p.metrics["val_accuracy"] - p.metrics["accuracy"] for p in points]
-    gap_text = (
-        f"validation minus test accuracy over the {len(points)} points: mean {100 * sum(gaps) / len(gaps):+.2f} pt, "
-        f"from {100 * min(gaps):+.2f} to {100 * max(gaps):+.2f} pt"
-        if points
-        else "no points"
+    gap_text = "; ".join(
+        gap(points, a, b, text)
+        for a, b, text in (
+            ("search_accuracy", "val_accuracy", "search minus held-out validation accuracy"),
+            ("val_accuracy", "accuracy", "validation minus test accuracy"),
+        )
+        if held is not None or a != "search_accuracy"
+    )
+    search_text = "whole validation split" if held is None else "calibration part of the validation split"
+    held_text = (
+        "the same images (no validation image was held out, so the validation figures are the search's own)"
+        if held is None
+        else f"the {held[0]['n'] if held else 0} held-out validation images (the points' validation figures)"
     )
     rel = sim.static
     sweep_rows = [
@@ -191,7 +247,7 @@ Command: `{command_line(args.argv)}`
 
 - Exits: weight set `{weights}`, types {", ".join(f"`{t}`" for t in sim.rec.types)} after layers
   {", ".join(map(str, sim.rec.positions))}; predictions and confidences recorded once on the
-  validation split ({sim.rec.n} images, {record_s:.0f} s; backbone {100 * sim.backbone_accuracy:.2f}%)
+  search's {search_text} ({sim.rec.n} images, {record_s:.0f} s; backbone {100 * sim.backbone_accuracy:.2f}%)
 - Rule: a row leaves at the first enabled exit whose max softmax exceeds its threshold, else the
   backbone's head answers. Compute = embedding + layers run + every enabled exit head on the way
   (+ the head for rows that never leave), in FLOPs (`model.flops`, `model.exits`), relative to static
@@ -199,12 +255,13 @@ Command: `{command_line(args.argv)}`
 - Cost: λ·(1 − acc/acc_backbone) + (1 − λ)·relative compute, {cfg.lambdas} values of λ from
   {cfg.lambda_min} to {cfg.lambda_max} (odds log-spaced); per λ a one-pass search (positions in order)
   then a circular one (best single change while it helps, at most {cfg.max_rounds})
-- Selection: all configurations found, kept while validation accuracy rises strictly with validation
-  compute, at most {cfg.max_points} evenly spread; each then run on the test split through the model
+- Selection: all configurations found, kept while search accuracy rises strictly with search
+  compute, at most {cfg.max_points} evenly spread; each then run through the model on {held_text}
+  and on the test split
 - Environment: {environment()}, device {device}; sweep {result.elapsed_s:.0f} s
 
-Least validation compute within 0.5 pt of static on validation: {best_text}. The search chose
-on the validation split, so its figures there are optimistic: {gap_text}.
+Least validation compute within 0.5 pt of static on validation: {best_text}. Figures on the images
+the search chose on are optimistic: {gap_text}.
 Hypervolume (pymoo HV over (relative compute, 1 − accuracy), reference {HV_REF}):
 **{hypervolume(objectives(points)):.4f}** on the test split.
 
@@ -223,7 +280,7 @@ Hypervolume (pymoo HV over (relative compute, 1 − accuracy), reference {HV_REF
         )
     }
 
-Lambda sweep (validation split):
+Lambda sweep (the search's images):
 
 {
         markdown_table(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -22,9 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from skipvit.model.config import ViTConfig
-from skipvit.model.exits import ExitSet, attach_exits
-from skipvit.model.gates import SkipAgent
-from skipvit.model.vit import AdaptiveViT, build_model
+from skipvit.model.vit import AdaptiveViT
+from skipvit.model.weights import WeightsError, assemble, check_header
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,30 +79,27 @@ class Bundle:
         known = ", ".join(p.id for p in self.front)
         raise KeyError(f"no point {pid!r} in the bundle; known points: {known}")
 
-    def load_weights(self, name: str) -> dict[str, Tensor]:
+    def weights_path(self, name: str) -> Path:
         if name not in self.weight_sets:
             raise BundleError(f"weight set {name!r} is not in {self.root / BUNDLE_JSON}")
-        return load_file(str(self.root / self.weight_sets[name]))
+        return inside(self.root, self.weight_sets[name], f"weight set {name!r}")
+
+    def check_weights(self, name: str) -> None:
+        """Refuse weight set ``name`` unless its header holds exactly the tensors the architecture
+        implies (``model.weights.check_header``): reads the header, allocates nothing."""
+        try:
+            check_header(self.architecture, self.weights_path(name))
+        except WeightsError as e:
+            raise BundleError(f"weight set {name!r}: {e}") from None
+
+    def load_weights(self, name: str) -> dict[str, Tensor]:
+        return load_file(str(self.weights_path(name)))
 
     def build_model(self, weights: str, device: str | torch.device = "cpu") -> AdaptiveViT:
-        model = build_model(self.architecture)
+        self.check_weights(weights)  # before the model is built: a wrong architecture costs nothing
         state = self.load_weights(weights)
-        if any(k.startswith("agent.") for k in state):
-            cfg = self.architecture
-            model.attach_agent(SkipAgent(cfg.dim, cfg.depth, SkipAgent.hidden_from_state(state)))
-        try:
-            exits = ExitSet.from_state(self.architecture, state)  # DyCE exit heads, when the set has them
-        except ValueError as e:
-            raise BundleError(f"weight set {weights!r}: {e}") from None
-        if exits is not None:
-            attach_exits(model, exits)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing:
-            raise BundleError(f"weight set {weights!r} lacks {len(missing)} tensors, e.g. {missing[0]}")
-        if unexpected:
-            raise BundleError(
-                f"weight set {weights!r} has tensors the model does not know, e.g. {unexpected[0]}"
-            )
+        model = assemble(self.architecture, state)
+        model.load_state_dict(state)
         return model.to(device).eval()
 
     # ---- writing
@@ -144,11 +140,28 @@ def sha256_file(path: Path) -> str:
 
 
 def _bundle_files(root: Path) -> list[str]:
+    """Every file of the bundle but its manifest, dot-files included."""
     return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+        rel for p in root.rglob("*") if p.is_file() and (rel := p.relative_to(root).as_posix()) != MANIFEST
     )
+
+
+def inside(root: Path, rel: str, what: str) -> Path:
+    """``root / rel``, refused unless it stays inside the bundle: no absolute path, no ``..``,
+    no symlink that leads out of it."""
+    path = PurePosixPath(rel)
+    if not rel or path.is_absolute() or ".." in path.parts or "\\" in rel:
+        raise BundleError(
+            f"{what} names {rel!r}, which is not a path inside the bundle; "
+            "Hint: bundle paths are relative, like weights/static.safetensors"
+        )
+    full = root / path
+    if not full.resolve().is_relative_to(root.resolve()):
+        raise BundleError(
+            f"{what} names {rel!r}, a link that leads out of the bundle ({full.resolve()}); "
+            "Hint: copy the file into the bundle instead of linking it"
+        )
+    return full
 
 
 def write_manifest(root: Path) -> None:
@@ -156,20 +169,21 @@ def write_manifest(root: Path) -> None:
     (root / MANIFEST).write_text(json.dumps({"sha256": files}, indent=2) + "\n")
 
 
-def verify_manifest(root: Path) -> None:
+def verify_manifest(root: Path) -> set[str]:
+    """Check every file against the manifest; return the files it lists (normalised paths)."""
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{mpath} is missing; a bundle without a manifest is refused")
     try:
         expected: dict[str, str] = json.loads(mpath.read_text())["sha256"]
-    except (ValueError, KeyError, TypeError) as e:
+        if not all(isinstance(d, str) for d in expected.values()):
+            raise TypeError("every sha256 must be a string")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise BundleError(f"{mpath} is not a valid manifest ({e})") from None
     if BUNDLE_JSON not in expected:
         raise BundleError(f"{mpath} does not cover {BUNDLE_JSON}")
     for rel, digest in expected.items():
-        path = root / rel
-        if ".." in Path(rel).parts:
-            raise BundleError(f"{mpath} names a path outside the bundle: {rel}")
+        path = inside(root, rel, str(mpath))
         if not path.is_file():
             raise BundleError(f"{path} is listed in the manifest but missing")
         if sha256_file(path) != digest:
@@ -177,16 +191,36 @@ def verify_manifest(root: Path) -> None:
                 f"{path} does not match its sha256 in the manifest (tampered or truncated). "
                 "Hint: re-copy the bundle, or re-run the command that wrote it."
             )
-    extra = set(_bundle_files(root)) - set(expected)
+    listed = {PurePosixPath(rel).as_posix() for rel in expected}
+    extra = set(_bundle_files(root)) - listed
     if extra:
-        raise BundleError(f"{root} holds files the manifest does not list: {', '.join(sorted(extra))}")
+        raise BundleError(
+            f"{root} holds files the manifest does not list: {', '.join(sorted(extra))}; "
+            "Hint: remove them, or re-run the command that wrote the bundle"
+        )
+    return listed
+
+
+def check_weight_sets(bundle: Bundle, listed: set[str]) -> None:
+    """Every weight set bundle.json names is a file inside the bundle, covered by the manifest,
+    whose header fits the architecture."""
+    for name, rel in bundle.weight_sets.items():
+        if not isinstance(rel, str):
+            raise BundleError(f"{bundle.root / BUNDLE_JSON}: weight set {name!r} has no path")
+        bundle.weights_path(name)  # inside the bundle
+        if PurePosixPath(rel).as_posix() not in listed:
+            raise BundleError(
+                f"weight set {name!r} names {rel!r}, which the manifest does not cover; "
+                "Hint: re-run the command that wrote the bundle"
+            )
+        bundle.check_weights(name)
 
 
 def load_bundle(root: str | Path) -> Bundle:
     root = Path(root)
     if not (root / BUNDLE_JSON).is_file():
         raise BundleError(f"{root} is not a bundle: {BUNDLE_JSON} is missing")
-    verify_manifest(root)
+    listed = verify_manifest(root)
     try:
         meta = json.loads((root / BUNDLE_JSON).read_text())
         if meta.get("format") != FORMAT_VERSION:
@@ -206,7 +240,11 @@ def load_bundle(root: str | Path) -> Bundle:
     for p in bundle.front:
         if p.weights not in bundle.weight_sets:
             raise BundleError(f"point {p.id!r} uses weight set {p.weights!r}, which the bundle lacks")
-    bundle.point(bundle.default_point)
+    try:
+        bundle.point(bundle.default_point)
+    except KeyError as e:
+        raise BundleError(f"{root / BUNDLE_JSON}: default_point: {e.args[0]}") from None
+    check_weight_sets(bundle, listed)
     return bundle
 
 

@@ -1,8 +1,10 @@
 """The admin token that guards every mutating route (``Authorization: Bearer <token>``).
 
-From ``SKIPVIT_ADMIN_TOKEN`` if set. Otherwise a random token is made at start, logged once and
-written to ``SKIPVIT_ADMIN_TOKEN_FILE`` with mode 0600 (its directory 0700), so that only the
-owner of the process can read it back. Comparison is constant-time.
+From ``SKIPVIT_ADMIN_TOKEN`` if set (at least ``MIN_TOKEN_CHARS`` characters, checked by the
+settings). Otherwise a random token is made at start and written to ``SKIPVIT_ADMIN_TOKEN_FILE``
+with mode 0600, its directory made 0700 (also when it existed with wider permissions), so that only
+the owner of the process can read it back. The token itself is never logged: the log says where it
+is. Comparison is constant-time.
 """
 
 from __future__ import annotations
@@ -11,13 +13,26 @@ import hmac
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 log = logging.getLogger("skipvit.service")
+MIN_TOKEN_CHARS = 16
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` (the token's directory) and own it 0700. A shared sticky directory such as
+    /tmp is left as it is: others cannot replace or read a 0600 file of ours there."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_mode & stat.S_ISVTX or st.st_uid != os.getuid():
+        return
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
 
 
 def write_token_file(path: Path, token: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(path.parent)
     # O_NOFOLLOW: never write through a symlink someone planted at the path.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
@@ -35,10 +50,15 @@ def admin_token(configured: str | None, token_file: Path) -> str:
     token = secrets.token_urlsafe(32)
     try:
         write_token_file(token_file, token)
-        where = f"written to {token_file} (owner-only)"
     except OSError as e:
-        where = f"not written to {token_file} ({e}); set SKIPVIT_ADMIN_TOKEN_FILE to a writable path"
-    log.warning("admin token (generated, shown once): %s — %s", token, where)
+        log.error(
+            "admin token: generated, but not written to %s (%s): the mutating routes cannot be used; "
+            "Hint: set SKIPVIT_ADMIN_TOKEN_FILE to a writable path, or SKIPVIT_ADMIN_TOKEN",
+            token_file,
+            e,
+        )
+        return token
+    log.warning("admin token: generated and written to %s (owner-only); read it there", token_file)
     return token
 
 

@@ -23,6 +23,7 @@ import torch
 
 from skipvit.service.asgi import ClientGone, header, read_body, send_json
 from skipvit.service.decode import DecodeError, decode_as_is, decode_image
+from skipvit.service.echo import echo
 from skipvit.service.engine import BundleView
 from skipvit.service.failures import (
     BAD_REQUEST,
@@ -157,7 +158,7 @@ class Classify:
         s = self.settings
         tensors = []
         for i, (filename, data) in enumerate(files):
-            name = filename or f"file {i}"
+            name = echo(filename) if filename else f"file {i}"
             if len(data) > s.max_image_bytes:
                 raise Failure(IMAGE_TOO_LARGE, f"{name}: larger than {s.max_image_bytes} bytes")
             args = dict(

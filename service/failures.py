@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from skipvit.service.asgi import send_json
 from skipvit.service.batcher import DeadlineExceeded, Draining, QueueFull, TooBig
 from skipvit.service.decode import DecodeError
+from skipvit.service.echo import echo
 from skipvit.service.metrics import Metrics
 from skipvit.service.multipart import MultipartError, TooManyParts
 from skipvit.service.worker import EngineGone
@@ -156,11 +157,13 @@ def install(app: FastAPI, metrics: Metrics) -> None:
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict]:
-    """Validation errors without the raw input (which may be bytes) and with str contexts."""
+    """Validation errors without the raw input (which may be bytes), with str contexts, and the
+    user's own names in ``loc`` (e.g. an unknown key) cut short."""
     out = []
     for e in exc.errors():
         item = {k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
+        item["loc"] = [part if isinstance(part, int) else echo(part) for part in e.get("loc", ())]
         if "ctx" in e:
-            item["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
+            item["ctx"] = {k: echo(v) for k, v in e["ctx"].items()}
         out.append(item)
     return out

@@ -34,18 +34,19 @@ def run(args) -> None:
 
 
 def serve(bundle: str | None = None, host: str | None = None, port: int | None = None) -> None:
+    from pydantic import ValidationError
+
     from skipvit.service.app import create_app
     from skipvit.service.lifecycle import drain
     from skipvit.service.settings import Settings
     from skipvit.service.state import service_state
 
     overrides = {k: v for k, v in {"bundle": bundle, "host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)
-    if not (settings.bundle / "bundle.json").is_file():
-        raise SystemExit(
-            f"no bundle at {settings.bundle}; Hint: pass --bundle DIR or set SKIPVIT_BUNDLE "
-            "(the shipped default is checkpoints/fashion-mnist, run from the repository root)"
-        )
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        raise SystemExit(f"invalid settings: {e}") from None
+    check_bundle(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -69,6 +70,26 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
             state.engine.close(timeout=1.0)
         logging.shutdown()
         os._exit(1)
+
+
+def check_bundle(settings) -> None:
+    """Refuse to start (``SystemExit`` naming the problem) unless the bundle loads: the manifest,
+    every weight set's header against the architecture, the point to serve. Run before the port is
+    bound; the engine loads the weights themselves later."""
+    from skipvit.model.bundle import BundleError, load_bundle
+
+    root = settings.bundle
+    if not (root / "bundle.json").is_file():
+        raise SystemExit(
+            f"no bundle at {root}; Hint: pass --bundle DIR or set SKIPVIT_BUNDLE "
+            "(the shipped default is checkpoints/fashion-mnist, run from the repository root)"
+        )
+    try:
+        load_bundle(root).point(settings.point)
+    except BundleError as e:
+        raise SystemExit(f"cannot serve the bundle {root}: {e}") from None
+    except KeyError as e:  # SKIPVIT_POINT names no point of the front
+        raise SystemExit(f"cannot serve the bundle {root}: SKIPVIT_POINT: {e.args[0]}") from None
 
 
 class DrainingServer(uvicorn.Server):

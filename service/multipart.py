@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from skipvit.service.echo import echo
+
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,200})"|([^;\s]{1,200}))', re.IGNORECASE)
 _DISPOSITION_PARAM = re.compile(rb'(\w+)="((?:[^"\\]|\\.)*)"|(\w+)=([^;\s]+)')
 HINT = "Hint: send multipart/form-data with one or more parts named 'files' (e.g. curl -F files=@a.png)."
@@ -29,7 +31,9 @@ class TooManyParts(MultipartError):
 
 def boundary_of(content_type: str | None) -> bytes:
     if not content_type or not content_type.lower().startswith("multipart/form-data"):
-        raise MultipartError(f"the body is {content_type or 'untyped'}, not multipart/form-data; {HINT}")
+        raise MultipartError(
+            f"the body is {echo(content_type or 'untyped')}, not multipart/form-data; {HINT}"
+        )
     m = _BOUNDARY.search(content_type)
     if not m:
         raise MultipartError(f"the multipart/form-data content type has no boundary; {HINT}")

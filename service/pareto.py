@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from skipvit.model.bundle import Point
 from skipvit.model.points import batch_key
+from skipvit.service.echo import echo
 from skipvit.service.engine import BundleView
 from skipvit.service.failures import UNKNOWN_POINT, Failure
 from skipvit.service.schemas import PointOut
@@ -62,5 +63,5 @@ def check_point(engine: BundleView, point_id: str) -> None:
     except KeyError:
         known = ", ".join(p.id for p in engine.bundle.front)
         raise Failure(
-            UNKNOWN_POINT, f"unknown point {point_id!r}; known points: {known} (see GET /pareto)"
+            UNKNOWN_POINT, f"unknown point {echo(point_id)!r}; known points: {known} (see GET /pareto)"
         ) from None

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
 
 from skipvit.service.auth import bearer_ok
 from skipvit.service.batcher import Batcher
@@ -39,6 +41,17 @@ def require_admin(request: Request, state: State) -> None:
     token = state.admin_token
     if not token or not bearer_ok(request.headers.get("authorization"), token):
         raise Failure(UNAUTHORIZED)
+
+
+async def admin_update(request: Request, _: Annotated[None, Depends(require_admin)]) -> ConfigUpdate:
+    """The body of PUT /config, read only once the admin token is checked: an unauthenticated
+    request is 401 whatever its body (FastAPI would parse a declared body first)."""
+    try:
+        return ConfigUpdate.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
 
 
 def ready_batcher(state: State) -> Batcher:
@@ -86,8 +99,16 @@ async def get_config(batcher: ReadyBatcher) -> ConfigResponse:
     return config_of(batcher)
 
 
-@router.put("/config", response_model=ConfigResponse, dependencies=[Depends(require_admin)])
-async def put_config(update: ConfigUpdate, state: State) -> ConfigResponse:
+CONFIG_BODY = {  # what admin_update reads, for the docs
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ConfigUpdate.model_json_schema()}},
+    }
+}
+
+
+@router.put("/config", response_model=ConfigResponse, openapi_extra=CONFIG_BODY)
+async def put_config(update: Annotated[ConfigUpdate, Depends(admin_update)], state: State) -> ConfigResponse:
     """Switch the active point and/or change the batching knobs; applies between batches."""
     batcher = ready_batcher(state)  # here, not a dependency: a malformed body is 422 even while loading
     apply_config(state, batcher, update)

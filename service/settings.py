@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from skipvit.service.auth import MIN_TOKEN_CHARS
 from skipvit.service.knobs import (
     MAX_BATCH_SIZE,
     MAX_QUEUE,
@@ -19,7 +20,12 @@ from skipvit.service.knobs import (
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SKIPVIT_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SKIPVIT_",
+        frozen=True,
+        extra="ignore",
+        hide_input_in_errors=True,  # never echo a token
+    )
 
     bundle: Path = Field(Path("checkpoints/fashion-mnist"), description="bundle directory to serve")
     host: str = Field("127.0.0.1", description="bind address")
@@ -87,6 +93,18 @@ class Settings(BaseSettings):
         0.5, ge=0, description="while draining, exit only after this long without a new /classify request"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        n = len(token.get_secret_value()) if token is not None else 0
+        if 0 < n < MIN_TOKEN_CHARS:  # empty: unset, a token is generated
+            raise ValueError(
+                f"SKIPVIT_ADMIN_TOKEN has {n} characters; at least {MIN_TOKEN_CHARS} are needed. "
+                "Hint: python -c 'import secrets; print(secrets.token_urlsafe(32))', or unset it "
+                "and a token is generated into SKIPVIT_ADMIN_TOKEN_FILE"
+            )
+        return token
 
     @model_validator(mode="after")
     def _wait_below_timeout(self) -> Settings:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "load-test-token"
+TOKEN = "load-test-admin-token"
 
 
 def free_port() -> int:

@@ -23,22 +23,30 @@ from skipvit.service.settings import Settings
 from skipvit.service.state import ServiceState
 
 
+class ServiceApp(FastAPI):
+    """FastAPI with ``ServiceMiddleware`` outside Starlette's own middleware stack: ``/classify``
+    (the hot path, and the refusals under overload) passes none of its layers."""
+
+    def build_middleware_stack(self):
+        state: ServiceState = self.state.service
+        return ServiceMiddleware(
+            super().build_middleware_stack(),
+            classify=Classify(state),
+            metrics=state.metrics,
+            admission=state.admission,
+            max_body_bytes=state.settings.max_body_bytes,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     state = ServiceState(settings or Settings())
-    app = FastAPI(
+    app = ServiceApp(
         title="skipvit",
         version="0.1.0",
         lifespan=lifecycle.lifespan(state),
         description="Adaptive-depth ViT classification: each image runs only the layers it needs.",
     )
     app.state.service = state
-    app.add_middleware(
-        ServiceMiddleware,
-        classify=Classify(state),
-        metrics=state.metrics,
-        admission=state.admission,
-        max_body_bytes=state.settings.max_body_bytes,
-    )
     failures.install(app, state.metrics)
     app.include_router(router)
     if STATIC.is_dir():

@@ -185,6 +185,8 @@ class Batcher:
         self.clock = clock
         self._queue: list[Pending] = []
         self._queued_images = 0
+        self._earliest_deadline = math.inf  # no queued request's deadline is earlier
+        self._cancelled = False  # a queued request's client went away since the last sweep
         self._flush = False
         self._closed = False
         self._wakeup: asyncio.Event | None = None
@@ -223,7 +225,7 @@ class Batcher:
         """Answer every request still waiting with ``Draining`` (503), at once; return how many.
         Batches already handed to the engine are not touched."""
         queued = self._queue
-        self._queue, self._queued_images = [], 0
+        self._queue, self._queued_images, self._earliest_deadline = [], 0, math.inf
         self.observer.queued(0)
         for req in queued:
             self._settle(req, exc=Draining("the server is shutting down; Hint: retry on another replica"))
@@ -258,9 +260,12 @@ class Batcher:
         return any(not f.done() for f in list(self._in_engine))
 
     # -- admission -----------------------------------------------------------------------------
-    def submit(self, images: torch.Tensor, point: str | None = None) -> asyncio.Future:
+    def submit(
+        self, images: torch.Tensor, point: str | None = None, arrived: float | None = None
+    ) -> asyncio.Future:
         """Queue one request; its future resolves to an ``Answer`` or raises. May raise
-        ``QueueFull`` or ``Draining`` at once (then nothing was queued)."""
+        ``QueueFull`` or ``Draining`` at once (then nothing was queued). ``arrived``: when the
+        request arrived, on this batcher's clock (default now); its deadline counts from there."""
         if self._closed or self._task is None:
             raise Draining("the server is not accepting requests; Hint: retry shortly")
         n = int(images.shape[0])
@@ -276,12 +281,24 @@ class Batcher:
                 retry_after=self.retry_after(),
             )
         now = self.clock()
-        req = Pending(images, point, now, now + self.timeout_s, asyncio.get_running_loop().create_future())
+        arrived = now if arrived is None else min(arrived, now)
+        req = Pending(
+            images, point, now, arrived + self.timeout_s, asyncio.get_running_loop().create_future()
+        )
+        req.future.add_done_callback(self._on_settled)
         self._queue.append(req)
         self._queued_images += n
+        self._earliest_deadline = min(self._earliest_deadline, req.deadline)
         self.observer.queued(self._queued_images)
         self._poke()
         return req.future
+
+    def expected_wait(self, arriving: int = 0) -> float:
+        """Seconds a request arriving now would likely wait before its batch starts: the engine's
+        work in hand, then one batch's compute per full batch ahead of it (``arriving``: images
+        admitted but not queued yet)."""
+        ahead = math.floor((self._queued_images + arriving) / max(self.knobs.max_batch_size, 1))
+        return max(0.0, self._free_at - self.clock()) + ahead * self._compute_s
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained: batches ahead times one batch's compute."""
@@ -301,10 +318,20 @@ class Batcher:
         else:
             req.future.set_result(result)
 
+    def _on_settled(self, future: asyncio.Future) -> None:
+        if future.cancelled():
+            self._cancelled = True
+
     def _remove(self, reqs: Sequence[Pending]) -> None:
+        """Take ``reqs`` out of the queue: one pass over it, so at most once per batch or sweep
+        (under overload the queue holds a thousand requests, and arrivals come far more often)."""
+        if not reqs:
+            return
         gone = set(map(id, reqs))
         self._queue = [r for r in self._queue if id(r) not in gone]
-        self._queued_images = sum(r.n for r in self._queue)
+        self._queued_images -= sum(r.n for r in reqs)
+        if any(r.deadline <= self._earliest_deadline for r in reqs):
+            self._earliest_deadline = min((r.deadline for r in self._queue), default=math.inf)
         self.observer.queued(self._queued_images)
 
     async def _loop(self) -> None:
@@ -312,15 +339,17 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while not (self._closed and not self._queue):
             # A request whose client went away is dropped before compute.
-            self._remove([r for r in self._queue if r.future is not None and r.future.done()])
+            if self._cancelled:
+                self._cancelled = False
+                self._remove([r for r in self._queue if r.future is not None and r.future.done()])
             if len(self._running) >= self.depth:  # the engine has enough: plan when a batch is back
                 # ...but a request whose deadline passes meanwhile is answered then (504), even if
                 # the engine never comes back.
                 now = self.clock()
-                if expired := [r for r in self._queue if now >= r.deadline]:
-                    self._expire(expired)
+                if now >= self._earliest_deadline:
+                    self._expire([r for r in self._queue if now >= r.deadline])
                 if self._queue:
-                    self._poke_in(loop, min(r.deadline for r in self._queue) - now)
+                    self._poke_in(loop, self._earliest_deadline - now)
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

@@ -32,11 +32,14 @@ from skipvit.service.failures import (
     METHOD_NOT_ALLOWED,
     MODEL_FAILED,
     NOT_READY,
+    OVERLOADED,
+    QUEUE_FULL,
     SHUTTING_DOWN,
     Failure,
     failure_of,
     send_failure,
 )
+from skipvit.service.middleware import TICKET
 from skipvit.service.multipart import MultipartError, read_files
 from skipvit.service.pareto import check_point
 from skipvit.service.schemas import ClassifyResponse, classify_body
@@ -126,13 +129,42 @@ class Classify:
             return
         await send_json(send, 200, body)
 
+    def refusal(self) -> Failure | None:
+        """Whether a ``POST /classify`` must be refused, decided from what is known before its body
+        is read (the middleware asks, at the headers): not ready, the engine gone, the queue full,
+        or an expected wait past the request timeout. None: admit it."""
+        state = self.state
+        if not state.ready:
+            return Failure(NOT_READY)
+        if state.load_error:  # the engine process died: /livez and /readyz say so too
+            return Failure(ENGINE_GONE)
+        batcher, arriving = state.batcher, state.admission.arriving
+        knobs = batcher.knobs
+        if batcher.queued_images + arriving >= knobs.max_queue:
+            return Failure(
+                QUEUE_FULL,
+                f"the queue is full ({batcher.queued_images} images waiting, {arriving} arriving, limit "
+                f"{knobs.max_queue}); Hint: retry after the Retry-After delay",
+                batcher.retry_after(),
+            )
+        wait = batcher.expected_wait(arriving)
+        if wait >= batcher.timeout_s:
+            return Failure(
+                OVERLOADED,
+                f"the expected wait ({wait:.1f} s) passes the request timeout ({batcher.timeout_s:g} s, "
+                "SKIPVIT_REQUEST_TIMEOUT_S); Hint: retry after the Retry-After delay",
+                batcher.retry_after(),
+            )
+        return None
+
     async def answer(self, scope, receive) -> bytes:
         state = self.state
-        if not state.ready:  # draining is refused earlier, by the middleware
+        if not state.ready:  # admitted at the headers, but the state changed meanwhile
             raise Failure(NOT_READY)
-        if state.load_error:  # the engine process died: /livez and /readyz say so too
+        if state.load_error:
             raise Failure(ENGINE_GONE)
         batcher, engine = state.batcher, state.engine
+        ticket = scope.get(TICKET)
         body = await read_body(receive)
         point = point_param(scope["query_string"])
         try:
@@ -143,7 +175,15 @@ class Classify:
             check_point(engine, point)
         images = await self.decode(engine, files)
         try:
-            answer = await answer_or_gone(batcher.submit(images, point), receive)
+            arrived = None if ticket is None else ticket.arrived
+            future = batcher.submit(images, point, arrived)
+        except Exception as e:
+            raise failure_of(e) from None
+        finally:
+            if ticket is not None:
+                ticket.queued()
+        try:
+            answer = await answer_or_gone(future, receive)
         except ClientGone:
             raise
         except Exception as e:

@@ -59,6 +59,7 @@ SHUTTING_DOWN = Kind(  # uvicorn cancelled the request when its graceful-shutdow
     close=True,
 )
 QUEUE_FULL = Kind(503, "queue_full", retry_after=True)
+OVERLOADED = Kind(503, "overloaded", retry_after=True)  # the expected wait passes the deadline
 DEADLINE = Kind(504, "deadline")
 BODY_TOO_LARGE = Kind(413, "body_too_large", close=True)  # the whole body, cut off by the middleware
 IMAGE_TOO_LARGE = Kind(413, "body_too_large")  # one upload of the body

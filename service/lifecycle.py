@@ -89,27 +89,24 @@ async def load(state: ServiceState) -> None:
     log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
 
 
-async def drain(state: ServiceState, timeout: float | None = None) -> bool:
-    """Stop admitting /classify (503) and answer everything admitted; return once nothing is in
-    flight and no request has come for ``drain_quiet_s``. True if that happened within
-    ``timeout`` (``drain_timeout_s``); the shutdown then stops the batcher."""
-    settings, admission, batcher = state.settings, state.admission, state.batcher
-    timeout = settings.drain_timeout_s if timeout is None else timeout
-    admission.draining = True  # /readyz and new /classify now answer 503
+def drain(state: ServiceState) -> None:
+    """The first step of a drain: /readyz and any new /classify answer 503 from now on, and what is
+    queued runs at once. The server (``service.main``) then stops accepting connections and waits
+    for every admitted request's answer; the shutdown stops the batcher after."""
+    state.admission.draining = True
     state.metrics.ready.set(0)
-    if batcher is not None:
-        batcher.flush()
-    done = await admission.wait_idle(timeout, quiet=settings.drain_quiet_s)
-    if done:
-        log.info("drained: every admitted request answered")
-    else:  # what still waits for the engine hears 503 now; what computes gets until uvicorn's own timeout
-        dropped = batcher.reject_queued() if batcher is not None else 0
-        log.warning("drain timed out after %g s: %d queued requests answered 503", timeout, dropped)
-    return done
+    if state.batcher is not None:
+        state.batcher.flush()
+    log.info("draining: %d requests in flight", state.admission.inflight)
 
 
 async def shutdown(state: ServiceState, loading: asyncio.Task) -> None:
     """Stop loading, stop the batcher (bounded by ``drain_timeout_s``), close the engine."""
+    if state.admission.draining:
+        if state.admission.inflight == 0:
+            log.info("drained: every admitted request answered")
+        else:  # uvicorn's graceful time ran out: those it cancelled are answered 503
+            log.warning("drain timed out: %d requests in flight answered 503", state.admission.inflight)
     state.ready = False
     state.metrics.ready.set(0)
     loading.cancel()
@@ -136,10 +133,13 @@ def lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMan
         state.metrics.ready.set(0)
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         state.admin_token = admin_token(token, settings.admin_token_file)
+        state.loop_lag.start()
+        state.metrics.loop_lag.set_function(lambda: state.loop_lag.lag)
         loading = asyncio.create_task(load(state), name="skipvit-load")
         try:
             yield
         finally:
+            state.loop_lag.stop()
             await shutdown(state, loading)
 
     return run

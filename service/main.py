@@ -1,11 +1,17 @@
 """`skipvit serve`: run the app under uvicorn, draining on SIGTERM.
 
-The first SIGTERM (or Ctrl+C) starts the drain: /readyz and new /classify requests answer 503,
-every request already admitted is answered, then uvicorn shuts down and the process exits 0. The
-drain is bounded by ``SKIPVIT_DRAIN_TIMEOUT_S``. An engine that never returns a batch is given up
-after as long again (its requests hear 503) and the process exits 1: a process engine is ended, a
-thread engine left behind. A second signal exits without waiting (1 if a batch was still in the
+The first SIGTERM (or Ctrl+C) drains: /readyz and any new /classify answer 503, the listening
+socket closes at once (a client that retries is refused at connect, and never has a request cut
+off), kept-alive connections close after their answer, idle ones at once, and the process exits 0
+once every admitted request is answered. The drain is bounded by ``SKIPVIT_DRAIN_TIMEOUT_S``; what
+is still waiting then hears 503. An engine that never returns a batch is given up after as long
+again (its requests hear 503) and the process exits 1: a process engine is ended, a thread engine
+left behind. A second signal exits at once, without a traceback (1 if a batch was still in the
 engine).
+
+Connections are bounded and timed (``service.connections``): at most ``SKIPVIT_MAX_CONNECTIONS``
+(by default what the file-descriptor limit allows) and ``SKIPVIT_HEADER_TIMEOUT_S`` for a request's
+headers.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        http=guarded_protocol(settings, state),
     )
     server = DrainingServer(config, functools.partial(drain, state))
     server.run()
@@ -70,6 +77,17 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
             state.engine.close(timeout=1.0)
         logging.shutdown()
         os._exit(1)
+
+
+def guarded_protocol(settings, state):
+    """uvicorn's HTTP protocol with the connection bound and the header timeout of ``settings``."""
+    from skipvit.service.connections import ConnectionGuard, GuardedProtocol, GuardSettings, connection_limit
+
+    limit = connection_limit(settings.max_connections)
+    timeouts = GuardSettings(limit, settings.header_timeout_s, settings.body_timeout_s)
+    guard = ConnectionGuard(timeouts, on_refuse=state.metrics.rejected)
+    log.info("at most %d client connections, %g s for a request's headers", limit, settings.header_timeout_s)
+    return functools.partial(GuardedProtocol, guard=guard)
 
 
 def check_bundle(settings) -> None:
@@ -93,11 +111,12 @@ def check_bundle(settings) -> None:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server whose first exit signal drains the app before shutting down."""
+    """uvicorn.Server whose first exit signal drains the app (``drain``: a function of no
+    arguments, called on the event loop) and then shuts down; a second one exits at once."""
 
     def __init__(self, config: uvicorn.Config, drain) -> None:
         super().__init__(config)
-        self._drain = drain  # async () -> bool
+        self._drain = drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
 
@@ -108,14 +127,16 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame) -> None:
         # Not calling super(): uvicorn would re-raise the signal after shutdown; we exit 0.
         if self._draining or self._loop is None:
-            self.should_exit = self.force_exit = True  # a second signal: stop now
+            if not self.force_exit:
+                log.warning("signal %s again: exiting without waiting", signal.Signals(sig).name)
+            self.should_exit = self.force_exit = True
             return
         self._draining = True
         log.info("signal %s: draining", signal.Signals(sig).name)
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit()))
+        self._loop.call_soon_threadsafe(self._begin_drain)
 
-    async def _drain_then_exit(self) -> None:
+    def _begin_drain(self) -> None:
         try:
-            await self._drain()
+            self._drain()
         finally:
-            self.should_exit = True
+            self.should_exit = True  # uvicorn: stop listening, close idle connections, wait for the rest

@@ -25,6 +25,9 @@ REASONS = (
     "unauthorized",
     "bad_request",
     "engine_gone",
+    "overloaded",
+    "slow_client",
+    "too_many_connections",
 )
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -64,6 +67,11 @@ class Metrics:
             "skipvit_batch_size", "images per forward pass", buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("skipvit_queue_depth", "images waiting in the queue", registry=r)
+        self.loop_lag = Gauge(
+            "skipvit_event_loop_lag_seconds",
+            "how late the event loop runs what is due (decaying maximum)",
+            registry=r,
+        )
         self.layers = Histogram(
             "skipvit_layers_executed", "layers run per image", buckets=LAYER_BUCKETS, registry=r
         )

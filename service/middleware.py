@@ -3,8 +3,13 @@
 It also routes: ``/classify`` goes straight to ``service.classify.Classify`` (a plain ASGI app,
 for speed), everything else to the FastAPI app.
 
-- While draining, ``POST /classify`` is refused with 503 before its body is read; requests
-  admitted earlier are counted (``Admission.inflight``) so that the drain can wait for them.
+- ``POST /classify`` is admitted or refused from its headers alone, before a byte of its body is
+  read: while draining, while not ready, when the queue is full or when the expected wait would
+  pass the request's deadline (``Classify.refusal``), it gets 503 with Retry-After at once. A
+  refused request's body is never parsed: uvicorn drops what still arrives once it is answered.
+  The time the headers arrived is the request's arrival: its deadline counts from there.
+- Slow clients (headers or body that stop arriving) are timed below the app, by
+  ``service.connections``: a timer per request there costs less than a timeout per ``receive``.
 - A body larger than ``max_body_bytes`` gets 413: at once when Content-Length says so, or as soon
   as the streamed bytes pass the limit (the rest is never read).
 - Every response is counted by route and status, and timed; a request whose client left before
@@ -13,13 +18,29 @@ for speed), everything else to the FastAPI app.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from skipvit.service.failures import BODY_TOO_LARGE, DRAINING, Failure, send_failure
 from skipvit.service.metrics import Metrics, route_label
 
 CLIENT_GONE = 499  # the status label of a request whose client left before its answer (nginx's)
+TICKET = "skipvit.ticket"  # the scope key of an admitted /classify request's ``Ticket``
+
+
+class Ticket:
+    """One admitted ``/classify`` request: when it arrived, and whether it still counts as
+    arriving (admitted, its images not yet in the batcher's queue)."""
+
+    __slots__ = ("admission", "arrived", "arriving")
+
+    def __init__(self, admission: Admission, arrived: float) -> None:
+        self.admission, self.arrived, self.arriving = admission, arrived, True
+
+    def queued(self) -> None:
+        """Its images are in the queue now (or it was answered without): no longer arriving."""
+        if self.arriving:
+            self.arriving = False
+            self.admission.arriving -= 1
 
 
 class Admission:
@@ -28,40 +49,16 @@ class Admission:
     def __init__(self) -> None:
         self.draining = False
         self.inflight = 0
-        self.last_arrival = time.monotonic()  # of the last request to /classify
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.arriving = 0  # admitted requests whose images are not queued yet (reading, decoding)
 
-    def enter(self) -> None:
+    def enter(self, arrived: float) -> Ticket:
         self.inflight += 1
-        self._idle.clear()
+        self.arriving += 1
+        return Ticket(self, arrived)
 
-    def leave(self) -> None:
+    def leave(self, ticket: Ticket) -> None:
+        ticket.queued()
         self.inflight -= 1
-        if self.inflight == 0:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float, quiet: float = 0.0) -> bool:
-        """Wait until nothing admitted is in flight and no request has arrived for ``quiet`` s.
-
-        The quiet period matters: a request can sit in a socket buffer, unseen, while the
-        in-flight count is zero. Shutting down then would cut it off; answering it 503 does not.
-        Only ``/classify`` arrivals count: a probe of ``/readyz`` or a scrape of ``/metrics`` is
-        answered at once and loses nothing if cut off, and probes every 0.5 s would otherwise
-        stretch every drain to its timeout.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                return False
-            still = self.last_arrival + quiet - time.monotonic()
-            if still <= 0 and self.inflight == 0:
-                return True
-            if time.monotonic() + max(still, 0.01) > deadline:
-                return False
-            await asyncio.sleep(max(still, 0.01))
 
 
 class _BodyTooLarge(Exception):
@@ -109,9 +106,17 @@ class _Exchange:
 
 
 class ServiceMiddleware:
-    def __init__(self, app, *, classify, metrics: Metrics, admission: Admission, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app,
+        *,
+        classify,
+        metrics: Metrics,
+        admission: Admission,
+        max_body_bytes: int,
+    ) -> None:
         self.app = app
-        self.classify = classify  # the ASGI app of /classify
+        self.classify = classify  # the ASGI app of /classify; ``classify.refusal()`` admits
         self.metrics = metrics
         self.admission = admission
         self.max_body = max_body_bytes
@@ -122,42 +127,44 @@ class ServiceMiddleware:
             return
         route = route_label(scope["path"])
         classify = route == "/classify"
-        if classify:
-            self.admission.last_arrival = time.monotonic()
         t0 = time.perf_counter()
+        arrived = time.monotonic()
         exchange = _Exchange(receive, send, self.max_body)
-        admitted = False
+        ticket = None
         self.metrics.inflight.inc()
         try:
             if classify and scope["method"] == "POST":
                 if self.admission.draining:
-                    await self._refuse_draining(exchange)
+                    # Read (and drop) the body first: the connection closes after this answer, and
+                    # closing a socket with unread bytes sends a reset that can hide the 503.
+                    await _discard_body(receive, self.max_body)
+                    refusal = Failure(DRAINING)
+                else:
+                    refusal = self.classify.refusal()
+                if refusal is not None:
+                    exchange.status = refusal.kind.status
+                    await send_failure(send, refusal, self.metrics)
                     return
-                self.admission.enter()
-                admitted = True
+                ticket = scope[TICKET] = self.admission.enter(arrived)
             await self._forward(scope, exchange, classify)
         except _BodyTooLarge:
             if exchange.started:
                 raise
             exchange.status = 413
-            message = (
-                f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
-                "Hint: send fewer or smaller images per request"
-            )
-            await send_failure(send, Failure(BODY_TOO_LARGE, message), self.metrics)
+            await send_failure(send, self._too_large(), self.metrics)
         finally:
-            if admitted:
-                self.admission.leave()
+            if ticket is not None:
+                self.admission.leave(ticket)
             self.metrics.inflight.dec()
             self.metrics.requests.labels(route, str(exchange.status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)
 
-    async def _refuse_draining(self, exchange: _Exchange) -> None:
-        # Read (and drop) the body first: closing a socket with unread bytes sends a reset, and
-        # the client would see a broken connection instead of this 503.
-        await _discard_body(exchange.receive, self.max_body)
-        exchange.status = 503
-        await send_failure(exchange.send, Failure(DRAINING), self.metrics)
+    def _too_large(self) -> Failure:
+        return Failure(
+            BODY_TOO_LARGE,
+            f"the request body is larger than {self.max_body} bytes (SKIPVIT_MAX_BODY_BYTES); "
+            "Hint: send fewer or smaller images per request",
+        )
 
     async def _forward(self, scope, exchange: _Exchange, classify: bool) -> None:
         """Hand the request to ``/classify`` or to the FastAPI app, under the body limit."""

@@ -89,8 +89,18 @@ class Settings(BaseSettings):
     )
     # shutdown
     drain_timeout_s: float = Field(15.0, ge=0, description="longest SIGTERM waits for in-flight requests")
-    drain_quiet_s: float = Field(
-        0.5, ge=0, description="while draining, exit only after this long without a new /classify request"
+    # slow clients and connections
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this (408 and closed after)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request's body must arrive within this after its headers (408 after)"
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="client connections open at once (default: what the file-descriptor limit allows, "
+        "less 64); beyond it a new connection evicts one slow to send its headers, else gets 503",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from skipvit.service.batcher import Batcher
 from skipvit.service.engine import Engine
+from skipvit.service.looplag import LoopLag
 from skipvit.service.metrics import Metrics
 from skipvit.service.middleware import Admission
 from skipvit.service.settings import Settings
@@ -23,6 +24,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     admission: Admission = field(default_factory=Admission)
+    loop_lag: LoopLag = field(default_factory=LoopLag)
     admin_token: str | None = None  # set at startup; until then no admin request passes
     engine: Engine | EngineProcess | None = None
     batcher: Batcher | None = None

@@ -65,6 +65,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "static vs. points in-process: images/s, speedup vs. ideal, gates-on overhead, memory",
     ),
     (
+        ("bench", "overload"),
+        "skipvit.benchmarks.bench_overload",
+        "open-loop load at 1x-6x the measured capacity: goodput, latency of 200s and 503s, sent vs answered",
+    ),
+    (
         ("bench", "kernel"),
         "skipvit.benchmarks.bench_kernel",
         "row compaction: Triton vs torch boolean indexing (GPU); syncs per forward",

@@ -109,6 +109,17 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def positive_floats(text: str) -> list[float]:
+    """``1,2,3`` -> [1.0, 2.0, 3.0]: positive numbers separated by commas."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    return values
+
+
 def floats(text: str) -> list[float]:
     """``0.1,0.5`` -> [0.1, 0.5]."""
     try:

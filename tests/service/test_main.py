@@ -28,9 +28,9 @@ from tests.service.server import REPO, free_port, poll_ready
 def test_a_drain_that_times_out_still_answers_every_admitted_request(
     tiny_bundle, monkeypatch, engine_returns
 ):
-    """One request computes (the engine blocks), two wait in the queue, SIGTERM comes and the
-    drain times out: the queued ones hear 503 at once; the computing one gets its answer if the
-    engine returns within uvicorn's graceful-shutdown time, else a 503, never a bare 500."""
+    """One request computes (the engine blocks), two wait in the queue, SIGTERM comes. If the engine
+    returns within the drain's bound, all three are answered 200 (what was admitted is finished);
+    if it never does, all three hear 503 when the bound is up, never a bare 500."""
     port = free_port()
     settings = Settings(
         bundle=tiny_bundle,
@@ -41,7 +41,6 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
         max_batch_size=1,
         pipeline_depth=1,
         drain_timeout_s=0.5,
-        drain_quiet_s=0.1,
     )
     app = create_app(settings)
     state = service_state(app)
@@ -84,7 +83,7 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
     assert two_queued.wait(10)  # ... and the other two wait in the queue
     server.handle_exit(signal.SIGTERM, None)
     if engine_returns:
-        time.sleep(0.8)  # about time: past the drain's 0.5 s, within uvicorn's 1 s
+        time.sleep(0.3)  # about time: within uvicorn's graceful 1 s
         release.set()
     for t in clients:
         t.join(10)
@@ -92,11 +91,9 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
     serving.join(10)
     assert not serving.is_alive()
     statuses = sorted(s for s, _ in answers)
-    assert len(answers) == 3 and statuses == ([200, 503, 503] if engine_returns else [503, 503, 503]), answers
-    details = [d for s, d in answers if s == 503]
-    assert sum("shutting down" in d for d in details) == 2  # the two that waited in the queue
+    assert len(answers) == 3 and statuses == ([200] * 3 if engine_returns else [503] * 3), answers
     if not engine_returns:
-        assert any("shut down before this request was answered" in d for d in details)
+        assert all("shut down before this request was answered" in d for _, d in answers), answers
 
 
 def wait_for_line(log, text: str, timeout: float = 30.0) -> None:
@@ -135,7 +132,6 @@ def test_serve_exits_when_a_thread_engine_never_returns(tiny_bundle, tmp_path):
         "SKIPVIT_ENGINE": "thread",
         "SKIPVIT_ADMIN_TOKEN": "test-admin-token",
         "SKIPVIT_DRAIN_TIMEOUT_S": "0.5",
-        "SKIPVIT_DRAIN_QUIET_S": "0.1",
         "SKIPVIT_REQUEST_TIMEOUT_S": "30",
         "SKIPVIT_LOG_LEVEL": "info",
     }

@@ -1,19 +1,39 @@
-"""ServiceMiddleware without the app: how it counts what it saw."""
+"""ServiceMiddleware without the app: how it counts what it saw, admits from the headers, and times
+the body."""
 
 from __future__ import annotations
 
 import asyncio
 
 from skipvit.service.asgi import send_json
+from skipvit.service.failures import QUEUE_FULL, Failure
 from skipvit.service.metrics import Metrics
 from skipvit.service.middleware import Admission, ServiceMiddleware
 
 
+class Route:
+    """A stand-in for ``Classify``: an ASGI app and the admission decision the middleware asks."""
+
+    def __init__(self, app, refusal: Failure | None = None) -> None:
+        self.app, self.refused, self.called = app, refusal, 0
+
+    def refusal(self) -> Failure | None:
+        return self.refused
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.called += 1
+        await self.app(scope, receive, send)
+
+
+def middleware(classify, metrics: Metrics | None = None) -> ServiceMiddleware:
+    return ServiceMiddleware(
+        None, classify=classify, metrics=metrics or Metrics(), admission=Admission(), max_body_bytes=1024
+    )
+
+
 def counted(classify_app) -> str:
     metrics = Metrics()
-    mw = ServiceMiddleware(
-        None, classify=classify_app, metrics=metrics, admission=Admission(), max_body_bytes=1024
-    )
+    mw = middleware(Route(classify_app), metrics)
     scope = {"type": "http", "method": "POST", "path": "/classify", "headers": [], "query_string": b""}
 
     async def receive():
@@ -42,39 +62,34 @@ def test_an_answer_is_counted_with_its_status():
     assert 'skipvit_requests_total{route="/classify",status="422"} 1.0' in counted(answers)
 
 
-def test_only_classify_requests_hold_the_drain_open():
-    """Probes and scrapes during a drain do not restart its quiet period; a /classify does."""
+class Sent:
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
 
-    async def fastapi_app(scope, receive, send):
-        await send_json(send, 200, {"ok": True})
+    async def __call__(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.headers = message["status"], dict(message.get("headers", []))
+        else:
+            self.body += message.get("body", b"")
 
-    async def main():
-        admission = Admission()
-        mw = ServiceMiddleware(
-            fastapi_app, classify=fastapi_app, metrics=Metrics(), admission=admission, max_body_bytes=1024
-        )
 
-        async def receive():
-            return {"type": "http.request", "body": b""}
+POST = {"type": "http", "method": "POST", "path": "/classify", "headers": [], "query_string": b""}
 
-        async def send(message):
-            pass
 
-        def request(path, method="GET"):
-            return mw(
-                {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""},
-                receive,
-                send,
-            )
+def test_a_refused_request_is_answered_from_its_headers_without_reading_its_body():
+    """Admission comes before the body: a refusal answers 503 + Retry-After and never calls
+    ``receive`` (the body is never read, let alone parsed) nor the route."""
+    reads = 0
 
-        admission.last_arrival -= 10  # the last /classify came long ago
-        for path in ("/readyz", "/livez", "/metrics", "/pareto"):
-            await request(path)
-        assert await admission.wait_idle(timeout=0.2, quiet=0.5)  # at once: no /classify in 0.5 s
+    async def receive():
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * 100}
 
-        admission.draining = True
-        await request("/classify", "POST")  # answered 503, but a client is still sending
-        assert not await admission.wait_idle(timeout=0.2, quiet=0.5)
-        assert await admission.wait_idle(timeout=1.0, quiet=0.5)
-
-    asyncio.run(main())
+    route = Route(None, Failure(QUEUE_FULL, "the queue is full", retry_after=3))
+    sent = Sent()
+    asyncio.run(middleware(route)(dict(POST), receive, sent))
+    assert sent.status == 503 and sent.headers[b"retry-after"] == b"3"
+    assert reads == 0 and route.called == 0

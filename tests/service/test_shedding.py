@@ -1,0 +1,68 @@
+"""Cheap shedding, against a real `skipvit serve`: a /classify that cannot be served in time is
+refused from its headers (before its body is read), and its deadline counts from its arrival.
+Goodput under 1x-6x open-loop load is `skipvit bench overload`'s (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.service.helpers import bar_image, png_bytes
+from tests.service.rawhttp import SLOW_ENGINE, Served, head_only, read_response
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_full_queue_refuses_from_the_headers_without_waiting_for_the_body(tiny_bundle, tmp_path):
+    """One batch computes (1 s), two requests fill the queue (max 2 images): a third that sends
+    only its headers (its 100 KB body never comes) hears 503 + Retry-After at once."""
+    env = dict(
+        SLOW_ENGINE_S=1.0,
+        SKIPVIT_ENGINE="thread",
+        SKIPVIT_MAX_QUEUE=2,
+        SKIPVIT_MAX_BATCH_SIZE=1,
+        SKIPVIT_PIPELINE_DEPTH=1,
+        SKIPVIT_MAX_WAIT_MS=0,
+    )
+    with Served(tiny_bundle, tmp_path, SLOW_ENGINE, **env) as srv:
+        png = png_bytes(bar_image(1))
+        answers: list[int] = []
+
+        def one() -> None:
+            with srv.connect(30) as s:
+                s.sendall(srv.classify_bytes([png]))
+                answers.append(read_response(s)[0])
+
+        clients = [threading.Thread(target=one) for _ in range(3)]
+        for c in clients:  # one computes, two wait
+            c.start()
+            time.sleep(0.15)
+        with srv.connect(5) as s:
+            s.sendall(head_only(srv.port, 100_000))
+            t0 = time.monotonic()
+            status, headers, body = read_response(s)
+            took = time.monotonic() - t0
+        for c in clients:
+            c.join(30)
+    assert status == 503 and "retry-after" in headers, (status, body)
+    assert b"queue is full" in body and took < 1.0, (took, body)
+    assert sorted(answers) == [200, 200, 200], answers
+
+
+def test_the_deadline_counts_from_arrival_not_from_the_queue(tiny_bundle, tmp_path):
+    """The request timeout is 1 s and the body takes 1.5 s to arrive: the request is answered 504
+    without compute (before, the clock started only when it was queued, and it was served late)."""
+    with Served(tiny_bundle, tmp_path, SKIPVIT_REQUEST_TIMEOUT_S=1, SKIPVIT_MAX_WAIT_MS=0) as srv:
+        request = srv.classify_bytes([png_bytes(bar_image(2))])
+        head, _, body = request.partition(b"\r\n\r\n")
+        with srv.connect(10) as s:
+            s.sendall(head + b"\r\n\r\n")
+            time.sleep(1.5)
+            s.sendall(body)
+            status, _, detail = read_response(s)
+        assert status == 504, detail
+        with srv.connect(10) as s:  # an ordinary request is still served
+            s.sendall(request)
+            assert read_response(s)[0] == 200

@@ -20,13 +20,25 @@ first). ``GuardedProtocol`` is uvicorn's httptools protocol with the guard aroun
 
 Both are one timer per request, armed and cancelled by the parser's callbacks: cheaper than a
 timeout around every ``receive`` in the app.
+
+At shutdown (a drain), uvicorn closes every connection between two requests at once. A client may
+be sending its next request on it right then, or have just connected to send its first: closing
+a socket with unread data resets it, and the client sees its request cut off. Such a connection
+is given ``SHUTDOWN_GRACE_S`` instead: a request that starts meanwhile is read and answered (503,
+draining) with ``Connection: close``; a connection still silent after it is closed.
+``stop_handshakes`` does the same for the listening socket: the kernel completes no new handshake,
+so what is closed with it is only connections not yet made (the client is refused), never one
+whose request is already sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import resource
+import socket
+import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,6 +47,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 FD_RESERVE = 64  # descriptors kept for everything but client sockets (engine pipes, files, logs)
 EVICT_AFTER_S = 0.5  # a connection waiting this long for its headers may be evicted for a new one
+SHUTDOWN_GRACE_S = 0.5  # at shutdown, a connection between requests may start one within this
+SO_ATTACH_FILTER = 26  # Linux
 
 
 def canned(status: int, reason: str, detail: str, retry_after: int | None = None) -> bytes:
@@ -130,6 +144,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.counted = False
         self.header_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
+        self.closing_timer: asyncio.TimerHandle | None = None  # the shutdown's grace
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -152,6 +167,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._headers_arrived()
         super().on_headers_complete()
+        if self.closing_timer is not None:  # a request within the shutdown's grace: its answer ends it
+            self.closing_timer.cancel()
+            self.closing_timer = None
+            self.cycle.keep_alive = False
         self._body_arrived()  # a pipelined request's timer replaces the one before
         self.body_timer = self.loop.call_later(self.guard.settings.body_timeout_s, self._body_timeout)
 
@@ -159,7 +178,27 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_arrived()
         super().on_message_complete()
 
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, with ``SHUTDOWN_GRACE_S`` for a connection between requests
+        instead of closing it at once (see the module's docstring)."""
+        if self.transport.is_closing() or self.closing_timer is not None:
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            self.closing_timer = self.loop.call_later(SHUTDOWN_GRACE_S, self._grace_over)
+        else:
+            self.cycle.keep_alive = False
+
+    def _grace_over(self) -> None:
+        self.closing_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+        else:  # pragma: no cover - headers arriving cancel the timer
+            self.cycle.keep_alive = False
+
     def connection_lost(self, exc) -> None:
+        if self.closing_timer is not None:
+            self.closing_timer.cancel()
+            self.closing_timer = None
         self._headers_arrived()
         self._body_arrived()
         if self.counted:
@@ -210,3 +249,19 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(answer)
             self.transport.close()
+
+
+def stop_handshakes(sock) -> bool:
+    """Make the kernel drop every new SYN to the listening ``sock`` (a one-instruction socket
+    filter that drops every packet), so that no connection completes its handshake from now on.
+    Those already made wait in the accept queue and are accepted as before; closing the socket
+    after that resets nothing a client has sent, and a client's retried SYN is then refused. False
+    where this is not Linux (the socket then just closes, as uvicorn does)."""
+    drop_all = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, return 0 bytes: drop
+    program = ctypes.create_string_buffer(drop_all)
+    fprog = struct.pack("HP", 1, ctypes.addressof(program))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True

@@ -100,6 +100,12 @@ def drain(state: ServiceState) -> None:
     log.info("draining: %d requests in flight", state.admission.inflight)
 
 
+def hurry(state: ServiceState) -> None:
+    """A second exit signal: the shutdown that follows gives the engine no time to finish a batch
+    (its requests hear 503, and `skipvit serve` exits 1)."""
+    state.hurried = True
+
+
 async def shutdown(state: ServiceState, loading: asyncio.Task) -> None:
     """Stop loading, stop the batcher (bounded by ``drain_timeout_s``), close the engine."""
     if state.admission.draining:
@@ -112,7 +118,7 @@ async def shutdown(state: ServiceState, loading: asyncio.Task) -> None:
     loading.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await loading
-    timeout = state.settings.drain_timeout_s
+    timeout = 0.0 if state.hurried else state.settings.drain_timeout_s
     if state.batcher is not None and not await state.batcher.stop(timeout=timeout):
         # The engine held a batch past the drain's bound (hung): its requests heard 503. A process
         # engine is ended below; a thread cannot be, and `skipvit serve` exits 1 without waiting

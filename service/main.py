@@ -1,9 +1,10 @@
 """`skipvit serve`: run the app under uvicorn, draining on SIGTERM.
 
 The first SIGTERM (or Ctrl+C) drains: /readyz and any new /classify answer 503, the listening
-socket closes at once (a client that retries is refused at connect, and never has a request cut
-off), kept-alive connections close after their answer, idle ones at once, and the process exits 0
-once every admitted request is answered. The drain is bounded by ``SKIPVIT_DRAIN_TIMEOUT_S``; what
+socket completes no new handshake and closes once the connections already made are accepted (a
+client that retries is refused at connect, and never has a request cut off), kept-alive
+connections close after their answer, idle ones after a short grace for a request already on its
+way (``service.connections``), and the process exits 0 once every admitted request is answered. The drain is bounded by ``SKIPVIT_DRAIN_TIMEOUT_S``; what
 is still waiting then hears 503. An engine that never returns a batch is given up after as long
 again (its requests hear 503) and the process exits 1: a process engine is ended, a thread engine
 left behind. A second signal exits at once, without a traceback (1 if a batch was still in the
@@ -25,6 +26,7 @@ import signal
 import uvicorn
 
 log = logging.getLogger("skipvit.service")
+ACCEPT_QUEUE_S = 0.05  # after the handshakes stop, time for the loop to accept the connections made
 
 
 def add_arguments(p) -> None:
@@ -43,7 +45,7 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
     from pydantic import ValidationError
 
     from skipvit.service.app import create_app
-    from skipvit.service.lifecycle import drain
+    from skipvit.service.lifecycle import drain, hurry
     from skipvit.service.settings import Settings
     from skipvit.service.state import service_state
 
@@ -66,7 +68,7 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         http=guarded_protocol(settings, state),
     )
-    server = DrainingServer(config, functools.partial(drain, state))
+    server = DrainingServer(config, functools.partial(drain, state), functools.partial(hurry, state))
     server.run()
     if state.engine_hung or (state.batcher is not None and state.batcher.computing):
         # A batch never came back from the engine (its requests were answered 503, or a second
@@ -112,17 +114,32 @@ def check_bundle(settings) -> None:
 
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose first exit signal drains the app (``drain``: a function of no
-    arguments, called on the event loop) and then shuts down; a second one exits at once."""
+    arguments, called on the event loop) and then shuts down; a second one exits at once, still
+    ending the app's lifespan (``hurry`` first, so that it does not wait for the engine): uvicorn
+    would skip it, and the lifespan task, cancelled at the loop's end, would log a traceback."""
 
-    def __init__(self, config: uvicorn.Config, drain) -> None:
+    def __init__(self, config: uvicorn.Config, drain, hurry) -> None:
         super().__init__(config)
-        self._drain = drain
+        self._drain, self._hurry = drain, hurry
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
 
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def shutdown(self, sockets=None) -> None:
+        from skipvit.service.connections import stop_handshakes
+
+        # No connection completes its handshake from here on; the loop accepts those already made
+        # (they hear 503, draining) before uvicorn closes the listening socket, which then resets
+        # no request a client has sent. A client that retries is refused.
+        if not self.force_exit and all(stop_handshakes(s) for srv in self.servers for s in srv.sockets):
+            await asyncio.sleep(ACCEPT_QUEUE_S)
+        await super().shutdown(sockets)
+        if self.force_exit and self.started:
+            self._hurry()
+            await self.lifespan.shutdown()
 
     def handle_exit(self, sig: int, frame) -> None:
         # Not calling super(): uvicorn would re-raise the signal after shutdown; we exit 0.

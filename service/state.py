@@ -30,6 +30,7 @@ class ServiceState:
     batcher: Batcher | None = None
     ready: bool = False  # loaded, warmed up and batching: /readyz says 200 unless draining
     load_error: str | None = None  # why the engine cannot serve (load failed, its process died)
+    hurried: bool = False  # a second exit signal: shut down without waiting for the engine
     engine_hung: bool = False  # set at shutdown if the engine never returned a batch
 
     def fail(self, error: str) -> None:

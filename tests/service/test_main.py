@@ -16,7 +16,7 @@ import uvicorn
 
 from skipvit.service.app import create_app
 from skipvit.service.engine import Engine
-from skipvit.service.lifecycle import drain
+from skipvit.service.lifecycle import drain, hurry
 from skipvit.service.main import DrainingServer
 from skipvit.service.settings import Settings
 from skipvit.service.state import service_state
@@ -47,6 +47,7 @@ def test_a_drain_that_times_out_still_answers_every_admitted_request(
     server = DrainingServer(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1),
         functools.partial(drain, state),
+        functools.partial(hurry, state),
     )
     serving = threading.Thread(target=server.run, daemon=True)
     serving.start()

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from urllib.parse import parse_qs
 
 import torch
 
 from skipvit.service.asgi import ClientGone, header, read_body, send_json
-from skipvit.service.decode import DecodeError, decode_as_is, decode_image
+from skipvit.service.budget import BudgetTimeout
+from skipvit.service.decode import DecodeError, decode_as_is, decode_cost, finish, open_image
 from skipvit.service.echo import echo
 from skipvit.service.engine import BundleView
 from skipvit.service.failures import (
@@ -173,7 +175,7 @@ class Classify:
             raise failure_of(e) from None
         if point is not None:
             check_point(engine, point)
-        images = await self.decode(engine, files)
+        images = await self.decode(engine, files, ticket.arrived if ticket is not None else time.monotonic())
         try:
             arrived = None if ticket is None else ticket.arrived
             future = batcher.submit(images, point, arrived)
@@ -193,7 +195,9 @@ class Classify:
             raise failure from None
         return classify_body(answer.point, answer.rows)
 
-    async def decode(self, engine: BundleView, files: list[tuple[str, bytes]]) -> torch.Tensor:
+    async def decode(
+        self, engine: BundleView, files: list[tuple[str, bytes]], arrived: float
+    ) -> torch.Tensor:
         """The uploads as one (n, C, H, W) uint8 tensor in the bundle's layout."""
         s = self.settings
         tensors = []
@@ -201,19 +205,35 @@ class Classify:
             name = echo(filename) if filename else f"file {i}"
             if len(data) > s.max_image_bytes:
                 raise Failure(IMAGE_TOO_LARGE, f"{name}: larger than {s.max_image_bytes} bytes")
-            args = dict(
-                channels=engine.channels, size=engine.image_size, max_pixels=s.max_image_pixels, name=name
-            )
+            args = dict(channels=engine.channels, size=engine.image_size, name=name)
             try:
                 # A PNG already in the bundle's layout decodes in microseconds, on the event loop;
                 # anything else may take Pillow a while (a few KB can declare 16 megapixels), so
-                # it decodes in a thread and never holds up the other requests.
-                if (pixels := decode_as_is(data, **args)) is None:
-                    pixels = await asyncio.to_thread(decode_image, data, **args)
+                # it decodes in a thread, within the decode budget (``service.budget``).
+                if (pixels := decode_as_is(data, max_pixels=s.max_image_pixels, **args)) is None:
+                    pixels = await self.decode_in_budget(data, arrived, args)
                 tensors.append(pixels)
             except DecodeError as e:
                 raise failure_of(e) from None
         return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # (n, C, H, W)
+
+    async def decode_in_budget(self, data: bytes, arrived: float, args: dict) -> torch.Tensor:
+        """Read the header, wait (until the deadline at most) for room in the decode budget, decode."""
+        state = self.state
+        img = await asyncio.to_thread(open_image, data, max_pixels=self.settings.max_image_pixels, **args)
+        cost = decode_cost(img)
+        left = arrived + self.settings.request_timeout_s - time.monotonic()
+        try:
+            async with state.decode_budget.hold(cost, timeout=max(0.0, left)):
+                return await state.decode_pool.run(cost, finish, img, **args)
+        except BudgetTimeout:
+            raise Failure(
+                OVERLOADED,
+                f"{args['name']}: the decodes in progress hold the memory budget "
+                "(SKIPVIT_DECODE_BUDGET_MB) past the request timeout; Hint: send smaller images, "
+                "or retry after the Retry-After delay",
+                retry_after=1,
+            ) from None
 
 
 CLASSIFY_OPENAPI = {  # what the ASGI app reads, for the docs

@@ -40,11 +40,16 @@ class DecodeError(ValueError):
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """Wide integer/float modes -> L, scaled by the mode's range rather than clipped."""
+    """Wide integer/float modes -> L, scaled by the mode's range rather than clipped. In float32,
+    in place: 4 bytes a pixel beside the image, not 24 (exact enough: 16-bit values scaled to 8
+    bits are never within float32's error of a rounding tie)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.array(img, dtype=np.float32)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        arr *= np.float32(255.0 / top)
+        arr += np.float32(0.5)
+        np.clip(arr, 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8), mode="L")
     return img
 
 
@@ -110,6 +115,16 @@ def decode_image(
 
 
 def _pillow(data: bytes, *, channels: int, size: int, max_pixels: int, name: str) -> torch.Tensor:
+    img = open_image(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
+    return finish(img, channels=channels, size=size, name=name)
+
+
+def open_image(data: bytes, *, channels: int, size: int, max_pixels: int, name: str) -> Image.Image:
+    """Read the image's header (no pixels yet): its format, size and mode. Refuses what is not a
+    PNG, JPEG or WebP (422) and what declares more than ``max_pixels`` (413). A JPEG is set to
+    decode at the smallest scale (1/2 to 1/8) still at least ``size`` on a side (draft mode)."""
+    if not data:
+        raise DecodeError(f"{name}: the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -121,7 +136,8 @@ def _pillow(data: bytes, *, channels: int, size: int, max_pixels: int, name: str
                 "Hint: downscale the image before sending it.",
                 status=413,
             )
-        img.load()
+        if img.format == "JPEG":
+            img.draft("L" if channels == 1 else "RGB", (size, size))
     except DecodeError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -130,6 +146,54 @@ def _pillow(data: bytes, *, channels: int, size: int, max_pixels: int, name: str
                 f"{name}: not a PNG, JPEG or WebP image; Hint: send one of those formats"
             ) from None
         raise DecodeError(f"{name}: refused as a decompression bomb ({e})", status=413) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DecodeError(f"{name}: the image could not be decoded ({e}); is it truncated?") from None
+    return img
+
+
+# Bytes a decode holds at its peak, per pixel of the image as decoded (after a JPEG's draft): the
+# decoded image (Pillow keeps 1 byte a pixel for 1/L/P, 2 for I;16, 4 for every other mode) and
+# the largest full-size copy ``finish`` makes before it shrinks the image (RGBA -> premultiplied
+# RGBa; P -> RGB(A); 1 -> L; 16-bit -> float32). A WebP costs more whatever its mode: libwebp
+# decodes to RGBA in buffers of its own, which Pillow then copies.
+# Each decode also holds a few MB that do not grow with the image (a JPEG's decoder state).
+# Measured as peak RSS for 4096x4096 images of each mode: tests/service/test_decode_budget.py.
+PEAK_BYTES_PER_PIXEL = {"1": 2, "L": 1, "RGB": 4, "P": 9, "LA": 8, "RGBA": 8, "CMYK": 8}
+WIDE_PEAK_BYTES_PER_PIXEL = 9  # I;16 (2 + 4 + 1 for the float32 copy and its uint8), I, F
+WEBP_PEAK_BYTES_PER_PIXEL = 16
+DECODE_OVERHEAD_BYTES = 4 << 20
+
+
+def decode_cost(img: Image.Image) -> int:
+    """The bytes that decoding ``img`` (from ``open_image``) holds at its peak, from its header."""
+    w, h = img.size
+    per_pixel = PEAK_BYTES_PER_PIXEL.get(img.mode, WIDE_PEAK_BYTES_PER_PIXEL)
+    if img.format == "WEBP":
+        per_pixel = WEBP_PEAK_BYTES_PER_PIXEL
+    return w * h * per_pixel + DECODE_OVERHEAD_BYTES
+
+
+def _shrink(img: Image.Image, size: int) -> Image.Image:
+    """Box-reduce a large image by a whole factor, its short side staying at least ``size``, before
+    any conversion: every later copy is then small. Modes a box filter cannot average (1, P) are
+    converted first. Pillow averages RGBA premultiplied, as compositing on black does."""
+    factor = min(img.size) // size
+    if factor < 2:
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode not in ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F"):
+        return img  # I;16: scaled to 8 bits first (``_to_8bit``), at full size
+    return img.reduce(factor)
+
+
+def finish(img: Image.Image, *, channels: int, size: int, name: str) -> torch.Tensor:
+    """Decode the pixels of ``img`` (from ``open_image``) to a (C, size, size) uint8 tensor."""
+    try:
+        img.load()
+        img = _shrink(img, size)
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise DecodeError(f"{name}: the image could not be decoded ({e}); is it truncated?") from None
     img = _flatten_alpha(_to_8bit(img))

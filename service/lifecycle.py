@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from skipvit.kernels import set_backend
 from skipvit.service.auth import admin_token
 from skipvit.service.batcher import Batcher, Knobs
+from skipvit.service.budget import return_freed_memory
 from skipvit.service.engine import Engine
 from skipvit.service.runner import BatchRunner
 from skipvit.service.settings import Settings
@@ -125,6 +126,7 @@ async def shutdown(state: ServiceState, loading: asyncio.Task) -> None:
         # for it (``engine_hung``).
         log.warning("the engine did not finish its batch within %g s; giving up on it", timeout)
         state.engine_hung = True
+    state.decode_pool.close()
     if state.engine is not None:
         await run_in_threadpool(state.engine.close)
 
@@ -140,6 +142,7 @@ def lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMan
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         state.admin_token = admin_token(token, settings.admin_token_file)
         state.loop_lag.start()
+        return_freed_memory()
         state.metrics.loop_lag.set_function(lambda: state.loop_lag.lag)
         loading = asyncio.create_task(load(state), name="skipvit-load")
         try:

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     max_files: int = Field(64, ge=1, description="most images in one request")
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest single upload")
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="decoded-pixel cap (decompression bombs)")
+    decode_budget_mb: int = Field(
+        256,
+        ge=16,
+        description="memory the image decodes in progress may hold at once (a 4096x4096 RGBA PNG "
+        "holds about 138 MB at its peak); others wait for room, until their deadline",
+    )
     # admin
     admin_token: SecretStr | None = Field(None, description="bearer token of the mutating routes")
     admin_token_file: Path = Field(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from skipvit.service.batcher import Batcher
+from skipvit.service.budget import DecodeBudget, DecodePool
 from skipvit.service.engine import Engine
 from skipvit.service.looplag import LoopLag
 from skipvit.service.metrics import Metrics
@@ -25,6 +26,8 @@ class ServiceState:
     metrics: Metrics = field(default_factory=Metrics)
     admission: Admission = field(default_factory=Admission)
     loop_lag: LoopLag = field(default_factory=LoopLag)
+    decode_pool: DecodePool = field(default_factory=DecodePool)
+    decode_budget: DecodeBudget = field(init=False)
     admin_token: str | None = None  # set at startup; until then no admin request passes
     engine: Engine | EngineProcess | None = None
     batcher: Batcher | None = None
@@ -32,6 +35,9 @@ class ServiceState:
     load_error: str | None = None  # why the engine cannot serve (load failed, its process died)
     hurried: bool = False  # a second exit signal: shut down without waiting for the engine
     engine_hung: bool = False  # set at shutdown if the engine never returned a batch
+
+    def __post_init__(self) -> None:
+        self.decode_budget = DecodeBudget(self.settings.decode_budget_mb << 20)
 
     def fail(self, error: str) -> None:
         """The engine can serve no more: /livez and /readyz fail from now on, so that an

@@ -70,6 +70,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "open-loop load at 1x-6x the measured capacity: goodput, latency of 200s and 503s, sent vs answered",
     ),
     (
+        ("bench", "big-images"),
+        "skipvit.benchmarks.bench_big_images",
+        "normal clients beside clients sending maximum-size images: their throughput, server RSS",
+    ),
+    (
         ("bench", "kernel"),
         "skipvit.benchmarks.bench_kernel",
         "row compaction: Triton vs torch boolean indexing (GPU); syncs per forward",

@@ -24,6 +24,7 @@ import torch
 
 from skipvit.service.asgi import ClientGone, header, read_body, send_json
 from skipvit.service.budget import BudgetTimeout
+from skipvit.service.connections import http_response
 from skipvit.service.decode import DecodeError, decode_as_is, decode_cost, finish, open_image
 from skipvit.service.echo import echo
 from skipvit.service.engine import BundleView
@@ -39,6 +40,7 @@ from skipvit.service.failures import (
     SHUTTING_DOWN,
     Failure,
     failure_of,
+    respond,
     send_failure,
 )
 from skipvit.service.middleware import TICKET
@@ -234,6 +236,29 @@ class Classify:
                 "or retry after the Retry-After delay",
                 retry_after=1,
             ) from None
+
+
+def refuse_at_headers(state: ServiceState):
+    """For the HTTP protocol (``service.connections``): refuse a ``POST /classify`` at its headers
+    when ``Classify.refusal`` would, with the same answer and the same counts as the middleware,
+    but before an ASGI task exists (the cheapest refusal there is). A drain goes through the
+    middleware, which reads the body before it answers and closes."""
+    classify = Classify(state)
+    metrics = state.metrics
+
+    def refuse(keep_alive: bool) -> tuple[bytes, bool] | None:
+        if state.admission.draining:
+            return None
+        failure = classify.refusal()
+        if failure is None:
+            return None
+        status, body, headers = respond(failure, metrics)
+        keep_alive = keep_alive and not failure.kind.close
+        metrics.requests.labels("/classify", str(status)).inc()
+        metrics.request_seconds.labels("/classify").observe(0.0)
+        return http_response(status, body, headers, close=not keep_alive), keep_alive
+
+    return refuse
 
 
 CLASSIFY_OPENAPI = {  # what the ASGI app reads, for the docs

@@ -41,7 +41,9 @@ import socket
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -51,31 +53,35 @@ SHUTDOWN_GRACE_S = 0.5  # at shutdown, a connection between requests may start o
 SO_ATTACH_FILTER = 26  # Linux
 
 
-def canned(status: int, reason: str, detail: str, retry_after: int | None = None) -> bytes:
-    """A complete HTTP/1.1 answer that closes the connection, built once."""
-    body = json.dumps({"detail": detail}).encode()
+def http_response(status: int, body: dict, headers=(), close: bool = True) -> bytes:
+    """A complete HTTP/1.1 answer with a JSON body, as bytes to write (``close``: and the
+    connection closes after it)."""
+    data = json.dumps(body).encode()
     lines = [
-        f"HTTP/1.1 {status} {reason}",
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "content-type: application/json",
-        f"content-length: {len(body)}",
-        *([f"retry-after: {retry_after}"] if retry_after is not None else []),
-        "connection: close",
+        f"content-length: {len(data)}",
+        *(f"{k}: {v}" for k, v in headers if k != "connection"),
+        *(["connection: close"] if close else []),
     ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
+
+
+def canned(status: int, detail: str, retry_after: int | None = None) -> bytes:
+    """An answer that closes the connection, built once."""
+    return http_response(
+        status, {"detail": detail}, [("retry-after", str(retry_after))] if retry_after is not None else []
+    )
 
 
 TOO_MANY = canned(
     503,
-    "Service Unavailable",
     "too many open connections; Hint: reuse a kept-alive connection, or retry after Retry-After",
     retry_after=1,
 )
-HEADER_TIMEOUT = canned(
-    408, "Request Timeout", "the request's headers did not arrive in time; Hint: send the request at once"
-)
+HEADER_TIMEOUT = canned(408, "the request's headers did not arrive in time; Hint: send the request at once")
 BODY_TIMEOUT = canned(
     408,
-    "Request Timeout",
     "the request's body did not arrive in time (SKIPVIT_BODY_TIMEOUT_S); Hint: send the body at once, or "
     "fewer images per request",
 )
@@ -100,11 +106,20 @@ class ConnectionGuard:
     """Counts the open connections and keeps those waiting for headers in arrival order. One per
     server; touched only on the event loop. ``on_refuse(reason)`` counts what it turns away."""
 
-    def __init__(self, settings: GuardSettings, on_refuse=None) -> None:
+    def __init__(
+        self,
+        settings: GuardSettings,
+        on_refuse=None,
+        refuse_classify: Callable[[bool], tuple[bytes, bool] | None] | None = None,
+    ) -> None:
         self.settings = settings
         self.open = 0
         self.waiting: OrderedDict[GuardedProtocol, float] = OrderedDict()
         self.on_refuse = on_refuse or (lambda reason: None)
+        # A POST /classify at its headers (given whether the client keeps the connection alive):
+        # the answer that refuses it and whether the connection stays open after, or None to let
+        # it through to the app.
+        self.refuse_classify = refuse_classify
 
     def admit(self, conn: GuardedProtocol, now: float) -> bool:
         """Whether ``conn`` (just opened) may stay; makes room by evicting a slow one if it can."""
@@ -145,6 +160,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.header_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.closing_timer: asyncio.TimerHandle | None = None  # the shutdown's grace
+        self.refusing: bool | None = None  # a request refused at its headers: whether to keep alive
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -166,6 +182,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._headers_arrived()
+        if self._refused_here():
+            return
         super().on_headers_complete()
         if self.closing_timer is not None:  # a request within the shutdown's grace: its answer ends it
             self.closing_timer.cancel()
@@ -174,9 +192,41 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_arrived()  # a pipelined request's timer replaces the one before
         self.body_timer = self.loop.call_later(self.guard.settings.body_timeout_s, self._body_timeout)
 
+    def on_body(self, body: bytes) -> None:
+        if self.refusing is None:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._body_arrived()
+        if self.refusing is not None:  # the refused request's body is read: on to the next request
+            keep_alive, self.refusing = self.refusing, None
+            if keep_alive:
+                self.on_response_complete()  # uvicorn's keep-alive timer, as after any answer
+            else:
+                self.transport.close()
+            return
         super().on_message_complete()
+
+    def _refused_here(self) -> bool:
+        """Refuse a ``POST /classify`` right at its headers, when the app would (``refuse_classify``):
+        the answer is written at once, the body read and dropped as it comes, and no ASGI task
+        is made. Only between requests (a pipelined one goes through the app, to keep answers in
+        order)."""
+        refuse = self.guard.refuse_classify
+        if (
+            refuse is None
+            or (self.cycle is not None and not self.cycle.response_complete)
+            or self.parser.get_method() != b"POST"
+            or self.url.partition(b"?")[0] != b"/classify"
+        ):
+            return False
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        refused = refuse(keep_alive)
+        if refused is None:
+            return False
+        answer, self.refusing = refused
+        self.transport.write(answer)
+        return True
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown, with ``SHUTDOWN_GRACE_S`` for a connection between requests
@@ -234,8 +284,8 @@ class GuardedProtocol(HttpToolsProtocol):
         (``connection_lost``) and answers nothing; the client reads the 408 written here."""
         self.body_timer = None
         self.guard.on_refuse("slow_client")
-        if self.cycle is not None and self.cycle.response_started:  # answering already: just close
-            self.transport.close()
+        if self.refusing is not None or (self.cycle is not None and self.cycle.response_started):
+            self.transport.close()  # answered already: just close
         else:
             self._answer_and_close(BODY_TIMEOUT)
 

@@ -83,11 +83,14 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
 
 def guarded_protocol(settings, state):
     """uvicorn's HTTP protocol with the connection bound and the header timeout of ``settings``."""
+    from skipvit.service.classify import refuse_at_headers
     from skipvit.service.connections import ConnectionGuard, GuardedProtocol, GuardSettings, connection_limit
 
     limit = connection_limit(settings.max_connections)
     timeouts = GuardSettings(limit, settings.header_timeout_s, settings.body_timeout_s)
-    guard = ConnectionGuard(timeouts, on_refuse=state.metrics.rejected)
+    guard = ConnectionGuard(
+        timeouts, on_refuse=state.metrics.rejected, refuse_classify=refuse_at_headers(state)
+    )
     log.info("at most %d client connections, %g s for a request's headers", limit, settings.header_timeout_s)
     return functools.partial(GuardedProtocol, guard=guard)
 

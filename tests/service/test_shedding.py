@@ -51,6 +51,48 @@ def test_a_full_queue_refuses_from_the_headers_without_waiting_for_the_body(tiny
     assert sorted(answers) == [200, 200, 200], answers
 
 
+def test_a_refusal_at_the_headers_keeps_the_connection_and_drops_the_body(tiny_bundle, tmp_path):
+    """A whole request refused (queue full) on a kept-alive connection: the 503 comes at once, its
+    body is read and dropped, and the next request on the same connection is served. Refusals are
+    counted like any other."""
+    env = dict(
+        SLOW_ENGINE_S=1.0,
+        SKIPVIT_ENGINE="thread",
+        SKIPVIT_MAX_QUEUE=1,
+        SKIPVIT_MAX_BATCH_SIZE=1,
+        SKIPVIT_PIPELINE_DEPTH=1,
+        SKIPVIT_MAX_WAIT_MS=0,
+    )
+    with Served(tiny_bundle, tmp_path, SLOW_ENGINE, **env) as srv:
+        request = srv.classify_bytes([png_bytes(bar_image(1))])
+        answers: list[int] = []
+
+        def one() -> None:
+            with srv.connect(30) as s:
+                s.sendall(request)
+                answers.append(read_response(s)[0])
+
+        clients = [threading.Thread(target=one) for _ in range(2)]
+        for c in clients:  # one computes, one waits: the queue is full
+            c.start()
+            time.sleep(0.15)
+        with srv.connect(10) as s:
+            s.sendall(request)
+            status, headers, body = read_response(s)
+            assert status == 503 and b"queue is full" in body, (status, body)
+            assert "retry-after" in headers and headers.get("connection") != "close", headers
+            for c in clients:
+                c.join(30)
+            s.sendall(request)  # the same connection, the queue empty again
+            status, _, body = read_response(s)
+            assert status == 200, body
+            s.sendall(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())
+            metrics = read_response(s)[2].decode()
+    assert sorted(answers) == [200, 200], answers
+    assert 'skipvit_rejections_total{reason="queue_full"} 1.0' in metrics, metrics
+    assert 'skipvit_requests_total{route="/classify",status="503"} 1.0' in metrics, metrics
+
+
 def test_the_deadline_counts_from_arrival_not_from_the_queue(tiny_bundle, tmp_path):
     """The request timeout is 1 s and the body takes 1.5 s to arrive: the request is answered 504
     without compute (before, the clock started only when it was queued, and it was served late)."""

@@ -153,7 +153,7 @@ def schemathesis(base: str, *only: str) -> tuple[subprocess.CompletedProcess, fl
         "--max-examples",
         str(EXAMPLES),
         "--seed",
-        "1",
+        "1",  # fixed: a failure reproduces; another seed explores other cases
         "--generation-database",
         "none",
         "--workers",

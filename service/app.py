@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
-from skipvit.service import failures, lifecycle
+from skipvit.service import contract, failures, lifecycle
 from skipvit.service.classify import Classify, document
 from skipvit.service.middleware import ServiceMiddleware
 from skipvit.service.routes import STATIC, router
@@ -57,14 +57,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def openapi_with_classify(app: FastAPI) -> Callable[[], dict]:
     """The app's OpenAPI schema: the routes, plus ``POST /classify`` (a plain ASGI app, which
-    FastAPI does not see)."""
+    FastAPI does not see), with every answer of each (``service.contract``)."""
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
-            app.openapi_schema = document(schema)
+            schema = document(schema, app.state.service.settings.max_files)
+            app.openapi_schema = contract.document(schema)
         return app.openapi_schema
 
     return openapi

@@ -5,6 +5,10 @@ settings). Otherwise a random token is made at start and written to ``SKIPVIT_AD
 with mode 0600, its directory made 0700 (also when it existed with wider permissions), so that only
 the owner of the process can read it back. The token itself is never logged: the log says where it
 is. Comparison is constant-time.
+
+``ADMIN_BEARER`` is the token as FastAPI's HTTP bearer scheme, so that OpenAPI declares it (the
+``securitySchemes`` entry ``bearer``, and ``security`` on every route that depends on it); it only
+hands over the raw header: the check stays ``bearer_ok``, before any body is read.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import os
 import secrets
 import stat
 from pathlib import Path
+
+from fastapi import Request
+from fastapi.security import HTTPBearer
 
 log = logging.getLogger("skipvit.service")
 MIN_TOKEN_CHARS = 16
@@ -67,3 +74,21 @@ def bearer_ok(header: str | None, token: str) -> bool:
     scheme, _, given = (header or "").partition(" ")
     ok = hmac.compare_digest(given.strip().encode(), token.encode())
     return ok and scheme.lower() == "bearer"
+
+
+class AdminBearer(HTTPBearer):
+    """The admin token's OpenAPI security scheme; as a dependency, the raw Authorization header
+    (None if absent), refused by nothing here."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            scheme_name="bearer",
+            description="the admin token: SKIPVIT_ADMIN_TOKEN, or the server's token file",
+            auto_error=False,
+        )
+
+    async def __call__(self, request: Request) -> str | None:  # type: ignore[override]
+        return request.headers.get("authorization")
+
+
+ADMIN_BEARER = AdminBearer()

@@ -34,6 +34,7 @@ from skipvit.service.failures import (
     IMAGE_TOO_LARGE,
     METHOD_NOT_ALLOWED,
     MODEL_FAILED,
+    NOT_MULTIPART,
     NOT_READY,
     OVERLOADED,
     QUEUE_FULL,
@@ -114,7 +115,8 @@ class Classify:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["method"] != "POST":
-            await send_failure(send, Failure(METHOD_NOT_ALLOWED), self.metrics)
+            only_post = "Method Not Allowed; Hint: POST images as multipart/form-data"
+            await send_failure(send, Failure(METHOD_NOT_ALLOWED, only_post, allow=("POST",)), self.metrics)
             return
         try:
             body = await self.answer(scope, receive)
@@ -171,8 +173,15 @@ class Classify:
         ticket = scope.get(TICKET)
         body = await read_body(receive)
         point = point_param(scope["query_string"])
+        content_type = header(scope, b"content-type")
+        if not content_type or not content_type.lower().startswith("multipart/form-data"):
+            raise Failure(
+                NOT_MULTIPART,
+                f"the body is {echo(content_type or 'untyped')}, not multipart/form-data; Hint: send one or "
+                "more parts named 'files' (e.g. curl -F files=@a.png)",
+            )
         try:
-            files = read_files(header(scope, b"content-type"), body, max_files=self.settings.max_files)
+            files = read_files(content_type, body, max_files=self.settings.max_files)
         except MultipartError as e:
             raise failure_of(e) from None
         if point is not None:
@@ -261,40 +270,41 @@ def refuse_at_headers(state: ServiceState):
     return refuse
 
 
-CLASSIFY_OPENAPI = {  # what the ASGI app reads, for the docs
-    "parameters": [
-        {
-            "name": "point",
-            "in": "query",
-            "required": False,
-            "schema": {"type": "string"},
-            "description": "point id (see GET /pareto); default: the active point",
-        }
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "PNG, JPEG or WebP images, answered in this order",
-                        }
-                    },
-                }
+def classify_openapi(max_files: int) -> dict:
+    """What the ASGI app reads, for the docs: the query and the multipart body."""
+    files = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": max_files,
+        "items": {"type": "string", "format": "binary"},
+        "description": f"PNG, JPEG or WebP images (1 to {max_files}, SKIPVIT_MAX_FILES), answered in this order",
+    }
+    return {
+        "parameters": [
+            {
+                "name": "point",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1},
+                "description": "point id (see GET /pareto); default: the active point",
             }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["files"], "properties": {"files": files}},
+                    "encoding": {"files": {"contentType": "image/png, image/jpeg, image/webp"}},
+                }
+            },
         },
-    },
-}
+    }
 
 
-def document(schema: dict) -> dict:
+def document(schema: dict, max_files: int) -> dict:
     """Add ``POST /classify`` (query, multipart body, ``ClassifyResponse``) to an OpenAPI schema
-    built from the FastAPI routes, which do not include it."""
+    built from the FastAPI routes, which do not include it; its answers but 200 are
+    ``service.contract``'s."""
     answer = ClassifyResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(answer.pop("$defs", {}))
@@ -306,7 +316,7 @@ def document(schema: dict) -> dict:
             "description": "One result per file, in order: label, top-k probabilities, layers run and "
             "the path through the layers. The response names the point that served it.",
             "operationId": "classify",
-            **CLASSIFY_OPENAPI,
+            **classify_openapi(max_files),
             "responses": {"200": {"description": "the results", "content": json_answer}},
         }
     }

@@ -17,12 +17,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
-from skipvit.service.auth import bearer_ok
+from skipvit.service.auth import ADMIN_BEARER, bearer_ok
 from skipvit.service.batcher import Batcher
 from skipvit.service.failures import BAD_CONFIG, NOT_READY, UNAUTHORIZED, Failure
 from skipvit.service.knobs import waits_past_timeout
 from skipvit.service.pareto import check_point, points_out
-from skipvit.service.schemas import ConfigResponse, ConfigUpdate, ParetoResponse
+from skipvit.service.schemas import (
+    ConfigResponse,
+    ConfigUpdate,
+    LivezResponse,
+    ParetoResponse,
+    ReadyzResponse,
+)
 from skipvit.service.state import ServiceState
 
 log = logging.getLogger("skipvit.service")
@@ -36,10 +42,10 @@ def state_of(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(state_of)]
 
 
-def require_admin(request: Request, state: State) -> None:
+def require_admin(authorization: Annotated[str | None, Depends(ADMIN_BEARER)], state: State) -> None:
     """401 unless the request carries the admin token (none is set before startup: nothing passes)."""
     token = state.admin_token
-    if not token or not bearer_ok(request.headers.get("authorization"), token):
+    if not token or not bearer_ok(authorization, token):
         raise Failure(UNAUTHORIZED)
 
 
@@ -65,14 +71,18 @@ ReadyBatcher = Annotated[Batcher, Depends(ready_batcher)]
 router = APIRouter()
 
 
-@router.get("/livez")
+LIVEZ_503 = {"model": LivezResponse, "description": "the bundle failed to load, or the engine process exited"}
+READYZ_503 = {"model": ReadyzResponse, "description": "not ready: loading, draining or failed"}
+
+
+@router.get("/livez", responses={200: {"model": LivezResponse}, 503: LIVEZ_503})
 async def livez(state: State) -> JSONResponse:
     if state.load_error:
         return JSONResponse(status_code=503, content={"status": "failed", "error": state.load_error})
     return JSONResponse(content={"status": "alive"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={200: {"model": ReadyzResponse}, 503: READYZ_503})
 async def readyz(state: State) -> JSONResponse:
     draining = state.admission.draining
     ready = state.ready and not draining and not state.load_error

@@ -78,11 +78,18 @@ class ConfigResponse(BaseModel):
     request_timeout_s: float
 
 
+def _one_field_set(schema: dict[str, Any]) -> None:
+    """The JSON schema says what the validator checks: at least one field that is not null."""
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in schema["properties"]
+    ]
+
+
 class ConfigUpdate(BaseModel):
     """PUT /config: any of the fields; the others keep their values. Strict: ``true`` is not a
     batch size, nor ``"7"`` a wait."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_one_field_set)
 
     point: str | None = Field(None, min_length=1, max_length=200)
     max_batch_size: int | None = Field(None, **MAX_BATCH_SIZE.constraints())
@@ -94,3 +101,30 @@ class ConfigUpdate(BaseModel):
         if all(v is None for v in self.model_dump().values()):
             raise ValueError('nothing to change; Hint: send e.g. {"point": "static"}')
         return self
+
+
+class LivezResponse(BaseModel):
+    status: str  # "alive", or "failed" (503) with the reason in ``error``
+    error: str | None = None
+
+
+class ReadyzResponse(BaseModel):
+    ready: bool
+    draining: bool
+    error: str | None = None
+
+
+class FieldError(BaseModel):
+    """One of pydantic's validation errors, as the 422 of a body that does not validate lists them."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    ctx: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every answer other than 200 (``service.failures``): what was wrong and what to do, or the
+    list of validation errors."""
+
+    detail: str | list[FieldError]

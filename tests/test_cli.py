@@ -49,7 +49,9 @@ def test_top_level_help_imports_no_command_module_and_no_torch():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False False"
-    assert "{static,rl,exits}" in done.stdout and "{server,model,overload,big-images,kernel}" in done.stdout  # the groups
+    assert (
+        "{static,rl,exits}" in done.stdout and "{server,model,overload,big-images,kernel}" in done.stdout
+    )  # the groups
 
 
 def test_only_the_named_command_is_imported():

@@ -300,6 +300,11 @@ class Batcher:
         ahead = math.floor((self._queued_images + arriving) / max(self.knobs.max_batch_size, 1))
         return max(0.0, self._free_at - self.clock()) + ahead * self._compute_s
 
+    def expected_answer(self, arriving: int = 0) -> float:
+        """Seconds until a request arriving now would likely have its answer: its wait, then its
+        own batch's compute."""
+        return self.expected_wait(arriving) + self._compute_s
+
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained: batches ahead times one batch's compute."""
         batches = math.ceil(self._queued_images / max(self.knobs.max_batch_size, 1))

@@ -153,7 +153,7 @@ class Classify:
                 f"{knobs.max_queue}); Hint: retry after the Retry-After delay",
                 batcher.retry_after(),
             )
-        wait = batcher.expected_wait(arriving)
+        wait = batcher.expected_answer(arriving)
         if wait >= batcher.timeout_s:
             return Failure(
                 OVERLOADED,

@@ -108,3 +108,41 @@ def test_the_deadline_counts_from_arrival_not_from_the_queue(tiny_bundle, tmp_pa
         with srv.connect(10) as s:  # an ordinary request is still served
             s.sendall(request)
             assert read_response(s)[0] == 200
+
+
+def test_a_request_whose_answer_would_come_past_the_timeout_is_refused_at_its_headers(tiny_bundle, tmp_path):
+    """Each batch takes 1 s and the timeout is 3 s. Once the server has timed a batch, requests
+    sent 0.15 s apart: the first two can be answered in time and are; by the fourth, the work ahead
+    plus its own batch passes 3 s, and it is refused at once (503 overloaded), not left to time out."""
+    env = dict(
+        SLOW_ENGINE_S=1.0,
+        SKIPVIT_ENGINE="thread",
+        SKIPVIT_MAX_BATCH_SIZE=1,
+        SKIPVIT_PIPELINE_DEPTH=1,
+        SKIPVIT_MAX_WAIT_MS=0,
+        SKIPVIT_REQUEST_TIMEOUT_S=3,
+    )
+    with Served(tiny_bundle, tmp_path, SLOW_ENGINE, **env) as srv:
+        request = srv.classify_bytes([png_bytes(bar_image(1))], close=True)
+        with srv.connect(10) as s:  # the server learns what a batch takes
+            s.sendall(request)
+            assert read_response(s)[0] == 200
+        answers: dict[int, tuple[int, bytes, float]] = {}
+
+        def one(i: int) -> None:
+            t0 = time.monotonic()
+            with srv.connect(30) as s:
+                s.sendall(request)
+                status, _, body = read_response(s)
+            answers[i] = (status, body, time.monotonic() - t0)
+
+        clients = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for c in clients:
+            c.start()
+            time.sleep(0.15)
+        for c in clients:
+            c.join(30)
+    assert [answers[i][0] for i in (0, 1)] == [200, 200], answers
+    status, body, took = answers[3]
+    assert status == 503 and b"expected wait" in body and took < 0.5, answers
+    assert all(code in (200, 503) for code, _, _ in answers.values()), answers

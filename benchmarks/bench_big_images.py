@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import os
-import shlex
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
-from skipvit import flags
-from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_pngs, free_port
+from skipvit.benchmarks import served
+from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_pngs
 from skipvit.benchmarks.loadgen import (
     ProtocolError,
     classify_request,
@@ -38,7 +33,6 @@ from skipvit.benchmarks.loadgen import (
     run_level,
     summarize,
 )
-from skipvit.benchmarks.server_report import finite, machine_info
 
 NORMAL_KEPT = 0.70  # of the baseline's throughput
 PEAK_RSS_BYTES = 1 << 30
@@ -46,7 +40,6 @@ BACK_WITHIN_BYTES = 64 << 20
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to serve")
     p.add_argument("--clients", type=int, default=64, help="closed-loop clients sending normal images")
     p.add_argument("--big-clients", type=int, default=8, help="clients sending maximum-size images")
     p.add_argument("--big-rate", type=float, default=2.0, help="requests/s of each big client (at most)")
@@ -54,13 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--duration", type=float, default=15.0, help="measured seconds per phase")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each phase")
     p.add_argument("--settle", type=float, default=5.0, help="seconds after the big clients stop")
-    p.add_argument(
-        "--start-timeout", type=float, default=120.0, help="seconds the server may take to be ready"
-    )
-    flags.add_device(p, "cpu", "cpu, cuda or auto")
-    flags.add_data_dir(p, "Fashion-MNIST directory (test images to send)")
-    p.add_argument("--out-json", default="runs/bench/big_images.json")
-    p.add_argument("--out-md", default=None, help="also write the markdown table here")
+    served.add_common(p, "runs/bench/big_images.json")
 
 
 def big_png(side: int) -> bytes:
@@ -87,43 +74,19 @@ def rss_bytes(pid: int) -> tuple[int, int]:
 
 
 def run(args) -> None:
-    bundle = Path(args.bundle).resolve()
-    if not (bundle / "bundle.json").is_file():
-        raise FileNotFoundError(f"no bundle at {args.bundle}; Hint: pass --bundle checkpoints/fashion-mnist")
+    bundle = served.bundle_dir(args.bundle)
     if args.duration <= 0 or args.big_rate <= 0 or args.big_clients < 1 or args.clients < 1:
         raise ValueError("--duration, --big-rate, --clients and --big-clients must be positive")
     pngs = fashion_mnist_pngs(args.data_dir, 1024)
     big = big_png(args.big_side)
-    out_json = Path(args.out_json)
-    port = free_port()
-    env = {
-        **os.environ,
-        "SKIPVIT_LOG_LEVEL": "warning",
-        "SKIPVIT_DEVICE": args.device,
-        "SKIPVIT_ADMIN_TOKEN": "bench-big-images-admin-token",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "skipvit",
-        "serve",
-        "--bundle",
-        str(bundle),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
-    server = ServerProcess("skipvit", cmd, env, port, out_json.parent / "server-big-images.log")
+    server = served.skipvit_server(args, bundle, "big-images")
     server.start()
     try:
         result = run_async(measure(args, server, pngs, big))
     finally:
         code = server.stop()
     report = {
-        "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
-        "machine": machine_info(),
-        "bundle": args.bundle,
+        **served.header(args),
         "settings": {
             "clients": args.clients,
             "big_clients": args.big_clients,
@@ -135,14 +98,7 @@ def run(args) -> None:
         "server_exit_code": code,
     }
     report["targets"] = verdict(report)
-    markdown = render(report)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(finite(report), indent=2) + "\n")
-    if args.out_md:
-        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out_md).write_text(markdown)
-    print(markdown)
-    print(f"written to {out_json}" + (f" and {args.out_md}" if args.out_md else ""), file=sys.stderr)
+    served.write(report, render(report), args.out_json, args.out_md)
 
 
 async def big_client(host: str, port: int, data: bytes, rate: float, stop: asyncio.Event, out: dict) -> None:

@@ -16,23 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shlex
 import sys
-from pathlib import Path
 
 from skipvit import flags
-from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_pngs, free_port
+from skipvit.benchmarks import served
+from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_pngs
 from skipvit.benchmarks.loadgen import request_pool, run_async, run_level, summarize
 from skipvit.benchmarks.openloop import open_loop
-from skipvit.benchmarks.server_report import finite, machine_info
+from skipvit.benchmarks.server_report import finite
 
 GOODPUT_AT_3X = 0.85  # of capacity
 REFUSED_P95_MS = 20.0
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--bundle", default="checkpoints/fashion-mnist", help="bundle to serve")
     p.add_argument(
         "--levels",
         type=flags.positive_floats,
@@ -51,53 +48,22 @@ def add_arguments(p) -> None:
         "--request-timeout", type=float, default=10.0, help="SKIPVIT_REQUEST_TIMEOUT_S of the server"
     )
     p.add_argument("--max-connections", type=int, default=4000, help="most connections the generator opens")
-    p.add_argument(
-        "--start-timeout", type=float, default=120.0, help="seconds the server may take to be ready"
-    )
-    flags.add_device(p, "cpu", "cpu, cuda or auto")
-    flags.add_data_dir(p, "Fashion-MNIST directory (test images to send)")
-    p.add_argument("--out-json", default="runs/bench/overload.json")
-    p.add_argument("--out-md", default=None, help="also write the markdown table here")
+    served.add_common(p, "runs/bench/overload.json")
 
 
 def run(args) -> None:
-    bundle = Path(args.bundle).resolve()
-    if not (bundle / "bundle.json").is_file():
-        raise FileNotFoundError(f"no bundle at {args.bundle}; Hint: pass --bundle checkpoints/fashion-mnist")
+    bundle = served.bundle_dir(args.bundle)
     if args.duration <= 0 or args.warmup < 0 or args.request_timeout <= 0:
         raise ValueError("--duration and --request-timeout must be positive; Hint: e.g. --duration 10")
     pngs = fashion_mnist_pngs(args.data_dir, 1024)
-    out_json = Path(args.out_json)
-    port = free_port()
-    env = {
-        **os.environ,
-        "SKIPVIT_LOG_LEVEL": "warning",
-        "SKIPVIT_DEVICE": args.device,
-        "SKIPVIT_REQUEST_TIMEOUT_S": str(args.request_timeout),
-        "SKIPVIT_ADMIN_TOKEN": "bench-overload-admin-token",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "skipvit",
-        "serve",
-        "--bundle",
-        str(bundle),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
-    server = ServerProcess("skipvit", cmd, env, port, out_json.parent / "server-overload.log")
+    server = served.skipvit_server(args, bundle, "overload", request_timeout_s=args.request_timeout)
     server.start()
     try:
         capacity, levels = run_async(measure(args, server, pngs))
     finally:
         code = server.stop()
     report = {
-        "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
-        "machine": machine_info(),
-        "bundle": args.bundle,
+        **served.header(args),
         "settings": {
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -109,14 +75,7 @@ def run(args) -> None:
         "server_exit_code": code,
         "targets": verdict(capacity["images_per_s"], levels),
     }
-    markdown = render(report)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(finite(report), indent=2) + "\n")
-    if args.out_md:
-        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out_md).write_text(markdown)
-    print(markdown)
-    print(f"written to {out_json}" + (f" and {args.out_md}" if args.out_md else ""), file=sys.stderr)
+    served.write(report, render(report), args.out_json, args.out_md)
 
 
 async def measure(args, server: ServerProcess, pngs: list[bytes]) -> tuple[dict, list[dict]]:

@@ -35,11 +35,11 @@ from skipvit.benchmarks.loadgen import (
     summarize,
 )
 from skipvit.benchmarks.server_report import (
-    finite,
     machine_info,
     reference_level,
     render_markdown,
     verdict,
+    write_report,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -650,11 +650,4 @@ def run(args) -> None:
         "in_process": inproc.rows,
         "targets": verdict(servers, inproc.rows),
     }
-    markdown = render_markdown(report)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(finite(report), indent=2) + "\n")
-    if args.out_md:
-        Path(args.out_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out_md).write_text(markdown)
-    print(markdown)
-    print(f"written to {out_json}" + (f" and {args.out_md}" if args.out_md else ""), file=sys.stderr)
+    write_report(report, render_markdown(report), out_json, args.out_md)

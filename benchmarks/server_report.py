@@ -14,9 +14,11 @@ seconds; every round is reported.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,18 @@ def verdict(servers: dict[str, list[dict]], inproc: list[dict]) -> dict:
             "met": bool(ratio >= TARGET_EFFICIENCY),
         }
     return out
+
+
+def write_report(report: dict, markdown: str, out_json: str | Path, out_md: str | None) -> None:
+    """The JSON (NaN as null), the markdown if asked, and the markdown on stdout."""
+    path = Path(out_json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite(report), indent=2) + "\n")
+    if out_md:
+        Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_md).write_text(markdown)
+    print(markdown)
+    print(f"written to {path}" + (f" and {out_md}" if out_md else ""), file=sys.stderr)
 
 
 def finite(x: Any) -> Any:

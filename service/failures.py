@@ -44,7 +44,8 @@ NOT_READY = Kind(503, "not_ready", "the model is not loaded yet; Hint: retry sho
 ENGINE_GONE = Kind(
     503,
     "engine_gone",
-    f"the model process has exited and this server must be restarted; {RETRY_ELSEWHERE}",
+    "the model process running this request's batch was lost and is being restarted; "
+    "Hint: retry after the Retry-After delay, or on another replica",
     retry_after=True,
 )
 DRAINING = Kind(  # a new /classify while draining, refused before its body is read

@@ -137,7 +137,7 @@ class Child:
         self.sent += 1
         try:
             self.conn.send(msg)
-        except (OSError, ValueError):  # it died (broken pipe) or was closed
+        except (OSError, ValueError, TypeError):  # it died (broken pipe), or its pipe was closed meanwhile
             self.lose("a slice could not be sent")
         return future
 

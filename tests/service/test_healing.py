@@ -3,7 +3,7 @@ killed with SIGKILL, or stopped with SIGSTOP, is found, killed and reaped, repla
 its requests retried, so that 200s resume within 5 s, at most one batch hears 503, and every
 request is answered exactly once; /readyz says "healing" meanwhile. An engine process killed while
 the server is idle is found within about a second. And a server whose replacements keep failing
-exits non-zero.
+exits non-zero. The supervisor's decisions (``service.healing``) are tested first, pure.
 
 Every process stopped here is one the test started (the server) or one of its engine processes,
 found by the server's PID; everything is on loopback.
@@ -25,13 +25,70 @@ import httpx2
 import pytest
 
 from skipvit.benchmarks.loadgen import Connection, classify_request
+from skipvit.service.healing import (
+    HealPolicy,
+    Seen,
+    after_loss,
+    backoff,
+    describe_exit,
+    gives_up,
+    healthy,
+    verdict,
+)
 from tests.service.helpers import bar_image, png_bytes
 from tests.service.rawhttp import Served
 
-pytestmark = pytest.mark.slow
 CLIENTS = 64
 BATCH = 32  # SKIPVIT_MAX_BATCH_SIZE: one-image requests, so at most this many share a batch
 ENV = {"SKIPVIT_ENGINE_WORKERS": 2, "SKIPVIT_TORCH_THREADS": 1, "SKIPVIT_MAX_BATCH_SIZE": BATCH}
+
+
+# -- the decisions, pure (service.healing), with literal timestamps ---------------------------------
+
+POLICY = HealPolicy(
+    heartbeat_timeout_s=0.6, backoff_s=0.5, max_failures=5, max_backoff_s=30, healthy_run_s=10
+)
+
+
+def test_verdict_tells_computing_from_stopped_and_names_what_happened():
+    serving = Seen(spawned=0.0, ready=5.0, beat=99.5)
+    assert verdict(serving, 100.0, POLICY) is None  # a beat 0.5 s ago: alive, whatever it computes
+    assert "no heartbeat for 0.70 s" in verdict(serving, 100.2, POLICY)
+    assert verdict(Seen(0.0, 5.0, 100.0, exitcode=-9), 100.0, POLICY) == "killed by SIGKILL"
+    assert verdict(Seen(0.0, 5.0, 100.0, exitcode=1), 100.0, POLICY) == "exited with code 1"
+    assert verdict(Seen(0.0, None, None, exitcode=-15), 1.0, POLICY) == "killed by SIGTERM"
+    # starting: no beat yet is no verdict until the start timeout; an error report is a failed start
+    assert verdict(Seen(0.0), 119.0, POLICY) is None
+    assert "not ready 120 s" in verdict(Seen(0.0), 120.0, POLICY)
+    assert (
+        verdict(Seen(0.0, start_error="BundleError: sha256"), 2.0, POLICY)
+        == "could not start: BundleError: sha256"
+    )
+    # a starting process that stops is found by its heartbeat as well
+    assert "no heartbeat" in verdict(Seen(0.0, None, 3.0), 3.7, POLICY)
+    assert describe_exit(-200) == "killed by signal 200"
+
+
+def test_backoff_doubles_between_failed_starts_and_a_healthy_run_resets_it():
+    # a process that served for 10 s is replaced at once
+    assert after_loss(0, ready=5.0, lost=15.0, policy=POLICY) == 0
+    assert after_loss(3, ready=5.0, lost=15.0, policy=POLICY) == 0
+    assert backoff(0, POLICY) == 0.0
+    # lost sooner, or never ready: one more failed start, and the wait doubles
+    failures = 0
+    waits = []
+    for _ in range(8):
+        failures = after_loss(failures, ready=None, lost=1.0, policy=POLICY)
+        waits.append(backoff(failures, POLICY))
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert after_loss(2, ready=5.0, lost=6.0, policy=POLICY) == 3  # died a second after ready
+    assert healthy(5.0, 15.0, POLICY) and not healthy(5.0, 14.9, POLICY) and not healthy(None, 99, POLICY)
+    assert not gives_up(4, POLICY) and gives_up(5, POLICY)
+    assert POLICY.tick_s == 0.1 and POLICY.beat_interval_s == pytest.approx(0.1)
+    assert HealPolicy(heartbeat_timeout_s=0.2).tick_s == pytest.approx(0.05)
+
+
+# -- a real server, healing ---------------------------------------------------------------------
 
 
 def engine_pids(server_pid: int) -> set[int]:
@@ -187,16 +244,19 @@ def heal_under_load(srv: Served, sig: signal.Signals) -> None:
     assert "ERROR" in log and f"(pid {victim}) lost" in log, log
 
 
+@pytest.mark.slow
 def test_an_engine_process_killed_under_load_is_replaced(server):
     heal_under_load(server, signal.SIGKILL)
     assert "killed by SIGKILL" in server.output()
 
 
+@pytest.mark.slow
 def test_an_engine_process_stopped_under_load_is_replaced(server):
     heal_under_load(server, signal.SIGSTOP)
     assert "no heartbeat" in server.output()
 
 
+@pytest.mark.slow
 def test_an_engine_process_killed_while_idle_is_found_at_once(server):
     before = full_capacity(server)
     victim = max(before)
@@ -217,6 +277,7 @@ def test_an_engine_process_killed_while_idle_is_found_at_once(server):
     assert victim not in after and state_of(victim) is None
 
 
+@pytest.mark.slow
 def test_a_server_whose_replacements_keep_failing_exits_non_zero(tiny_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

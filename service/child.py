@@ -36,7 +36,15 @@ def _heartbeat(counter, interval: float) -> None:
 
 
 def _child(
-    conn, beat, interval: float, bundle_dir: str, device: str, top_k: int, threads: int | None, compact: str
+    conn,
+    beat,
+    busy,
+    interval: float,
+    bundle_dir: str,
+    device: str,
+    top_k: int,
+    threads: int | None,
+    compact: str,
 ) -> None:
     # The heartbeat ticks while the main thread loads and computes: torch releases the GIL.
     threading.Thread(target=_heartbeat, args=(beat, interval), name="skipvit-heartbeat", daemon=True).start()
@@ -58,10 +66,14 @@ def _child(
         if msg is None:
             return
         images, points = msg
+        busy.value = time.monotonic()  # the same clock as the parent's (Linux: system-wide)
         try:
-            conn.send(("ok", engine.predict(torch.from_numpy(images), points)))
+            answer = ("ok", engine.predict(torch.from_numpy(images), points))
         except Exception as e:
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            answer = ("error", f"{type(e).__name__}: {e}")
+        finally:
+            busy.value = 0.0
+        conn.send(answer)
 
 
 class Child:
@@ -76,9 +88,13 @@ class Child:
     ) -> None:
         self.name = name
         self.conn, child = ctx.Pipe()
-        self.beat = ctx.RawValue("Q", 0)
+        self.beat = ctx.RawValue("Q", 0)  # bumped by the child's heartbeat thread
+        self.busy = ctx.RawValue("d", 0.0)  # since when the child computes its slice; 0: idle
         self.proc = ctx.Process(
-            target=_child, args=(child, self.beat, policy.beat_interval_s, *args), name=name, daemon=True
+            target=_child,
+            args=(child, self.beat, self.busy, policy.beat_interval_s, *args),
+            name=name,
+            daemon=True,
         )
         self.spawned = time.monotonic()
         self.proc.start()
@@ -159,7 +175,8 @@ class Child:
         count = self.beat.value
         if count != self._count:
             self._count, self._beat_at = count, now
-        return Seen(self.spawned, self.ready_at, self._beat_at, self.proc.exitcode, self.start_error)
+        busy = self.busy.value or None
+        return Seen(self.spawned, self.ready_at, self._beat_at, self.proc.exitcode, self.start_error, busy)
 
     def end(self, timeout: float = 5.0) -> int | None:
         """Kill (SIGKILL ends a stopped process too), reap, close the pipe once its reader is done.

@@ -14,6 +14,8 @@ time, and change nothing, so they are tested with literal timestamps and no proc
   computes a long batch (every torch op releases the GIL), so a busy process is never taken for a
   hung one; it stops when the whole process stops (SIGSTOP stops every thread) or is wedged with
   the GIL held, and that is found within the timeout, idle or not.
+- It has computed one slice for ``slice_timeout_s``: wedged without holding the GIL (a native call
+  that never returns), which its heartbeat cannot tell from a long batch, so the bound is long.
 
 ``after_loss`` and ``backoff``: a lost process is replaced after a wait that doubles with each
 failed start in a row, from ``backoff_s`` up to ``max_backoff_s``; a process lost after a healthy
@@ -34,11 +36,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class HealPolicy:
     """How the supervisor detects a lost engine process and replaces it (``Settings`` gives the
-    first, second and fourth; the rest are fixed here)."""
+    first four; the rest are fixed here)."""
 
     heartbeat_timeout_s: float = 0.6
     backoff_s: float = 0.5  # the wait after the first failed start; doubles with each one after
     max_failures: int = 5  # failed starts in a row before the server gives up
+    slice_timeout_s: float = 120.0  # one slice computing this long: wedged
     max_backoff_s: float = 30.0
     start_timeout_s: float = 120.0  # from spawn to ready: the interpreter, torch, the bundle, warm-up
     healthy_run_s: float = 10.0  # serving this long resets the failed starts
@@ -64,6 +67,7 @@ class Seen:
     beat: float | None = None  # when its heartbeat was last seen to move; None: not yet
     exitcode: int | None = None  # set once it has exited
     start_error: str | None = None  # what it reported instead of ready
+    busy: float | None = None  # since when it computes its current slice; None: idle
 
 
 def describe_exit(code: int) -> str:
@@ -86,6 +90,8 @@ def verdict(seen: Seen, now: float, policy: HealPolicy) -> str | None:
         return f"not ready {now - seen.spawned:.0f} s after its start"
     if seen.beat is not None and now - seen.beat >= policy.heartbeat_timeout_s:
         return f"no heartbeat for {now - seen.beat:.2f} s (stopped, or wedged holding the GIL)"
+    if seen.busy is not None and now - seen.busy >= policy.slice_timeout_s:
+        return f"one slice computing for {now - seen.busy:.1f} s (wedged)"
     return None
 
 

@@ -52,6 +52,7 @@ def start_engine(settings: Settings, state: ServiceState | None = None) -> Engin
                 heartbeat_timeout_s=settings.engine_heartbeat_timeout_s,
                 backoff_s=settings.engine_respawn_backoff_s,
                 max_failures=settings.engine_max_respawn_failures,
+                slice_timeout_s=settings.engine_slice_timeout_s,
             ),
             on_restart=None if state is None else state.metrics.engine_restarts.inc,
             on_give_up=None if state is None else state.give_up,

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="an engine process whose heartbeat has not moved for this long (stopped, or wedged "
         "holding the GIL) is killed and replaced; a dead one is found at once",
     )
+    engine_slice_timeout_s: float = Field(
+        120.0,
+        ge=0.1,
+        description="an engine process that computes one slice of a batch for this long is taken as "
+        "wedged (its heartbeat cannot tell a native call that never returns from a long batch), "
+        "killed and replaced; its slice is retried once",
+    )
     engine_respawn_backoff_s: float = Field(
         0.5,
         ge=0,

@@ -67,6 +67,12 @@ def test_verdict_tells_computing_from_stopped_and_names_what_happened():
     # a starting process that stops is found by its heartbeat as well
     assert "no heartbeat" in verdict(Seen(0.0, None, 3.0), 3.7, POLICY)
     assert describe_exit(-200) == "killed by signal 200"
+    # a main thread stuck without the GIL keeps the heartbeat going: one slice has a long bound
+    assert verdict(Seen(0.0, 5.0, 299.9, busy=180.1), 300.0, POLICY) is None
+    assert (
+        verdict(Seen(0.0, 5.0, 299.9, busy=180.0), 300.0, POLICY)
+        == "one slice computing for 120.0 s (wedged)"
+    )
 
 
 def test_backoff_doubles_between_failed_starts_and_a_healthy_run_resets_it():

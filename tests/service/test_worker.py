@@ -51,6 +51,23 @@ def test_the_child_answers_like_the_engine_and_a_dead_child_is_reported(tiny_gat
         remote.close()  # idempotent
 
 
+def test_a_slice_lost_twice_is_engine_gone_and_a_wedged_child_is_replaced(tiny_bundle):
+    """A child computing one slice past the slice timeout counts as wedged: killed and replaced,
+    its slice retried once on the replacement; lost there too, the batch hears ``EngineGone``."""
+    policy = HealPolicy(slice_timeout_s=0.02, backoff_s=0.05)
+    remote = EngineProcess(tiny_bundle, device="cpu", threads=1, policy=policy)
+    try:
+        first = remote.processes[0].pid
+        big = torch.zeros(3000, 1, 16, 16, dtype=torch.uint8)  # well over 0.02 s of compute
+        with pytest.raises(EngineGone, match="wedged"):
+            remote.predict(big, "static", deadline=time.monotonic() + 60)
+        wait_for(lambda: remote.capacity() == (1, 1))
+        assert remote.processes[0].pid != first
+        assert remote.predict(big[:1], "static")[0].path == "1111"  # a short one is fine
+    finally:
+        remote.close()
+
+
 def test_a_bundle_the_child_cannot_load_is_reported(tiny_bundle, tmp_path):
     import shutil
 

@@ -12,6 +12,7 @@ found by the server's PID; everything is on loopback.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -214,6 +215,7 @@ def heal_under_load(srv: Served, sig: signal.Signals) -> None:
     before = full_capacity(srv)
     restarts_before = restarts(srv)
     load = Load(srv.port).start()
+    victim = None
     try:
         assert wait_until(lambda: sum(s == 200 for _, _, s in load.outcomes) >= 100, 30), srv.output()
         victim = min(before)
@@ -229,7 +231,8 @@ def heal_under_load(srv: Served, sig: signal.Signals) -> None:
         time.sleep(0.5)  # 200s keep coming with the replacement serving
     finally:
         load.finish()
-        if state_of(victim) == "T":  # the server never dealt with it (the old code): not ours to leave
+        # A server that never dealt with a stopped process (the old code) must not leave it behind.
+        if victim is not None and state_of(victim) == "T":
             os.kill(victim, signal.SIGKILL)
     errors = [s for _, _, s in load.outcomes if isinstance(s, str)]
     assert not errors, errors[:5]  # every request answered, none lost
@@ -239,13 +242,18 @@ def heal_under_load(srv: Served, sig: signal.Signals) -> None:
     assert first_ok_after is not None, srv.output()
     failed = [s for _, _, s in after_signal if s != 200]
     resumed = first_ok_after - t_signal
-    print(f"{sig.name}: 200s again {resumed:.2f} s after the signal; {len(failed)} not 200: {failed[:5]}")
-    assert resumed < 5.0, srv.output()
+    oks = sorted([t_signal] + [t1 for _, t1, s in after_signal if s == 200])
+    gap = max(b - a for a, b in itertools.pairwise(oks))  # the longest wait for a 200 after the signal
+    print(
+        f"{sig.name}: 200s again {resumed:.2f} s after the signal, longest gap between 200s "
+        f"{gap:.2f} s; {len(failed)} not 200: {failed[:5]}"
+    )
+    assert resumed < 5.0 and gap < 5.0, srv.output()
     assert len(failed) <= BATCH and set(failed) <= {503}, failed
     healing = [body for t, code, body in load.readyz if t > t_signal and code == 503]
     assert healing and healing[0]["status"] == "healing", load.readyz[-5:]
     assert state_of(victim) is None, f"{victim} not reaped: {state_of(victim)}"
-    assert restarts(srv) == restarts_before + 1
+    assert restarts(srv) >= restarts_before + 1
     log = srv.output()
     assert "ERROR" in log and f"(pid {victim}) lost" in log, log
 

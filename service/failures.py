@@ -60,7 +60,8 @@ NOT_READY = Kind(
 ENGINE_GONE = Kind(
     503,
     "engine_gone",
-    f"the model process has exited and this server must be restarted; {RETRY_ELSEWHERE}",
+    "the model process running this request's batch was lost and is being restarted; "
+    "Hint: retry after the Retry-After delay, or on another replica",
     retry_after=True,
     doc="the model process has exited",
 )

@@ -20,6 +20,7 @@ from skipvit.service.auth import admin_token
 from skipvit.service.batcher import Batcher, Knobs
 from skipvit.service.budget import return_freed_memory
 from skipvit.service.engine import Engine
+from skipvit.service.healing import HealPolicy
 from skipvit.service.runner import BatchRunner
 from skipvit.service.settings import Settings
 from skipvit.service.state import ServiceState
@@ -28,8 +29,10 @@ from skipvit.service.worker import EngineProcess, layout
 log = logging.getLogger("skipvit.service")
 
 
-def start_engine(settings: Settings) -> Engine | EngineProcess:
-    """Load the bundle and warm it up, in child processes (default) or in this one."""
+def start_engine(settings: Settings, state: ServiceState | None = None) -> Engine | EngineProcess:
+    """Load the bundle and warm it up, in child processes (default) or in this one. The child
+    processes are kept alive: each replacement is counted in ``state``'s metrics, and if they cannot
+    be kept alive the state gives up (``ServiceState.give_up``)."""
     if settings.engine == "process":
         workers, threads = layout(settings.device, settings.engine_workers, settings.torch_threads)
         log.info(
@@ -46,6 +49,14 @@ def start_engine(settings: Settings) -> Engine | EngineProcess:
             threads,
             compact=settings.compact,
             workers=workers,
+            policy=HealPolicy(
+                heartbeat_timeout_s=settings.engine_heartbeat_timeout_s,
+                backoff_s=settings.engine_respawn_backoff_s,
+                max_failures=settings.engine_max_respawn_failures,
+                slice_timeout_s=settings.engine_slice_timeout_s,
+            ),
+            on_restart=None if state is None else state.metrics.engine_restarts.inc,
+            on_give_up=None if state is None else state.give_up,
         )
     set_backend(settings.compact)
     if settings.torch_threads:
@@ -58,7 +69,7 @@ def start_engine(settings: Settings) -> Engine | EngineProcess:
 def start_batcher(state: ServiceState, engine: Engine | EngineProcess, active: str) -> Batcher:
     s = state.settings
     batcher = Batcher(
-        BatchRunner(engine, state.metrics, on_gone=state.fail),
+        BatchRunner(engine, state.metrics, retry_within_s=s.request_timeout_s),
         active=active,
         key=engine.batch_key,
         knobs=Knobs(s.max_batch_size, s.max_wait_ms, s.max_queue),
@@ -75,7 +86,7 @@ async def load(state: ServiceState) -> None:
     as ``load_error``: /livez turns 503 with the reason, so an orchestrator restarts us."""
     settings, metrics = state.settings, state.metrics
     try:
-        engine = await run_in_threadpool(start_engine, settings)
+        engine = await run_in_threadpool(start_engine, settings, state)
         state.engine = engine
         metrics.init_layers(engine.depth)
         active = engine.point(settings.point)

@@ -8,7 +8,9 @@ way (``service.connections``), and the process exits 0 once every admitted reque
 is still waiting then hears 503. An engine that never returns a batch is given up after as long
 again (its requests hear 503) and the process exits 1: a process engine is ended, a thread engine
 left behind. A second signal exits at once, without a traceback (1 if a batch was still in the
-engine).
+engine). If the engine processes cannot be kept alive (``service.healing``: too many lost before a
+healthy run, in a row) the server drains and shuts down the same way, and exits 1 with an ERROR
+naming why, so that a restart policy starts it afresh.
 
 Connections are bounded and timed (``service.connections``): at most ``SKIPVIT_MAX_CONNECTIONS``
 (by default what the file-descriptor limit allows) and ``SKIPVIT_HEADER_TIMEOUT_S`` for a request's
@@ -69,6 +71,7 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
         http=guarded_protocol(settings, state),
     )
     server = DrainingServer(config, functools.partial(drain, state), functools.partial(hurry, state))
+    state.stop_server = server.stop
     server.run()
     if state.engine_hung or (state.batcher is not None and state.batcher.computing):
         # A batch never came back from the engine (its requests were answered 503, or a second
@@ -79,6 +82,11 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
             state.engine.close(timeout=1.0)
         logging.shutdown()
         os._exit(1)
+    if state.gave_up is not None:
+        # The engine processes could not be kept alive: exit non-zero, so that a restart policy
+        # (Docker's, systemd's, an orchestrator's) starts the server afresh.
+        log.error("exiting with status 1: %s", state.gave_up)
+        raise SystemExit(1)
 
 
 def guarded_protocol(settings, state):
@@ -153,6 +161,14 @@ class DrainingServer(uvicorn.Server):
             return
         self._draining = True
         log.info("signal %s: draining", signal.Signals(sig).name)
+        self._loop.call_soon_threadsafe(self._begin_drain)
+
+    def stop(self) -> None:
+        """Drain and shut down as a first signal would, from any thread (the engine could not be
+        healed); after a drain has begun, nothing more."""
+        if self._draining or self._loop is None:
+            return
+        self._draining = True
         self._loop.call_soon_threadsafe(self._begin_drain)
 
     def _begin_drain(self) -> None:

@@ -83,6 +83,11 @@ class Metrics:
         self.active_point = Info(
             "skipvit_active_point", "the point that serves requests without ?point=", registry=r
         )
+        self.engine_restarts = Counter(
+            "skipvit_engine_restarts",
+            "engine processes started to replace one that died or hung",
+            registry=r,
+        )
         self.ready = Gauge("skipvit_model_ready", "1 once the bundle is loaded and warmed up", registry=r)
         for reason in REASONS:  # export zeros, so rate() works before the first rejection
             self.rejections.labels(reason)

@@ -84,9 +84,14 @@ async def livez(state: State) -> JSONResponse:
 
 @router.get("/readyz", responses={200: {"model": ReadyzResponse}, 503: READYZ_503})
 async def readyz(state: State) -> JSONResponse:
+    """503 while loading, draining, failed, or healing: an engine process is being replaced."""
     draining = state.admission.draining
-    ready = state.ready and not draining and not state.load_error
+    capacity = state.capacity() if state.ready else None
+    healing = capacity is not None and capacity[0] < capacity[1] and not state.load_error
+    ready = state.ready and not draining and not state.load_error and not healing
     body: dict = {"ready": ready, "draining": draining}
+    if healing:
+        body.update(status="healing", engine_processes={"serving": capacity[0], "wanted": capacity[1]})
     if state.load_error:
         body["error"] = state.load_error
     return JSONResponse(status_code=200 if ready else 503, content=body)

@@ -1,30 +1,46 @@
-"""``BatchRunner``: what the batcher calls, from a worker thread, to run one batch in the engine."""
+"""``BatchRunner``: what the batcher calls, from a worker thread, to run one batch in the engine.
+
+A process engine heals itself (``service.worker``): a batch whose slice was lost with its engine
+process is retried there, once, if that can start within ``retry_within_s`` of the batch's start
+(the request timeout: a request not started by then would have heard 504). Only when it cannot does
+the batch hear ``EngineGone`` (503 with Retry-After); the server keeps serving meanwhile.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import time
 
 import torch
 
 from skipvit.service.engine import Engine, RowResult
+from skipvit.service.knobs import REQUEST_TIMEOUT_S
 from skipvit.service.metrics import Metrics
 from skipvit.service.worker import EngineGone, EngineProcess
 
+log = logging.getLogger("skipvit.service")
+
 
 class BatchRunner:
-    """Runs a batch in ``engine`` and counts its rows' paths. An engine that is gone is reported
-    to ``on_gone`` (with the reason) before the error goes on to the batch's requests."""
+    """Runs a batch in ``engine`` and counts its rows' paths."""
 
     def __init__(
-        self, engine: Engine | EngineProcess, metrics: Metrics, on_gone: Callable[[str], None]
+        self,
+        engine: Engine | EngineProcess,
+        metrics: Metrics,
+        retry_within_s: float = REQUEST_TIMEOUT_S.default,
     ) -> None:
-        self.engine, self.metrics, self.on_gone = engine, metrics, on_gone
+        self.engine, self.metrics, self.retry_within_s = engine, metrics, retry_within_s
 
     def __call__(self, images: torch.Tensor, points: list[str]) -> list[RowResult]:
         try:
-            rows = self.engine.predict(images, points)  # (B, C, H, W) -> B rows, in order
+            if isinstance(self.engine, EngineProcess):
+                deadline = time.monotonic() + self.retry_within_s
+                rows = self.engine.predict(images, points, deadline)  # (B, C, H, W) -> B rows, in order
+            else:
+                rows = self.engine.predict(images, points)
         except EngineGone as e:
-            self.on_gone(str(e))
+            log.error("a batch of %d images is answered 503: %s", images.shape[0], e)
             raise
         self.metrics.rows(points, [r.path for r in rows])
         return rows

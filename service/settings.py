@@ -48,6 +48,34 @@ class Settings(BaseSettings):
         description="torch intra-op threads in each engine process (default: the cores shared among "
         "them on CPU; torch's own on CUDA or for the thread engine)",
     )
+    engine_heartbeat_timeout_s: float = Field(
+        0.6,
+        ge=0.05,
+        le=60,
+        description="an engine process whose heartbeat has not moved for this long (stopped, or wedged "
+        "holding the GIL) is killed and replaced; a dead one is found at once",
+    )
+    engine_slice_timeout_s: float = Field(
+        120.0,
+        ge=0.1,
+        description="an engine process that computes one slice of a batch for this long is taken as "
+        "wedged (its heartbeat cannot tell a native call that never returns from a long batch), "
+        "killed and replaced; its slice is retried once",
+    )
+    engine_respawn_backoff_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="wait before replacing an engine process that was lost before a healthy run; doubles "
+        "with each such loss in a row, up to 30 s (one lost after a healthy run is replaced at once)",
+    )
+    engine_max_respawn_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="engine processes lost before a healthy run, in a row, after which the server "
+        "gives up and exits non-zero (for a restart policy to start it afresh)",
+    )
     compact: Literal["auto", "torch", "triton"] = Field(
         "auto", description="row compaction: Triton on CUDA (auto), or force the torch reference or Triton"
     )

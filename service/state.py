@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
@@ -15,6 +17,8 @@ from skipvit.service.metrics import Metrics
 from skipvit.service.middleware import Admission
 from skipvit.service.settings import Settings
 from skipvit.service.worker import EngineProcess
+
+log = logging.getLogger("skipvit.service")
 
 
 @dataclass(eq=False)
@@ -32,9 +36,11 @@ class ServiceState:
     engine: Engine | EngineProcess | None = None
     batcher: Batcher | None = None
     ready: bool = False  # loaded, warmed up and batching: /readyz says 200 unless draining
-    load_error: str | None = None  # why the engine cannot serve (load failed, its process died)
+    load_error: str | None = None  # why the engine cannot serve (load failed, it could not be healed)
     hurried: bool = False  # a second exit signal: shut down without waiting for the engine
     engine_hung: bool = False  # set at shutdown if the engine never returned a batch
+    gave_up: str | None = None  # why the engine processes could not be kept alive: exit non-zero
+    stop_server: Callable[[], None] | None = None  # set by `skipvit serve`: drain and shut down
 
     def __post_init__(self) -> None:
         self.decode_budget = DecodeBudget(self.settings.decode_budget_mb << 20)
@@ -44,6 +50,19 @@ class ServiceState:
         orchestrator restarts us, and /classify answers 503."""
         self.load_error = error
         self.metrics.ready.set(0)
+
+    def give_up(self, reason: str) -> None:
+        """The engine processes cannot be kept alive (from the supervisor's thread): fail, and have
+        the server shut down and exit non-zero, so that a restart policy starts it afresh."""
+        self.gave_up = reason
+        self.fail(reason)
+        if self.stop_server is not None:
+            log.error("shutting down: the engine could not be healed")
+            self.stop_server()
+
+    def capacity(self) -> tuple[int, int] | None:
+        """(engine processes serving, engine processes wanted) of a process engine; None otherwise."""
+        return self.engine.capacity() if isinstance(self.engine, EngineProcess) else None
 
 
 def service_state(app: FastAPI) -> ServiceState:

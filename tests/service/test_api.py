@@ -155,31 +155,52 @@ def test_a_failed_batch_is_a_500_with_the_reason_and_the_next_request_is_served(
         assert 'skipvit_requests_total{route="/classify",status="500"} 1.0' in c.get("/metrics").text
 
 
-def test_when_the_engine_process_dies_every_probe_and_request_says_so(tiny_bundle, monkeypatch):
+def test_a_batch_whose_engine_process_was_lost_is_503_and_the_server_lives_on(tiny_bundle, monkeypatch):
     settings = Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, engine="thread")
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
+        real = Engine.predict
 
         def gone(self, images, points=None):
-            raise EngineGone("the engine process exited (code -9)")
+            raise EngineGone("engine process skipvit-engine-0 was lost: killed by SIGKILL")
 
         monkeypatch.setattr(Engine, "predict", gone)
-        for _ in range(2):  # the batch it died on, then the next request (refused before the queue)
+        for _ in range(2):  # each batch that could not be retried hears 503 with Retry-After
             r = c.post("/classify", files=files(png_bytes(bar_image(0))))
             assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
             assert "restarted" in r.json()["detail"]
-        assert c.get("/livez").status_code == 503
-        r = c.get("/readyz")
-        assert r.status_code == 503 and "code -9" in r.json()["error"]
+        assert c.get("/livez").status_code == 200 and c.get("/readyz").status_code == 200
+        monkeypatch.setattr(Engine, "predict", real)
+        assert c.post("/classify", files=files(png_bytes(bar_image(0)))).status_code == 200
         text = c.get("/metrics").text
         assert 'skipvit_rejections_total{reason="engine_gone"} 2.0' in text
-        assert "skipvit_model_ready 0.0" in text
+        assert "skipvit_model_ready 1.0" in text
+
+
+def test_when_the_engine_cannot_be_healed_every_probe_and_request_says_so(tiny_bundle):
+    settings = Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, engine="thread")
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        service_state(c.app).give_up("engine process skipvit-engine-0 failed 5 starts in a row")
+        r = c.post("/classify", files=files(png_bytes(bar_image(0))))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert c.get("/livez").status_code == 503
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "5 starts in a row" in r.json()["error"]
+        assert "skipvit_model_ready 0.0" in c.get("/metrics").text
 
 
 def test_shutdown_ends_an_engine_process_that_hangs(tiny_bundle):
     """A batch stuck in a hung engine process does not hold shutdown forever: past the drain's
-    bound the process is ended, and the request in it hears 503."""
-    settings = Settings(bundle=tiny_bundle, device="cpu", admin_token=TOKEN, drain_timeout_s=0.5)
+    bound the process is ended, and the request in it hears 503. (The heartbeat timeout is long
+    here: otherwise the supervisor would replace the stopped process within a second.)"""
+    settings = Settings(
+        bundle=tiny_bundle,
+        device="cpu",
+        admin_token=TOKEN,
+        drain_timeout_s=0.5,
+        engine_heartbeat_timeout_s=60,
+    )
     answers = []
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
@@ -187,9 +208,9 @@ def test_shutdown_ends_an_engine_process_that_hangs(tiny_bundle):
         os.kill(engine.processes[0].pid, signal.SIGSTOP)  # hung, not dead
         entered, predict = threading.Event(), engine.predict
 
-        def entering(images, points=None):
+        def entering(images, points=None, deadline=None):
             entered.set()
-            return predict(images, points)
+            return predict(images, points, deadline)
 
         engine.predict = entering
         asking = threading.Thread(

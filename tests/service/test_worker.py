@@ -1,14 +1,27 @@
 """The engine in child processes answers like the in-process engine, a batch cut across several
-children comes back whole and in order, and a dead child is reported."""
+children comes back whole and in order, and a dead or stopped child is replaced while its slices
+are answered by another (or hear ``EngineGone`` when the deadline does not allow a retry)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import time
 
 import pytest
 import torch
 
 from skipvit.service.engine import Engine
+from skipvit.service.healing import HealPolicy
 from skipvit.service.settings import Settings
 from skipvit.service.worker import EngineGone, EngineProcess, layout
+
+
+def wait_for(check, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_the_child_answers_like_the_engine_and_a_dead_child_is_reported(tiny_gate_bundle):
@@ -26,13 +39,33 @@ def test_the_child_answers_like_the_engine_and_a_dead_child_is_reported(tiny_gat
         with pytest.raises(RuntimeError, match="cannot share"):  # an engine error, the child lives on
             remote.predict(images[:2], ["static", "rl"])
         assert remote.predict(images[:1], "static")[0].path == "1111"
-        remote.processes[0].kill()
-        remote.processes[0].join(10)
-        with pytest.raises(EngineGone, match="exited"):
-            remote.predict(images[:1], "static")
+        old = remote.processes[0]
+        old.kill()
+        old.join(10)
+        with pytest.raises(EngineGone, match=r"deadline|no time left"):  # no child, no time to wait
+            remote.predict(images[:1], "static", deadline=time.monotonic())
+        assert remote.predict(images, points) == local.predict(images, points)  # waits for the new one
+        assert remote.processes[0].pid != old.pid and remote.capacity() == (1, 1)
     finally:
         remote.close()
         remote.close()  # idempotent
+
+
+def test_a_slice_lost_twice_is_engine_gone_and_a_wedged_child_is_replaced(tiny_bundle):
+    """A child computing one slice past the slice timeout counts as wedged: killed and replaced,
+    its slice retried once on the replacement; lost there too, the batch hears ``EngineGone``."""
+    policy = HealPolicy(slice_timeout_s=0.02, backoff_s=0.05)
+    remote = EngineProcess(tiny_bundle, device="cpu", threads=1, policy=policy)
+    try:
+        first = remote.processes[0].pid
+        big = torch.zeros(3000, 1, 16, 16, dtype=torch.uint8)  # well over 0.02 s of compute
+        with pytest.raises(EngineGone, match="wedged"):
+            remote.predict(big, "static", deadline=time.monotonic() + 60)
+        wait_for(lambda: remote.capacity() == (1, 1))
+        assert remote.processes[0].pid != first
+        assert remote.predict(big[:1], "static")[0].path == "1111"  # a short one is fine
+    finally:
+        remote.close()
 
 
 def test_a_bundle_the_child_cannot_load_is_reported(tiny_bundle, tmp_path):
@@ -67,13 +100,11 @@ def test_batches_sent_from_several_threads_each_get_their_own_answer(tiny_gate_b
         with ThreadPoolExecutor(3) as pool:  # up to three batches in flight at once
             got = list(pool.map(lambda k: remote.predict(batches[k], points[k % 3]), range(24)))
         assert got == [local.predict(b, points[k % 3]) for k, b in enumerate(batches)]
-        remote.processes[0].kill()
-        remote.processes[0].join(10)
-        with ThreadPoolExecutor(2) as pool:  # every batch in flight hears that the child is gone
-            futures = [pool.submit(remote.predict, batches[0], "static") for _ in range(4)]
-            for f in futures:
-                with pytest.raises(EngineGone):
-                    f.result(timeout=10)
+        with ThreadPoolExecutor(3) as pool:  # the child dies with batches in flight: all are answered
+            futures = [pool.submit(remote.predict, batches[k], points[k % 3]) for k in range(6)]
+            remote.processes[0].kill()
+            got = [f.result(timeout=60) for f in futures]
+        assert got == [local.predict(b, points[k % 3]) for k, b in enumerate(batches[:6])]
     finally:
         remote.close()
 
@@ -109,15 +140,19 @@ def test_several_children_each_take_a_slice_and_the_rows_come_back_in_order(tiny
         assert [[r.path for r in rows] for rows in got] == [
             [r.path for r in local.predict(b, points[k % 4])] for k, b in enumerate(batches)
         ]
-        remote.processes[1].kill()
-        remote.processes[1].join(10)
-        with ThreadPoolExecutor(2) as pool:  # one child gone is the engine gone, for every batch
-            futures = [pool.submit(remote.predict, images, "static") for _ in range(3)]
-            for f in futures:
-                with pytest.raises(EngineGone):
-                    f.result(timeout=10)
-        with pytest.raises(EngineGone):
-            remote.predict(images[:1], "static")
+        want = [r.path for r in local.predict(images, "rl")]
+        for sig in (signal.SIGKILL, signal.SIGSTOP):  # a dead child, then a stopped one
+            victim = remote.processes[1]
+            with ThreadPoolExecutor(3) as pool:  # its slices go to the other child
+                futures = [pool.submit(remote.predict, images, "rl") for _ in range(6)]
+                os.kill(victim.pid, sig)
+                t0 = time.monotonic()
+                assert all([r.path for r in f.result(timeout=30)] == want for f in futures)
+            assert time.monotonic() - t0 < 5
+            wait_for(lambda v=victim: v.exitcode is not None)  # killed and reaped, by the supervisor
+            wait_for(lambda: remote.capacity() == (2, 2))
+            assert remote.processes[1].pid != victim.pid
+            assert [r.path for r in remote.predict(images, "rl")] == want
     finally:
         remote.close()
 
@@ -162,12 +197,10 @@ def test_usable_cores_respects_a_cgroup_cpu_quota(monkeypatch, tmp_path):
 def test_close_returns_while_a_hung_child_leaves_a_batch_stuck_in_a_full_pipe(tiny_bundle):
     """A hung child stops reading: a big batch then blocks in the pipe, and close() must still
     end the child within its bound instead of waiting behind that batch to say goodbye."""
-    import os
-    import signal
     import threading
-    import time
 
-    remote = EngineProcess(tiny_bundle, device="cpu", threads=1)
+    # the supervisor would replace the stopped child within a second: here it waits
+    remote = EngineProcess(tiny_bundle, device="cpu", threads=1, policy=HealPolicy(heartbeat_timeout_s=60))
     os.kill(remote.processes[0].pid, signal.SIGSTOP)
     heard: list[BaseException] = []
 

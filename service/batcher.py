@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -177,6 +178,9 @@ class Batcher:
         REQUEST_TIMEOUT_S.check("timeout_s", timeout_s)
         PIPELINE_DEPTH.check("depth", depth)
         self._run = run  # (images (B, C, H, W), one point id per row) -> B results, in order
+        # A ``run`` that takes ``deadline`` (``BatchRunner``: a batch retried after its engine
+        # process was lost) is told the earliest deadline of the batch's requests, on ``clock``.
+        self._run_takes_deadline = "deadline" in inspect.signature(run).parameters
         self.active = active
         self.key = key
         self.knobs = knobs or Knobs()
@@ -415,7 +419,11 @@ class Batcher:
         row_points = [pt for r, pt in zip(batch, points, strict=True) for _ in range(r.n)]
         self.observer.batch(images.shape[0], [now - r.arrived for r in batch])
         try:
-            call = self._executor.submit(self._run, images, row_points)
+            if self._run_takes_deadline:
+                deadline = min(r.deadline for r in batch)
+                call = self._executor.submit(self._run, images, row_points, deadline=deadline)
+            else:
+                call = self._executor.submit(self._run, images, row_points)
             self._in_engine.add(call)
             call.add_done_callback(self._in_engine.discard)  # in the worker thread; set ops are atomic
             rows = await asyncio.wrap_future(call)

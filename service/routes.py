@@ -72,7 +72,10 @@ router = APIRouter()
 
 
 LIVEZ_503 = {"model": LivezResponse, "description": "the bundle failed to load, or the engine process exited"}
-READYZ_503 = {"model": ReadyzResponse, "description": "not ready: loading, draining or failed"}
+READYZ_503 = {
+    "model": ReadyzResponse,
+    "description": "not ready: loading, draining, failed, or healing (an engine process is being replaced)",
+}
 
 
 @router.get("/livez", responses={200: {"model": LivezResponse}, 503: LIVEZ_503})

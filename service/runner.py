@@ -1,9 +1,10 @@
 """``BatchRunner``: what the batcher calls, from a worker thread, to run one batch in the engine.
 
 A process engine heals itself (``service.worker``): a batch whose slice was lost with its engine
-process is retried there, once, if that can start within ``retry_within_s`` of the batch's start
-(the request timeout: a request not started by then would have heard 504). Only when it cannot does
-the batch hear ``EngineGone`` (503 with Retry-After); the server keeps serving meanwhile.
+process is retried there, once, if that can start before the batch's deadline (the earliest of
+its requests', counted from their arrival; without one, ``retry_within_s`` from the batch's
+start). Only when it cannot does the batch hear ``EngineGone`` (503 with Retry-After); the server
+keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class BatchRunner:
     ) -> None:
         self.engine, self.metrics, self.retry_within_s = engine, metrics, retry_within_s
 
-    def __call__(self, images: torch.Tensor, points: list[str]) -> list[RowResult]:
+    def __call__(
+        self, images: torch.Tensor, points: list[str], deadline: float | None = None
+    ) -> list[RowResult]:
+        """``deadline``: on ``time.monotonic``'s clock, the batcher's."""
         try:
             if isinstance(self.engine, EngineProcess):
-                deadline = time.monotonic() + self.retry_within_s
+                if deadline is None:
+                    deadline = time.monotonic() + self.retry_within_s
                 rows = self.engine.predict(images, points, deadline)  # (B, C, H, W) -> B rows, in order
             else:
                 rows = self.engine.predict(images, points)

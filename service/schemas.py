@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -108,9 +108,16 @@ class LivezResponse(BaseModel):
     error: str | None = None
 
 
+class EngineProcesses(BaseModel):
+    serving: int
+    wanted: int
+
+
 class ReadyzResponse(BaseModel):
     ready: bool
     draining: bool
+    status: Literal["healing"] | None = None  # an engine process is being replaced
+    engine_processes: EngineProcesses | None = None  # while healing: how many serve, of how many
     error: str | None = None
 
 

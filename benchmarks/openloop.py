@@ -37,6 +37,7 @@ class OpenLoopResult:
     outcomes: list[Outcome] = field(default_factory=list)
     not_sent: int = 0  # due while every connection was busy and the cap reached
     client_cpu_s: float = 0.0
+    errors: Counter = field(default_factory=Counter)  # transport errors, by kind
 
     def summary(self, images_per_request: int, timeout_s: float) -> dict:
         """Goodput counts the good answers that arrived inside the window; latencies are of the
@@ -63,6 +64,7 @@ class OpenLoopResult:
             "not_sent": self.not_sent,
             "ok_later_than_timeout": sum(1 for ms in ok_ms if ms > 1000 * timeout_s),
             "statuses": dict(sorted(statuses.items())),
+            "errors": dict(self.errors),
             "client_cpu_cores": self.client_cpu_s / span if span > 0 else float("nan"),
         }
 
@@ -92,7 +94,7 @@ async def open_loop(
     opened = 0
     pending: set[asyncio.Task] = set()
 
-    async def one(conn: Connection, k: int, due: float) -> None:
+    async def one(conn: Connection, k: int, due: float, reused: bool) -> None:
         nonlocal opened
         try:
             resp = await asyncio.wait_for(conn.request(requests[k % len(requests)]), answer_timeout_s)
@@ -104,9 +106,10 @@ async def open_loop(
             conn.close()
             opened -= 1
             res.outcomes.append(Outcome(due, clock(), "unanswered", False))
-        except (OSError, asyncio.IncompleteReadError, ProtocolError):
+        except (OSError, asyncio.IncompleteReadError, ProtocolError) as e:
             conn.close()
             opened -= 1
+            res.errors[f"{type(e).__name__}{' on a kept-alive connection' if reused else ''}"] += 1
             res.outcomes.append(Outcome(due, clock(), "error", False))
 
     total = int(rate * (warmup_s + duration_s))
@@ -118,11 +121,11 @@ async def open_loop(
         if not idle and opened >= max_connections:
             res.not_sent += 1
             continue
-        if idle:
+        if reused := bool(idle):
             conn = idle.pop()
         else:
             conn, opened = Connection(host, port), opened + 1
-        task = asyncio.create_task(one(conn, k, due))
+        task = asyncio.create_task(one(conn, k, due, reused))
         pending.add(task)
         task.add_done_callback(pending.discard)
     res.client_cpu_s = time.process_time() - cpu0

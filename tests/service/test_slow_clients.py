@@ -3,6 +3,7 @@ bound at a 1,024 file-descriptor limit (1,000 slowloris sockets)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import statistics
 import time
@@ -85,6 +86,27 @@ def test_a_thousand_slowloris_sockets_at_a_1024_fd_limit_leave_normal_clients_se
         assert "Too many open files" not in srv.output()
     assert len(slow) >= 900  # the attack really held about the whole limit
     assert _p95(attacked) <= max(2 * _p95(baseline), 0.03), (_p95(baseline), _p95(attacked))
+
+
+def test_silent_sockets_past_the_fd_limit_leave_normal_clients_served(tiny_bundle, tmp_path):
+    """300 sockets that connect and send nothing, at a descriptor limit of 256: before, the server
+    ran out of descriptors and every normal request failed (reset). Now each new client evicts a
+    silent one (or the excess is turned away at once), and every normal request is answered."""
+    with Served(tiny_bundle, tmp_path, fd_limit=256) as srv:
+        request = srv.classify_bytes([png_bytes(bar_image(4))], close=True)
+        silent: list[socket.socket] = []
+        try:
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    silent.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+            time.sleep(0.6)  # old enough to be evicted
+            latencies = [_one_request(srv, request) for _ in range(20)]
+        finally:
+            for s in silent:
+                s.close()
+        assert srv.proc.poll() is None, srv.output()
+        assert "Too many open files" not in srv.output()
+    assert len(latencies) == 20
 
 
 class Conn:

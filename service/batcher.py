@@ -77,10 +77,10 @@ class Pending:
     arrived: float
     deadline: float
     future: asyncio.Future | None = None
+    n: int = field(init=False)  # images; read on every plan, so computed once
 
-    @property
-    def n(self) -> int:
-        return int(self.images.shape[0])
+    def __post_init__(self) -> None:
+        self.n = int(self.images.shape[0])
 
 
 @dataclass
@@ -106,12 +106,13 @@ def plan(
     (shortly before the engine is expected to be free), so it keeps gathering company."""
     out = Plan()
     groups: dict[Hashable, list[tuple[Pending, str]]] = {}
+    keys: dict[str, Hashable | None] = {}  # a point's batch key, looked up once per plan
     for req in queue:
         if now >= req.deadline:
             out.expired.append(req)
             continue
         point = req.point or active
-        k = key(point)
+        k = keys[point] if point in keys else keys.setdefault(point, key(point))
         groups.setdefault(("alone", id(req)) if k is None else ("key", k), []).append((req, point))
     wait = knobs.max_wait_ms / 1000.0
     chosen: list[tuple[Pending, str]] | None = None

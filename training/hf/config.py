@@ -257,10 +257,11 @@ def hf_config(cfg: ViTConfig, classes: list[str]) -> dict[str, Any]:
     }
 
 
-def hf_preprocessor(cfg: ViTConfig, dataset: dict[str, Any]) -> dict[str, Any]:
+def hf_preprocessor(cfg: ViTConfig, dataset: dict[str, Any], pre: Preprocess | None = None) -> dict[str, Any]:
     """preprocessor_config.json of a ViT image processor that makes the input this project's input
-    paths make: resize to the image size (bilinear), x / 255, then the dataset's mean and std."""
-    return {
+    paths make: resize to the image size (bilinear), x / 255, then the dataset's mean and std. For
+    an imported bundle (``pre`` with its own mean and std), the processor it came with."""
+    out = {
         "image_processor_type": "ViTImageProcessor",
         "do_resize": True,
         "size": {"height": cfg.image_size, "width": cfg.image_size},
@@ -271,3 +272,21 @@ def hf_preprocessor(cfg: ViTConfig, dataset: dict[str, Any]) -> dict[str, Any]:
         "image_mean": [float(m) for m in dataset["mean"]],
         "image_std": [float(s) for s in dataset["std"]],
     }
+    if pre is None or pre.image_mean is None or pre.image_std is None:
+        return out
+    resample = {name: value for value, name in RESAMPLE.items()}[pre.resample]
+    height, width = pre.resize or (cfg.image_size, cfg.image_size)
+    out |= {
+        "size": {"height": height, "width": width},
+        "resample": resample,
+        "rescale_factor": pre.rescale_factor,
+        "image_mean": list(pre.image_mean),
+        "image_std": list(pre.image_std),
+    }
+    if pre.center_crop is not None:
+        out |= {
+            "image_processor_type": "DeiTImageProcessor",
+            "do_center_crop": True,
+            "crop_size": {"height": pre.center_crop[0], "width": pre.center_crop[1]},
+        }
+    return out

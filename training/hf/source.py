@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
@@ -103,9 +102,3 @@ def read_source(root: str | Path) -> Source:
             "AutoImageProcessor.from_pretrained(NAME).save_pretrained(DIR)"
         )
     return Source(root, config, read_json(root / PREPROCESSOR), files)
-
-
-def float_dtype(config: dict[str, Any]) -> torch.dtype | None:
-    """The dtype config.json declares for the weights (``dtype``, formerly ``torch_dtype``), if any."""
-    name = config.get("dtype") or config.get("torch_dtype")
-    return getattr(torch, name, None) if isinstance(name, str) else None

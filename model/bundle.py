@@ -7,6 +7,10 @@ manifest.json           sha256 of every other file; loading refuses any mismatch
 front.png, REPORT.md
 ```
 Weights are safetensors only; nothing in a bundle is ever unpickled.
+
+bundle.json's ``preprocess`` section is optional: only a bundle whose model came from elsewhere
+(``skipvit import hf``) has one, and a bundle without it reads and writes as it always did
+(``model.preprocess``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from skipvit.model.config import ViTConfig
+from skipvit.model.preprocess import Preprocess, PreprocessError
 from skipvit.model.vit import AdaptiveViT
 from skipvit.model.weights import WeightsError, assemble, check_header
 
@@ -69,6 +74,7 @@ class Bundle:
     weight_sets: dict[str, str]  # name -> path relative to root
     front: list[Point]
     default_point: str
+    preprocess: Preprocess | None = None  # the optional section (model.preprocess); None: Preprocess()
 
     # ---- queries
     def point(self, point_id: str | None = None) -> Point:
@@ -104,7 +110,7 @@ class Bundle:
 
     # ---- writing
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT_VERSION,
             "architecture": self.architecture.to_dict(),
             "dataset": self.dataset,
@@ -112,6 +118,9 @@ class Bundle:
             "default_point": self.default_point,
             "front": [p.to_dict() for p in self.front],
         }
+        if self.preprocess is not None:
+            d["preprocess"] = self.preprocess.to_dict()
+        return d
 
     def add_weight_set(self, name: str, state: dict[str, Tensor]) -> None:
         rel = f"weights/{name}.safetensors"
@@ -235,6 +244,11 @@ def load_bundle(root: str | Path) -> Bundle:
             front=[Point.from_dict(p) for p in meta["front"]],
             default_point=meta["default_point"],
         )
+        if "preprocess" in meta:
+            bundle.preprocess = Preprocess.from_dict(meta["preprocess"])
+            bundle.preprocess.check(bundle.dataset)
+    except PreprocessError as e:
+        raise BundleError(f"{root / BUNDLE_JSON}: preprocess: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{root / BUNDLE_JSON} is malformed: {e}") from None
     for p in bundle.front:

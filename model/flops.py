@@ -23,9 +23,10 @@ def patch_embed_flops(cfg: ViTConfig) -> int:
 
 
 def block_flops(cfg: ViTConfig) -> int:
-    """One pre-norm block over T = N + 1 tokens of width D (H heads of D/H: H * T * T * D/H = T^2 D)."""
+    """One pre-norm block over T = N + 1 tokens (N + 2 with a distillation token) of width D
+    (H heads of D/H: H * T * T * D/H = T^2 D)."""
     t, d = cfg.num_tokens, cfg.dim
-    hidden = int(cfg.dim * cfg.mlp_ratio)
+    hidden = cfg.mlp_hidden
     qkv = t * d * 3 * d
     scores = t * t * d  # Q K^T over all heads
     weighted = t * t * d  # A V over all heads
@@ -40,8 +41,9 @@ def gate_flops(cfg: ViTConfig) -> int:
 
 
 def head_flops(cfg: ViTConfig) -> int:
-    """The classifier: linear D -> classes on the CLS token."""
-    return 2 * cfg.dim * cfg.num_classes
+    """The classifier: linear D -> classes on the CLS token (and DeiT's second head on its
+    distillation token)."""
+    return 2 * cfg.dim * cfg.num_classes * (2 if cfg.distill_head else 1)
 
 
 @dataclass(frozen=True)

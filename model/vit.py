@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.attn_dropout = cfg.attn_dropout
         self.proj_drop = nn.Dropout(cfg.dropout)
@@ -70,16 +71,30 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+def quick_gelu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+# model.config.ACTIVATIONS -> function ("gelu" is exact, "gelu_tanh" the tanh approximation)
+ACTIVATION_FNS = {
+    "gelu": F.gelu,
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
 class Mlp(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        hidden = int(cfg.dim * cfg.mlp_ratio)
-        self.fc1 = nn.Linear(cfg.dim, hidden)
-        self.fc2 = nn.Linear(hidden, cfg.dim)
+        self.fc1 = nn.Linear(cfg.dim, cfg.mlp_hidden)
+        self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.dim)
+        self.act = ACTIVATION_FNS[cfg.activation]
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, T, D)
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Block(nn.Module):
@@ -87,9 +102,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.mlp = Mlp(cfg)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, D)
@@ -117,6 +132,9 @@ class AdaptiveViT(nn.Module):
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        # DeiT's distillation token (position 1), only where the config has one: the state of
+        # every other model keeps exactly the names it always had.
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.distill_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
         self.pos_drop = nn.Dropout(cfg.dropout)
         if cfg.shared_layers:
@@ -124,8 +142,9 @@ class AdaptiveViT(nn.Module):
             self.blocks = nn.ModuleList([shared])
         else:
             self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
-        self.norm = nn.LayerNorm(cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        self.head_dist = nn.Linear(cfg.dim, cfg.num_classes) if cfg.distill_head else None
         init_weights(self)
         self.agent: nn.Module | None = None  # RL sub-agents (model.gates.SkipAgent), when attached
         self.compaction = "exact"  # default for forward(): "exact" or "fixed" (module docstring)
@@ -143,12 +162,18 @@ class AdaptiveViT(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
         h = self.patch_embed(x)  # (B, N, D)
-        cls = self.cls_token.expand(h.shape[0], -1, -1)  # (B, 1, D)
-        h = torch.cat([cls, h], dim=1) + self.pos_embed  # (B, T, D)
+        prefix = [self.cls_token.expand(h.shape[0], -1, -1)]  # (B, 1, D)
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(h.shape[0], -1, -1))  # (B, 1, D)
+        h = torch.cat([*prefix, h], dim=1) + self.pos_embed  # (B, T, D)
         return self.pos_drop(h)
 
     def forward_head(self, h: Tensor) -> Tensor:  # h: (B, T, D) -> (B, C)
-        return self.head(self.norm(h[:, 0]))
+        logits = self.head(self.norm(h[:, 0]))  # (B, C)
+        if self.head_dist is None:
+            return logits
+        # DeiT with teacher: the mean of the CLS head's and the distillation head's logits
+        return (logits + self.head_dist(self.norm(h[:, 1]))) / 2
 
     def forward_features(
         self,
@@ -277,6 +302,8 @@ class AdaptiveViT(nn.Module):
 def init_weights(model: AdaptiveViT) -> None:
     nn.init.trunc_normal_(model.pos_embed, std=0.02)
     nn.init.trunc_normal_(model.cls_token, std=0.02)
+    if model.dist_token is not None:
+        nn.init.trunc_normal_(model.dist_token, std=0.02)
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)

@@ -53,6 +53,16 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "skipvit.training.parity",
         "parity with a GRU cell, with and without LAC (L2 Norm Guided Adaptive Computation, Table 1)",
     ),
+    (
+        ("import", "hf"),
+        "skipvit.training.hf.import_hf",
+        "a Hugging Face ViT / DeiT classifier (save_pretrained directory) as a bundle",
+    ),
+    (
+        ("export", "hf"),
+        "skipvit.training.hf.export_hf",
+        "a bundle's static point as a Hugging Face ViT / DeiT classifier (save_pretrained directory)",
+    ),
     (("serve",), "skipvit.service.main", "serve a bundle over HTTP"),
     (
         ("bench", "server"),
@@ -86,6 +96,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "train": ("train a model and write a bundle", "method"),
     "search": ("post-training searches that add points to a bundle's front", "method"),
     "bench": ("benchmarks (loopback and in-process only)", "benchmark"),
+    "import": ("bring in a model trained elsewhere, as a bundle", "format"),
+    "export": ("write a bundle's model in another library's format", "format"),
 }
 
 

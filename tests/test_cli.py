@@ -29,6 +29,8 @@ def test_the_parser_routes_each_command_path_to_its_module():
             ("train", "static"): ["--data", "synthetic", "--out", "x"],
             ("train", "rl"): ["--data", "synthetic", "--out", "x"],
             ("compare",): ["--bundle", "x", "--point", "rl"],
+            ("import", "hf"): ["dir", "--out", "x"],
+            ("export", "hf"): ["--bundle", "x", "--out", "y"],
         }.get(path, ["--bundle", "x"] if path[0] in ("train", "search", "evaluate", "analyze") else [])
         args = parser.parse_args([*path, *required])
         assert args.command == path[0] and args.command_module == module

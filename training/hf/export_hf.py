@@ -1,0 +1,78 @@
+"""`skipvit export hf --bundle DIR --point static --out DIR`: a bundle's model as a transformers
+``save_pretrained`` directory (config.json, model.safetensors, preprocessor_config.json).
+
+The backbone maps onto transformers' ViT exactly: pre-norm blocks, a learned position embedding
+added after the CLS token is prepended, the final LayerNorm, a linear head on CLS, fused q/k/v
+split into three projections (``training.hf.tensors``). A model with a distillation token goes
+out as DeiT, with its second head as ``DeiTForImageClassificationWithTeacher``; a model with
+shared layers (UViT) writes its one block once per layer. What is written computes the point
+that runs every layer: a point whose policy skips or exits (RL gates, NSGA, LAC, DyCE) has no
+counterpart in transformers and is refused, and an RL agent or exit heads in the weight set are
+left behind. The preprocessor makes the input this project's input paths make (resize to the
+image size, bilinear; x / 255; the dataset's mean and std), or, for an imported bundle, restores
+the processor it came with. ``--check`` loads the result with transformers and compares.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from skipvit.model.bundle import load_bundle
+from skipvit.training.hf.config import hf_config, hf_preprocessor
+from skipvit.training.hf.import_hf import TOLERANCE, format_check
+from skipvit.training.hf.tensors import to_hf
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--point", default="static", help="a point that runs every layer (default static)")
+    p.add_argument("--out", required=True, help="the directory to write (new or empty)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help=f"load the result with transformers (offline) and compare the logits; fails above {TOLERANCE:g}",
+    )
+    p.add_argument("--check-n", type=int, default=8, help="random inputs the check compares (default 8)")
+
+
+def export_hf(bundle_dir: str | Path, point_id: str, out: str | Path) -> Path:
+    bundle = load_bundle(bundle_dir)
+    point = bundle.point(point_id)
+    if point.method != "static":
+        raise ValueError(
+            f"point {point.id!r} is a {point.method} point: its policy has no counterpart in "
+            "transformers; Hint: export a point that runs every layer (e.g. --point static)"
+        )
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not empty; Hint: pick a new or empty --out directory")
+    cfg = bundle.architecture
+    tensors = to_hf(bundle.load_weights(point.weights), cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config(cfg, list(bundle.dataset["classes"]))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    pre = hf_preprocessor(cfg, bundle.dataset, bundle.preprocess)
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    return out
+
+
+def run(args) -> None:
+    out = export_hf(args.bundle, args.point, args.out)
+    arch = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(f"wrote {arch} to {out} (point {args.point} of {args.bundle})")
+    if not args.check:
+        return
+    from skipvit.training.hf.reference import compare  # imports transformers
+
+    try:
+        result = compare(load_bundle(args.bundle), out, n=args.check_n, point=args.point)
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    print(format_check(result))
+    worst = max(result["logits_max_abs_diff"], result["images_max_abs_diff"] or 0.0)
+    if worst > TOLERANCE:
+        raise ValueError(f"the export differs from the bundle by {worst:.2e} (> {TOLERANCE:g})")

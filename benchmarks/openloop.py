@@ -8,7 +8,9 @@ not sent. Latency counts from the scheduled time, so a generator that falls behi
 latency rather than hiding it (no coordinated omission).
 
 Every request sent ends as exactly one outcome: an HTTP status, a transport error, or "unanswered"
-when nothing came back within ``answer_timeout_s``.
+when nothing came back within ``answer_timeout_s``. A request that finds its kept-alive connection
+already closed by the server (its idle timeout), with nothing answered, is sent again once on a
+new connection, as HTTP clients do; its latency still counts from its scheduled time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class OpenLoopResult:
     not_sent: int = 0  # due while every connection was busy and the cap reached
     client_cpu_s: float = 0.0
     errors: Counter = field(default_factory=Counter)  # transport errors, by kind
+    stale_retries: int = 0  # requests sent again: their kept-alive connection had been closed
 
     def summary(self, images_per_request: int, timeout_s: float) -> dict:
         """Goodput counts the good answers that arrived inside the window; latencies are of the
@@ -65,6 +68,7 @@ class OpenLoopResult:
             "ok_later_than_timeout": sum(1 for ms in ok_ms if ms > 1000 * timeout_s),
             "statuses": dict(sorted(statuses.items())),
             "errors": dict(self.errors),
+            "stale_retries": self.stale_retries,
             "client_cpu_cores": self.client_cpu_s / span if span > 0 else float("nan"),
         }
 
@@ -94,10 +98,22 @@ async def open_loop(
     opened = 0
     pending: set[asyncio.Task] = set()
 
+    async def send(conn: Connection, data: bytes, reused: bool):
+        """The answer to ``data``; on a kept-alive connection the server had already closed (it
+        answered nothing), sent again once on a new one, as HTTP clients do."""
+        try:
+            return await conn.request(data)
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as e:
+            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                raise
+            conn.close()
+            res.stale_retries += 1
+            return await conn.request(data)
+
     async def one(conn: Connection, k: int, due: float, reused: bool) -> None:
         nonlocal opened
         try:
-            resp = await asyncio.wait_for(conn.request(requests[k % len(requests)]), answer_timeout_s)
+            resp = await asyncio.wait_for(send(conn, requests[k % len(requests)], reused), answer_timeout_s)
             res.outcomes.append(
                 Outcome(due, clock(), resp.status, check_classify(resp, images_per_request) is None)
             )

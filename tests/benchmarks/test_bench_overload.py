@@ -177,3 +177,43 @@ def test_the_cli_refuses_bad_flags_before_starting_anything(capsys, tmp_path, co
         main(["bench", command, "--bundle", str(tmp_path), *flags])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_kept_alive_connection_the_server_closed_is_retried_once_on_a_new_one():
+    """The canned server answers one request per connection and then closes it without saying so
+    (as an idle timeout does): each later request finds its connection closed, answered nothing,
+    and is sent again on a new one; none is lost."""
+    ok = json.dumps({"point": "p", "results": [{}]}).encode()
+
+    async def handle(reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def go() -> OpenLoopResult:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
+            return await open_loop(
+                "127.0.0.1",
+                port,
+                pool,
+                images_per_request=1,
+                rate=50,
+                warmup_s=0.0,
+                duration_s=0.4,
+                answer_timeout_s=5,
+            )
+
+    res = asyncio.run(go())
+    s = res.summary(1, timeout_s=5)
+    assert s["statuses"] == {"200": 20} and s["errors"] == {}, s
+    assert res.stale_retries > 0

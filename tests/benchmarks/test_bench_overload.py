@@ -4,7 +4,6 @@ canned server, the summaries, the verdicts and the tables, with literal numbers.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
@@ -12,51 +11,33 @@ from skipvit.benchmarks import bench_big_images, bench_overload
 from skipvit.benchmarks.loadgen import request_pool
 from skipvit.benchmarks.openloop import OpenLoopResult, Outcome, open_loop
 from skipvit.cli import main
+from tests.benchmarks.canned import BUSY, OK, against, read_request
+
+
+def _open_loop(answer, **kwargs) -> OpenLoopResult:
+    async def drive(port: int) -> OpenLoopResult:
+        pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
+        return await open_loop("127.0.0.1", port, pool, images_per_request=1, answer_timeout_s=5, **kwargs)
+
+    return asyncio.run(against(answer, drive))
 
 
 def test_open_loop_keeps_its_schedule_and_accounts_for_every_request():
     """A canned server that answers every other request 200 after 50 ms and the others 503 at
     once: requests still go out on schedule (on new connections when the kept-alive ones are
     busy), and every one sent ends as exactly one outcome."""
-    ok = json.dumps({"point": "p", "results": [{}]}).encode()
     count = [0]
 
-    async def handle(reader, writer):
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                count[0] += 1
-                if count[0] % 2:
-                    await asyncio.sleep(0.05)
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok))
-                else:
-                    writer.write(b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    async def answer(reader, writer) -> None:
+        while True:
+            await read_request(reader)
+            count[0] += 1
+            if count[0] % 2:
+                await asyncio.sleep(0.05)
+            writer.write(OK if count[0] % 2 else BUSY)
+            await writer.drain()
 
-    async def go() -> OpenLoopResult:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
-            return await open_loop(
-                "127.0.0.1",
-                port,
-                pool,
-                images_per_request=1,
-                rate=200,
-                warmup_s=0.1,
-                duration_s=0.5,
-                answer_timeout_s=5,
-                max_connections=100,
-            )
-
-    res = asyncio.run(go())
+    res = _open_loop(answer, rate=200, warmup_s=0.1, duration_s=0.5, max_connections=100)
     summary = res.summary(1, timeout_s=5)
     assert res.not_sent == 0 and len(res.outcomes) == 120 == count[0]
     assert summary["sent"] == summary["answered"] == 120
@@ -183,37 +164,13 @@ def test_a_kept_alive_connection_the_server_closed_is_retried_once_on_a_new_one(
     """The canned server answers one request per connection and then closes it without saying so
     (as an idle timeout does): each later request finds its connection closed, answered nothing,
     and is sent again on a new one; none is lost."""
-    ok = json.dumps({"point": "p", "results": [{}]}).encode()
 
-    async def handle(reader, writer):
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok))
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    async def answer(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
 
-    async def go() -> OpenLoopResult:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
-            return await open_loop(
-                "127.0.0.1",
-                port,
-                pool,
-                images_per_request=1,
-                rate=50,
-                warmup_s=0.0,
-                duration_s=0.4,
-                answer_timeout_s=5,
-            )
-
-    res = asyncio.run(go())
+    res = _open_loop(answer, rate=50, warmup_s=0.0, duration_s=0.4)
     s = res.summary(1, timeout_s=5)
     assert s["statuses"] == {"200": 20} and s["errors"] == {}, s
     assert res.stale_retries > 0

@@ -40,6 +40,7 @@ from skipvit.benchmarks.loadgen import (
     summarize,
 )
 from skipvit.cli import build_parser, main
+from tests.benchmarks.canned import OK, against, read_request
 from tests.cli_args import argv
 from tests.training.fixtures import write_idx
 
@@ -424,46 +425,35 @@ def _free_port() -> int:
 
 def test_run_level_counts_503s_and_reconnects_after_connection_close():
     """A canned server: every third answer is a 503 that closes the connection."""
-    ok = json.dumps({"point": "p", "results": [{}]}).encode()
     served = [0]
 
-    async def handle(reader, writer):
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                served[0] += 1
-                if served[0] % 3 == 0:
-                    writer.write(
-                        b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    )
-                    await writer.drain()
-                    break
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(ok), ok))
+    async def answer(reader, writer) -> None:
+        while True:
+            await read_request(reader)
+            served[0] += 1
+            if served[0] % 3 == 0:
+                writer.write(
+                    b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
                 await writer.drain()
-        except asyncio.IncompleteReadError:
-            pass
-        finally:
-            writer.close()
+                return
+            writer.write(OK)
+            await writer.drain()
 
-    async def go():
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
-            return await run_level(
-                "127.0.0.1",
-                port,
-                pool,
-                images_per_request=1,
-                concurrency=3,
-                duration_s=None,
-                max_requests=60,
-                warmup_s=0.05,
-            )
+    async def drive(port: int):
+        pool = request_pool("127.0.0.1", port, "/classify", [b"img"], per_request=1)
+        return await run_level(
+            "127.0.0.1",
+            port,
+            pool,
+            images_per_request=1,
+            concurrency=3,
+            duration_s=None,
+            max_requests=60,
+            warmup_s=0.05,
+        )
 
-    res = asyncio.run(go())
+    res = asyncio.run(against(answer, drive))
     assert res.ok + res.failed == 60
     assert res.status_503 == res.failed > 0 and res.ok > 0
     assert res.statuses[200] == res.ok and res.statuses[503] == res.status_503

@@ -14,18 +14,20 @@ from tests.service.rawhttp import SLOW_ENGINE, Served, head_only, read_response
 
 pytestmark = pytest.mark.slow
 
+# One image a batch, one batch at a time, each taking 1 s (``SLOW_ENGINE``): a queue that fills.
+ONE_SECOND_BATCHES = dict(
+    SLOW_ENGINE_S=1.0,
+    SKIPVIT_ENGINE="thread",
+    SKIPVIT_MAX_BATCH_SIZE=1,
+    SKIPVIT_PIPELINE_DEPTH=1,
+    SKIPVIT_MAX_WAIT_MS=0,
+)
+
 
 def test_a_full_queue_refuses_from_the_headers_without_waiting_for_the_body(tiny_bundle, tmp_path):
     """One batch computes (1 s), two requests fill the queue (max 2 images): a third that sends
     only its headers (its 100 KB body never comes) hears 503 + Retry-After at once."""
-    env = dict(
-        SLOW_ENGINE_S=1.0,
-        SKIPVIT_ENGINE="thread",
-        SKIPVIT_MAX_QUEUE=2,
-        SKIPVIT_MAX_BATCH_SIZE=1,
-        SKIPVIT_PIPELINE_DEPTH=1,
-        SKIPVIT_MAX_WAIT_MS=0,
-    )
+    env = dict(ONE_SECOND_BATCHES, SKIPVIT_MAX_QUEUE=2)
     with Served(tiny_bundle, tmp_path, SLOW_ENGINE, **env) as srv:
         png = png_bytes(bar_image(1))
         answers: list[int] = []
@@ -55,14 +57,7 @@ def test_a_refusal_at_the_headers_keeps_the_connection_and_drops_the_body(tiny_b
     """A whole request refused (queue full) on a kept-alive connection: the 503 comes at once, its
     body is read and dropped, and the next request on the same connection is served. Refusals are
     counted like any other."""
-    env = dict(
-        SLOW_ENGINE_S=1.0,
-        SKIPVIT_ENGINE="thread",
-        SKIPVIT_MAX_QUEUE=1,
-        SKIPVIT_MAX_BATCH_SIZE=1,
-        SKIPVIT_PIPELINE_DEPTH=1,
-        SKIPVIT_MAX_WAIT_MS=0,
-    )
+    env = dict(ONE_SECOND_BATCHES, SKIPVIT_MAX_QUEUE=1)
     with Served(tiny_bundle, tmp_path, SLOW_ENGINE, **env) as srv:
         request = srv.classify_bytes([png_bytes(bar_image(1))])
         answers: list[int] = []
@@ -114,14 +109,7 @@ def test_a_request_whose_answer_would_come_past_the_timeout_is_refused_at_its_he
     """Each batch takes 1 s and the timeout is 3 s. Once the server has timed a batch, requests
     sent 0.15 s apart: the first two can be answered in time and are; by the fourth, the work ahead
     plus its own batch passes 3 s, and it is refused at once (503 overloaded), not left to time out."""
-    env = dict(
-        SLOW_ENGINE_S=1.0,
-        SKIPVIT_ENGINE="thread",
-        SKIPVIT_MAX_BATCH_SIZE=1,
-        SKIPVIT_PIPELINE_DEPTH=1,
-        SKIPVIT_MAX_WAIT_MS=0,
-        SKIPVIT_REQUEST_TIMEOUT_S=3,
-    )
+    env = dict(ONE_SECOND_BATCHES, SKIPVIT_REQUEST_TIMEOUT_S=3)
     with Served(tiny_bundle, tmp_path, SLOW_ENGINE, **env) as srv:
         request = srv.classify_bytes([png_bytes(bar_image(1))], close=True)
         with srv.connect(10) as s:  # the server learns what a batch takes

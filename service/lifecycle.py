@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from skipvit.kernels import set_backend
+from skipvit.service import gcpause
 from skipvit.service.auth import admin_token
 from skipvit.service.batcher import Batcher, Knobs
 from skipvit.service.budget import return_freed_memory
@@ -96,6 +97,8 @@ async def load(state: ServiceState) -> None:
         state.load_error = f"{type(e).__name__}: {e}"
         log.exception("could not load the bundle %s", settings.bundle)
         return
+    if state.owns_process:  # what the load made stays; the collector no longer walks it
+        gcpause.settle()
     state.ready = True
     metrics.ready.set(1)
     log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
@@ -153,6 +156,8 @@ def lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMan
         token = settings.admin_token.get_secret_value() if settings.admin_token else None
         state.admin_token = admin_token(token, settings.admin_token_file)
         state.loop_lag.start()
+        pauses = gcpause.GcPauses(state.metrics.gc_pause)
+        pauses.start()
         return_freed_memory()
         state.metrics.loop_lag.set_function(lambda: state.loop_lag.lag)
         loading = asyncio.create_task(load(state), name="skipvit-load")
@@ -160,6 +165,7 @@ def lifespan(state: ServiceState) -> Callable[[FastAPI], AbstractAsyncContextMan
             yield
         finally:
             state.loop_lag.stop()
+            pauses.stop()
             await shutdown(state, loading)
 
     return run

@@ -62,6 +62,7 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
     )
     app = create_app(settings)
     state = service_state(app)
+    state.owns_process = True
     config = uvicorn.Config(
         app,
         host=settings.host,

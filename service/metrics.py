@@ -72,6 +72,13 @@ class Metrics:
             "how late the event loop runs what is due (decaying maximum)",
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "skipvit_gc_pause_seconds",
+            "pauses of Python's garbage collector in the server's process, by generation",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.layers = Histogram(
             "skipvit_layers_executed", "layers run per image", buckets=LAYER_BUCKETS, registry=r
         )

@@ -38,6 +38,7 @@ class ServiceState:
     ready: bool = False  # loaded, warmed up and batching: /readyz says 200 unless draining
     load_error: str | None = None  # why the engine cannot serve (load failed, it could not be healed)
     hurried: bool = False  # a second exit signal: shut down without waiting for the engine
+    owns_process: bool = False  # `skipvit serve`: process-wide settings (the collector's) are ours
     engine_hung: bool = False  # set at shutdown if the engine never returned a batch
     gave_up: str | None = None  # why the engine processes could not be kept alive: exit non-zero
     stop_server: Callable[[], None] | None = None  # set by `skipvit serve`: drain and shut down

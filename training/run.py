@@ -30,7 +30,7 @@ from skipvit.training.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from skipvit.training.data import DataSplits, bundle_data, load_bundle_splits, load_dataset
+from skipvit.training.data import DataSplits, bundle_resample, load_bundle_splits, load_dataset
 from skipvit.training.data.augment import AugmentConfig, augment, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.device import resolve_device
@@ -60,7 +60,7 @@ class RunContext:
         one (``data.load_bundle_splits``)."""
         args = self.args
         if imported is not None:
-            resample = imported.preprocess.resample if imported.preprocess is not None else "bilinear"
+            resample = bundle_resample(imported)
             splits = load_bundle_splits(
                 imported.dataset, args.data_dir, data=args.data, resample=resample, split=split
             )
@@ -73,7 +73,9 @@ class RunContext:
     def bundle_splits(self, bundle) -> DataSplits:
         """The splits a bundle records (its ``dataset`` entry), read from ``--data-dir``; for an
         imported bundle, the dataset ``--data`` names, read as the model takes it."""
-        return bundle_data(bundle, self.args.data_dir, getattr(self.args, "data", None))
+        data = getattr(self.args, "data", None)
+        resample = bundle_resample(bundle)
+        return load_bundle_splits(bundle.dataset, self.args.data_dir, data=data, resample=resample)
 
     def epochs(self, model: nn.Module, opt: torch.optim.Optimizer, epochs: int, config: dict) -> EpochRunner:
         return EpochRunner(self, model, opt, epochs, config)

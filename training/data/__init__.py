@@ -115,10 +115,14 @@ def load_bundle_splits(
     return load_dataset(name, data_dir, **split, **dataset.get("options", {}))
 
 
+def bundle_resample(bundle) -> str:
+    """The resampling filter of a loaded bundle's model (its ``preprocess`` section's, else bilinear)."""
+    return bundle.preprocess.resample if bundle.preprocess is not None else "bilinear"
+
+
 def bundle_data(bundle, data_dir: str | Path | None = None, data: str | None = None) -> DataSplits:
     """``load_bundle_splits`` for a loaded bundle (its dataset entry and resampling filter)."""
-    resample = bundle.preprocess.resample if bundle.preprocess is not None else "bilinear"
-    return load_bundle_splits(bundle.dataset, data_dir, data=data, resample=resample)
+    return load_bundle_splits(bundle.dataset, data_dir, data=data, resample=bundle_resample(bundle))
 
 
 __all__ = [
@@ -129,6 +133,7 @@ __all__ = [
     "DataSplits",
     "DatasetInfo",
     "bundle_data",
+    "bundle_resample",
     "imported_options",
     "load_bundle_splits",
     "load_dataset",

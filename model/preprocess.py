@@ -16,10 +16,11 @@ numbers, its resize, resample and crop) so that the fold can be checked on load 
 export. A bundle without the section is one of this project's own: ``Preprocess()`` describes it
 (resize straight to the image size, bilinear; mean and std are the dataset's).
 
-Departures: the server resizes every image straight to the model's size (bilinear, after a
-box-reduction of large images) and converts to greyscale or RGB as ``service/decode.py`` does; the
-``resample``, ``resize`` and ``center_crop`` recorded here are not applied by it yet. On an image
-already at the model's size (and a processor without a crop) the two inputs are the same.
+The server and the ``folder`` dataset resize an image of another size straight to the model's size
+with ``resample`` (the server after a box-reduction of large images) and convert it to greyscale or
+RGB as the bundle's channels say. Departures: the ``resize`` and ``center_crop`` recorded here are
+not applied (a processor that resizes to another size and then crops, as DeiT's does, sees a
+different input). On an image already at the model's size the two inputs are the same.
 """
 
 from __future__ import annotations

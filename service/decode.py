@@ -9,6 +9,11 @@ is decoded by libspng (``pyspng``) instead: the same pixels, without Pillow's pe
 (about 8 µs against 30-45 µs for a Fashion-MNIST image, a large part of the server's CPU per
 request). Anything else, and anything libspng refuses, goes through Pillow, which also words
 the errors.
+
+The last resize to the bundle's size uses the bundle's resampling filter (``resample``: the
+``preprocess`` section's, for a model brought in from Hugging Face; bilinear for this project's
+own), so an upload of another size becomes the input the model was trained on. An image already at
+the bundle's size is never resampled, whatever the filter.
 """
 
 from __future__ import annotations
@@ -29,6 +34,15 @@ except ImportError:  # no wheel for this platform: Pillow decodes everything
 FORMATS = ("PNG", "JPEG", "WEBP")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR = {1: 0, 3: 2}  # bundle channels -> PNG colour type (0 greyscale, 2 RGB)
+DEFAULT_RESAMPLE = "bilinear"  # what every bundle without a preprocess section was trained with
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
 
 
 class DecodeError(ValueError):
@@ -101,22 +115,29 @@ def decode_as_is(
 
 
 def decode_image(
-    data: bytes, *, channels: int, size: int, max_pixels: int, name: str = "upload"
+    data: bytes,
+    *,
+    channels: int,
+    size: int,
+    max_pixels: int,
+    name: str = "upload",
+    resample: str = DEFAULT_RESAMPLE,
 ) -> torch.Tensor:
-    """Decode ``data`` to a (C, size, size) uint8 tensor."""
+    """Decode ``data`` to a (C, size, size) uint8 tensor; an image of another size is resized with
+    ``resample`` (one of ``RESAMPLING``)."""
     if not data:
         raise DecodeError(f"{name}: the file is empty")
     fast = decode_as_is(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
-    return (
-        fast
-        if fast is not None
-        else _pillow(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
-    )
+    if fast is not None:
+        return fast
+    return _pillow(data, channels=channels, size=size, max_pixels=max_pixels, name=name, resample=resample)
 
 
-def _pillow(data: bytes, *, channels: int, size: int, max_pixels: int, name: str) -> torch.Tensor:
+def _pillow(
+    data: bytes, *, channels: int, size: int, max_pixels: int, name: str, resample: str = DEFAULT_RESAMPLE
+) -> torch.Tensor:
     img = open_image(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
-    return finish(img, channels=channels, size=size, name=name)
+    return finish(img, channels=channels, size=size, name=name, resample=resample)
 
 
 def open_image(data: bytes, *, channels: int, size: int, max_pixels: int, name: str) -> Image.Image:
@@ -189,8 +210,22 @@ def _shrink(img: Image.Image, size: int) -> Image.Image:
     return img.reduce(factor)
 
 
-def finish(img: Image.Image, *, channels: int, size: int, name: str) -> torch.Tensor:
-    """Decode the pixels of ``img`` (from ``open_image``) to a (C, size, size) uint8 tensor."""
+def resampling(resample: str) -> Image.Resampling:
+    """Pillow's filter named ``resample`` (``model.preprocess.RESAMPLE``'s names)."""
+    try:
+        return RESAMPLING[resample]
+    except KeyError:
+        raise ValueError(
+            f"resample {resample!r} is unknown; Hint: use one of {', '.join(RESAMPLING)}"
+        ) from None
+
+
+def finish(
+    img: Image.Image, *, channels: int, size: int, name: str, resample: str = DEFAULT_RESAMPLE
+) -> torch.Tensor:
+    """Decode the pixels of ``img`` (from ``open_image``) to a (C, size, size) uint8 tensor, resized
+    with ``resample`` where it is not ``size`` x ``size`` already."""
+    method = resampling(resample)  # an unknown name fails before any pixel is decoded
     try:
         img.load()
         img = _shrink(img, size)
@@ -201,7 +236,7 @@ def finish(img: Image.Image, *, channels: int, size: int, name: str) -> torch.Te
     if img.mode != mode:
         img = img.convert(mode)
     if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+        img = img.resize((size, size), method)
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)  # row-major (H, W[, 3])
     if channels == 1:
         return pixels.view(1, size, size)

@@ -17,6 +17,7 @@ import torch
 
 from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.points import batch_key, policy_for_rows
+from skipvit.model.preprocess import Preprocess
 from skipvit.model.vit import AdaptiveViT
 
 
@@ -37,8 +38,8 @@ def resolve_device(choice: str) -> torch.device:
 
 
 class BundleView:
-    """What the service needs to know of a bundle without running it: classes, image layout,
-    points and their batch keys."""
+    """What the service needs to know of a bundle without running it: classes, image layout (with
+    the filter an upload of another size is resized with), points and their batch keys."""
 
     def __init__(self, bundle: Bundle | str | Path, top_k: int = 3) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -46,6 +47,8 @@ class BundleView:
         ds = self.bundle.dataset
         self.classes: list[str] = list(ds["classes"])
         self.channels, self.image_size = int(ds["channels"]), int(ds["image_size"])
+        pre = self.bundle.preprocess
+        self.resample: str = pre.resample if pre is not None else Preprocess().resample
 
     def point(self, point_id: str | None) -> Point:
         return self.bundle.point(point_id)

@@ -46,6 +46,19 @@ def add_data_dir(p: argparse.ArgumentParser, help: str = "directory holding the 
     p.add_argument("--data-dir", default=None, help=help)
 
 
+def add_bundle_data(p: argparse.ArgumentParser) -> None:
+    """For a bundle made by ``skipvit import hf``, which records no dataset: where its labelled
+    images come from (the class folders are its labels; size, normalisation and resampling are the
+    bundle's). A bundle that records its dataset needs no ``--data``."""
+    p.add_argument(
+        "--data",
+        default=None,
+        choices=("folder",),
+        help="an imported bundle's labelled images: folder (in --data-dir, one folder per label); "
+        "default: the dataset the bundle records",
+    )
+
+
 def add_evaluation(p: argparse.ArgumentParser) -> None:
     """What a command that runs bundle points on a split takes: the split, how much of it, where the
     data is, the batch, the device, and JSON output."""

@@ -27,7 +27,7 @@ from skipvit import flags
 from skipvit.model.bundle import load_bundle
 from skipvit.model.policy import RUN, SKIP, MaskPolicy
 from skipvit.model.vit import AdaptiveViT
-from skipvit.training.data import load_bundle_splits
+from skipvit.training.data import bundle_data
 from skipvit.training.data.augment import to_float
 from skipvit.training.device import full_precision
 from skipvit.training.drop_one import drop_one_rows, render_drop_one
@@ -295,7 +295,7 @@ def analyze_bundle(
         ),
     }
     if drop_one:
-        splits = load_bundle_splits(ds, data_dir)
+        splits = bundle_data(run.bundle, data_dir)
         both = {"val": splits.val.head(limit), "test": data}
         result["drop_one"] = drop_one_rows(model, both, ds["mean"], ds["std"], batch_size, dev)
         result["weights"] = point.weights

@@ -11,7 +11,7 @@ from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.points import batch_key, policy_for
 from skipvit.model.policy import ExecutionPolicy
 from skipvit.model.vit import AdaptiveViT
-from skipvit.training.data import load_bundle_splits
+from skipvit.training.data import bundle_data
 from skipvit.training.data.augment import to_float
 from skipvit.training.data.base import ArrayData
 from skipvit.training.device import full_precision, resolve_device
@@ -103,7 +103,7 @@ def evaluate_point(
     point = bundle.point(point_id)
     dev = resolve_device(device)
     ds = bundle.dataset
-    data = load_bundle_splits(ds, data_dir).split(split).head(limit)
+    data = bundle_data(bundle, data_dir).split(split).head(limit)
     model = bundle.build_model(point.weights, dev)
     # A point whose rows cannot share a forward runs one request per forward: as measured, a
     # request of ``request_images`` (per-batch LAC), else of one image.

@@ -30,7 +30,7 @@ from skipvit.training.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from skipvit.training.data import DataSplits, load_bundle_splits, load_dataset
+from skipvit.training.data import DataSplits, bundle_resample, load_bundle_splits, load_dataset
 from skipvit.training.data.augment import AugmentConfig, augment, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.device import resolve_device
@@ -54,17 +54,28 @@ class RunContext:
         ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / default_dir
         return cls(args, args.seed, device, ckpt_dir)
 
-    def dataset_splits(self, split: dict) -> DataSplits:
-        """``--data`` split as ``split`` says (``splits.run_split``), train cut to ``--limit-train``."""
+    def dataset_splits(self, split: dict, imported=None) -> DataSplits:
+        """``--data`` split as ``split`` says (``splits.run_split``), train cut to ``--limit-train``;
+        read as the ``imported`` bundle's model takes it, where the run starts from or writes into
+        one (``data.load_bundle_splits``)."""
         args = self.args
-        splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
+        if imported is not None:
+            resample = bundle_resample(imported)
+            splits = load_bundle_splits(
+                imported.dataset, args.data_dir, data=args.data, resample=resample, split=split
+            )
+        else:
+            splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
         if args.limit_train:
             splits.train = splits.train.head(args.limit_train)
         return splits
 
-    def bundle_splits(self, dataset: dict) -> DataSplits:
-        """The splits a bundle records (its ``dataset`` entry), read from ``--data-dir``."""
-        return load_bundle_splits(dataset, self.args.data_dir)
+    def bundle_splits(self, bundle) -> DataSplits:
+        """The splits a bundle records (its ``dataset`` entry), read from ``--data-dir``; for an
+        imported bundle, the dataset ``--data`` names, read as the model takes it."""
+        data = getattr(self.args, "data", None)
+        resample = bundle_resample(bundle)
+        return load_bundle_splits(bundle.dataset, self.args.data_dir, data=data, resample=resample)
 
     def epochs(self, model: nn.Module, opt: torch.optim.Optimizer, epochs: int, config: dict) -> EpochRunner:
         return EpochRunner(self, model, opt, epochs, config)

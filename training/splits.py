@@ -8,13 +8,17 @@ that bundle recorded (``dataset.split``); a fresh one carves ``--val-fraction`` 
 from __future__ import annotations
 
 from skipvit.model.bundle import Bundle
-from skipvit.training.data import DataSplits
+from skipvit.training.data import BUNDLE_DATA, IMPORTED, DataSplits
 
 DEFAULT_VAL_FRACTION = 0.1
 
 
 def same_dataset(dataset: dict, args) -> bool:
-    """Whether a bundle's ``dataset`` entry is the dataset this run loads (name and options)."""
+    """Whether a bundle's ``dataset`` entry is the dataset this run loads (name and options). An
+    imported bundle (no dataset of its own) reads an image folder (``--data folder``) as the model
+    takes it, with no ``--data-opt``: the options are the bundle's."""
+    if dataset.get("name") == IMPORTED:
+        return args.data in BUNDLE_DATA and not args.data_opt
     return dataset.get("name") == args.data and dataset.get("options", {}) == dict(args.data_opt)
 
 
@@ -55,6 +59,10 @@ def check_same_split(src: Bundle, target: Bundle) -> None:
         )
 
 
-def dataset_meta(splits: DataSplits, split: dict, args) -> dict:
-    """The bundle's dataset entry: enough to rebuild the same splits later (evaluate, search)."""
+def dataset_meta(splits: DataSplits, split: dict, args, imported: Bundle | None = None) -> dict:
+    """The bundle's dataset entry: enough to rebuild the same splits later (evaluate, search). For
+    weights that started from an ``imported`` bundle, that bundle's entry (its labels, size and
+    normalisation are the model's) with the split."""
+    if imported is not None:
+        return imported.dataset | {"split": split}
     return splits.info.to_dict() | {"split": split, "options": dict(args.data_opt)}

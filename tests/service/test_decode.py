@@ -191,3 +191,30 @@ def test_decode_as_is_takes_only_what_is_cheap_to_decode(monkeypatch):
             assert decode.decode_as_is(in_layout, **{**KW, "max_pixels": 255}) is None  # the cap still holds
             with pytest.raises(DecodeError, match="could not be decoded"):  # broken: Pillow's error
                 decode.decode_as_is(in_layout[: len(in_layout) // 2], **KW)
+
+
+# -- the bundle's resampling filter -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resample", ["nearest", "bicubic", "lanczos", "box", "hamming"])
+def test_an_image_of_another_size_is_resized_with_the_bundles_filter(resample):
+    arr = np.random.default_rng(5).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    got = decode_image(png_bytes(arr), channels=3, size=16, max_pixels=1 << 20, resample=resample)
+    want = np.asarray(Image.fromarray(arr).resize((16, 16), getattr(Image.Resampling, resample.upper())))
+    assert got.permute(1, 2, 0).numpy().tolist() == want.tolist()
+    bilinear = decode_image(png_bytes(arr), channels=3, size=16, max_pixels=1 << 20)
+    assert not got.equal(bilinear)  # the default is today's bilinear, and the filter matters here
+
+
+def test_an_image_at_the_bundles_size_is_never_resampled():
+    arr = np.random.default_rng(6).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    data = _png(Image.fromarray(arr).convert("RGBA"))  # not the fast path's layout: Pillow
+    for resample in ("nearest", "bicubic"):
+        got = decode_image(data, channels=3, size=16, max_pixels=1 << 20, resample=resample)
+        assert got.permute(1, 2, 0).numpy().tolist() == arr.tolist()
+
+
+def test_an_unknown_filter_is_refused_with_a_hint():
+    data = png_bytes(np.zeros((20, 20), np.uint8))
+    with pytest.raises(ValueError, match="Hint"):
+        decode_image(data, **KW, resample="cubic")

@@ -174,8 +174,8 @@ def test_the_joint_search_trains_the_weights_and_scores_the_reward(rl_parts, tmp
 def _noisy_test(real):
     """load_bundle_splits with the test split replaced by noise and random labels."""
 
-    def load(dataset, data_dir=None):
-        splits = real(dataset, data_dir)
+    def load(dataset, data_dir=None, **kwargs):
+        splits = real(dataset, data_dir, **kwargs)
         g = torch.Generator().manual_seed(5)
         splits.test.images = torch.randint(0, 256, splits.test.images.shape, generator=g, dtype=torch.uint8)
         splits.test.labels = torch.randint(0, 4, splits.test.labels.shape, generator=g)

@@ -2,7 +2,14 @@
 
 Every loader reads local files in the dataset's standard on-disk format; nothing is downloaded.
 ``load_dataset(name, data_dir)`` returns ``DataSplits``: the validation split is carved from the
-training files with a seeded permutation, so no choice is ever made on the test split.
+training files with a seeded permutation (or, for a loader that finds one on disk, is the one
+given), so no choice is ever made on the test split.
+
+A bundle made by ``skipvit import hf`` (``dataset.name`` is ``imported``) records no dataset: its
+labels, image size, channels, normalisation and resampling filter are fixed by the model.
+``load_bundle_splits`` reads such a bundle's data from a ``folder`` dataset that the command
+names (``--data folder --data-dir DIR``), with those settings taken from the bundle, so the images
+come in as the model and the server take them.
 """
 
 from __future__ import annotations
@@ -44,21 +51,90 @@ def load_dataset(
     seed: int = 0,
     **kwargs,
 ) -> DataSplits:
-    info, train_full, test = _loader(name)(data_dir, **kwargs)
-    train, val = split_train_val(train_full, val_fraction, seed)
+    loaded = _loader(name)(data_dir, **kwargs)
+    if len(loaded) == 4:  # the loader found a validation split on disk
+        info, train, test, val = loaded
+    else:
+        info, train_full, test = loaded
+        train, val = split_train_val(train_full, val_fraction, seed)
     return DataSplits(info=info, train=train, val=val, test=test)
 
 
-def load_bundle_splits(dataset: dict, data_dir: str | Path | None = None) -> DataSplits:
-    """The splits a bundle was trained on, from its ``dataset`` entry (name, split, options)."""
-    return load_dataset(dataset["name"], data_dir, **dataset.get("split", {}), **dataset.get("options", {}))
+IMPORTED = "imported"  # dataset.name of a bundle made by `skipvit import hf`
+BUNDLE_DATA = ("folder",)  # what a command may name with --data for an imported bundle
+
+
+def imported_options(dataset: dict, resample: str = "bilinear") -> dict:
+    """The ``folder`` loader's options that make an imported bundle's input: its labels in its
+    order, its image size and channels, its normalisation, its resampling filter."""
+    return {
+        "classes": list(dataset["classes"]),
+        "image_size": int(dataset["image_size"]),
+        "channels": int(dataset["channels"]),
+        "mean": list(dataset["mean"]),
+        "std": list(dataset["std"]),
+        "resample": resample,
+        "hflip": bool(dataset.get("hflip", False)),
+    }
+
+
+def load_bundle_splits(
+    dataset: dict,
+    data_dir: str | Path | None = None,
+    *,
+    data: str | None = None,
+    resample: str = "bilinear",
+    split: dict | None = None,
+) -> DataSplits:
+    """The splits a bundle was trained on, from its ``dataset`` entry (name, split, options); for an
+    imported bundle, the ``folder`` dataset in ``data_dir`` read as the model takes it
+    (``imported_options``; ``resample`` is the bundle's). ``data``: what the command line named
+    with ``--data`` (None: the bundle's own). ``split``: the train/val split, when not the one the
+    entry records."""
+    split = dataset.get("split", {}) if split is None else split
+    name = dataset["name"]
+    if name == IMPORTED:
+        if data not in (None, *BUNDLE_DATA):
+            raise ValueError(
+                f"--data {data}: a bundle imported from elsewhere reads its labelled images from an "
+                "image folder whose class folders are its labels; Hint: pass --data folder --data-dir DIR"
+            )
+        if data_dir is None:
+            raise ValueError(
+                "this bundle was imported (skipvit import hf) and records no dataset; Hint: pass "
+                "--data folder --data-dir DIR, DIR holding train/ and test/ (and val/) with one "
+                f"folder of images per class, named after its labels ({', '.join(dataset['classes'][:5])}"
+                f"{', ...' if len(dataset['classes']) > 5 else ''})"
+            )
+        return load_dataset("folder", data_dir, **split, **imported_options(dataset, resample))
+    if data is not None and data != name:
+        raise ValueError(
+            f"--data {data}: this bundle was trained on {name!r}, which its searches and "
+            "evaluations read; Hint: leave out --data"
+        )
+    return load_dataset(name, data_dir, **split, **dataset.get("options", {}))
+
+
+def bundle_resample(bundle) -> str:
+    """The resampling filter of a loaded bundle's model (its ``preprocess`` section's, else bilinear)."""
+    return bundle.preprocess.resample if bundle.preprocess is not None else "bilinear"
+
+
+def bundle_data(bundle, data_dir: str | Path | None = None, data: str | None = None) -> DataSplits:
+    """``load_bundle_splits`` for a loaded bundle (its dataset entry and resampling filter)."""
+    return load_bundle_splits(bundle.dataset, data_dir, data=data, resample=bundle_resample(bundle))
 
 
 __all__ = [
+    "BUNDLE_DATA",
     "DATASETS",
+    "IMPORTED",
     "ArrayData",
     "DataSplits",
     "DatasetInfo",
+    "bundle_data",
+    "bundle_resample",
+    "imported_options",
     "load_bundle_splits",
     "load_dataset",
     "split_train_val",

@@ -1,9 +1,19 @@
 """Any image-folder dataset: one sub-folder per class, its name the class name.
 
-Either ``data_dir/train/<class>/`` and ``data_dir/test/<class>/`` give the two splits, or
-``data_dir/<class>/`` holds everything and a seeded, per-class stratified test split of
-``test_fraction`` is carved from it. Images are decoded with Pillow, converted to grey ("L") or
-RGB and resized to ``image_size`` x ``image_size``.
+Layouts, in the order they are looked for:
+
+- ``data_dir/train/<class>/``, ``data_dir/val/<class>/`` and ``data_dir/test/<class>/``: the three
+  splits as given (``val/`` is the validation split; none is carved);
+- ``data_dir/train/<class>/`` and ``data_dir/test/<class>/``: the validation split is carved from
+  train as for every dataset (``training.data.load_dataset``);
+- ``data_dir/<class>/`` holds everything and a seeded, per-class stratified test split of
+  ``test_fraction`` is carved from it.
+
+Images are decoded with Pillow, converted to grey ("L") or RGB and resized to ``image_size`` x
+``image_size`` with ``resample`` (bilinear unless told). The classes are the folder names, sorted;
+given ``classes`` (a model brought in from elsewhere, whose labels are fixed), they are those, in
+that order, and every folder must be one of them. ``mean``/``std`` given are used as they are
+(the model's own normalisation), else measured on the training images.
 """
 
 from __future__ import annotations
@@ -20,24 +30,42 @@ EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _HINT = "Hint: pass --data-dir to a directory with one sub-folder of images per class (or train/ and test/ each laid out so)."
 
 
-def read_image(path: Path, mode: str, size: int) -> np.ndarray:
-    """Decode one image to a uint8 (C, size, size) array; a broken file raises ValueError."""
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def _resampling(resample: str) -> Image.Resampling:
+    if resample not in RESAMPLING:
+        raise ValueError(f"resample {resample!r} is unknown; Hint: use one of {', '.join(RESAMPLING)}")
+    return RESAMPLING[resample]
+
+
+def read_image(path: Path, mode: str, size: int, resample: str = "bilinear") -> np.ndarray:
+    """Decode one image to a uint8 (C, size, size) array, resized with ``resample`` where it is
+    another size; a broken file raises ValueError."""
+    method = _resampling(resample)
     try:
         with Image.open(path) as im:
             im = im.convert(mode)
             if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
+                im = im.resize((size, size), method)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path}: cannot decode image ({e})") from e
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def stack_images(paths: list[Path], mode: str, size: int) -> torch.Tensor:
+def stack_images(paths: list[Path], mode: str, size: int, resample: str = "bilinear") -> torch.Tensor:
     """Decode ``paths`` into one uint8 (N, C, size, size) tensor."""
     out = np.empty((len(paths), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
     for i, p in enumerate(paths):
-        out[i] = read_image(p, mode, size)
+        out[i] = read_image(p, mode, size, resample)
     return torch.from_numpy(out)
 
 
@@ -57,14 +85,39 @@ def _image_files(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
 
-def _read_split(root: Path, classes: list[str], mode: str, size: int) -> ArrayData:
+def _read_split(root: Path, classes: list[str], mode: str, size: int, resample: str) -> ArrayData:
     paths, labels = [], []
     for k, name in enumerate(classes):
         d = root / name
         files = _image_files(d) if d.is_dir() else []
         paths += files
         labels += [k] * len(files)
-    return ArrayData(stack_images(paths, mode, size), torch.tensor(labels, dtype=torch.int64))
+    return ArrayData(stack_images(paths, mode, size, resample), torch.tensor(labels, dtype=torch.int64))
+
+
+def _check_folders(root: Path, classes: list[str], whose: str) -> None:
+    """Every class folder under ``root`` names one of ``classes``."""
+    extra = sorted({d.name for d in _class_dirs(root)} - set(classes))
+    if extra:
+        raise ValueError(
+            f"{root}: folders {', '.join(extra)} are not classes of {whose} ({', '.join(classes)}); "
+            "Hint: name each class folder after one of those classes, or remove it"
+        )
+
+
+def _carve_test(
+    full: ArrayData, n_classes: int, test_fraction: float, seed: int
+) -> tuple[ArrayData, ArrayData]:
+    """A seeded, per-class stratified test split of ``test_fraction``: (train, test)."""
+    g = torch.Generator().manual_seed(seed)
+    test_idx = []
+    for k in range(n_classes):
+        idx = torch.nonzero(full.labels == k).flatten()
+        n_test = round(len(idx) * test_fraction)
+        test_idx.append(idx[torch.randperm(len(idx), generator=g)[:n_test]])
+    is_test = torch.zeros(len(full), dtype=torch.bool)
+    is_test[torch.cat(test_idx)] = True
+    return full.subset(torch.nonzero(~is_test).flatten()), full.subset(torch.nonzero(is_test).flatten())
 
 
 def load(
@@ -73,44 +126,54 @@ def load(
     channels: int = 3,
     test_fraction: float = 0.2,
     seed: int = 0,
-) -> tuple[DatasetInfo, ArrayData, ArrayData]:
+    *,
+    classes: list[str] | None = None,
+    resample: str = "bilinear",
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    hflip: bool = True,
+) -> tuple[DatasetInfo, ArrayData, ArrayData] | tuple[DatasetInfo, ArrayData, ArrayData, ArrayData]:
+    """(info, train, test), or (info, train, test, val) where ``data_dir/val/`` gives the
+    validation split."""
     if data_dir is None:
         raise ValueError(f"the folder dataset needs a data directory. {_HINT}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError("test_fraction must lie in [0, 1)")
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std come together (or neither)")
+    _resampling(resample)
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root} is not a directory. {_HINT}")
     mode = "L" if channels == 1 else "RGB"
     split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if split_dirs else root
-    classes = [d.name for d in _class_dirs(train_root)]
-    if not classes or not any(_image_files(train_root / c) for c in classes):
+    given = classes is not None
+    if given:
+        classes = list(classes)
+        _check_folders(train_root, classes, "the model")
+    else:
+        classes = [d.name for d in _class_dirs(train_root)]
+    if not classes or not any((train_root / c).is_dir() and _image_files(train_root / c) for c in classes):
         raise FileNotFoundError(
             f"no class folders with images ({', '.join(sorted(EXTENSIONS))}) in {train_root}. {_HINT}"
         )
+    val = None
     if split_dirs:
         extra = sorted({d.name for d in _class_dirs(root / "test")} - set(classes))
         if extra:
             raise ValueError(f"{root / 'test'}: classes {', '.join(extra)} have no folder in {train_root}")
-        train = _read_split(train_root, classes, mode, image_size)
-        test = _read_split(root / "test", classes, mode, image_size)
+        train = _read_split(train_root, classes, mode, image_size, resample)
+        test = _read_split(root / "test", classes, mode, image_size, resample)
+        if (root / "val").is_dir():
+            _check_folders(root / "val", classes, "train/")
+            val = _read_split(root / "val", classes, mode, image_size, resample)
     else:
-        full = _read_split(root, classes, mode, image_size)
-        g = torch.Generator().manual_seed(seed)
-        test_idx = []
-        for k in range(len(classes)):
-            idx = torch.nonzero(full.labels == k).flatten()
-            n_test = round(len(idx) * test_fraction)
-            test_idx.append(idx[torch.randperm(len(idx), generator=g)[:n_test]])
-        is_test = torch.zeros(len(full), dtype=torch.bool)
-        is_test[torch.cat(test_idx)] = True
-        train, test = (
-            full.subset(torch.nonzero(~is_test).flatten()),
-            full.subset(torch.nonzero(is_test).flatten()),
-        )
-    mean, std = train_stats(train.images)
-    info = DatasetInfo("folder", tuple(classes), image_size, channels, mean, std, hflip=True)
-    return info, train, test
+        full = _read_split(root, classes, mode, image_size, resample)
+        train, test = _carve_test(full, len(classes), test_fraction, seed)
+    if mean is None or std is None:
+        mean, std = train_stats(train.images)
+    info = DatasetInfo("folder", tuple(classes), image_size, channels, tuple(mean), tuple(std), hflip=hflip)
+    return (info, train, test) if val is None else (info, train, test, val)

@@ -207,8 +207,6 @@ def preprocess(pre: dict[str, Any], cfg: ViTConfig) -> tuple[Preprocess, list[st
         )
     elif resize is not None and resize != (cfg.image_size, cfg.image_size):
         notes.append(f"the processor resizes to {resize}, the model takes {cfg.image_size}")
-    if RESAMPLE[resample] != "bilinear":
-        notes.append(f"the processor resamples {RESAMPLE[resample]}; the server resizes bilinear")
     kind = pre.get("image_processor_type", "an image processor")
     return (
         Preprocess(

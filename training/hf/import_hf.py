@@ -7,8 +7,10 @@ section's mean and std so that every input path of this project makes the input 
 makes (``model.preprocess``). ``--check`` loads the directory with transformers, offline, and
 prints the largest logit difference on random inputs (``training.hf.reference``).
 
-An imported bundle records no dataset it was trained on (``dataset.name`` is ``imported``), so
-the commands that read one (evaluate, the searches, RL training) do not run on it yet.
+An imported bundle records no dataset it was trained on (``dataset.name`` is ``imported``): the
+commands that read one (evaluate, the searches, RL and exit training) take its labelled images as
+an image folder on their command line (``--data folder --data-dir DIR``), read as the model takes
+them (``training.data.load_bundle_splits``).
 """
 
 from __future__ import annotations

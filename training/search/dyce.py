@@ -20,11 +20,12 @@ from skipvit.model.dyce import DyCEConfig, DyCEPolicy, flops_by_exit, static_flo
 from skipvit.model.exits import ExitSet, exits_of
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.configs import config_from
-from skipvit.training.data import load_bundle_splits
+from skipvit.training.data import bundle_data
 from skipvit.training.data.base import ArrayData
 from skipvit.training.device import resolve_device
 from skipvit.training.evaluate import evaluate
 from skipvit.training.fronts import HV_REF, hypervolume, near_static, objectives
+from skipvit.training.imported import measure_static
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.search.dyce_sim import Choice, Simulator, record
@@ -63,6 +64,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     flags.add_device(p)
     flags.add_data_dir(p)
+    flags.add_bundle_data(p)
 
 
 def config_from_args(args) -> SearchConfig:
@@ -101,7 +103,8 @@ def run(args) -> None:
         raise ValueError(
             f"weight set {args.weights!r} has no exit heads; Hint: run `skipvit train exits` first"
         )
-    splits = load_bundle_splits(bundle.dataset, args.data_dir)
+    splits = bundle_data(bundle, args.data_dir, args.data)
+    bundle = measure_static(bundle, splits, device, args)
     mean, std = bundle.dataset["mean"], bundle.dataset["std"]
     print(f"DyCE search on weights {args.weights!r} of {args.bundle} | {cfg} | device {device}")
     t0 = time.time()

@@ -31,10 +31,11 @@ import torch
 from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.lac import MODES, LACPolicy, check_alpha
-from skipvit.training.data import load_bundle_splits
+from skipvit.training.data import bundle_data
 from skipvit.training.device import resolve_device
 from skipvit.training.evaluate import evaluate
 from skipvit.training.fronts import HV_REF, hypervolume, objectives
+from skipvit.training.imported import measure_static
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, environment, markdown_table
 
@@ -97,6 +98,7 @@ def add_arguments(p) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of each split")
     flags.add_device(p)
     flags.add_data_dir(p)
+    flags.add_bundle_data(p)
 
 
 def run(args) -> None:
@@ -119,7 +121,8 @@ def run(args) -> None:
         )
     device = resolve_device(args.device)
     ds = bundle.dataset
-    splits = load_bundle_splits(ds, args.data_dir)
+    splits = bundle_data(bundle, args.data_dir, args.data)
+    bundle = measure_static(bundle, splits, device, args)
     data = {"val": splits.val.head(args.limit), "test": splits.test.head(args.limit)}
     t0 = time.time()
     results = {}

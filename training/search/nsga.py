@@ -20,6 +20,7 @@ from skipvit.model.bundle import Bundle, Point, load_bundle
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.configs import config_from
 from skipvit.training.fronts import HV_REF, hypervolume, objectives
+from skipvit.training.imported import measure_static
 from skipvit.training.publish import publish
 from skipvit.training.reinforce import reward_config
 from skipvit.training.report import command_line, environment, markdown_table
@@ -55,6 +56,7 @@ def add_arguments(p) -> None:
     flags.add_seed(p)
     flags.add_device(p)
     flags.add_data_dir(p)
+    flags.add_bundle_data(p)
     flags.add_checkpointing(p, "runs/<bundle>-<name>-search", unit="generations", state="search state")
 
 
@@ -90,7 +92,8 @@ def run(args) -> None:
     ctx = RunContext.start(args, f"{bundle.root.name}-{name}-search")
     device = ctx.device
     model = bundle.build_model(weights, device)
-    splits = ctx.bundle_splits(bundle.dataset)
+    splits = ctx.bundle_splits(bundle)
+    bundle = measure_static(bundle, splits, device, args)
     print(
         f"NSGA-II {'joint RL-NSGA' if cfg.joint else 'plain'} search on weights {weights!r} of "
         f"{args.bundle} | {cfg} | device {device}"

@@ -32,6 +32,7 @@ from skipvit.model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_o
 from skipvit.model.flops import block_flops
 from skipvit.training.backbone import backbone_features
 from skipvit.training.configs import config_from
+from skipvit.training.imported import measure_static
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.run import EpochRunner, RunContext, steps_per_epoch, weights_id
@@ -167,6 +168,7 @@ def add_arguments(p) -> None:
     flags.add_seed(p)
     flags.add_device(p)
     flags.add_data_dir(p)
+    flags.add_bundle_data(p)
     flags.add_limit_train(p)
     flags.add_checkpointing(p, "runs/<bundle>-<name>-exits")
 
@@ -197,7 +199,8 @@ def run(args) -> None:
     model.requires_grad_(False)
     positions = cfg.positions or tuple(range(1, model.depth))
     exits = ExitSet(model.cfg, positions, cfg.types).to(device)
-    splits = ctx.bundle_splits(bundle.dataset)
+    splits = ctx.bundle_splits(bundle)
+    bundle = measure_static(bundle, splits, device, args)
     train = splits.train.head(args.limit_train)
     mean, std = bundle.dataset["mean"], bundle.dataset["std"]
     print(

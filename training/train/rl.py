@@ -23,10 +23,11 @@ from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT, build_model
 from skipvit.training.configs import config_from
-from skipvit.training.data import DataSplits
+from skipvit.training.data import IMPORTED, DataSplits
 from skipvit.training.data.augment import AugmentConfig
 from skipvit.training.device import autocast
 from skipvit.training.evaluate import EvalResult, evaluate
+from skipvit.training.imported import measure_static
 from skipvit.training.optim import gradient_step
 from skipvit.training.presets import model_config
 from skipvit.training.publish import existing_bundle, publish
@@ -212,8 +213,18 @@ def run(args) -> None:
     same_src = src is not None and same_dataset(src.dataset, args)
     if target is not None and same_src:
         check_same_split(src, target)
-    split = run_split(args, target if target is not None else src if same_src else None)
-    splits = ctx.dataset_splits(split)
+    ref = target if target is not None else src if same_src else None
+    split = run_split(args, ref)
+    # A bundle imported from elsewhere fixes the labels and how an image becomes the input.
+    imported = ref if ref is not None and ref.dataset.get("name") == IMPORTED else None
+    if imported is None and args.data_opt and src is not None and src.dataset.get("name") == IMPORTED:
+        raise ValueError(
+            f"{args.init_from} was imported: its labels, image size and normalisation are the model's; "
+            "Hint: leave out --data-opt"
+        )
+    splits = ctx.dataset_splits(split, imported)
+    if imported is not None and imported is target:  # its static point is compared with
+        target = measure_static(target, splits, ctx.device, args)
     model, origin = initial_model(args, splits, cfg, src)
     if target is not None:  # refuse before training, not after
         _check_target(target, model, args.name)
@@ -249,7 +260,7 @@ def run(args) -> None:
     val = evaluate(model, splits.val, info.mean, info.std, GatePolicy(model.agent), device=ctx.device)
     test = evaluate(model, splits.test, info.mean, info.std, GatePolicy(model.agent), device=ctx.device)
     print(f"test accuracy {test.accuracy:.4f} at {test.mean_layers:.3f} mean layers on {test.n} images")
-    write_rl_bundle(out, model, splits, split, cfg, (val, test), runner, ctx, origin)
+    write_rl_bundle(out, model, splits, split, cfg, (val, test), runner, ctx, origin, imported)
 
 
 def _check_dataset(bundle: Bundle, args) -> None:
@@ -302,14 +313,18 @@ def write_rl_bundle(
     runner: EpochRunner,
     ctx: RunContext,
     origin: str,
+    imported: Bundle | None = None,
 ) -> None:
+    """Write weight set and point ``--name`` into ``out`` (a new bundle: with ``imported``'s dataset
+    entry and preprocess section, where the weights started from an imported bundle)."""
     args, name = ctx.args, ctx.args.name
     bundle = existing_bundle(out)  # afresh: another command may have written into it meanwhile
     if bundle is not None:
         _check_dataset(bundle, args)
         _check_target(bundle, model, name)
     else:
-        bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, args))
+        bundle = new_bundle(out, model.cfg, dataset_meta(splits, split, args, imported))
+        bundle.preprocess = imported.preprocess if imported is not None else None
         bundle.default_point = name
     bundle.add_weight_set(name, model.state_dict())
     depth = model.depth

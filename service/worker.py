@@ -51,6 +51,7 @@ from skipvit.service.healing import HealPolicy, after_loss, backoff, gives_up, h
 
 MAX_AUTO_WORKERS = 4  # the default's cap: slices of a full batch (32) stay >= 8 rows
 log = logging.getLogger("skipvit.service")
+EXIT_STATUS_WAIT_S = 0.2  # a child whose pipe closed: how long to wait for its exit status
 
 
 def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -279,7 +280,14 @@ class EngineProcess(BundleView):
                     self._on_restart()
             return
         seen = child.seen(now)
-        why = verdict(seen, now, self.policy) or child.dead
+        why = verdict(seen, now, self.policy)
+        if why is None and child.dead is not None and child.proc.exitcode is None:
+            # Its pipe closed first: the process is on its way out, and its exit status (killed
+            # by which signal, which code) says more than the pipe. Wait a moment for it.
+            child.proc.join(EXIT_STATUS_WAIT_S)
+            seen = child.seen(now)
+            why = verdict(seen, now, self.policy)
+        why = why or child.dead
         if why is None:
             if seen.ready is not None and slot.failures and healthy(seen.ready, now, self.policy):
                 slot.failures = 0

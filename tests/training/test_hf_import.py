@@ -287,3 +287,23 @@ def test_transformers_is_imported_only_by_a_check():
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False"
     assert "{hf}" in done.stdout
+
+
+def test_export_check_accuracy_reads_a_split_with_transformers_alone(
+    transformers, tiny_bundle, tmp_path, capsys
+):
+    """``--check-accuracy test``: the bundle's test split classified by transformers alone (its
+    own image processor on the raw uint8 images) scores what the bundle scores, image for image;
+    the export imported back predicts the same on every image."""
+    from skipvit.training.data import bundle_data
+    from skipvit.training.hf.reference import accuracy_check
+
+    out = tmp_path / "hf"
+    main(argv("export hf --point static --check --check-accuracy test", bundle=tiny_bundle, out=out))
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("test split"))
+    assert "same prediction on 100.00%" in line, line
+    main(["import", "hf", str(out), "--out", str(tmp_path / "back")])
+    data = bundle_data(load_bundle(tiny_bundle), None).split("test")
+    again = accuracy_check(load_bundle(tmp_path / "back"), out, data)
+    assert again["same_prediction"] == 1.0 and again["n"] == len(data)
+    assert again["accuracy_bundle"] == again["accuracy_transformers"]

@@ -10,7 +10,9 @@ that runs every layer: a point whose policy skips or exits (RL gates, NSGA, LAC,
 counterpart in transformers and is refused, and an RL agent or exit heads in the weight set are
 left behind. The preprocessor makes the input this project's input paths make (resize to the
 image size, bilinear; x / 255; the dataset's mean and std), or, for an imported bundle, restores
-the processor it came with. ``--check`` loads the result with transformers and compares.
+the processor it came with. ``--check`` loads the result with transformers and compares;
+``--check-accuracy SPLIT`` also classifies a split of the bundle's dataset with transformers alone
+(its own image processor on the raw images) and with the bundle.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def add_arguments(p) -> None:
         help=f"load the result with transformers (offline) and compare the logits; fails above {TOLERANCE:g}",
     )
     p.add_argument("--check-n", type=int, default=8, help="random inputs the check compares (default 8)")
+    p.add_argument(
+        "--check-accuracy",
+        metavar="SPLIT",
+        default=None,
+        help="also classify the bundle's SPLIT (e.g. test) with transformers alone and with the bundle; "
+        "fails unless both accuracies are equal",
+    )
+    p.add_argument("--data-dir", default=None, help="where the bundle's dataset lies (for --check-accuracy)")
 
 
 def export_hf(bundle_dir: str | Path, point_id: str, out: str | Path) -> Path:
@@ -76,3 +86,22 @@ def run(args) -> None:
     worst = max(result["logits_max_abs_diff"], result["images_max_abs_diff"] or 0.0)
     if worst > TOLERANCE:
         raise ValueError(f"the export differs from the bundle by {worst:.2e} (> {TOLERANCE:g})")
+    if args.check_accuracy:
+        check_accuracy(args.bundle, out, args.point, args.check_accuracy, args.data_dir)
+
+
+def check_accuracy(bundle_dir, out: Path, point: str, split: str, data_dir) -> None:
+    """Classify the bundle's ``split`` with transformers alone and with the bundle; print both
+    accuracies and the agreement; raise unless the accuracies are equal."""
+    from skipvit.training.data import bundle_data
+    from skipvit.training.hf.reference import accuracy_check  # imports transformers
+
+    bundle = load_bundle(bundle_dir)
+    data = bundle_data(bundle, data_dir).split(split)
+    r = accuracy_check(bundle, out, data, point)
+    print(
+        f"{split} split, {r['n']} images: bundle {100 * r['accuracy_bundle']:.2f}%, transformers alone "
+        f"{100 * r['accuracy_transformers']:.2f}%, same prediction on {100 * r['same_prediction']:.2f}%"
+    )
+    if r["accuracy_bundle"] != r["accuracy_transformers"]:
+        raise ValueError("the exported model's accuracy differs from the bundle's")

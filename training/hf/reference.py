@@ -124,3 +124,32 @@ def compare(bundle: Bundle, hf_dir: str | Path, n: int = 8, seed: int = 0, point
         got_img = ours(to_float(images, ds["mean"], ds["std"])).logits
         result["images_max_abs_diff"] = float((got_img - ref_img).abs().max())
     return result
+
+
+@torch.inference_mode()
+def accuracy_check(
+    bundle: Bundle, hf_dir: str | Path, data, point: str = "static", batch_size: int = 256
+) -> dict:
+    """The bundle's ``point`` and the transformers model in ``hf_dir`` on the same labelled images
+    (``data``: ``ArrayData``, uint8), each preprocessing them its own way (the bundle's mean/std;
+    the directory's image processor, run on the raw images): both accuracies and how often the two
+    predictions agree."""
+    theirs = load_reference(hf_dir)
+    processor = import_transformers().AutoImageProcessor.from_pretrained(str(hf_dir), local_files_only=True)
+    ours = bundle.build_model(bundle.point(point).weights)
+    ours.eval()
+    ds = bundle.dataset
+    mine, ref = [], []
+    for images, _ in data.batches(batch_size):
+        pixels = processor(
+            images=[img.numpy() for img in images], return_tensors="pt", input_data_format="channels_first"
+        ).pixel_values
+        ref.append(theirs(pixel_values=pixels.float()).logits.argmax(-1))
+        mine.append(ours(to_float(images, ds["mean"], ds["std"])).logits.argmax(-1))
+    got, want = torch.cat(mine), torch.cat(ref)
+    return {
+        "n": len(data),
+        "accuracy_bundle": float((got == data.labels).float().mean()),
+        "accuracy_transformers": float((want == data.labels).float().mean()),
+        "same_prediction": float((got == want).float().mean()),
+    }

@@ -48,6 +48,9 @@ EXPORTED_METRICS: tuple[str, ...] = (
     "skipvit_active_point_info",  # info {point, method, weights}
     "skipvit_model_ready",  # gauge
     "skipvit_inflight_requests",  # gauge
+    "skipvit_engine_restarts_total",  # counter
+    "skipvit_event_loop_lag_seconds",  # gauge
+    "skipvit_gc_pause_seconds",  # histogram {generation}
 )
 
 # =========================================================================== monitoring: helpers

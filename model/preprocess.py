@@ -32,6 +32,17 @@ from typing import Any
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
+def pillow_filter(name: str):
+    """Pillow's resampling filter called ``name`` (one of ``RESAMPLE``'s names), for the server's
+    decode and the folder dataset alike."""
+    from PIL import Image
+
+    for code, known in RESAMPLE.items():
+        if known == name:
+            return Image.Resampling(code)
+    raise ValueError(f"resample {name!r} is unknown; Hint: use one of {', '.join(RESAMPLE.values())}")
+
+
 class PreprocessError(ValueError):
     """A preprocess section that is malformed or disagrees with the bundle's dataset section."""
 

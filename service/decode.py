@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from skipvit.model.preprocess import pillow_filter
+
 try:
     import pyspng
 except ImportError:  # no wheel for this platform: Pillow decodes everything
@@ -35,14 +37,6 @@ FORMATS = ("PNG", "JPEG", "WEBP")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR = {1: 0, 3: 2}  # bundle channels -> PNG colour type (0 greyscale, 2 RGB)
 DEFAULT_RESAMPLE = "bilinear"  # what every bundle without a preprocess section was trained with
-RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
 
 
 class DecodeError(ValueError):
@@ -124,7 +118,7 @@ def decode_image(
     resample: str = DEFAULT_RESAMPLE,
 ) -> torch.Tensor:
     """Decode ``data`` to a (C, size, size) uint8 tensor; an image of another size is resized with
-    ``resample`` (one of ``RESAMPLING``)."""
+    ``resample`` (one of ``model.preprocess.RESAMPLE``'s names)."""
     if not data:
         raise DecodeError(f"{name}: the file is empty")
     fast = decode_as_is(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
@@ -210,22 +204,12 @@ def _shrink(img: Image.Image, size: int) -> Image.Image:
     return img.reduce(factor)
 
 
-def resampling(resample: str) -> Image.Resampling:
-    """Pillow's filter named ``resample`` (``model.preprocess.RESAMPLE``'s names)."""
-    try:
-        return RESAMPLING[resample]
-    except KeyError:
-        raise ValueError(
-            f"resample {resample!r} is unknown; Hint: use one of {', '.join(RESAMPLING)}"
-        ) from None
-
-
 def finish(
     img: Image.Image, *, channels: int, size: int, name: str, resample: str = DEFAULT_RESAMPLE
 ) -> torch.Tensor:
     """Decode the pixels of ``img`` (from ``open_image``) to a (C, size, size) uint8 tensor, resized
     with ``resample`` where it is not ``size`` x ``size`` already."""
-    method = resampling(resample)  # an unknown name fails before any pixel is decoded
+    method = pillow_filter(resample)  # an unknown name fails before any pixel is decoded
     try:
         img.load()
         img = _shrink(img, size)

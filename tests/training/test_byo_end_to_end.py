@@ -27,16 +27,6 @@ LABELS = ["red", "green", "blue"]
 SIZE = 16
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    from skipvit.training.hf.reference import import_transformers
-
-    try:
-        return import_transformers()
-    except ImportError:
-        pytest.skip("transformers is not installed (the hf extra)")
-
-
 def save_vit(transformers, root: Path) -> Path:
     """A tiny random-initialised ViT classifier of LABELS with a bicubic image processor."""
     config = transformers.ViTConfig(

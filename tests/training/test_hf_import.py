@@ -62,16 +62,6 @@ BASE = {
 }
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    from skipvit.training.hf.reference import import_transformers
-
-    try:
-        return import_transformers()
-    except ImportError:
-        pytest.skip("transformers is not installed (the hf extra)")
-
-
 def save_hf(transformers, root: Path, case: str) -> Path:
     """A random-initialised model of ``case``, saved as save_pretrained saves it, with a processor."""
     cls_name, options, processor = CASES[case]

@@ -24,32 +24,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from skipvit.model.preprocess import pillow_filter
 from skipvit.training.data.base import ArrayData, DatasetInfo, channel_stats
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _HINT = "Hint: pass --data-dir to a directory with one sub-folder of images per class (or train/ and test/ each laid out so)."
 
 
-RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
-
-
-def _resampling(resample: str) -> Image.Resampling:
-    if resample not in RESAMPLING:
-        raise ValueError(f"resample {resample!r} is unknown; Hint: use one of {', '.join(RESAMPLING)}")
-    return RESAMPLING[resample]
-
-
 def read_image(path: Path, mode: str, size: int, resample: str = "bilinear") -> np.ndarray:
     """Decode one image to a uint8 (C, size, size) array, resized with ``resample`` where it is
     another size; a broken file raises ValueError."""
-    method = _resampling(resample)
+    method = pillow_filter(resample)
     try:
         with Image.open(path) as im:
             im = im.convert(mode)
@@ -143,7 +128,7 @@ def load(
         raise ValueError("test_fraction must lie in [0, 1)")
     if (mean is None) != (std is None):
         raise ValueError("mean and std come together (or neither)")
-    _resampling(resample)
+    pillow_filter(resample)
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root} is not a directory. {_HINT}")

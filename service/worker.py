@@ -51,7 +51,7 @@ from skipvit.service.healing import HealPolicy, after_loss, backoff, gives_up, h
 
 MAX_AUTO_WORKERS = 4  # the default's cap: slices of a full batch (32) stay >= 8 rows
 log = logging.getLogger("skipvit.service")
-EXIT_STATUS_WAIT_S = 0.2  # a child whose pipe closed: how long to wait for its exit status
+EXIT_STATUS_WAIT_S = 1.0  # a child whose pipe closed: how long to wait for its exit status
 
 
 def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:

@@ -261,7 +261,10 @@ def heal_under_load(srv: Served, sig: signal.Signals) -> None:
 @pytest.mark.slow
 def test_an_engine_process_killed_under_load_is_replaced(server):
     heal_under_load(server, signal.SIGKILL)
-    assert "killed by SIGKILL" in server.output()
+    # Found by its exit or by its pipe closing first, whichever the supervisor saw first: the line
+    # that reports the loss gives the exit status it reaped.
+    lost = [line for line in server.output().splitlines() if " lost: " in line and "reaped" in line]
+    assert any("exit code -9" in line for line in lost), lost
 
 
 @pytest.mark.slow

@@ -15,10 +15,9 @@ them (``training.data.load_bundle_splits``).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from skipvit.model.bundle import Point, load_bundle, new_bundle
+from skipvit.model.bundle import Point, load_bundle, new_bundle, sha256_file
 from skipvit.model.vit import build_model
 from skipvit.training.hf.config import architecture, class_names, preprocess, vit_config
 from skipvit.training.hf.source import read_source
@@ -73,7 +72,7 @@ def import_hf(src_dir: str | Path, out: str | Path, argv: list[str] | None = Non
     bundle.add_weight_set("static", state)
     metrics = {"mean_layers": float(cfg.depth), "relative_compute": 1.0}
     bundle.upsert_points([Point("static", "static", "static", {}, metrics)])
-    files = "\n".join(f"- `{p.name}` sha256 `{_sha256(p)}`" for p in src.weight_files)
+    files = "\n".join(f"- `{p.name}` sha256 `{sha256_file(p)}`" for p in src.weight_files)
     rows = [[k, f"`{v}`"] for k, v in cfg.to_dict().items()]
     body = (
         f"`{command_line(argv)}`\n\n{name} from `{src.root}` "
@@ -85,14 +84,6 @@ def import_hf(src_dir: str | Path, out: str | Path, argv: list[str] | None = Non
     update_section(out, SECTION, body)
     bundle.save()
     return out, [*notes, *dropped]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def format_check(result: dict) -> str:
@@ -117,21 +108,27 @@ def run(args) -> None:
         print(f"note: {note}")
     if not args.check:
         return
-    from skipvit.training.hf.reference import compare  # imports transformers
-
-    try:
-        result = compare(bundle, args.dir, n=args.check_n)
-    except ImportError as e:
-        raise ValueError(str(e)) from None
-    line = format_check(result)
-    print(line)
+    line, worst = check_parity(bundle, args.dir, args.check_n)
     update_section(
         out, "Parity with transformers", f"`{command_line(getattr(args, 'argv', None))}`\n\n{line}\n"
     )
     bundle.save()
-    worst = max(result["logits_max_abs_diff"], result["images_max_abs_diff"] or 0.0)
     if worst > TOLERANCE:
         raise ValueError(
             f"the imported bundle differs from transformers by {worst:.2e} (> {TOLERANCE:g}); "
             "Hint: the directory's model is not one this importer reproduces; please report it"
         )
+
+
+def check_parity(bundle, hf_dir, n: int, point: str = "static") -> tuple[str, float]:
+    """Compare ``point`` of ``bundle`` with the transformers model in ``hf_dir`` (``compare``),
+    print the result's line; returns it and the largest difference."""
+    from skipvit.training.hf.reference import compare  # imports transformers
+
+    try:
+        result = compare(bundle, hf_dir, n=n, point=point)
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+    line = format_check(result)
+    print(line)
+    return line, max(result["logits_max_abs_diff"], result["images_max_abs_diff"] or 0.0)

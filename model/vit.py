@@ -22,6 +22,12 @@ Two compaction modes (``compaction=``; ``kernels`` has the contracts):
   never depends on the capacity. ``capacity < B`` is where the savings are (fewer rows through
   each block); a caller such as the serving engine can pass a running estimate, e.g. from
   ``ForwardOutput.executed.sum(0)`` of recent batches.
+
+On the CPU, in inference (no autograd), a block runs a large batch in chunks of about
+``cpu_chunk_tokens`` token rows (images x tokens): each chunk's activations stay in cache, which
+measured 15-30% more images/s at batch 32 (ViT-S/16) and 1024 (this project's 28x28 model) on a
+2-core machine, at no cost to small batches. Each image is computed by the same arithmetic either
+way; only the matrix shapes handed to the BLAS change. ``None`` turns it off.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from torch import Tensor, nn
 from skipvit.kernels import compact_rows, compact_rows_fixed, scatter_rows, scatter_rows_fixed
 from skipvit.model.config import ViTConfig
 from skipvit.model.policy import EXIT, RUN, ExecutionPolicy, StaticPolicy
+
+CPU_CHUNK_TOKENS = 2048  # token rows per chunk of a block on the CPU (module docstring)
 
 # ---------------------------------------------------------------- components
 
@@ -149,6 +157,7 @@ class AdaptiveViT(nn.Module):
         self.agent: nn.Module | None = None  # RL sub-agents (model.gates.SkipAgent), when attached
         self.compaction = "exact"  # default for forward(): "exact" or "fixed" (module docstring)
         self.capacity: int | Sequence[int] | None = None  # default slots per layer in fixed mode (None: B)
+        self.cpu_chunk_tokens: int | None = CPU_CHUNK_TOKENS  # module docstring; None: one piece
 
     def attach_agent(self, agent: nn.Module) -> None:
         self.agent = agent
@@ -159,6 +168,16 @@ class AdaptiveViT(nn.Module):
 
     def block(self, j: int) -> Block:
         return self.blocks[0] if self.cfg.shared_layers else self.blocks[j]
+
+    def run_block(self, j: int, x: Tensor) -> Tensor:  # (R, T, D) -> (R, T, D)
+        """Layer ``j`` on ``x``; on the CPU in inference, in chunks of ~``cpu_chunk_tokens`` token rows."""
+        block = self.block(j)
+        if self.cpu_chunk_tokens is None or x.device.type != "cpu" or torch.is_grad_enabled():
+            return block(x)
+        per = max(1, self.cpu_chunk_tokens // x.shape[1])  # images per chunk
+        if x.shape[0] <= per:
+            return block(x)
+        return torch.cat([block(c) for c in x.split(per)])
 
     def embed(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
         h = self.patch_embed(x)  # (B, N, D)
@@ -221,7 +240,7 @@ class AdaptiveViT(nn.Module):
         policy.begin(h)
         if policy.always_runs:
             for j in range(depth):
-                h = self.block(j)(h)
+                h = self.run_block(j, h)
             executed = torch.ones(b, depth, dtype=torch.bool, device=h.device)
             return h, executed, exit_layer, exit_logits, ~alive
         runs = []  # (B,) bool per layer, stacked once at the end
@@ -243,7 +262,7 @@ class AdaptiveViT(nn.Module):
             runs.append(run)
             rows_h, idx = compact_rows(h, run)  # (R, T, D), (R,); host sync (R); h itself when R = B
             if rows_h.shape[0]:
-                h = scatter_rows(h, idx, self.block(j)(rows_h))
+                h = scatter_rows(h, idx, self.run_block(j, rows_h))
         return h, torch.stack(runs, dim=1), exit_layer, exit_logits, ~alive
 
     def _layers_fixed(self, h: Tensor, policy: ExecutionPolicy, caps: list[int]):
@@ -272,7 +291,7 @@ class AdaptiveViT(nn.Module):
             rows_h, idx, count = compact_rows_fixed(h, run, caps[j])  # (S, T, D), (S,), ()
             overflow = overflow | (count > caps[j])
             if caps[j]:
-                h = scatter_rows_fixed(h, idx, self.block(j)(rows_h))
+                h = scatter_rows_fixed(h, idx, self.run_block(j, rows_h))
         if bool(overflow):  # the one host sync of the forward
             return None
         # An exited row never runs again, so its final hidden state is the one it exited with.

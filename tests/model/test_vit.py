@@ -199,3 +199,26 @@ def test_fixed_forward_syncs_once_on_cuda(tiny_cfg):
     assert_same_forward(out, ref)
     assert fixed.count == 1, fixed.calls
     assert exact.count >= tiny_cfg.depth
+
+
+def test_a_large_cpu_batch_runs_each_block_in_chunks_with_the_same_result(tiny_model):
+    tokens = tiny_model.cfg.num_tokens
+    x = torch.randn(10, 1, 16, 16)
+    calls = []
+    hook = tiny_model.blocks[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            tiny_model.cpu_chunk_tokens = None
+            whole = tiny_model(x).logits
+            assert calls == [10]
+            calls.clear()
+            tiny_model.cpu_chunk_tokens = 4 * tokens  # four images per chunk
+            chunked = tiny_model(x).logits
+            assert calls == [4, 4, 2]
+        calls.clear()
+        tiny_model(x)  # autograd on (training, gradients): never in chunks
+        assert calls == [10]
+    finally:
+        hook.remove()
+        tiny_model.cpu_chunk_tokens = None
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)

@@ -1,11 +1,17 @@
 """`skipvit bench model`: the model alone, static vs. operating points, at several batch sizes.
 
-One run, every figure measured in it, on real test images of the bundle's dataset:
+One run, every figure measured in it, on real test images of the bundle's dataset (or, with
+``--images random``, seeded random images of its input size: an imported model with random weights):
 
 - configurations: ``static`` (the static point: every row runs every layer, no gates, no
   compaction), ``gates-on`` (the gated path of the first gated point's weights with every
   threshold 0.0: p >= 0 always, so every row runs every layer, but every gate is evaluated and
-  the compaction path is taken) and each requested point (``policy_for``, as the service runs it);
+  the compaction path is taken; fresh gates on the static weights where the bundle has none and
+  masks or transformers are timed) and each requested point (``policy_for``, as the service runs
+  it); with ``--masks 2/3,1/2``, ``mask-F``: each row runs its own seeded random F of the layers
+  (``RowMasks``), the skipping of a dynamic point with a known ideal; with ``--transformers DIR``,
+  ``transformers``: transformers' own forward (SDPA attention) of the model the bundle was
+  imported from;
 - warm-up: every configuration runs a few untimed forwards at every batch size;
 - timing: ``--rounds`` rounds; in each round the batch sizes, and within a batch size the
   configurations, come in a freshly shuffled order (seeded), each measured for ``--min-seconds``
@@ -51,10 +57,10 @@ from skipvit.benchmarks.model_report import (
     verdict,
 )
 from skipvit.model.bundle import Bundle, Point, load_bundle
-from skipvit.model.gates import GatePolicy
+from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.model.points import GATE_METHODS, policy_for
 from skipvit.model.policy import ExecutionPolicy, StaticPolicy
-from skipvit.model.vit import AdaptiveViT
+from skipvit.model.vit import AdaptiveViT, ForwardOutput
 
 NSGA_METHODS = ("nsga", "nsga-joint")
 AUTO_MAX_ACCURACY_DROP = 0.05  # --points auto: the leanest nsga point within 5 points of static
@@ -63,7 +69,7 @@ AUTO_MAX_ACCURACY_DROP = 0.05  # --points auto: the leanest nsga point within 5 
 @dataclass
 class Config:
     id: str
-    kind: str  # "static" | "gates-on" | "point"
+    kind: str  # "static" | "gates-on" | "point" | "mask" | "reference" | "unchunked"
     weights: str
     model: AdaptiveViT
     make_policy: Callable[[], ExecutionPolicy | None]
@@ -87,9 +93,79 @@ class Config:
 # ---- what to run
 
 
-def choose_points(bundle: Bundle, spec: str) -> tuple[list[Point], str]:
-    """The points to compare with static, and the rule that chose them."""
+class RowMasks(ExecutionPolicy):
+    """Each row runs its own random ``k`` of the ``depth`` layers and skips the rest (seeded, the
+    same masks for every forward of one batch size): the per-row skipping a dynamic point does,
+    through the same compaction path, with the layer count fixed so that the ideal speedup is
+    known (depth / k, before the embedding and head)."""
+
+    def __init__(self, depth: int, k: int, seed: int = 0) -> None:
+        self.depth, self.k, self.seed = depth, k, seed
+        self._masks: dict[int, torch.Tensor] = {}
+        self._runs: torch.Tensor | None = None
+
+    @property
+    def may_exit(self) -> bool:
+        return False
+
+    def masks(self, batch: int) -> torch.Tensor:  # (B, L) bool, exactly k True per row
+        if batch not in self._masks:
+            g = torch.Generator().manual_seed(self.seed + batch)
+            order = torch.rand(batch, self.depth, generator=g).argsort(dim=1)  # (B, L)
+            self._masks[batch] = order < self.k
+        return self._masks[batch]
+
+    def begin(self, h: torch.Tensor) -> None:
+        self._runs = self.masks(h.shape[0]).to(h.device)
+
+    def decide(self, layer: int, h: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        from skipvit.model.policy import RUN, SKIP
+
+        return torch.where(self.run_mask(layer, h, alive), RUN, SKIP).to(torch.int8)
+
+    def run_mask(self, layer: int, h: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        return self._runs[:, layer]
+
+
+def parse_masks(spec: str, depth: int) -> list[tuple[str, int]]:
+    """``"2/3,1/2"`` -> [("mask-2/3", 8), ("mask-1/2", 6)] for depth 12: the layers each row runs."""
+    out = []
+    for part in (s.strip() for s in spec.split(",") if s.strip()):
+        num, _, den = part.partition("/")
+        try:
+            frac = float(num) / float(den or 1)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"--masks {spec!r}: expected fractions like 2/3,1/2") from None
+        k = round(frac * depth)
+        if not 1 <= k <= depth:
+            raise ValueError(f"--masks {spec!r}: {part} of {depth} layers is {k}; expected 1..{depth}")
+        out.append((f"mask-{part}", k))
+    return out
+
+
+class Reference:
+    """transformers' own forward of the same weights, called as ``AdaptiveViT`` is: every row runs
+    every layer (``executed`` all True), for the mean-layer and memory measurements."""
+
+    def __init__(self, hf_model, depth: int) -> None:
+        self.hf, self.depth = hf_model, depth
+
+    def __call__(self, x: torch.Tensor, policy=None) -> ForwardOutput:
+        logits = self.hf(pixel_values=x).logits
+        b = x.shape[0]
+        return ForwardOutput(
+            logits=logits,
+            executed=torch.ones(b, self.depth, dtype=torch.bool),
+            exit_layer=torch.full((b,), self.depth, dtype=torch.long),
+        )
+
+
+def choose_points(bundle: Bundle, spec: str, allow_none: bool = False) -> tuple[list[Point], str]:
+    """The points to compare with static, and the rule that chose them; with ``allow_none`` (masks
+    or a reference are timed), a bundle with no other point gives none instead of an error."""
     others = [p for p in bundle.front if p.method != "static"]
+    if not others and allow_none and spec in ("auto", "all"):
+        return [], "none: the bundle has no point besides static"
     if spec == "all":
         return others, "all"
     if spec != "auto":
@@ -126,7 +202,19 @@ def choose_points(bundle: Bundle, spec: str) -> tuple[list[Point], str]:
     return chosen, rule
 
 
-def build_configs(bundle: Bundle, points: list[Point], device: torch.device) -> list[Config]:
+def build_configs(
+    bundle: Bundle,
+    points: list[Point],
+    device: torch.device,
+    masks: list[tuple[str, int]] = (),
+    reference: str | None = None,
+    unchunked: bool = False,
+) -> list[Config]:
+    """static, gates-on (the first gated point's gates, else fresh gates on the static weights,
+    where masks or a reference are asked for: gate cost does not depend on the weights), each
+    point, each row mask, and transformers' forward of the static weights (``reference``: the
+    save_pretrained directory); with ``unchunked``, static again with each block run on the whole
+    batch (``AdaptiveViT.cpu_chunk_tokens`` off), to show what the CPU chunking gives."""
     models: dict[str, AdaptiveViT] = {}
 
     def model(weights: str) -> AdaptiveViT:
@@ -147,20 +235,60 @@ def build_configs(bundle: Bundle, points: list[Point], device: torch.device) -> 
         configs.append(
             Config("gates-on", "gates-on", gated[0].weights, m, lambda m=m: GatePolicy(m.agent, 0.0), m.depth)
         )
+    elif masks or reference:
+        m = bundle.build_model(weights, device)  # its own copy: the static one keeps no agent
+        torch.manual_seed(0)
+        m.attach_agent(SkipAgent(m.cfg.dim, m.depth).to(device).eval())
+        configs.append(
+            Config(
+                "gates-on",
+                "gates-on",
+                f"{weights} + fresh gates",
+                m,
+                lambda m=m: GatePolicy(m.agent, 0.0),
+                m.depth,
+            )
+        )
     for p in points:
         m = model(p.weights)
         policy_for(p, m)  # refuse a method this version cannot run before anything is timed
         gates = m.depth if p.method in GATE_METHODS else 0
         configs.append(Config(p.id, "point", p.weights, m, lambda p=p, m=m: policy_for(p, m), gates, p))
+    if unchunked:
+        m = bundle.build_model(weights, device)
+        m.cpu_chunk_tokens = None
+        configs.append(Config("static-unchunked", "unchunked", weights, m, StaticPolicy, 0, static_point))
+    for name, k in masks:
+        m = model(weights)
+        rows = RowMasks(m.depth, k)
+        configs.append(Config(name, "mask", weights, m, lambda rows=rows: rows, 0))
+    if reference is not None:
+        from skipvit.training.hf.reference import load_reference
+
+        hf = load_reference(reference, attention="sdpa").to(device)
+        configs.append(
+            Config("transformers", "reference", weights, Reference(hf, model(weights).depth), StaticPolicy, 0)
+        )
     return configs
 
 
-def load_test_images(bundle: Bundle, data_dir: str | None, limit: int, device: torch.device) -> torch.Tensor:
-    """The first ``limit`` test images of the bundle's dataset, normalised as the bundle expects."""
-    from skipvit.training.data import load_bundle_splits
+def load_test_images(
+    bundle: Bundle, data_dir: str | None, limit: int, device: torch.device, images: str = "test"
+) -> torch.Tensor:
+    """The first ``limit`` test images of the bundle's dataset, normalised as the bundle expects;
+    or (``images="random"``) ``limit`` seeded random uint8 images of the bundle's input size, for
+    a bundle with no dataset here (an imported model timed with random weights)."""
     from skipvit.training.data.augment import to_float
 
     ds = bundle.dataset
+    if images == "random":
+        cfg = bundle.architecture
+        g = torch.Generator().manual_seed(0)
+        shape = (limit, cfg.in_channels, cfg.image_size, cfg.image_size)
+        raw = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        return to_float(raw, ds["mean"], ds["std"]).to(device)
+    from skipvit.training.data import load_bundle_splits
+
     test = load_bundle_splits(ds, data_dir).test.head(limit)
     return to_float(test.images, ds["mean"], ds["std"]).to(device)  # (N, C, H, W)
 
@@ -331,6 +459,32 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=1, help="at least this many calls per measurement")
     p.add_argument("--limit", type=int, default=1024, help="first N test images used")
     flags.add_data_dir(p, "dataset directory (default: the dataset's own)")
+    p.add_argument(
+        "--images",
+        choices=("test", "random"),
+        default="test",
+        help="test: the bundle dataset's test images; random: seeded random images of the model's "
+        "input size (an imported model timed with random weights)",
+    )
+    p.add_argument(
+        "--masks",
+        default="",
+        metavar="F1,F2,...",
+        help="also time rows that each run a random fraction of the layers, e.g. 2/3,1/2 (compaction "
+        "path, no gates; ideal speedup known)",
+    )
+    p.add_argument(
+        "--transformers",
+        default=None,
+        metavar="DIR",
+        help="also time transformers' own forward (SDPA attention) of the save_pretrained model in DIR, "
+        "the one the bundle was imported from (the hf extra)",
+    )
+    p.add_argument(
+        "--unchunked",
+        action="store_true",
+        help="also time static with each block run on the whole batch (no CPU chunking)",
+    )
     p.add_argument("--out-json", default="runs/bench/model.json")
     p.add_argument("--out-md", default=None, help="also write the markdown table here")
     p.add_argument("--out-png", default=None, help="the plot (default: next to the JSON, .png)")
@@ -344,13 +498,14 @@ def run(args) -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     bundle = load_bundle(args.bundle)
-    points, rule = choose_points(bundle, args.points)
-    configs = build_configs(bundle, points, device)
-    x = load_test_images(bundle, args.data_dir, args.limit, device)
+    masks = parse_masks(args.masks, bundle.architecture.depth)
+    points, rule = choose_points(bundle, args.points, allow_none=bool(masks or args.transformers))
+    configs = build_configs(bundle, points, device, masks, args.transformers, args.unchunked)
+    x = load_test_images(bundle, args.data_dir, args.limit, device, args.images)
     cfg = bundle.architecture
     _log(
         f"{len(configs)} configurations ({', '.join(c.id for c in configs)}) x batch sizes "
-        f"{','.join(map(str, args.batch_sizes))} on {x.shape[0]} test images, {device.type}"
+        f"{','.join(map(str, args.batch_sizes))} on {x.shape[0]} {args.images} images, {device.type}"
     )
     with torch.inference_mode():
         measured = measure(configs, x, args, device)
@@ -364,6 +519,10 @@ def run(args) -> None:
         "threads": torch.get_num_threads(),
         "points": args.points,
         "points_rule": rule,
+        "masks": [{"id": name, "layers": k} for name, k in masks],
+        "transformers": args.transformers,
+        "images": args.images,
+        "cpu_chunk_tokens": configs[0].model.cpu_chunk_tokens,
         "compaction": getattr(configs[0].model, "compaction", "exact"),
     }
     report = {
@@ -372,15 +531,21 @@ def run(args) -> None:
         "bundle": str(args.bundle),
         "device": device.type,
         "settings": settings,
-        "data": {"dataset": bundle.dataset["name"], "split": "test", "images": int(x.shape[0])},
+        "data": {
+            "dataset": bundle.dataset["name"] if args.images == "test" else "random",
+            "split": "test" if args.images == "test" else None,
+            "images": int(x.shape[0]),
+        },
         "method": {
             "timing": "warm-up (a few untimed forwards per configuration and batch size), then rounds; "
             "each round shuffles the batch sizes and, within one, the configurations (seeded); a "
             "measurement is back-to-back forwards for min_seconds (>= repeats calls) under "
             "torch.inference_mode(), cycling through the batches; images/s = median over rounds",
             "mean_layers": "ForwardOutput.executed on exactly the images timed, weighted by times timed",
-            "ratios": "achieved speedup and gates-on overhead are medians over rounds of per-round "
-            "ratios against static at the same batch size",
+            "ratios": "achieved speedup, gates-on overhead and ours / transformers are medians over "
+            "rounds of per-round ratios against static at the same batch size",
+            "masks": "mask-F: each row runs its own seeded random round(F x depth) layers through the "
+            "compaction path, no gates",
             "memory": MEMORY_MEASURES[device.type],
             "flops": "model.flops: 2 x multiply-adds of the patch embedding, the blocks run, the gates "
             "evaluated and the head; norms, softmax, GELU, biases and compaction not counted",

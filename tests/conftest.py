@@ -99,3 +99,14 @@ def tiny_dyce_bundle(tiny_bundle, tmp_path_factory) -> Path:
     main(argv("train exits --epochs 3 --device cpu", bundle=out, ckpt_dir=ckpt))
     main(argv("search dyce --lambdas 9 --thresholds 12 --max-points 6 --device cpu", bundle=out))
     return out
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    """The transformers package (the hf extra), imported offline; the test is skipped without it."""
+    from skipvit.training.hf.reference import import_transformers
+
+    try:
+        return import_transformers()
+    except ImportError:
+        pytest.skip("transformers is not installed (the hf extra)")

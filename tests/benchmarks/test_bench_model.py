@@ -9,7 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from skipvit.benchmarks.bench_model import Config, batches_of, build_configs, choose_points, mean_layers
+from skipvit.benchmarks.bench_model import (
+    Config,
+    RowMasks,
+    batches_of,
+    build_configs,
+    choose_points,
+    mean_layers,
+    parse_masks,
+)
 from skipvit.benchmarks.model_report import derive_rows, render_markdown, verdict
 from skipvit.cli import main
 from skipvit.model.bundle import load_bundle
@@ -210,3 +218,74 @@ def test_quick_run_on_the_tiny_gate_bundle(tiny_gate_bundle, tmp_path, capsys):
     assert "| 8 | nsga-a |" in text and "peak MiB (torch CPU allocator)" in text
     assert "not measured" in text and ("**reached**" in text or "**not reached**" in text)
     assert text in capsys.readouterr().out
+
+
+# ---- an imported model beside transformers
+
+
+def test_row_masks_run_exactly_k_layers_per_row_through_the_compaction_path(tiny_model):
+    depth = tiny_model.depth
+    [(name, k)] = parse_masks("1/2", depth)
+    assert name == "mask-1/2" and k == round(depth / 2)
+    policy = RowMasks(depth, k)
+    masks = policy.masks(6)
+    assert masks.shape == (6, depth) and masks.sum(1).tolist() == [k] * 6
+    assert len({tuple(r.tolist()) for r in masks}) > 1  # rows differ: per-row skipping
+    assert torch.equal(policy.masks(6), masks)  # the same masks for every forward of one batch size
+    with torch.inference_mode():
+        out = tiny_model(torch.randn(6, 1, 16, 16), policy)
+    assert torch.equal(out.executed, masks)
+    with pytest.raises(ValueError, match="fractions"):
+        parse_masks("two thirds", depth)
+    with pytest.raises(ValueError, match="expected 1"):
+        parse_masks("1/100", depth)
+
+
+def test_the_imported_model_targets_apply_where_transformers_was_timed():
+    rows = [
+        {**_row("transformers", "reference", 1), "ours_over_reference": 1.2},
+        {**_row("transformers", "reference", 8), "ours_over_reference": 0.95},
+        _row("mask-2/3", "mask", 1, eff=0.5),  # batch 1: no mask target
+        _row("mask-2/3", "mask", 8, eff=0.93),
+        _row("gates-on", "gates-on", 1, overhead=0.01),
+        _row("gates-on", "gates-on", 8, overhead=0.02),
+    ]
+    ref, masks, gates = verdict(rows, "cpu")
+    assert "transformers" in ref["name"] and ref["reached"] is False
+    assert [r["batch_size"] for r in ref["rows"] if not r["reached"]] == [8]
+    assert masks["reached"] is True and [r["batch_size"] for r in masks["rows"]] == [8]
+    assert gates["reached"] is True and gates["threshold"] == 0.03
+    rows[-1]["overhead_vs_static"] = 0.031
+    assert verdict(rows, "cpu")[2]["reached"] is False
+
+
+def test_quick_run_on_an_imported_model_beside_transformers(transformers, tmp_path):
+    from skipvit.benchmarks.random_vit import write_random_vit
+
+    hf = write_random_vit(tmp_path / "hf", "vit-tiny-16", classes=3)
+    bundle = tmp_path / "bundle"
+    main(argv("import hf", str(hf), out=bundle))
+    out = tmp_path / "model.json"
+    main(
+        argv(
+            "bench model --images random --masks 2/3,1/2 --unchunked --batch-sizes 1,2 --rounds 1 "
+            "--min-seconds 0 --limit 2",
+            bundle=bundle,
+            transformers=hf,
+            out_json=out,
+        )
+    )
+    report = json.loads(out.read_text())
+    ids = ["static", "gates-on", "static-unchunked", "mask-2/3", "mask-1/2", "transformers"]
+    assert [c["id"] for c in report["configs"]] == ids
+    assert report["settings"]["cpu_chunk_tokens"] == 2048
+    assert report["data"] == {"dataset": "random", "split": None, "images": 2}
+    rows = {(r["config"], r["batch_size"]): r for r in report["rows"]}
+    for b in (1, 2):
+        assert rows["mask-2/3", b]["mean_layers"] == 8 and rows["mask-1/2", b]["mean_layers"] == 6
+        assert (
+            rows["gates-on", b]["mean_layers"] == 12 and rows["gates-on", b]["overhead_vs_static"] is not None
+        )
+        assert rows["transformers", b]["ours_over_reference"] > 0
+        assert rows["static-unchunked", b]["mean_layers"] == 12
+    assert [t["name"].split()[0] for t in report["targets"]] == ["ours", "row", "gates-on"]

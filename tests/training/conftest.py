@@ -44,14 +44,3 @@ def tiny_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def folder_dir(tmp_path: Path) -> Path:
     return _written(write_image_folder, tmp_path / "imgs")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    """The transformers package (the hf extra), imported offline; the test is skipped without it."""
-    from skipvit.training.hf.reference import import_transformers
-
-    try:
-        return import_transformers()
-    except ImportError:
-        pytest.skip("transformers is not installed (the hf extra)")

@@ -65,13 +65,14 @@ def import_transformers():
     return transformers
 
 
-def load_reference(hf_dir: str | Path):
-    """The transformers model in ``hf_dir``, in eval mode, with the plain (eager) attention."""
+def load_reference(hf_dir: str | Path, attention: str = "eager"):
+    """The transformers model in ``hf_dir``, in eval mode, with ``attention`` as its attention
+    implementation: the plain ("eager") one for the parity checks, "sdpa" for timing."""
     transformers = import_transformers()
     name, _, _ = architecture(_config(hf_dir))
     cls = getattr(transformers, name)
     model = cls.from_pretrained(
-        str(hf_dir), local_files_only=True, use_safetensors=True, attn_implementation="eager"
+        str(hf_dir), local_files_only=True, use_safetensors=True, attn_implementation=attention
     )
     return model.float().eval()
 

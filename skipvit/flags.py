@@ -65,6 +65,7 @@ def add_evaluation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
     add_data_dir(p)
+    add_bundle_data(p)
     p.add_argument("--batch-size", type=int, default=512)
     add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")

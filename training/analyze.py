@@ -268,13 +268,14 @@ def analyze_bundle(
     device: str = "auto",
     out_dir: str | Path | None = None,
     drop_one: bool = False,
+    data_name: str | None = None,
 ) -> dict[str, Any]:
     """Run the three analyses on a point's test split; write analysis.{json,md} and processing_ratio.png.
 
     The bundle's manifest refuses files it does not list, so the default output directory is
     ``runs/analysis/<bundle name>/<point>/`` under the working directory, not the bundle.
     """
-    run = evaluate_point(bundle_dir, point_id, "test", limit, data_dir, batch_size, device)
+    run = evaluate_point(bundle_dir, point_id, "test", limit, data_dir, batch_size, device, data_name)
     bundle, point, model, data, dev, res = run.bundle, run.point, run.model, run.data, run.device, run.result
     ds = bundle.dataset
     images = to_float(data.images, ds["mean"], ds["std"])  # (N, C, H, W) on the CPU
@@ -295,7 +296,7 @@ def analyze_bundle(
         ),
     }
     if drop_one:
-        splits = bundle_data(run.bundle, data_dir)
+        splits = bundle_data(run.bundle, data_dir, data_name)
         both = {"val": splits.val.head(limit), "test": data}
         result["drop_one"] = drop_one_rows(model, both, ds["mean"], ds["std"], batch_size, dev)
         result["weights"] = point.weights
@@ -315,6 +316,7 @@ def add_arguments(p) -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("--point", default=None, help="point id (default: the bundle's default point)")
     flags.add_data_dir(p)
+    flags.add_bundle_data(p)
     p.add_argument("--limit", type=int, default=None, help="analyse only the first N test images")
     p.add_argument("--batch-size", type=int, default=512)
     flags.add_device(p)
@@ -341,6 +343,7 @@ def run(args) -> None:
         args.device,
         args.out,
         args.drop_one,
+        args.data,
     )
     markdown = render_markdown(result)
     print(markdown)

@@ -16,10 +16,11 @@ from skipvit.training.stats import paired_difference
 
 
 def compare_points(
-    bundle_dir, point: str, against: str, split: str, limit, data_dir, batch_size, device
+    bundle_dir, point: str, against: str, split: str, limit, data_dir, batch_size, device, data=None
 ) -> dict:
     runs = [
-        evaluate_point(bundle_dir, p, split, limit, data_dir, batch_size, device) for p in (point, against)
+        evaluate_point(bundle_dir, p, split, limit, data_dir, batch_size, device, data)
+        for p in (point, against)
     ]
     a, b = (r.result for r in runs)
     cmp = paired_difference(a.correct.tolist(), b.correct.tolist())
@@ -60,6 +61,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    where = (args.split, args.limit, args.data_dir, args.batch_size, args.device)
+    where = (args.split, args.limit, args.data_dir, args.batch_size, args.device, args.data)
     result = compare_points(args.bundle, args.point, args.against, *where)
     print(json.dumps(result, indent=2) if args.json else render(result))

@@ -93,7 +93,14 @@ class PointEval:
 
 
 def evaluate_point(
-    bundle_dir, point_id: str | None, split: str, limit: int | None, data_dir, batch_size: int, device: str
+    bundle_dir,
+    point_id: str | None,
+    split: str,
+    limit: int | None,
+    data_dir,
+    batch_size: int,
+    device: str,
+    data: str | None = None,
 ) -> PointEval:
     """Point ``point_id`` (default: the bundle's default point) of the bundle at ``bundle_dir`` on the
     first ``limit`` images of ``split``, through its policy as the service serves it: a point whose
@@ -103,7 +110,7 @@ def evaluate_point(
     point = bundle.point(point_id)
     dev = resolve_device(device)
     ds = bundle.dataset
-    data = bundle_data(bundle, data_dir).split(split).head(limit)
+    data = bundle_data(bundle, data_dir, data).split(split).head(limit)
     model = bundle.build_model(point.weights, dev)
     # A point whose rows cannot share a forward runs one request per forward: as measured, a
     # request of ``request_images`` (per-batch LAC), else of one image.

@@ -10,9 +10,9 @@ from skipvit.training.evaluate import evaluate_point
 from skipvit.training.stats import accuracy_ci95
 
 
-def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, device) -> dict:
+def evaluate_bundle(bundle_dir, point_id, split, limit, data_dir, batch_size, device, data=None) -> dict:
     """The figures ``skipvit evaluate`` prints (``evaluate_point``), with the point's relative compute."""
-    run = evaluate_point(bundle_dir, point_id, split, limit, data_dir, batch_size, device)
+    run = evaluate_point(bundle_dir, point_id, split, limit, data_dir, batch_size, device, data)
     bundle, point, res = run.bundle, run.point, run.result
     relative = res.mean_layers / bundle.architecture.depth
     if point.method == "dyce":  # FLOPs / static FLOPs, counting the exit heads evaluated on the way
@@ -39,7 +39,14 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     result = evaluate_bundle(
-        args.bundle, args.point, args.split, args.limit, args.data_dir, args.batch_size, args.device
+        args.bundle,
+        args.point,
+        args.split,
+        args.limit,
+        args.data_dir,
+        args.batch_size,
+        args.device,
+        args.data,
     )
     low, high = result["accuracy_ci95"]
     if args.json:

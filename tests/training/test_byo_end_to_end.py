@@ -104,7 +104,7 @@ def test_the_folder_dataset_reads_an_imported_bundles_labels_size_and_normalisat
 
 
 @pytest.mark.slow
-def test_every_method_runs_on_an_imported_vit_and_the_bundle_is_served(transformers, tmp_path):
+def test_every_method_runs_on_an_imported_vit_and_the_bundle_is_served(transformers, tmp_path, capsys):
     from fastapi.testclient import TestClient
 
     from skipvit.service.app import create_app
@@ -144,6 +144,31 @@ def test_every_method_runs_on_an_imported_vit_and_the_bundle_is_served(transform
     methods = {p.method for p in bundle.front}
     assert methods == {"static", "dyce", "lac", "rl", "nsga"}, methods
     assert BundleView(bundle).resample == "bicubic"
+
+    # the commands that read a split take the same --data folder --data-dir
+    where = argv("--split val", data="folder", data_dir=data, device="cpu")
+    capsys.readouterr()
+    main(["evaluate", "--bundle", str(b), "--point", "rl", "--json", *where])
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["split"] == "val" and evaluated["n"] == 8 * len(LABELS)
+    main(["compare", "--bundle", str(b), "--point", "rl", "--json", *where])
+    assert json.loads(capsys.readouterr().out)["n"] == 8 * len(LABELS)
+    main(
+        [
+            "analyze",
+            "--bundle",
+            str(b),
+            "--point",
+            "rl",
+            "--data",
+            "folder",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(tmp_path / "an"),
+        ]
+    )
+    assert (tmp_path / "an" / "analysis.json").is_file()
 
     app = create_app(Settings(bundle=b, device="cpu", admin_token="t" * 32))
     with TestClient(app) as client:

@@ -322,3 +322,35 @@ def test_load_dataset_carves_val_from_train(
     )
     other = load_dataset(name, data_dir, val_fraction=0.25, seed=4)
     assert _rows(other.train) | _rows(other.val) == train | val
+
+
+def test_a_dataset_written_as_a_folder_reads_back_the_same_with_a_slash_in_a_label(
+    fashion_dir, tmp_path
+) -> None:
+    splits = load_dataset("fashion-mnist", fashion_dir)
+    assert "T-shirt/top" in splits.info.classes
+    out = tmp_path / "as-folder"
+    folder.main(
+        ["--data", "fashion-mnist", "--data-dir", str(fashion_dir), "--out", str(out), "--limit", "5"]
+    )
+    assert (out / "train" / "T-shirt_top").is_dir() and folder.folder_name("T-shirt/top") == "T-shirt_top"
+    again = load_dataset(
+        "folder",
+        out,
+        image_size=28,
+        channels=1,
+        classes=list(splits.info.classes),
+        mean=list(splits.info.mean),
+        std=list(splits.info.std),
+    )
+    for name in ("train", "val", "test"):
+        want, got = getattr(splits, name).head(5), getattr(again, name)
+        assert len(got) == len(want) > 0
+        order = sorted(range(len(want)), key=lambda i: (int(want.labels[i]), i))  # read back class by class
+        assert got.labels.tolist() == [int(want.labels[i]) for i in order]
+        assert torch.equal(got.images, want.images[order])
+    (out / "train" / "T-shirt").mkdir()
+    with pytest.raises(ValueError, match=r'T-shirt.*"/" in a label written as "_"'):
+        load_dataset(
+            "folder", out, image_size=28, channels=1, classes=list(splits.info.classes), mean=[0.5], std=[0.5]
+        )

@@ -12,8 +12,13 @@ Layouts, in the order they are looked for:
 Images are decoded with Pillow, converted to grey ("L") or RGB and resized to ``image_size`` x
 ``image_size`` with ``resample`` (bilinear unless told). The classes are the folder names, sorted;
 given ``classes`` (a model brought in from elsewhere, whose labels are fixed), they are those, in
-that order, and every folder must be one of them. ``mean``/``std`` given are used as they are
-(the model's own normalisation), else measured on the training images.
+that order, and every folder must be one of them. A label holding "/" (which no folder name can
+hold, e.g. Fashion-MNIST's "T-shirt/top") has its folder named with "_" in its place
+(``folder_name``). ``mean``/``std`` given are used as they are (the model's own normalisation),
+else measured on the training images.
+
+``python -m skipvit.training.data.folder --data fashion-mnist --out DIR`` writes a dataset's three
+splits in this layout (PNG), e.g. to try a model brought in from elsewhere on known data.
 """
 
 from __future__ import annotations
@@ -62,6 +67,11 @@ def train_stats(
     return channel_stats(images[::step])
 
 
+def folder_name(label: str) -> str:
+    """The folder that holds class ``label``'s images: the label, "/" written as "_"."""
+    return label.replace("/", "_")
+
+
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -73,7 +83,7 @@ def _image_files(d: Path) -> list[Path]:
 def _read_split(root: Path, classes: list[str], mode: str, size: int, resample: str) -> ArrayData:
     paths, labels = [], []
     for k, name in enumerate(classes):
-        d = root / name
+        d = root / folder_name(name)
         files = _image_files(d) if d.is_dir() else []
         paths += files
         labels += [k] * len(files)
@@ -82,11 +92,12 @@ def _read_split(root: Path, classes: list[str], mode: str, size: int, resample: 
 
 def _check_folders(root: Path, classes: list[str], whose: str) -> None:
     """Every class folder under ``root`` names one of ``classes``."""
-    extra = sorted({d.name for d in _class_dirs(root)} - set(classes))
+    extra = sorted({d.name for d in _class_dirs(root)} - {folder_name(c) for c in classes})
     if extra:
         raise ValueError(
             f"{root}: folders {', '.join(extra)} are not classes of {whose} ({', '.join(classes)}); "
-            "Hint: name each class folder after one of those classes, or remove it"
+            'Hint: name each class folder after one of those classes ("/" in a label written as "_"), '
+            "or remove it"
         )
 
 
@@ -141,13 +152,14 @@ def load(
         _check_folders(train_root, classes, "the model")
     else:
         classes = [d.name for d in _class_dirs(train_root)]
-    if not classes or not any((train_root / c).is_dir() and _image_files(train_root / c) for c in classes):
+    dirs = [train_root / folder_name(c) for c in classes]
+    if not classes or not any(d.is_dir() and _image_files(d) for d in dirs):
         raise FileNotFoundError(
             f"no class folders with images ({', '.join(sorted(EXTENSIONS))}) in {train_root}. {_HINT}"
         )
     val = None
     if split_dirs:
-        extra = sorted({d.name for d in _class_dirs(root / "test")} - set(classes))
+        extra = sorted({d.name for d in _class_dirs(root / "test")} - {folder_name(c) for c in classes})
         if extra:
             raise ValueError(f"{root / 'test'}: classes {', '.join(extra)} have no folder in {train_root}")
         train = _read_split(train_root, classes, mode, image_size, resample)
@@ -162,3 +174,43 @@ def load(
         mean, std = train_stats(train.images)
     info = DatasetInfo("folder", tuple(classes), image_size, channels, tuple(mean), tuple(std), hflip=hflip)
     return (info, train, test) if val is None else (info, train, test, val)
+
+
+def write_splits(splits, out: str | Path, limit: int | None = None) -> dict[str, int]:
+    """``splits`` (``DataSplits``) as ``out/{train,val,test}/<class folder>/<index>.png``, the first
+    ``limit`` images of each split where given; returns the images written per split."""
+    root = Path(out)
+    written = {}
+    for name in ("train", "val", "test"):
+        data = getattr(splits, name)
+        n = len(data) if limit is None else min(limit, len(data))
+        for label in splits.info.classes:
+            (root / name / folder_name(label)).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = data.images[i].numpy()  # (C, H, W) uint8
+            img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+            img.save(root / name / folder_name(splits.info.classes[int(data.labels[i])]) / f"{i}.png")
+        written[name] = n
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from skipvit.training.data import DATASETS, load_dataset
+
+    p = argparse.ArgumentParser(
+        prog="python -m skipvit.training.data.folder",
+        description="write a dataset's train/val/test splits as an image folder (PNG, one folder per class)",
+    )
+    p.add_argument("--data", required=True, choices=[d for d in DATASETS if d != "folder"])
+    p.add_argument("--data-dir", default=None, help="where the dataset lies (default: its own place)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per split")
+    args = p.parse_args(argv)
+    written = write_splits(load_dataset(args.data, args.data_dir), args.out, args.limit)
+    print(f"wrote {', '.join(f'{n} {s}' for s, n in written.items())} images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,11 +16,13 @@ numbers, its resize, resample and crop) so that the fold can be checked on load 
 export. A bundle without the section is one of this project's own: ``Preprocess()`` describes it
 (resize straight to the image size, bilinear; mean and std are the dataset's).
 
-The server and the ``folder`` dataset resize an image of another size straight to the model's size
-with ``resample`` (the server after a box-reduction of large images) and convert it to greyscale or
-RGB as the bundle's channels say. Departures: the ``resize`` and ``center_crop`` recorded here are
-not applied (a processor that resizes to another size and then crops, as DeiT's does, sees a
-different input). On an image already at the model's size the two inputs are the same.
+The server and the ``folder`` dataset bring an image to the model's size as the processor does
+(``fit_image``): where the processor crops (DeiT's resizes to 256 x 256, then cuts 224 x 224 from the
+middle), resize to ``resize`` with ``resample``, then cut ``center_crop`` from the middle exactly
+where transformers cuts it; otherwise resize straight to the model's size. They convert to
+greyscale or RGB as the bundle's channels say. Departures: the server box-reduces a large upload by
+a whole factor before that resize (its memory bound), and a processor that keeps the aspect ratio
+(``size: {"shortest_edge": n}``) is not followed: the image is resized straight to the model's size.
 """
 
 from __future__ import annotations
@@ -41,6 +43,31 @@ def pillow_filter(name: str):
         if known == name:
             return Image.Resampling(code)
     raise ValueError(f"resample {name!r} is unknown; Hint: use one of {', '.join(RESAMPLE.values())}")
+
+
+def fit_image(
+    img,
+    size: int,
+    resample: str = "bilinear",
+    resize: tuple[int, int] | None = None,
+    center_crop: tuple[int, int] | None = None,
+):
+    """A Pillow image brought to ``size`` x ``size`` (module docstring): with ``center_crop``, first
+    resized to ``resize`` (H, W; None: kept) and cut from the middle (top = (H - h) // 2, left =
+    (W - w) // 2, as transformers' ``center_crop``); then resized to ``size`` where it is not that
+    already. An image already at the target size is never resampled."""
+    method = pillow_filter(resample)
+    if center_crop is not None:
+        height, width = resize or (img.height, img.width)
+        if img.size != (width, height):
+            img = img.resize((width, height), method)
+        crop_h, crop_w = center_crop
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        if top >= 0 and left >= 0:
+            img = img.crop((left, top, left + crop_w, top + crop_h))
+    if img.size != (size, size):
+        img = img.resize((size, size), method)
+    return img
 
 
 class PreprocessError(ValueError):

@@ -221,23 +221,31 @@ class Classify:
                 # A PNG already in the bundle's layout decodes in microseconds, on the event loop;
                 # anything else may take Pillow a while (a few KB can declare 16 megapixels), so
                 # it decodes in a thread, within the decode budget (``service.budget``).
-                if (pixels := decode_as_is(data, max_pixels=s.max_image_pixels, **args)) is None:
-                    pixels = await self.decode_in_budget(data, arrived, args, engine.resample)
+                # (not where the processor crops: an image at the model's size is resized and cut too)
+                as_is = None if engine.crop else decode_as_is(data, max_pixels=s.max_image_pixels, **args)
+                pixels = (
+                    as_is if as_is is not None else await self.decode_in_budget(data, arrived, args, engine)
+                )
                 tensors.append(pixels)
             except DecodeError as e:
                 raise failure_of(e) from None
         return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # (n, C, H, W)
 
-    async def decode_in_budget(self, data: bytes, arrived: float, args: dict, resample: str) -> torch.Tensor:
+    async def decode_in_budget(
+        self, data: bytes, arrived: float, args: dict, engine: BundleView
+    ) -> torch.Tensor:
         """Read the header, wait (until the deadline at most) for room in the decode budget, decode
-        (resized with the bundle's ``resample`` filter where the image is not at its size)."""
+        (brought to the model's size as its processor does: the bundle's ``resample`` filter, and
+        its resize + center crop where it crops)."""
         state = self.state
         img = await asyncio.to_thread(open_image, data, max_pixels=self.settings.max_image_pixels, **args)
         cost = decode_cost(img)
         left = arrived + self.settings.request_timeout_s - time.monotonic()
         try:
             async with state.decode_budget.hold(cost, timeout=max(0.0, left)):
-                return await state.decode_pool.run(cost, finish, img, resample=resample, **args)
+                return await state.decode_pool.run(
+                    cost, finish, img, resample=engine.resample, **engine.crop, **args
+                )
         except BudgetTimeout:
             raise Failure(
                 OVERLOADED,

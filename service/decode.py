@@ -13,7 +13,9 @@ the errors.
 The last resize to the bundle's size uses the bundle's resampling filter (``resample``: the
 ``preprocess`` section's, for a model brought in from Hugging Face; bilinear for this project's
 own), so an upload of another size becomes the input the model was trained on. An image already at
-the bundle's size is never resampled, whatever the filter.
+the bundle's size is never resampled, whatever the filter, unless the model's processor crops
+(DeiT's resizes to 256 and cuts 224 from the middle): then every image is resized to the
+processor's size and cut as transformers cuts it (``model.preprocess.fit_image``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from skipvit.model.preprocess import pillow_filter
+from skipvit.model.preprocess import fit_image, pillow_filter
 
 try:
     import pyspng
@@ -105,7 +107,8 @@ def decode_as_is(
         return None
     if (fast := _spng(data, channels, size)) is not None:
         return fast
-    return _pillow(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
+    img = open_image(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
+    return finish(img, channels=channels, size=size, name=name)
 
 
 def decode_image(
@@ -116,22 +119,28 @@ def decode_image(
     max_pixels: int,
     name: str = "upload",
     resample: str = DEFAULT_RESAMPLE,
+    resize: tuple[int, int] | None = None,
+    center_crop: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Decode ``data`` to a (C, size, size) uint8 tensor; an image of another size is resized with
-    ``resample`` (one of ``model.preprocess.RESAMPLE``'s names)."""
+    ``resample`` (one of ``model.preprocess.RESAMPLE``'s names); with ``center_crop``, every image
+    is resized to ``resize`` and cut from the middle first (``finish``)."""
     if not data:
         raise DecodeError(f"{name}: the file is empty")
-    fast = decode_as_is(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
-    if fast is not None:
-        return fast
-    return _pillow(data, channels=channels, size=size, max_pixels=max_pixels, name=name, resample=resample)
-
-
-def _pillow(
-    data: bytes, *, channels: int, size: int, max_pixels: int, name: str, resample: str = DEFAULT_RESAMPLE
-) -> torch.Tensor:
+    if center_crop is None:
+        fast = decode_as_is(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
+        if fast is not None:
+            return fast
     img = open_image(data, channels=channels, size=size, max_pixels=max_pixels, name=name)
-    return finish(img, channels=channels, size=size, name=name, resample=resample)
+    return finish(
+        img,
+        channels=channels,
+        size=size,
+        name=name,
+        resample=resample,
+        resize=resize,
+        center_crop=center_crop,
+    )
 
 
 def open_image(data: bytes, *, channels: int, size: int, max_pixels: int, name: str) -> Image.Image:
@@ -205,22 +214,30 @@ def _shrink(img: Image.Image, size: int) -> Image.Image:
 
 
 def finish(
-    img: Image.Image, *, channels: int, size: int, name: str, resample: str = DEFAULT_RESAMPLE
+    img: Image.Image,
+    *,
+    channels: int,
+    size: int,
+    name: str,
+    resample: str = DEFAULT_RESAMPLE,
+    resize: tuple[int, int] | None = None,
+    center_crop: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Decode the pixels of ``img`` (from ``open_image``) to a (C, size, size) uint8 tensor, resized
-    with ``resample`` where it is not ``size`` x ``size`` already."""
-    method = pillow_filter(resample)  # an unknown name fails before any pixel is decoded
+    """Decode the pixels of ``img`` (from ``open_image``) to a (C, size, size) uint8 tensor, brought
+    to the model's size as its processor does (``model.preprocess.fit_image``: ``resample``, and
+    the processor's ``resize`` + ``center_crop`` where it crops)."""
+    pillow_filter(resample)  # an unknown name fails before any pixel is decoded
+    target = max(resize) if resize is not None and center_crop is not None else size
     try:
         img.load()
-        img = _shrink(img, size)
+        img = _shrink(img, target)
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise DecodeError(f"{name}: the image could not be decoded ({e}); is it truncated?") from None
     img = _flatten_alpha(_to_8bit(img))
     mode = "L" if channels == 1 else "RGB"
     if img.mode != mode:
         img = img.convert(mode)
-    if img.size != (size, size):
-        img = img.resize((size, size), method)
+    img = fit_image(img, size, resample, resize if center_crop is not None else None, center_crop)
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)  # row-major (H, W[, 3])
     if channels == 1:
         return pixels.view(1, size, size)

@@ -49,6 +49,12 @@ class BundleView:
         self.channels, self.image_size = int(ds["channels"]), int(ds["image_size"])
         pre = self.bundle.preprocess
         self.resample: str = pre.resample if pre is not None else Preprocess().resample
+        # a processor that resizes to another size and cuts the model's size from the middle (DeiT)
+        self.crop: dict = (
+            {"resize": pre.resize, "center_crop": pre.center_crop}
+            if pre is not None and pre.center_crop is not None
+            else {}
+        )
 
     def point(self, point_id: str | None) -> Point:
         return self.bundle.point(point_id)

@@ -30,7 +30,7 @@ from skipvit.training.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from skipvit.training.data import DataSplits, bundle_resample, load_bundle_splits, load_dataset
+from skipvit.training.data import DataSplits, bundle_input, load_bundle_splits, load_dataset
 from skipvit.training.data.augment import AugmentConfig, augment, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.device import resolve_device
@@ -60,9 +60,8 @@ class RunContext:
         one (``data.load_bundle_splits``)."""
         args = self.args
         if imported is not None:
-            resample = bundle_resample(imported)
             splits = load_bundle_splits(
-                imported.dataset, args.data_dir, data=args.data, resample=resample, split=split
+                imported.dataset, args.data_dir, data=args.data, split=split, **bundle_input(imported)
             )
         else:
             splits = load_dataset(args.data, args.data_dir, **split, **dict(args.data_opt))
@@ -74,8 +73,7 @@ class RunContext:
         """The splits a bundle records (its ``dataset`` entry), read from ``--data-dir``; for an
         imported bundle, the dataset ``--data`` names, read as the model takes it."""
         data = getattr(self.args, "data", None)
-        resample = bundle_resample(bundle)
-        return load_bundle_splits(bundle.dataset, self.args.data_dir, data=data, resample=resample)
+        return load_bundle_splits(bundle.dataset, self.args.data_dir, data=data, **bundle_input(bundle))
 
     def epochs(self, model: nn.Module, opt: torch.optim.Optimizer, epochs: int, config: dict) -> EpochRunner:
         return EpochRunner(self, model, opt, epochs, config)

@@ -218,3 +218,12 @@ def test_an_unknown_filter_is_refused_with_a_hint():
     data = png_bytes(np.zeros((20, 20), np.uint8))
     with pytest.raises(ValueError, match="Hint"):
         decode_image(data, **KW, resample="cubic")
+
+
+@pytest.mark.parametrize("side", [16, 30])
+def test_a_processor_that_crops_resizes_then_cuts_the_middle_even_at_the_models_size(side):
+    arr = np.random.default_rng(7).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    crop = {"resize": (20, 20), "center_crop": (16, 16)}
+    got = decode_image(png_bytes(arr), channels=3, size=16, max_pixels=1 << 20, resample="bicubic", **crop)
+    big = np.asarray(Image.fromarray(arr).resize((20, 20), Image.Resampling.BICUBIC))
+    assert got.permute(1, 2, 0).numpy().tolist() == big[2:18, 2:18].tolist()  # top = left = (20 - 16) // 2

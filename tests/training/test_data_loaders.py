@@ -354,3 +354,15 @@ def test_a_dataset_written_as_a_folder_reads_back_the_same_with_a_slash_in_a_lab
         load_dataset(
             "folder", out, image_size=28, channels=1, classes=list(splits.info.classes), mean=[0.5], std=[0.5]
         )
+
+
+def test_folder_applies_a_processors_resize_and_center_crop(tmp_path: Path) -> None:
+    arr = np.random.default_rng(3).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.fromarray(arr).save(tmp_path / split / "a" / "0.png")
+    _, train, _ = folder.load(
+        tmp_path, image_size=16, resample="bicubic", resize=[20, 20], center_crop=[16, 16]
+    )
+    big = np.asarray(Image.fromarray(arr).resize((20, 20), Image.Resampling.BICUBIC))
+    assert train.images[0].permute(1, 2, 0).numpy().tolist() == big[2:18, 2:18].tolist()

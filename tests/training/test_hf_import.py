@@ -30,6 +30,18 @@ CASES = {
         {},
     ),
     "deit": ("DeiTForImageClassification", {}, {}),
+    # DeiT's processor: resize to 20 x 20 (bicubic), cut 16 x 16 from the middle
+    "deit-resize-crop": (
+        "DeiTForImageClassification",
+        {},
+        {
+            "image_processor_type": "DeiTImageProcessor",
+            "size": {"height": 20, "width": 20},
+            "resample": 3,
+            "do_center_crop": True,
+            "crop_size": {"height": 16, "width": 16},
+        },
+    ),
     "patch8-24px-grey": (
         "ViTForImageClassification",
         {

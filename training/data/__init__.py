@@ -64,10 +64,14 @@ IMPORTED = "imported"  # dataset.name of a bundle made by `skipvit import hf`
 BUNDLE_DATA = ("folder",)  # what a command may name with --data for an imported bundle
 
 
-def imported_options(dataset: dict, resample: str = "bilinear") -> dict:
+def imported_options(dataset: dict, resample: str = "bilinear", crop: dict | None = None) -> dict:
     """The ``folder`` loader's options that make an imported bundle's input: its labels in its
-    order, its image size and channels, its normalisation, its resampling filter."""
+    order, its image size and channels, its normalisation, its resampling filter, and its
+    processor's resize + center crop where it crops (``crop``)."""
+    crop = crop or {}
     return {
+        "resize": list(crop["resize"]) if crop.get("resize") else None,
+        "center_crop": list(crop["center_crop"]) if crop.get("center_crop") else None,
         "classes": list(dataset["classes"]),
         "image_size": int(dataset["image_size"]),
         "channels": int(dataset["channels"]),
@@ -84,11 +88,12 @@ def load_bundle_splits(
     *,
     data: str | None = None,
     resample: str = "bilinear",
+    crop: dict | None = None,
     split: dict | None = None,
 ) -> DataSplits:
     """The splits a bundle was trained on, from its ``dataset`` entry (name, split, options); for an
     imported bundle, the ``folder`` dataset in ``data_dir`` read as the model takes it
-    (``imported_options``; ``resample`` is the bundle's). ``data``: what the command line named
+    (``imported_options``; ``resample`` and ``crop`` are the bundle's: ``bundle_input``). ``data``: what the command line named
     with ``--data`` (None: the bundle's own). ``split``: the train/val split, when not the one the
     entry records."""
     split = dataset.get("split", {}) if split is None else split
@@ -106,7 +111,7 @@ def load_bundle_splits(
                 f"folder of images per class, named after its labels ({', '.join(dataset['classes'][:5])}"
                 f"{', ...' if len(dataset['classes']) > 5 else ''})"
             )
-        return load_dataset("folder", data_dir, **split, **imported_options(dataset, resample))
+        return load_dataset("folder", data_dir, **split, **imported_options(dataset, resample, crop))
     if data is not None and data != name:
         raise ValueError(
             f"--data {data}: this bundle was trained on {name!r}, which its searches and "
@@ -115,14 +120,20 @@ def load_bundle_splits(
     return load_dataset(name, data_dir, **split, **dataset.get("options", {}))
 
 
-def bundle_resample(bundle) -> str:
-    """The resampling filter of a loaded bundle's model (its ``preprocess`` section's, else bilinear)."""
-    return bundle.preprocess.resample if bundle.preprocess is not None else "bilinear"
+def bundle_input(bundle) -> dict:
+    """How a loaded bundle's model takes an image of another size, as ``load_bundle_splits``'s
+    ``resample`` and ``crop``: its ``preprocess`` section's filter (else bilinear) and, where its
+    processor crops, the resize and center crop."""
+    pre = bundle.preprocess
+    if pre is None:
+        return {"resample": "bilinear", "crop": None}
+    crop = {"resize": pre.resize, "center_crop": pre.center_crop} if pre.center_crop is not None else None
+    return {"resample": pre.resample, "crop": crop}
 
 
 def bundle_data(bundle, data_dir: str | Path | None = None, data: str | None = None) -> DataSplits:
     """``load_bundle_splits`` for a loaded bundle (its dataset entry and resampling filter)."""
-    return load_bundle_splits(bundle.dataset, data_dir, data=data, resample=bundle_resample(bundle))
+    return load_bundle_splits(bundle.dataset, data_dir, data=data, **bundle_input(bundle))
 
 
 __all__ = [
@@ -133,7 +144,7 @@ __all__ = [
     "DataSplits",
     "DatasetInfo",
     "bundle_data",
-    "bundle_resample",
+    "bundle_input",
     "imported_options",
     "load_bundle_splits",
     "load_dataset",

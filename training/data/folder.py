@@ -29,33 +29,36 @@ import numpy as np
 import torch
 from PIL import Image
 
-from skipvit.model.preprocess import pillow_filter
+from skipvit.model.preprocess import fit_image, pillow_filter
 from skipvit.training.data.base import ArrayData, DatasetInfo, channel_stats
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _HINT = "Hint: pass --data-dir to a directory with one sub-folder of images per class (or train/ and test/ each laid out so)."
 
 
-def read_image(path: Path, mode: str, size: int, resample: str = "bilinear") -> np.ndarray:
+def read_image(
+    path: Path, mode: str, size: int, resample: str = "bilinear", crop: dict | None = None
+) -> np.ndarray:
     """Decode one image to a uint8 (C, size, size) array, resized with ``resample`` where it is
-    another size; a broken file raises ValueError."""
-    method = pillow_filter(resample)
+    another size (``crop``: the processor's ``resize`` and ``center_crop``, applied first, as the
+    server does: ``model.preprocess.fit_image``); a broken file raises ValueError."""
+    pillow_filter(resample)
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
-            if im.size != (size, size):
-                im = im.resize((size, size), method)
+            im = fit_image(im.convert(mode), size, resample, **(crop or {}))
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path}: cannot decode image ({e})") from e
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def stack_images(paths: list[Path], mode: str, size: int, resample: str = "bilinear") -> torch.Tensor:
+def stack_images(
+    paths: list[Path], mode: str, size: int, resample: str = "bilinear", crop: dict | None = None
+) -> torch.Tensor:
     """Decode ``paths`` into one uint8 (N, C, size, size) tensor."""
     out = np.empty((len(paths), 1 if mode == "L" else 3, size, size), dtype=np.uint8)
     for i, p in enumerate(paths):
-        out[i] = read_image(p, mode, size, resample)
+        out[i] = read_image(p, mode, size, resample, crop)
     return torch.from_numpy(out)
 
 
@@ -80,14 +83,16 @@ def _image_files(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
 
-def _read_split(root: Path, classes: list[str], mode: str, size: int, resample: str) -> ArrayData:
+def _read_split(
+    root: Path, classes: list[str], mode: str, size: int, resample: str, crop: dict | None = None
+) -> ArrayData:
     paths, labels = [], []
     for k, name in enumerate(classes):
         d = root / folder_name(name)
         files = _image_files(d) if d.is_dir() else []
         paths += files
         labels += [k] * len(files)
-    return ArrayData(stack_images(paths, mode, size, resample), torch.tensor(labels, dtype=torch.int64))
+    return ArrayData(stack_images(paths, mode, size, resample, crop), torch.tensor(labels, dtype=torch.int64))
 
 
 def _check_folders(root: Path, classes: list[str], whose: str) -> None:
@@ -128,9 +133,12 @@ def load(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     hflip: bool = True,
+    resize: list[int] | None = None,
+    center_crop: list[int] | None = None,
 ) -> tuple[DatasetInfo, ArrayData, ArrayData] | tuple[DatasetInfo, ArrayData, ArrayData, ArrayData]:
     """(info, train, test), or (info, train, test, val) where ``data_dir/val/`` gives the
-    validation split."""
+    validation split. ``resize`` + ``center_crop`` (H, W each): a processor that crops (an
+    imported model's), applied before the resize to ``image_size``."""
     if data_dir is None:
         raise ValueError(f"the folder dataset needs a data directory. {_HINT}")
     if channels not in (1, 3):
@@ -144,6 +152,11 @@ def load(
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root} is not a directory. {_HINT}")
     mode = "L" if channels == 1 else "RGB"
+    crop = (
+        {"resize": tuple(resize) if resize else None, "center_crop": tuple(center_crop)}
+        if center_crop
+        else None
+    )
     split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if split_dirs else root
     given = classes is not None
@@ -162,13 +175,13 @@ def load(
         extra = sorted({d.name for d in _class_dirs(root / "test")} - {folder_name(c) for c in classes})
         if extra:
             raise ValueError(f"{root / 'test'}: classes {', '.join(extra)} have no folder in {train_root}")
-        train = _read_split(train_root, classes, mode, image_size, resample)
-        test = _read_split(root / "test", classes, mode, image_size, resample)
+        train = _read_split(train_root, classes, mode, image_size, resample, crop)
+        test = _read_split(root / "test", classes, mode, image_size, resample, crop)
         if (root / "val").is_dir():
             _check_folders(root / "val", classes, "train/")
-            val = _read_split(root / "val", classes, mode, image_size, resample)
+            val = _read_split(root / "val", classes, mode, image_size, resample, crop)
     else:
-        full = _read_split(root, classes, mode, image_size, resample)
+        full = _read_split(root, classes, mode, image_size, resample, crop)
         train, test = _carve_test(full, len(classes), test_fraction, seed)
     if mean is None or std is None:
         mean, std = train_stats(train.images)

@@ -202,9 +202,12 @@ def preprocess(pre: dict[str, Any], cfg: ViTConfig) -> tuple[Preprocess, list[st
         c = {"height": c, "width": c} if isinstance(c, int) else c
         crop = (int(c.get("height", cfg.image_size)), int(c.get("width", cfg.image_size)))
     if crop is not None:
-        notes.append(
-            f"the processor resizes to {resize} and crops {crop}; the server resizes straight to {cfg.image_size}"
-        )
+        if resize is not None and (crop[0] > resize[0] or crop[1] > resize[1]):
+            notes.append(
+                f"the processor crops {crop} from a {resize} image (transformers pads); not cropped here"
+            )
+        elif crop != (cfg.image_size, cfg.image_size):
+            notes.append(f"the processor crops {crop}, the model takes {cfg.image_size}: the crop is resized")
     elif resize is not None and resize != (cfg.image_size, cfg.image_size):
         notes.append(f"the processor resizes to {resize}, the model takes {cfg.image_size}")
     kind = pre.get("image_processor_type", "an image processor")

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from skipvit.model.bundle import Bundle
+from skipvit.model.preprocess import fit_image
 from skipvit.training.data.augment import to_float
 from skipvit.training.hf.config import architecture
 
@@ -95,8 +97,9 @@ def compare(bundle: Bundle, hf_dir: str | Path, n: int = 8, seed: int = 0, point
 
     - ``logits``: max |difference| of the logits on ``n`` random model inputs (the same tensor in);
     - ``images``: the same from ``n`` random uint8 images, each side preprocessing them its own way
-      (the bundle's mean/std; the directory's image processor), where the processor keeps an image
-      of the model's size as it is (no crop, no resize to another size); else None.
+      (the server's resize and crop, ``model.preprocess.fit_image``, and the bundle's mean/std; the
+      directory's image processor), where the processor resizes to a fixed size (not keeping the
+      aspect ratio); else None.
     """
     theirs = load_reference(hf_dir)
     ours = bundle.build_model(bundle.point(point).weights)
@@ -111,8 +114,8 @@ def compare(bundle: Bundle, hf_dir: str | Path, n: int = 8, seed: int = 0, point
     }
     pre = bundle.preprocess
     size = bundle.architecture.image_size
-    keeps = pre is None or (pre.center_crop is None and pre.resize in (None, (size, size)))
-    if keeps and bundle.architecture.in_channels in (1, 3):
+    fixed = pre is None or pre.center_crop is not None or pre.resize in (None, (size, size))
+    if fixed and bundle.architecture.in_channels in (1, 3):
         processor = import_transformers().AutoImageProcessor.from_pretrained(
             str(hf_dir), local_files_only=True
         )
@@ -122,9 +125,28 @@ def compare(bundle: Bundle, hf_dir: str | Path, n: int = 8, seed: int = 0, point
         ).pixel_values
         ds = bundle.dataset
         ref_img = theirs(pixel_values=pixels.float()).logits
-        got_img = ours(to_float(images, ds["mean"], ds["std"])).logits
+        got_img = ours(to_float(fitted(bundle, images), ds["mean"], ds["std"])).logits
         result["images_max_abs_diff"] = float((got_img - ref_img).abs().max())
     return result
+
+
+def fitted(bundle: Bundle, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) images brought to the model's input size as the server and the folder
+    dataset bring them (``model.preprocess.fit_image``, through Pillow)."""
+    from PIL import Image
+
+    from skipvit.training.data import bundle_input
+
+    how = bundle_input(bundle)
+    size = bundle.architecture.image_size
+    out = []
+    for img in images:
+        arr = img.numpy()
+        pil = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+        pil = fit_image(pil, size, how["resample"], **(how["crop"] or {}))
+        got = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy())
+        out.append(got.unsqueeze(0) if got.dim() == 2 else got.permute(2, 0, 1))
+    return torch.stack(out)
 
 
 @torch.inference_mode()

@@ -1,0 +1,146 @@
+"""The SLO autopilot's controller, alone: its cost model, its latency prediction, its choice with
+hysteresis and its accuracy floor, then closed-loop on a simulated batching server (no server, no
+model, no clock)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from skipvit.service.autopilot import (
+    DWELL_S,
+    Candidate,
+    ControllerState,
+    CostModel,
+    Load,
+    Target,
+    decide,
+    predict_p95,
+)
+from tests.service.autopilot_sim import Sim
+
+# a front of four points: accuracy falls as the cost per image falls
+FRONT = [Candidate("top", 0.90), Candidate("mid", 0.88), Candidate("lean", 0.85), Candidate("leanest", 0.70)]
+COST = {"top": (0.002, 0.0010), "mid": (0.002, 0.0006), "lean": (0.002, 0.0004), "leanest": (0.002, 0.0002)}
+TARGET = Target(p95_s=0.030, min_accuracy=0.80)  # binding: the top point misses it from ~0.6x its capacity
+
+
+def capacity(point: str, batch: int = 32) -> float:
+    fixed, per = COST[point]
+    return batch / (fixed + per * batch)
+
+
+def warm() -> CostModel:
+    return CostModel.from_warmup({p: ((1, f + a), (32, f + 32 * a)) for p, (f, a) in COST.items()})
+
+
+def test_the_warm_up_line_and_the_learned_factors():
+    costs = warm()
+    assert costs.batch_s("top", 10) == pytest.approx(0.002 + 0.010)
+    costs.observe("top", 10, 2 * 0.012, now=0.0)  # the machine is twice as slow as at warm-up
+    assert costs.batch_s("top", 10, now=1.0) == pytest.approx(0.024)  # its own factor, fresh
+    # a point not observed lately takes the shared factor, which moved a fifth of the way
+    assert costs.batch_s("mid", 10, now=1.0) == pytest.approx(1.2 * (0.002 + 0.006))
+    assert costs.batch_s("top", 10, now=100.0) == pytest.approx(1.2 * 0.012)  # stale: shared
+    with pytest.raises(ValueError, match="b1 < b2"):
+        CostModel.from_warmup({"p": ((8, 0.1), (8, 0.2))})
+
+
+def test_the_prediction_grows_with_load_and_is_infinite_past_capacity():
+    fixed, per = COST["top"]
+    quiet = Load(rate=1.0, queued=0, max_batch=32, max_wait_s=0.005)
+    assert predict_p95(fixed, per, quiet) == pytest.approx(0.005 + 2 * (fixed + 3 * per))  # b95 = 1 + 2
+    p = [predict_p95(fixed, per, Load(r, 0, 32, 0.005)) for r in (100, 400, 700, 900)]
+    assert p == sorted(p) and p[-1] > 3 * p[0]
+    assert math.isinf(predict_p95(fixed, per, Load(capacity("top"), 0, 32, 0.005)))
+    backlog = predict_p95(fixed, per, Load(100, 320, 32, 0.005)) - predict_p95(
+        fixed, per, Load(100, 0, 32, 0.005)
+    )
+    assert backlog == pytest.approx(10 * (fixed + 32 * per))  # ten full batches to clear first
+
+
+@pytest.mark.parametrize("point", ["top", "lean"])
+def test_the_prediction_against_the_simulated_server(point):
+    for share in (0.1, 0.5, 0.8, 0.95):
+        rate = share * capacity(point)
+        sim = Sim([Candidate(point, 0.9)], {point: COST[point]}, Target(100.0), seed=1)
+        sim.run([(30.0, rate)])
+        ratio = predict_p95(*COST[point], Load(rate, 0, 32, 0.005)) / sim.p95_between(5.0, 30.0)
+        assert 0.85 <= ratio <= 1.7, (share, ratio)
+
+
+def test_the_choice_the_floor_and_the_dwell():
+    costs = warm()
+    state = ControllerState("top", since=0.0)
+    quiet = Load(rate=50, queued=0, max_batch=32, max_wait_s=0.005)
+    assert decide(FRONT, costs, quiet, TARGET, state, 10.0).point == "top"
+    # past the top point's capacity: down at once, to the most accurate point that keeps up
+    heavy = Load(rate=1.2 * capacity("top"), queued=0, max_batch=32, max_wait_s=0.005)
+    d = decide(FRONT, costs, heavy, TARGET, state, 0.1)
+    assert d.point in ("mid", "lean") and d.reason == "down"
+    # past every point's capacity: the cheapest point above the floor, never "leanest" (0.70)
+    flood = Load(rate=2 * capacity("leanest"), queued=0, max_batch=32, max_wait_s=0.005)
+    d = decide(FRONT, costs, flood, TARGET, state, 0.1)
+    assert (d.point, d.reason) == ("lean", "floor")
+    # back to quiet: up only after the dwell
+    low = ControllerState("lean", since=5.0)
+    assert decide(FRONT, costs, quiet, TARGET, low, 5.0 + DWELL_S / 2).point == "lean"
+    d = decide(FRONT, costs, quiet, TARGET, low, 5.0 + DWELL_S)
+    assert (d.point, d.reason) == ("top", "up") and d.state.since == 5.0 + DWELL_S
+    # an observed breach moves down even where the model predicts the target is met
+    d = decide(FRONT, costs, quiet, TARGET, state, 10.0, observed_p95_s=0.2)
+    assert (d.point, d.reason) == ("mid", "down")
+    with pytest.raises(ValueError, match="min_accuracy"):
+        decide(FRONT, costs, quiet, Target(0.1, 0.95), state, 0.0)
+
+
+def switches_after(sim: Sim, t: float) -> int:
+    return sum(a != b for a, b in itertools.pairwise(sim.points_between(t, math.inf)))
+
+
+@pytest.mark.parametrize("share", [0.3, 0.5, 0.7, 0.9, 1.3, 1.8])
+def test_closed_loop_constant_load_settles_without_flapping(share):
+    sim = Sim(FRONT, COST, TARGET, seed=int(10 * share))
+    sim.run([(60.0, share * capacity("top"))])
+    assert switches_after(sim, 10.0) == 0, sorted(set(sim.points_between(10.0, 60.0)))
+    assert sim.p95_between(10.0, 60.0) <= TARGET.p95_s
+    if share <= 0.5:
+        assert set(sim.points_between(10.0, 60.0)) == {"top"}  # a light load gets the most accurate point
+
+
+def test_without_the_hysteresis_the_same_loop_flaps(monkeypatch):
+    import skipvit.service.autopilot as autopilot
+
+    monkeypatch.setattr(autopilot, "UP_FRACTION", 1.0)
+    monkeypatch.setattr(autopilot, "DWELL_S", 0.0)
+    sim = Sim(FRONT, COST, TARGET, seed=7)
+    sim.run([(60.0, 0.7 * capacity("top"))])
+    assert switches_after(sim, 10.0) > 10
+
+
+def test_closed_loop_step_load_moves_down_and_back_up():
+    top = capacity("top")
+    sim = Sim(FRONT, COST, TARGET, seed=3)
+    sim.run([(20.0, 0.5 * top), (20.0, 2.0 * top), (20.0, 0.5 * top)])
+    assert set(sim.points_between(5.0, 20.0)) == {"top"}
+    during = sim.points_between(25.0, 40.0)
+    assert "top" not in during and set(during) <= {"mid", "lean"}
+    assert set(sim.points_between(50.0, 60.0)) == {"top"}
+    for a in (5.0, 25.0, 45.0):  # 5 s after each step: the target holds
+        assert sim.p95_between(a, a + 15.0) <= TARGET.p95_s, a
+
+
+def test_closed_loop_beyond_every_point_stays_at_the_floor():
+    sim = Sim(FRONT, COST, TARGET, seed=4)
+    sim.run([(20.0, 1.5 * capacity("lean"))])
+    assert set(sim.points_between(5.0, 20.0)) == {"lean"}  # never "leanest", below the floor
+    assert {r for t, _, r in sim.chosen if t >= 5.0} <= {"floor"}
+
+
+def test_a_wrong_warm_up_is_corrected_by_the_observed_timings():
+    sim = Sim(FRONT, COST, TARGET, seed=5, warmup_error=0.5)  # warm-up says twice as fast as true
+    sim.run([(40.0, 0.9 * capacity("top"))])
+    assert "top" not in sim.points_between(10.0, 40.0)  # truly past its capacity at 0.9 / 0.5
+    assert sim.p95_between(10.0, 40.0) <= TARGET.p95_s

@@ -39,6 +39,9 @@ p95 meets the target. Hysteresis, so that a constant load gives a constant point
   ``DWELL_S`` seconds on the active point;
 - between the two, stay.
 
+Started from a point outside the family (or below the floor), the first choice is the most
+accurate point that meets the target (reason ``start``).
+
 When even the cheapest point above the floor cannot meet the target it is chosen anyway (reason
 ``floor``): the autopilot never goes below ``min_accuracy``; the server's admission control then
 sheds what it cannot answer in time (503 + Retry-After).
@@ -232,8 +235,8 @@ def decide(
         if active is not None:
             rank = {c.id: i for i, c in enumerate(ranked)}
             meets = [c for c in meets if rank[c.id] > rank[active]]
-        if meets:
-            return to(meets[0].id, "down")
+        if meets:  # (from a point outside the family, or below the floor: a start)
+            return to(meets[0].id, "down" if active is not None else "start")
         # none keeps up: the cheapest per image at full batches (every prediction may be infinite)
         cheapest = min(ranked, key=lambda c: costs.batch_s(c.id, load.max_batch, now))
         return to(cheapest.id, "floor")

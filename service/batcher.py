@@ -206,6 +206,10 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = (
             None  # wakes the loop at a deadline while the engine is busy
         )
+        # hooks for the autopilot (``service.pilot``), called on the event loop: images queued by
+        # a request; (the point of a batch's first request, its images, seconds it computed)
+        self.on_submitted: Callable[[int], None] | None = None
+        self.on_computed: Callable[[str, int, float], None] | None = None
 
     # -- control -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -295,6 +299,8 @@ class Batcher:
         self._queued_images += n
         self._earliest_deadline = min(self._earliest_deadline, req.deadline)
         self.observer.queued(self._queued_images)
+        if self.on_submitted is not None:
+            self.on_submitted(n)
         self._poke()
         return req.future
 
@@ -451,6 +457,8 @@ class Batcher:
             self._compute_s = took if self._compute_s == 0 else 0.8 * self._compute_s + 0.2 * took
             if len(self._running) <= 1:  # this was the last batch handed over: the engine is free
                 self._free_at = done
+        if self.on_computed is not None:
+            self.on_computed(points[0], int(images.shape[0]), took)
         start = 0
         for req, point in zip(batch, points, strict=True):
             self._settle(req, Answer(point, rows[start : start + req.n]))

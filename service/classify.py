@@ -138,7 +138,8 @@ class Classify:
     def refusal(self) -> Failure | None:
         """Whether a ``POST /classify`` must be refused, decided from what is known before its body
         is read (the middleware asks, at the headers): not ready, the engine gone, the queue full,
-        or an expected wait past the request timeout. None: admit it."""
+        or an expected wait past the request timeout (past the p95 target, while the autopilot is on).
+        None: admit it."""
         state = self.state
         if not state.ready:
             return Failure(NOT_READY)
@@ -161,6 +162,15 @@ class Classify:
                 "SKIPVIT_REQUEST_TIMEOUT_S); Hint: retry after the Retry-After delay",
                 batcher.retry_after(),
             )
+        # The autopilot holds a p95 target: where even its cheapest point cannot (it stays above its
+        # accuracy floor), a request that would be answered past the target is refused instead.
+        if state.pilot is not None and wait >= (target := state.pilot.config.target.p95_s):
+            return Failure(
+                OVERLOADED,
+                f"the expected wait ({1000 * wait:.0f} ms) passes the autopilot's p95 target "
+                f"({1000 * target:g} ms); Hint: retry after the Retry-After delay",
+                batcher.retry_after(),
+            )
         return None
 
     async def answer(self, scope, receive) -> bytes:
@@ -171,6 +181,7 @@ class Classify:
             raise Failure(ENGINE_GONE)
         batcher, engine = state.batcher, state.engine
         ticket = scope.get(TICKET)
+        started = time.monotonic()
         body = await read_body(receive)
         point = point_param(scope["query_string"])
         content_type = header(scope, b"content-type")
@@ -204,6 +215,10 @@ class Classify:
             if failure.kind is MODEL_FAILED:  # the engine failed on this batch (every request in it hears so)
                 log.error("a batch failed: %s: %s", type(e).__name__, e)
             raise failure from None
+        if point is None and state.pilot is not None:  # the autopilot's observed latency
+            state.pilot.record(
+                time.monotonic() - (ticket.arrived if ticket is not None else started), answer.point
+            )
         return classify_body(answer.point, answer.rows)
 
     async def decode(

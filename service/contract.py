@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from skipvit.service import connections
 from skipvit.service.failures import (
+    AUTOPILOT_CONFLICT,
     BAD_CONFIG,
     BAD_IMAGE,
     BAD_REQUEST,
@@ -71,7 +72,14 @@ ANSWERS: dict[tuple[str, str], tuple[Kind, ...]] = {
     ),
     ("get", "/pareto"): (NOT_READY,),
     ("get", "/config"): (NOT_READY,),
-    ("put", "/config"): (UNAUTHORIZED, INVALID_BODY, BAD_CONFIG, UNKNOWN_POINT, NOT_READY),
+    ("put", "/config"): (
+        UNAUTHORIZED,
+        INVALID_BODY,
+        BAD_CONFIG,
+        UNKNOWN_POINT,
+        AUTOPILOT_CONFLICT,
+        NOT_READY,
+    ),
     ("get", "/livez"): (),  # its own 503 (the bundle failed to load, the engine exited): the route's model
     ("get", "/readyz"): (),  # likewise: not ready, draining or failed
 }

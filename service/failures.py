@@ -115,6 +115,13 @@ UNAUTHORIZED = Kind(
     doc="missing or wrong admin token (checked before the body is read)",
 )
 BAD_CONFIG = Kind(422, doc="the values do not fit together (the wait for company passes the timeout)")
+AUTOPILOT_CONFLICT = Kind(
+    409,
+    None,
+    'the autopilot chooses the active point; Hint: send {"autopilot": null} first to turn it off',
+    doc="a point was set while the autopilot chooses it, or the autopilot cannot work with the bundle's "
+    "points (a family of one point; a floor no point of the family reaches)",
+)
 NOT_FOUND = Kind(404, None, "Not Found; Hint: see /docs for the routes", doc="no route has this path")
 METHOD_NOT_ALLOWED = Kind(
     405,

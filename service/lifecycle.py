@@ -102,6 +102,20 @@ async def load(state: ServiceState) -> None:
     state.ready = True
     metrics.ready.set(1)
     log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
+    if settings.autopilot_p95_ms is not None:
+        from skipvit.service.pilot import pilot_config
+        from skipvit.service.routes import start_autopilot
+
+        anchor = settings.autopilot_family or active.id
+        try:
+            config = pilot_config(
+                engine.bundle, settings.autopilot_p95_ms, settings.autopilot_min_accuracy, anchor
+            )
+        except (ValueError, KeyError) as e:
+            state.fail(f"SKIPVIT_AUTOPILOT_*: {e}")
+            log.error("the autopilot cannot start: %s", e)
+            return
+        start_autopilot(state, config)
 
 
 def drain(state: ServiceState) -> None:
@@ -130,6 +144,8 @@ async def shutdown(state: ServiceState, loading: asyncio.Task) -> None:
             log.warning("drain timed out: %d requests in flight answered 503", state.admission.inflight)
     state.ready = False
     state.metrics.ready.set(0)
+    if state.pilot is not None:
+        state.pilot.cancel()
     loading.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await loading

@@ -96,8 +96,40 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("skipvit_model_ready", "1 once the bundle is loaded and warmed up", registry=r)
+        self._init_autopilot(r)
         for reason in REASONS:  # export zeros, so rate() works before the first rejection
             self.rejections.labels(reason)
+
+    def _init_autopilot(self, r: CollectorRegistry) -> None:
+        """The SLO autopilot's metrics (service.pilot)."""
+        self.autopilot_on = Gauge(
+            "skipvit_autopilot_enabled", "1 while the autopilot chooses the point", registry=r
+        )
+        self.autopilot_point = Info(
+            "skipvit_autopilot_point",
+            "the point the autopilot chose last (empty while it is off)",
+            registry=r,
+        )
+        self.autopilot_decisions = Counter(
+            "skipvit_autopilot_decisions",
+            "autopilot decisions (four a second), by reason: start, hold, up, down, floor",
+            ["reason"],
+            registry=r,
+        )
+        self.autopilot_p95 = Gauge(
+            "skipvit_autopilot_p95_seconds",
+            "the chosen point's p95 latency: predicted by the autopilot's model, observed over the last "
+            "2 s (NaN: too few requests), and the target",
+            ["kind"],
+            registry=r,
+        )
+        self.autopilot_rate = Gauge(
+            "skipvit_autopilot_arrival_rate",
+            "images/s arriving over the last 2 s, as the autopilot sees it",
+            registry=r,
+        )
+        for reason in ("start", "hold", "up", "down", "floor"):
+            self.autopilot_decisions.labels(reason)
 
     def init_layers(self, depth: int) -> None:
         for layer in range(depth):
@@ -130,6 +162,19 @@ class Metrics:
                 self.layer_rows.labels(str(j)).inc(count)
         for point, count in per_point.items():
             self.images.labels(point).inc(count)
+
+    def autopilot_decided(self, decision, observed_p95_s: float | None, rate: float) -> None:
+        self.autopilot_point.info({"point": decision.point})
+        self.autopilot_decisions.labels(decision.reason).inc()
+        self.autopilot_p95.labels("predicted").set(decision.predicted_p95_s)
+        self.autopilot_p95.labels("observed").set(float("nan") if observed_p95_s is None else observed_p95_s)
+        self.autopilot_rate.set(rate)
+
+    def autopilot_enabled(self, target_s: float | None) -> None:
+        self.autopilot_on.set(0 if target_s is None else 1)
+        self.autopilot_p95.labels("target").set(float("nan") if target_s is None else target_s)
+        if target_s is None:
+            self.autopilot_point.info({"point": ""})
 
     def set_active(self, point: str, method: str, weights: str) -> None:
         self.active_point.info({"point": point, "method": method, "weights": weights})

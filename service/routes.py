@@ -19,10 +19,12 @@ from pydantic import ValidationError
 
 from skipvit.service.auth import ADMIN_BEARER, bearer_ok
 from skipvit.service.batcher import Batcher
-from skipvit.service.failures import BAD_CONFIG, NOT_READY, UNAUTHORIZED, Failure
+from skipvit.service.failures import AUTOPILOT_CONFLICT, BAD_CONFIG, NOT_READY, UNAUTHORIZED, Failure
 from skipvit.service.knobs import waits_past_timeout
 from skipvit.service.pareto import check_point, points_out
+from skipvit.service.pilot import Pilot, PilotConfig, pilot_config
 from skipvit.service.schemas import (
+    AutopilotStatus,
     ConfigResponse,
     ConfigUpdate,
     LivezResponse,
@@ -109,28 +111,50 @@ async def prometheus_metrics(state: State) -> Response:  # the batcher keeps the
 @router.get("/pareto", response_model=ParetoResponse)
 async def pareto(state: State, batcher: ReadyBatcher) -> ParetoResponse:
     assert state.engine is not None  # loaded, as the batcher is ready
-    return ParetoResponse(active=batcher.active, points=points_out(state.engine, batcher.active))
+    family = list(state.pilot.config.family) if state.pilot is not None else None
+    return ParetoResponse(
+        active=batcher.active, points=points_out(state.engine, batcher.active), autopilot_family=family
+    )
 
 
 @router.get("/config", response_model=ConfigResponse)
-async def get_config(batcher: ReadyBatcher) -> ConfigResponse:
-    return config_of(batcher)
+async def get_config(state: State, batcher: ReadyBatcher) -> ConfigResponse:
+    return config_of(state, batcher)
+
+
+def inlined(schema: dict) -> dict:
+    """A pydantic JSON schema with its ``$defs`` put in place of their ``$ref``s (the operation's
+    schema stands alone in OpenAPI, where ``#/$defs/...`` resolves to nothing)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
 
 
 CONFIG_BODY = {  # what admin_update reads, for the docs
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": ConfigUpdate.model_json_schema()}},
+        "content": {"application/json": {"schema": inlined(ConfigUpdate.model_json_schema())}},
     }
 }
 
 
 @router.put("/config", response_model=ConfigResponse, openapi_extra=CONFIG_BODY)
 async def put_config(update: Annotated[ConfigUpdate, Depends(admin_update)], state: State) -> ConfigResponse:
-    """Switch the active point and/or change the batching knobs; applies between batches."""
+    """Switch the active point, change the batching knobs and/or turn the SLO autopilot on or off;
+    applies between batches."""
     batcher = ready_batcher(state)  # here, not a dependency: a malformed body is 422 even while loading
     apply_config(state, batcher, update)
-    return config_of(batcher)
+    return config_of(state, batcher)
 
 
 @router.get("/", include_in_schema=False)
@@ -138,14 +162,49 @@ async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-def config_of(batcher: Batcher) -> ConfigResponse:
+def config_of(state: ServiceState, batcher: Batcher) -> ConfigResponse:
     return ConfigResponse(
         point=batcher.active,
         max_batch_size=batcher.knobs.max_batch_size,
         max_wait_ms=batcher.knobs.max_wait_ms,
         max_queue=batcher.knobs.max_queue,
         request_timeout_s=batcher.timeout_s,
+        autopilot=None if state.pilot is None else AutopilotStatus(**state.pilot.status()),
     )
+
+
+def switch_point(state: ServiceState, point_id: str) -> None:
+    """Serve requests without ``?point=`` at ``point_id`` from the next batch planned on."""
+    assert state.engine is not None and state.batcher is not None
+    p = state.engine.point(point_id)
+    state.batcher.set_active(p.id)  # on the event loop, so never inside a batch being planned
+    state.metrics.switches.inc()
+    state.metrics.set_active(p.id, p.method, p.weights)
+
+
+def start_autopilot(state: ServiceState, config: PilotConfig) -> None:
+    """Turn the autopilot on with ``config`` (replacing a running one)."""
+    assert state.engine is not None and state.batcher is not None
+    stop_autopilot(state)
+    batcher = state.batcher
+    pilot = Pilot(config, state.engine.bundle, batcher, lambda p: switch_point(state, p), state.metrics)
+    batcher.on_submitted, batcher.on_computed = pilot.submitted, pilot.computed
+    state.pilot = pilot
+    state.metrics.autopilot_enabled(config.target.p95_s)
+    pilot.start()
+    log.info("autopilot on: p95 <= %g ms, family %s", 1000 * config.target.p95_s, ", ".join(config.family))
+
+
+def stop_autopilot(state: ServiceState) -> None:
+    """Turn the autopilot off; the active point stays where it was."""
+    pilot, state.pilot = state.pilot, None
+    if pilot is None:
+        return
+    pilot.cancel()
+    if state.batcher is not None:
+        state.batcher.on_submitted = state.batcher.on_computed = None
+    state.metrics.autopilot_enabled(None)
+    log.info("autopilot off; active point %s", state.batcher.active if state.batcher else "?")
 
 
 def apply_config(state: ServiceState, batcher: Batcher, update: ConfigUpdate) -> None:
@@ -153,6 +212,18 @@ def apply_config(state: ServiceState, batcher: Batcher, update: ConfigUpdate) ->
     assert state.engine is not None  # loaded, as the batcher is ready
     if update.point is not None:
         check_point(state.engine, update.point)
+    pilot = None
+    if update.autopilot is not None:
+        anchor = update.autopilot.family or update.point or batcher.active
+        check_point(state.engine, anchor)
+        try:
+            pilot = pilot_config(
+                state.engine.bundle, update.autopilot.p95_ms, update.autopilot.min_accuracy, anchor
+            )
+        except ValueError as e:
+            raise Failure(AUTOPILOT_CONFLICT, str(e)) from None
+    if update.point is not None and state.pilot is not None and not update.autopilot_given:
+        raise Failure(AUTOPILOT_CONFLICT)
     knobs = batcher.knobs.update(
         max_batch_size=update.max_batch_size, max_wait_ms=update.max_wait_ms, max_queue=update.max_queue
     )
@@ -163,12 +234,13 @@ def apply_config(state: ServiceState, batcher: Batcher, update: ConfigUpdate) ->
             "SKIPVIT_REQUEST_TIMEOUT_S): every request that waits for company would time out; "
             "Hint: choose a shorter wait",
         )
+    if update.autopilot_given and update.autopilot is None:
+        stop_autopilot(state)
     if update.point is not None and update.point != batcher.active:
-        p = state.engine.point(update.point)
-        batcher.set_active(p.id)  # on the event loop, so never inside a batch being planned
-        state.metrics.switches.inc()
-        state.metrics.set_active(p.id, p.method, p.weights)
-        log.info("active point: %s", p.id)
+        switch_point(state, update.point)
+        log.info("active point: %s", update.point)
     if knobs != batcher.knobs:
         batcher.set_knobs(knobs)
         log.info("batching knobs: %s", knobs)
+    if pilot is not None:  # last: it starts from the point and knobs just set
+        start_autopilot(state, pilot)

@@ -68,6 +68,19 @@ class PointOut(BaseModel):
 class ParetoResponse(BaseModel):
     active: str
     points: list[PointOut]
+    autopilot_family: list[str] | None = None  # the points the autopilot chooses among, while it is on
+
+
+class AutopilotStatus(BaseModel):
+    p95_ms: float  # the target
+    min_accuracy: float  # the floor (validation accuracy where the bundle records it)
+    family: list[str]  # the points it chooses among: one batch key
+    warming_up: bool  # timing the family's points; no decision yet
+    point: str | None = None  # its last choice
+    reason: str | None = None  # why: start, hold, up, down, floor
+    predicted_p95_ms: float | None = None  # of that point, at the load it saw (None: past capacity)
+    observed_p95_ms: float | None = None  # over the last 2 s (None: too few requests)
+    arrival_rate: float = 0.0  # images/s over the last 2 s
 
 
 class ConfigResponse(BaseModel):
@@ -76,12 +89,30 @@ class ConfigResponse(BaseModel):
     max_wait_ms: float
     max_queue: int
     request_timeout_s: float
+    autopilot: AutopilotStatus | None = None  # None: off
+
+
+class AutopilotUpdate(BaseModel):
+    """Turn the autopilot on (or change its target): serve requests without ``?point=`` at the most
+    accurate point of a family whose predicted p95 meets ``p95_ms``, never below ``min_accuracy``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    p95_ms: float = Field(ge=0.1, le=60_000)
+    min_accuracy: float = Field(0.0, ge=0, le=1)
+    family: str | None = Field(
+        None, min_length=1, max_length=200, description="a point of the family (default: the active point)"
+    )
 
 
 def _one_field_set(schema: dict[str, Any]) -> None:
-    """The JSON schema says what the validator checks: at least one field that is not null."""
+    """The JSON schema says what the validator checks: at least one field that is not null, or
+    ``autopilot`` given (null turns it off)."""
     schema["anyOf"] = [
-        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in schema["properties"]
+        {"required": [name]}
+        if name == "autopilot"
+        else {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+        for name in schema["properties"]
     ]
 
 
@@ -95,10 +126,16 @@ class ConfigUpdate(BaseModel):
     max_batch_size: int | None = Field(None, **MAX_BATCH_SIZE.constraints())
     max_wait_ms: float | None = Field(None, **MAX_WAIT_MS.constraints())
     max_queue: int | None = Field(None, **MAX_QUEUE.constraints())
+    autopilot: AutopilotUpdate | None = Field(None, description="the SLO autopilot; null turns it off")
+
+    @property
+    def autopilot_given(self) -> bool:
+        """``autopilot`` was in the body (null included: turn it off)."""
+        return "autopilot" in self.model_fields_set
 
     @model_validator(mode="after")
     def _not_empty(self) -> ConfigUpdate:
-        if all(v is None for v in self.model_dump().values()):
+        if all(v is None for v in self.model_dump().values()) and not self.autopilot_given:
             raise ValueError('nothing to change; Hint: send e.g. {"point": "static"}')
         return self
 

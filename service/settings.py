@@ -104,6 +104,20 @@ class Settings(BaseSettings):
         **PIPELINE_DEPTH.constraints(),
         description="batches handed to the engine at once (2: the next one waits while one computes)",
     )
+    # the SLO autopilot (PUT /config {"autopilot": ...} changes it at runtime)
+    autopilot_p95_ms: float | None = Field(
+        None,
+        ge=0.1,
+        le=60_000,
+        description="turn the autopilot on at start with this p95 latency target (ms): requests without "
+        "?point= are served at the most accurate point of the family that meets it",
+    )
+    autopilot_min_accuracy: float = Field(
+        0.0, ge=0, le=1, description="the autopilot's accuracy floor (validation accuracy)"
+    )
+    autopilot_family: str | None = Field(
+        None, description="a point of the family the autopilot chooses among (default: the active point)"
+    )
     # input limits
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     max_files: int = Field(64, ge=1, description="most images in one request")

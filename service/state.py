@@ -15,6 +15,7 @@ from skipvit.service.engine import Engine
 from skipvit.service.looplag import LoopLag
 from skipvit.service.metrics import Metrics
 from skipvit.service.middleware import Admission
+from skipvit.service.pilot import Pilot
 from skipvit.service.settings import Settings
 from skipvit.service.worker import EngineProcess
 
@@ -42,6 +43,7 @@ class ServiceState:
     engine_hung: bool = False  # set at shutdown if the engine never returned a batch
     gave_up: str | None = None  # why the engine processes could not be kept alive: exit non-zero
     stop_server: Callable[[], None] | None = None  # set by `skipvit serve`: drain and shut down
+    pilot: Pilot | None = None  # the SLO autopilot, while it is on
 
     def __post_init__(self) -> None:
         self.decode_budget = DecodeBudget(self.settings.decode_budget_mb << 20)

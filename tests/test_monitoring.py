@@ -51,6 +51,11 @@ EXPORTED_METRICS: tuple[str, ...] = (
     "skipvit_engine_restarts_total",  # counter
     "skipvit_event_loop_lag_seconds",  # gauge
     "skipvit_gc_pause_seconds",  # histogram {generation}
+    "skipvit_autopilot_enabled",  # gauge
+    "skipvit_autopilot_point_info",  # info {point}
+    "skipvit_autopilot_decisions_total",  # counter {reason}
+    "skipvit_autopilot_p95_seconds",  # gauge {kind: predicted, observed, target}
+    "skipvit_autopilot_arrival_rate",  # gauge: images/s
 )
 
 # =========================================================================== monitoring: helpers

@@ -1,0 +1,242 @@
+"""The SLO autopilot at work in one server: it measures, asks ``service.autopilot.decide`` four times
+a second, and switches the batcher's active point to the answer.
+
+- **Family.** The points that share one batch key (``model.points.batch_key``) with the point the
+  operator names (default: the active point when it is turned on), so a switch never splits a
+  batch. A family of one point is refused: there would be nothing to choose.
+- **Accuracy.** Each point's validation accuracy where the bundle records it (the choice is made on
+  validation), else its test accuracy.
+- **Measured.** The arrival rate (images submitted to the batcher over the last ``WINDOW_S``), the
+  images queued now, every batch's compute time (the batcher's ``on_computed`` hook) for the cost
+  model, and the latency of each request served at the chosen point (arrival to answer), whose
+  95th percentile over the window is the observed p95.
+- **Warm-up.** When turned on, it sends, for each point of the family, a request of one blank image
+  and one of ``max_batch_size`` blank images through the batcher and times their batches (the
+  engine's own time, not the wait): the starting line of the cost model.
+
+Requests that name their point (``?point=``) are left alone and not counted in the observed p95.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from skipvit.model.bundle import Bundle, Point
+from skipvit.model.points import batch_key
+from skipvit.service.autopilot import (
+    Candidate,
+    ControllerState,
+    CostModel,
+    Decision,
+    Load,
+    Target,
+    decide,
+    eligible,
+    update_correction,
+)
+
+log = logging.getLogger("skipvit.service")
+
+TICK_S = 0.25  # a decision this often
+WINDOW_S = 2.0  # the arrival rate and the observed p95 are over this much of the recent past
+MIN_OBSERVED = 20  # requests answered in the window before their p95 counts
+WARMUP_REPEATS = 2  # each (point, batch size) timed this often; the fastest counts
+
+
+def point_accuracy(point: Point) -> float:
+    """The accuracy the autopilot ranks ``point`` by: validation where recorded, else test."""
+    m = point.metrics
+    return float(m.get("val_accuracy", m.get("accuracy", 0.0)))
+
+
+def family_of(bundle: Bundle, anchor: str) -> list[Point]:
+    """The points whose rows can share a forward with ``anchor``'s (a per-batch point: none)."""
+    key = batch_key(bundle.point(anchor))
+    if key is None:
+        return []
+    return [p for p in bundle.front if batch_key(p) == key]
+
+
+@dataclass(frozen=True)
+class PilotConfig:
+    target: Target
+    family: tuple[str, ...]  # point ids, front order
+
+
+def pilot_config(bundle: Bundle, p95_ms: float, min_accuracy: float, anchor: str) -> PilotConfig:
+    """Check an operator's request (ValueError with a Hint where it cannot work)."""
+    target = Target(p95_ms / 1000.0, min_accuracy)
+    points = family_of(bundle, anchor)
+    if len(points) < 2:
+        raise ValueError(
+            f"point {anchor!r} shares its batches with no other point, so there is nothing to choose "
+            "from; Hint: name a point of a family in 'family' (e.g. an RL or NSGA point: they share "
+            "the gates' weights)"
+        )
+    ranked = eligible([Candidate(p.id, point_accuracy(p)) for p in points], target)
+    if not ranked:
+        best = max(point_accuracy(p) for p in points)
+        raise ValueError(
+            f"no point of {anchor!r}'s family reaches min_accuracy {min_accuracy:g} (the best: {best:.4f} "
+            "on validation); Hint: lower min_accuracy"
+        )
+    return PilotConfig(target, tuple(p.id for p in points))
+
+
+class Pilot:
+    """One autopilot run: ``start`` (warm-up, then the loop), ``stop``; ``record`` and ``computed``
+    are fed by the server on the event loop."""
+
+    def __init__(
+        self,
+        config: PilotConfig,
+        bundle: Bundle,
+        batcher,
+        on_switch: Callable[[str], None],
+        metrics=None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.batcher = batcher
+        self.on_switch = on_switch
+        self.metrics = metrics
+        self.clock = clock
+        self.candidates = [Candidate(p, point_accuracy(bundle.point(p))) for p in config.family]
+        arch = bundle.architecture
+        self.blank_shape = (arch.in_channels, arch.image_size, arch.image_size)
+        self.costs: CostModel | None = None
+        self.state: ControllerState | None = None
+        self.last: Decision | None = None
+        self.observed_p95_s: float | None = None
+        self._arrivals: deque[tuple[float, int]] = deque()  # (time, images) submitted
+        self._latencies: deque[tuple[float, float]] = deque()  # (time answered, seconds) at the chosen point
+        self._warmup: dict[tuple[str, int], float] = {}  # (point, images) -> fastest seconds
+        self._task: asyncio.Task | None = None
+
+    # -- fed by the server -------------------------------------------------------------------
+    def submitted(self, images: int) -> None:
+        self._arrivals.append((self.clock(), images))
+
+    def record(self, seconds: float, point: str) -> None:
+        """A request without ``?point=`` answered after ``seconds`` at ``point``."""
+        if self.state is not None and point == self.state.point:
+            self._latencies.append((self.clock(), seconds))
+
+    def computed(self, point: str, images: int, seconds: float) -> None:
+        """One batch the engine ran (the batcher's hook)."""
+        if self.costs is None:
+            key = (point, images)
+            self._warmup[key] = min(seconds, self._warmup.get(key, math.inf))
+        elif point in self.costs.points:
+            self.costs.observe(point, images, seconds, self.clock())
+
+    # -- life --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="skipvit-autopilot")
+
+    def cancel(self) -> None:
+        """Stop deciding (at once; the loop's task ends at its next await)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        try:
+            await self.warm_up()
+            while True:
+                self.tick()
+                await asyncio.sleep(TICK_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the server goes on at the point it has; the operator sees why in the log
+            log.exception("the autopilot stopped")
+
+    async def warm_up(self) -> None:
+        """Time one blank image and one full batch per point of the family (module docstring)."""
+        full = max(2, self.batcher.knobs.max_batch_size)
+        for _ in range(WARMUP_REPEATS):
+            for c in self.candidates:
+                for n in (1, full):
+                    blank = torch.zeros((n, *self.blank_shape), dtype=torch.uint8)
+                    with contextlib.suppress(Exception):  # a shed or failed probe leaves a gap, filled below
+                        await self.batcher.submit(blank, c.id)
+        timings = {}
+        for c in self.candidates:
+            one, many = self._warmup.get((c.id, 1)), self._warmup.get((c.id, full))
+            if one is not None and many is not None and one < many:
+                timings[c.id] = ((1, one), (full, many))
+        if not timings:
+            raise RuntimeError("the warm-up timed no batch; the autopilot cannot start")
+        known = list(timings.values())
+        for c in self.candidates:  # a point the warm-up missed takes the mean line of the others
+            if c.id not in timings:
+                t1 = sum(t[0][1] for t in known) / len(known)
+                tb = sum(t[1][1] for t in known) / len(known)
+                timings[c.id] = ((1, t1), (full, max(tb, t1 * 1.01)))
+        self.costs = CostModel.from_warmup(timings)
+        self.state = ControllerState(self.batcher.active, since=self.clock())
+        log.info(
+            "autopilot: warm-up timed %d points; target p95 %.0f ms",
+            len(timings),
+            1000 * self.config.target.p95_s,
+        )
+
+    def tick(self) -> Decision | None:
+        """One decision from what was measured; switches the active point where it changes."""
+        if self.costs is None or self.state is None:
+            return None
+        now = self.clock()
+        while self._arrivals and self._arrivals[0][0] < now - WINDOW_S:
+            self._arrivals.popleft()
+        while self._latencies and self._latencies[0][0] < now - WINDOW_S:
+            self._latencies.popleft()
+        lat = sorted(s for _, s in self._latencies)
+        self.observed_p95_s = lat[int(0.95 * (len(lat) - 1))] if len(lat) >= MIN_OBSERVED else None
+        k = self.batcher.knobs
+        load = Load(
+            rate=sum(n for _, n in self._arrivals) / WINDOW_S,
+            queued=self.batcher.queued_images,
+            max_batch=k.max_batch_size,
+            max_wait_s=k.max_wait_ms / 1000.0,
+        )
+        if self.last is not None and self.last.point == self.state.point:
+            self.state = update_correction(self.state, self.last.predicted_p95_s, self.observed_p95_s)
+        decision = decide(
+            self.candidates, self.costs, load, self.config.target, self.state, now, self.observed_p95_s
+        )
+        switched = decision.point != self.state.point
+        self.state, self.last = decision.state, decision
+        if switched:
+            self._latencies.clear()  # the old point's latencies say nothing of the new one's
+            self.on_switch(decision.point)
+            log.info("autopilot: %s -> %s (%s)", self.batcher.active, decision.point, decision.reason)
+        if self.metrics is not None:
+            self.metrics.autopilot_decided(decision, self.observed_p95_s, load.rate)
+        return decision
+
+    def status(self) -> dict:
+        """What GET /config shows of the autopilot."""
+        t = self.config.target
+        last = self.last
+        return {
+            "p95_ms": 1000 * t.p95_s,
+            "min_accuracy": t.min_accuracy,
+            "family": list(self.config.family),
+            "warming_up": self.costs is None,
+            "point": None if last is None else last.point,
+            "reason": None if last is None else last.reason,
+            "predicted_p95_ms": None
+            if last is None or not math.isfinite(last.predicted_p95_s)
+            else 1000 * last.predicted_p95_s,
+            "observed_p95_ms": None if self.observed_p95_s is None else 1000 * self.observed_p95_s,
+            "arrival_rate": sum(n for _, n in self._arrivals) / WINDOW_S,
+        }

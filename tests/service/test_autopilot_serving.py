@@ -1,0 +1,100 @@
+"""The SLO autopilot in a running app: turned on and off over PUT /config (admin token), shown in
+GET /config, /pareto and /metrics, refused where it cannot work, set from SKIPVIT_AUTOPILOT_* at
+start; requests without ?point= are served at its choice, those with one are left alone."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from skipvit.service.app import create_app
+from skipvit.service.settings import Settings
+from tests.service.helpers import files, png_bytes, wait_ready
+
+TOKEN = "t" * 32
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FAMILY = {"rl", "rl-t0.8", "nsga-a"}  # the gate points of tiny_gate_bundle: one batch key
+
+
+def wait_decided(client, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pilot = client.get("/config").json()["autopilot"]
+        if pilot is not None and not pilot["warming_up"] and pilot["point"] is not None:
+            return pilot
+        time.sleep(0.05)
+    raise AssertionError(f"no decision after {timeout} s: {client.get('/config').json()}")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_gate_bundle):
+    app = create_app(Settings(bundle=tiny_gate_bundle, device="cpu", admin_token=TOKEN, engine="thread"))
+    with TestClient(app) as c:
+        yield wait_ready(c)
+
+
+def test_on_shown_and_off(client):
+    body = {"autopilot": {"p95_ms": 5000, "min_accuracy": 0.0, "family": "rl"}}
+    assert client.put("/config", json=body).status_code == 401  # the admin token first
+    r = client.put("/config", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    pilot = r.json()["autopilot"]
+    assert set(pilot["family"]) == FAMILY and pilot["p95_ms"] == 5000
+    assert set(client.get("/pareto").json()["autopilot_family"]) == FAMILY
+    decided = wait_decided(client)
+    # a generous target and an idle server: the most accurate point, and it is served
+    assert decided["reason"] in ("hold", "up", "start")
+    assert client.get("/config").json()["point"] in FAMILY
+    image = png_bytes(np.zeros((16, 16), np.uint8))
+    for _ in range(3):
+        assert client.post("/classify", files=files(image)).json()["point"] in FAMILY
+    assert client.post("/classify?point=static", files=files(image)).json()["point"] == "static"  # left alone
+    metrics = client.get("/metrics").text
+    assert "skipvit_autopilot_enabled 1.0" in metrics
+    assert 'skipvit_autopilot_p95_seconds{kind="target"} 5.0' in metrics
+    assert "skipvit_autopilot_decisions_total" in metrics
+    # while it is on, the point is its to choose
+    r = client.put("/config", json={"point": "static"}, headers=AUTH)
+    assert r.status_code == 409 and '"autopilot": null' in r.json()["detail"]
+    r = client.put("/config", json={"autopilot": None, "point": "static"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["autopilot"] is None and r.json()["point"] == "static"
+    assert client.get("/pareto").json()["autopilot_family"] is None
+    assert "skipvit_autopilot_enabled 0.0" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"autopilot": {"p95_ms": 100, "family": "static"}}, "nothing to choose"),
+        ({"autopilot": {"p95_ms": 100, "min_accuracy": 1.0, "family": "rl"}}, "lower min_accuracy"),
+        ({"autopilot": {"p95_ms": 100, "family": "no-such-point"}}, "unknown point"),
+    ],
+)
+def test_refused_where_it_cannot_work(client, body, words):
+    r = client.put("/config", json=body, headers=AUTH)
+    assert r.status_code in (404, 409) and words in r.json()["detail"], r.text
+    assert client.get("/config").json()["autopilot"] is None  # nothing of a refused update applies
+
+
+@pytest.mark.parametrize("body", [{"autopilot": {"p95_ms": 0}}, {"autopilot": {"p95_ms": 100, "x": 1}}, {}])
+def test_malformed_bodies_are_422(client, body):
+    assert client.put("/config", json=body, headers=AUTH).status_code == 422
+
+
+def test_on_from_the_settings_at_start(tiny_gate_bundle):
+    settings = Settings(
+        bundle=tiny_gate_bundle,
+        device="cpu",
+        admin_token=TOKEN,
+        engine="thread",
+        point="rl",
+        autopilot_p95_ms=2000,
+        autopilot_min_accuracy=0.0,
+    )
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        pilot = wait_decided(c)
+        assert set(pilot["family"]) == FAMILY and pilot["p95_ms"] == 2000

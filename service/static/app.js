@@ -164,6 +164,9 @@
   }
 
   function renderSelects() {
+    const ap = $("autopilot-family");
+    const keepAp = fillSelect(ap, el("option", { value: "" }, "the active point"));
+    ap.value = pointById(keepAp) ? keepAp : "";
     const cls = $("classify-point");
     const keepCls = fillSelect(cls, el("option", { value: "" }, `active point (${state.active})`));
     cls.value = pointById(keepCls) ? keepCls : "";
@@ -469,6 +472,63 @@
     $("config-info").textContent =
       `Batching: up to ${cfg.max_batch_size} images per batch, waits at most ${cfg.max_wait_ms} ms, ` +
       `queue of ${cfg.max_queue} images, request timeout ${cfg.request_timeout_s} s.`;
+    renderAutopilot(cfg.autopilot);
+    if (cfg.point !== state.active) {
+      state.active = cfg.point;
+      renderActive();
+      renderTable();
+      renderChart();
+    }
+  }
+
+  // ---------------------------------------------------------------- autopilot
+
+  const ms = (v) => (v === null || v === undefined ? "–" : `${Math.round(v)} ms`);
+
+  function renderAutopilot(ap) {
+    $("ap-state").textContent = !ap ? "off" : ap.warming_up ? "warming up (timing the family)" : "on";
+    $("ap-point").textContent = ap && ap.point ? ap.point : "–";
+    $("ap-reason").textContent = ap && ap.reason ? ap.reason : "–";
+    $("ap-rate").textContent = ap ? `${ap.arrival_rate.toFixed(0)} images/s` : "–";
+    $("ap-p95").textContent = ap ? `${ms(ap.observed_p95_ms)} / ${ms(ap.predicted_p95_ms)} / ${ms(ap.p95_ms)}` : "–";
+    $("ap-family").textContent = ap ? ap.family.join(", ") : "–";
+  }
+
+  async function setAutopilot(on) {
+    const status = $("autopilot-status");
+    const token = $("token").value.trim();
+    if (!token) {
+      setStatus(status, "error", "Enter the admin token first (Operator, above).");
+      return;
+    }
+    const autopilot = on
+      ? {
+          p95_ms: Number($("autopilot-p95").value),
+          min_accuracy: Number($("autopilot-floor").value) / 100,
+          ...($("autopilot-family").value ? { family: $("autopilot-family").value } : {}),
+        }
+      : null;
+    setStatus(status, "pending", on ? "Turning the autopilot on…" : "Turning the autopilot off…");
+    try {
+      const cfg = await api("config", {
+        method: "PUT",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+        body: JSON.stringify({ autopilot }),
+      });
+      renderConfig(cfg);
+      setStatus(status, "ok", on ? "The autopilot is on." : "The autopilot is off; the active point stays.");
+    } catch (e) {
+      setStatus(status, "error", `Not changed. ${e.message}`);
+    }
+  }
+
+  function pollConfig() {
+    if (document.visibilityState === "visible") {
+      api("config")
+        .then(renderConfig)
+        .catch(() => {});
+    }
+    setTimeout(pollConfig, 1000);
   }
 
   function readStoredToken() {
@@ -543,10 +603,21 @@
     $("remember-token").addEventListener("change", (ev) => {
       if (!ev.target.checked) storeToken("");
     });
-    loadPareto().catch((e) => showError(`Could not load the points: ${e.message}`));
-    api("config", { retries: 30 })
-      .then(renderConfig)
-      .catch((e) => showError(`Could not load the configuration: ${e.message}`));
+    $("autopilot-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      setAutopilot(true);
+    });
+    $("autopilot-off").addEventListener("click", () => setAutopilot(false));
+    loadPareto()
+      .then(() => {
+        api("config", { retries: 30 })
+          .then((cfg) => {
+            renderConfig(cfg);
+            setTimeout(pollConfig, 1000);
+          })
+          .catch((e) => showError(`Could not load the configuration: ${e.message}`));
+      })
+      .catch((e) => showError(`Could not load the points: ${e.message}`));
   }
 
   init();

@@ -192,6 +192,33 @@ def test_switch_point_moves_the_active_marker_and_a_wrong_token_does_not(browser
         httpx2.put(f"{server.base}/config", json={"point": before}, headers=ADMIN).raise_for_status()
 
 
+def test_the_autopilot_panel_turns_it_on_shows_its_choice_live_and_turns_it_off(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    before = open_page(browser, server)
+    text = lambda d, i: d.find_element(By.ID, i).text  # noqa: E731
+    try:
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        p95 = browser.find_element(By.ID, "autopilot-p95")
+        p95.clear()
+        p95.send_keys("5000")
+        Select(browser.find_element(By.ID, "autopilot-family")).select_by_value("rl")
+        browser.find_element(By.ID, "autopilot-on").click()
+        wait(browser, lambda d: text(d, "ap-state") == "on" and text(d, "ap-point") != "–", "no live choice")
+        family = httpx2.get(f"{server.base}/pareto").json()["autopilot_family"]
+        assert "rl" in family and text(browser, "ap-point") in family
+        # the page follows the server: the active point line shows the autopilot's choice
+        wait(browser, lambda d: text(d, "active-point") in family, "the active point line never followed")
+        browser.find_element(By.ID, "autopilot-off").click()
+        wait(browser, lambda d: text(d, "ap-state") == "off", "the autopilot never showed off")
+        assert httpx2.get(f"{server.base}/config").json()["autopilot"] is None
+    finally:
+        httpx2.put(
+            f"{server.base}/config", json={"autopilot": None, "point": before}, headers=ADMIN
+        ).raise_for_status()
+
+
 def test_nothing_is_loaded_from_off_host(browser, server, image_png):
     for name in ("index.html", "app.js", "style.css"):
         text = (STATIC / name).read_text()

@@ -85,6 +85,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "normal clients beside clients sending maximum-size images: their throughput, server RSS",
     ),
     (
+        ("bench", "autopilot"),
+        "skipvit.benchmarks.bench_autopilot",
+        "the SLO autopilot under a step load, off and on: p95, goodput, accuracy and the point chosen, per second",
+    ),
+    (
         ("bench", "kernel"),
         "skipvit.benchmarks.bench_kernel",
         "row compaction: Triton vs torch boolean indexing (GPU); syncs per forward",

@@ -99,6 +99,7 @@ def step_summary(outcomes: list[Outcome], steps: list[dict]) -> list[dict]:
                 "good_per_s": len(ok) / span,
                 "refused": sum(1 for o in due if o.status == 503),
                 "failed": sum(1 for o in due if o.status not in (200, 503)),
+                "not_200": dict(Counter(str(o.status) for o in due if o.status != 200)),
                 "accuracy": sum(bool(o.correct) for o in ok) / len(ok) if ok else math.nan,
                 "p95_ms": percentile([1000 * (o.done - o.scheduled) for o in ok], 95),
                 "points": dict(Counter(o.point for o in ok).most_common()),

@@ -34,7 +34,8 @@ The prediction is then scaled by how the active point's observed p95 compared wi
 split where the bundle records it: a choice, not a report), the most accurate one whose predicted
 p95 meets the target. Hysteresis, so that a constant load gives a constant point:
 
-- down at once, when the active point's predicted or observed p95 passes the target;
+- down at once, when the active point's predicted p95 passes the target, or its observed p95 does
+  while the prediction is above ``UP_FRACTION`` of the target;
 - up only to a point predicted at or below ``UP_FRACTION`` of the target, and only after
   ``DWELL_S`` seconds on the active point;
 - between the two, stay.
@@ -220,10 +221,17 @@ def decide(
     predicted = predictions(ranked, costs, load, now, state.correction)
     meets = [c for c in ranked if predicted[c.id] <= target.p95_s]
     active = state.point if state.point in predicted else None
+    # An observed breach counts where the model puts the point near the target too; a lone spike
+    # (a pause, a burst) at a load far below it moves nothing but the correction factor, which a
+    # lasting breach raises until the prediction passes the target.
     over = (
         active is None
         or predicted[active] > target.p95_s
-        or (observed_p95_s is not None and observed_p95_s > target.p95_s)
+        or (
+            observed_p95_s is not None
+            and observed_p95_s > target.p95_s
+            and predicted[active] > UP_FRACTION * target.p95_s
+        )
     )
 
     def to(point: str, reason: str) -> Decision:

@@ -139,7 +139,14 @@ class Classify:
         """Whether a ``POST /classify`` must be refused, decided from what is known before its body
         is read (the middleware asks, at the headers): not ready, the engine gone, the queue full,
         or an expected wait past the request timeout (past the p95 target, while the autopilot is on).
-        None: admit it."""
+        None: admit it. A refusal is counted in the autopilot's arrival rate (an admitted request
+        is counted when it is queued): the load it sees is the load offered, not what got in."""
+        failure = self._refusal()
+        if failure is not None and self.state.pilot is not None:
+            self.state.pilot.refused()
+        return failure
+
+    def _refusal(self) -> Failure | None:
         state = self.state
         if not state.ready:
             return Failure(NOT_READY)
@@ -163,11 +170,15 @@ class Classify:
                 batcher.retry_after(),
             )
         # The autopilot holds a p95 target: where even its cheapest point cannot (it stays above its
-        # accuracy floor), a request that would be answered past the target is refused instead.
-        if state.pilot is not None and wait >= (target := state.pilot.config.target.p95_s):
+        # accuracy floor), a request that would wait past the target before its batch starts is
+        # refused instead. (The wait only: with nothing queued a request is always admitted, so a
+        # compute estimate left high by a burst cannot refuse everything from then on.)
+        if state.pilot is not None and (queued := batcher.expected_wait(arriving)) >= (
+            target := state.pilot.config.target.p95_s
+        ):
             return Failure(
                 OVERLOADED,
-                f"the expected wait ({1000 * wait:.0f} ms) passes the autopilot's p95 target "
+                f"the expected wait ({1000 * queued:.0f} ms) passes the autopilot's p95 target "
                 f"({1000 * target:g} ms); Hint: retry after the Retry-After delay",
                 batcher.retry_after(),
             )

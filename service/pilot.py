@@ -6,7 +6,8 @@ a second, and switches the batcher's active point to the answer.
   batch. A family of one point is refused: there would be nothing to choose.
 - **Accuracy.** Each point's validation accuracy where the bundle records it (the choice is made on
   validation), else its test accuracy.
-- **Measured.** The arrival rate (images submitted to the batcher over the last ``WINDOW_S``), the
+- **Measured.** The arrival rate (images offered over the last ``WINDOW_S``: queued, or refused at
+  their headers, the latter counted at the mean images per request), the
   images queued now, every batch's compute time (the batcher's ``on_computed`` hook) for the cost
   model, and the latency of each request served at the chosen point (arrival to answer), whose
   95th percentile over the window is the observed p95.
@@ -117,14 +118,22 @@ class Pilot:
         self.state: ControllerState | None = None
         self.last: Decision | None = None
         self.observed_p95_s: float | None = None
-        self._arrivals: deque[tuple[float, int]] = deque()  # (time, images) submitted
+        self._arrivals: deque[tuple[float, float]] = deque()  # (time, images) offered: queued or refused
+        self._images_per_request = 1.0  # of the queued requests, a moving mean
         self._latencies: deque[tuple[float, float]] = deque()  # (time answered, seconds) at the chosen point
         self._warmup: dict[tuple[str, int], float] = {}  # (point, images) -> fastest seconds
         self._task: asyncio.Task | None = None
+        self._corrected = -math.inf  # when the correction last learned
 
     # -- fed by the server -------------------------------------------------------------------
     def submitted(self, images: int) -> None:
+        """A request queued (the batcher's hook)."""
         self._arrivals.append((self.clock(), images))
+        self._images_per_request += 0.05 * (images - self._images_per_request)
+
+    def refused(self) -> None:
+        """A request refused at its headers (its images not yet known: counted at the mean)."""
+        self._arrivals.append((self.clock(), self._images_per_request))
 
     def record(self, seconds: float, point: str) -> None:
         """A request without ``?point=`` answered after ``seconds`` at ``point``."""
@@ -208,8 +217,14 @@ class Pilot:
             max_batch=k.max_batch_size,
             max_wait_s=k.max_wait_ms / 1000.0,
         )
-        if self.last is not None and self.last.point == self.state.point:
+        # the correction learns once per window: each window's requests count once
+        if (
+            self.last is not None
+            and self.last.point == self.state.point
+            and now - self._corrected >= WINDOW_S
+        ):
             self.state = update_correction(self.state, self.last.predicted_p95_s, self.observed_p95_s)
+            self._corrected = now
         decision = decide(
             self.candidates, self.costs, load, self.config.target, self.state, now, self.observed_p95_s
         )

@@ -89,9 +89,15 @@ def test_the_choice_the_floor_and_the_dwell():
     assert decide(FRONT, costs, quiet, TARGET, low, 5.0 + DWELL_S / 2).point == "lean"
     d = decide(FRONT, costs, quiet, TARGET, low, 5.0 + DWELL_S)
     assert (d.point, d.reason) == ("top", "up") and d.state.since == 5.0 + DWELL_S
-    # an observed breach moves down even where the model predicts the target is met
-    d = decide(FRONT, costs, quiet, TARGET, state, 10.0, observed_p95_s=0.2)
+    # an observed breach moves down where the model puts the point near the target ...
+    near = Load(rate=0.7 * capacity("top"), queued=0, max_batch=32, max_wait_s=0.005)
+    assert 0.7 * TARGET.p95_s < predict_p95(*COST["top"], near) <= TARGET.p95_s
+    assert decide(FRONT, costs, near, TARGET, state, 10.0).point == "top"
+    d = decide(FRONT, costs, near, TARGET, state, 10.0, observed_p95_s=0.2)
     assert (d.point, d.reason) == ("mid", "down")
+    # ... but a lone spike at a load far below it does not
+    d = decide(FRONT, costs, quiet, TARGET, state, 10.0, observed_p95_s=0.2)
+    assert (d.point, d.reason) == ("top", "hold")
     with pytest.raises(ValueError, match="min_accuracy"):
         decide(FRONT, costs, quiet, Target(0.1, 0.95), state, 0.0)
 

@@ -65,6 +65,21 @@ def test_on_shown_and_off(client):
     assert "skipvit_autopilot_enabled 0.0" in client.get("/metrics").text
 
 
+def test_shedding_at_the_target_never_refuses_an_empty_queue(client):
+    from skipvit.service.state import service_state
+
+    r = client.put("/config", json={"autopilot": {"p95_ms": 50, "family": "rl"}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    try:
+        wait_decided(client)
+        batcher = service_state(client.app).batcher
+        batcher._compute_s = 10.0  # a batch estimate left far past the target by a burst
+        image = png_bytes(np.zeros((16, 16), np.uint8))
+        assert client.post("/classify", files=files(image)).status_code == 200  # nothing queued: admitted
+    finally:
+        client.put("/config", json={"autopilot": None}, headers=AUTH)
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [

@@ -231,10 +231,10 @@ async def step_load(
             conn.close()
             opened -= 1
             outcomes.append(Outcome(at, clock() - start, "unanswered"))
-        except (OSError, asyncio.IncompleteReadError, ProtocolError, ValueError, KeyError):
+        except (OSError, asyncio.IncompleteReadError, ProtocolError, ValueError, KeyError) as e:
             conn.close()
             opened -= 1
-            outcomes.append(Outcome(at, clock() - start, "error"))
+            outcomes.append(Outcome(at, clock() - start, f"error: {type(e).__name__}"))
 
     for k, at in enumerate(due):
         if (delay := start + at - clock()) > 0:

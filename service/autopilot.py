@@ -38,7 +38,11 @@ p95 meets the target. Hysteresis, so that a constant load gives a constant point
   while the prediction is above ``UP_FRACTION`` of the target;
 - up only to a point predicted at or below ``UP_FRACTION`` of the target, and only after
   ``DWELL_S`` seconds on the active point;
-- between the two, stay.
+- between the two, stay;
+- while the server refuses more than ``SHED_TOLERANCE`` of the offered requests (its admission sheds
+  what would be answered past the target), the active point is past capacity whatever the model
+  predicts (the model times the engine alone; the HTTP work and other processes share the CPU):
+  down, and never up.
 
 Started from a point outside the family (or below the floor), the first choice is the most
 accurate point that meets the target (reason ``start``).
@@ -56,6 +60,7 @@ from dataclasses import dataclass, field, replace
 
 UP_FRACTION = 0.7  # move up only to a point predicted at <= 70% of the target
 DWELL_S = 3.0  # ... and only after this long on the active point
+SHED_TOLERANCE = 0.01  # refusing more than this share of the offered load means: past capacity
 SPREAD = 2.0  # b95 = b* + SPREAD * sqrt(b*): the Poisson count's 95th percentile, about
 EWMA = 0.2  # weight of one new observation in a correction factor
 CORRECTION_BOUNDS = (0.5, 4.0)  # observed / predicted p95 is trusted within these
@@ -83,10 +88,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Load:
-    rate: float  # images/s arriving (recent)
+    rate: float  # images/s arriving (recent), refused ones included
     queued: int  # images waiting now
     max_batch: int  # images in one forward at most
     max_wait_s: float  # longest a request waits for company
+    refused_share: float = 0.0  # of the requests offered recently, the share the server refused
 
 
 # ---------------------------------------------------------------- costs
@@ -224,8 +230,10 @@ def decide(
     # An observed breach counts where the model puts the point near the target too; a lone spike
     # (a pause, a burst) at a load far below it moves nothing but the correction factor, which a
     # lasting breach raises until the prediction passes the target.
+    shedding = load.refused_share > SHED_TOLERANCE
     over = (
         active is None
+        or shedding  # the server refuses load at this point: whatever the model says, it is past capacity
         or predicted[active] > target.p95_s
         or (
             observed_p95_s is not None
@@ -249,7 +257,7 @@ def decide(
         cheapest = min(ranked, key=lambda c: costs.batch_s(c.id, load.max_batch, now))
         return to(cheapest.id, "floor")
     accuracy = next(c.accuracy for c in ranked if c.id == active)
-    if now - state.since >= DWELL_S:
+    if now - state.since >= DWELL_S and not shedding:
         up = [c for c in meets if c.accuracy > accuracy and predicted[c.id] <= UP_FRACTION * target.p95_s]
         if up:
             return to(up[0].id, "up")

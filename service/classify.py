@@ -51,6 +51,7 @@ from skipvit.service.schemas import ClassifyResponse, classify_body
 from skipvit.service.state import ServiceState
 
 log = logging.getLogger("skipvit.service")
+SHED_AT = 0.8  # while the autopilot is on: refuse what is expected to be answered past 80% of its target
 WATCH_DISCONNECT_AFTER_S = 0.25  # a request still unanswered by then is dropped if its client leaves
 
 
@@ -170,15 +171,17 @@ class Classify:
                 batcher.retry_after(),
             )
         # The autopilot holds a p95 target: where even its cheapest point cannot (it stays above its
-        # accuracy floor), a request that would wait past the target before its batch starts is
-        # refused instead. (The wait only: with nothing queued a request is always admitted, so a
-        # compute estimate left high by a burst cannot refuse everything from then on.)
-        if state.pilot is not None and (queued := batcher.expected_wait(arriving)) >= (
-            target := state.pilot.config.target.p95_s
+        # accuracy floor), a request expected to be answered past SHED_AT of the target (room for
+        # the HTTP work and the spread) is refused instead. Never with nothing queued and the engine
+        # idle: a compute estimate left high by a burst could otherwise refuse everything from then on.
+        if (
+            state.pilot is not None
+            and batcher.expected_wait(arriving) > 0
+            and wait >= SHED_AT * (target := state.pilot.config.target.p95_s)
         ):
             return Failure(
                 OVERLOADED,
-                f"the expected wait ({1000 * queued:.0f} ms) passes the autopilot's p95 target "
+                f"the expected wait ({1000 * wait:.0f} ms) passes the autopilot's p95 target "
                 f"({1000 * target:g} ms); Hint: retry after the Retry-After delay",
                 batcher.retry_after(),
             )

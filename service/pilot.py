@@ -120,6 +120,7 @@ class Pilot:
         self.observed_p95_s: float | None = None
         self._arrivals: deque[tuple[float, float]] = deque()  # (time, images) offered: queued or refused
         self._images_per_request = 1.0  # of the queued requests, a moving mean
+        self._refusals: deque[float] = deque()  # when requests were refused
         self._latencies: deque[tuple[float, float]] = deque()  # (time answered, seconds) at the chosen point
         self._warmup: dict[tuple[str, int], float] = {}  # (point, images) -> fastest seconds
         self._task: asyncio.Task | None = None
@@ -133,7 +134,9 @@ class Pilot:
 
     def refused(self) -> None:
         """A request refused at its headers (its images not yet known: counted at the mean)."""
-        self._arrivals.append((self.clock(), self._images_per_request))
+        now = self.clock()
+        self._arrivals.append((now, self._images_per_request))
+        self._refusals.append(now)
 
     def record(self, seconds: float, point: str) -> None:
         """A request without ``?point=`` answered after ``seconds`` at ``point``."""
@@ -208,6 +211,8 @@ class Pilot:
             self._arrivals.popleft()
         while self._latencies and self._latencies[0][0] < now - WINDOW_S:
             self._latencies.popleft()
+        while self._refusals and self._refusals[0] < now - WINDOW_S:
+            self._refusals.popleft()
         lat = sorted(s for _, s in self._latencies)
         self.observed_p95_s = lat[int(0.95 * (len(lat) - 1))] if len(lat) >= MIN_OBSERVED else None
         k = self.batcher.knobs
@@ -216,6 +221,7 @@ class Pilot:
             queued=self.batcher.queued_images,
             max_batch=k.max_batch_size,
             max_wait_s=k.max_wait_ms / 1000.0,
+            refused_share=len(self._refusals) / max(1, len(self._arrivals)),
         )
         # the correction learns once per window: each window's requests count once
         if (

@@ -52,7 +52,8 @@ def test_top_level_help_imports_no_command_module_and_no_torch():
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "False False"
     assert (
-        "{static,rl,exits}" in done.stdout and "{server,model,overload,big-images,autopilot,kernel}" in done.stdout
+        "{static,rl,exits}" in done.stdout
+        and "{server,model,overload,big-images,autopilot,kernel}" in done.stdout
     )  # the groups
 
 

@@ -95,6 +95,11 @@ def test_the_choice_the_floor_and_the_dwell():
     assert decide(FRONT, costs, near, TARGET, state, 10.0).point == "top"
     d = decide(FRONT, costs, near, TARGET, state, 10.0, observed_p95_s=0.2)
     assert (d.point, d.reason) == ("mid", "down")
+    # the server shedding load at the active point: down whatever the model says, and never up
+    shed = Load(rate=50, queued=0, max_batch=32, max_wait_s=0.005, refused_share=0.2)
+    assert decide(FRONT, costs, shed, TARGET, state, 10.0).reason == "down"
+    low_shed = ControllerState("lean", since=0.0)
+    assert decide(FRONT, costs, shed, TARGET, low_shed, 10.0).point == "lean"  # the cheapest: stays
     # ... but a lone spike at a load far below it does not
     d = decide(FRONT, costs, quiet, TARGET, state, 10.0, observed_p95_s=0.2)
     assert (d.point, d.reason) == ("top", "hold")

@@ -216,11 +216,22 @@ async def step_load(
     outcomes: list[Outcome] = []
     pending: set[asyncio.Task] = set()
 
-    async def one(conn: Connection, k: int, at: float) -> None:
+    async def send(conn: Connection, data: bytes, reused: bool):
+        """As ``benchmarks.openloop``: a kept-alive connection the server had closed (its idle
+        timeout), with nothing answered, is tried again once on a new one, as HTTP clients do."""
+        try:
+            return await conn.request(data)
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as e:
+            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                raise
+            conn.close()
+            return await conn.request(data)
+
+    async def one(conn: Connection, k: int, at: float, reused: bool) -> None:
         nonlocal opened
         i = k % len(requests)
         try:
-            resp = await asyncio.wait_for(conn.request(requests[i]), answer_timeout_s)
+            resp = await asyncio.wait_for(send(conn, requests[i], reused), answer_timeout_s)
             point, correct = None, None
             if resp.status == 200:
                 body = json.loads(resp.body)
@@ -242,11 +253,11 @@ async def step_load(
         if not idle and opened >= max_connections:
             outcomes.append(Outcome(at, at, "not sent"))
             continue
-        if idle:
+        if reused := bool(idle):
             conn = idle.pop()
         else:
             conn, opened = Connection(HOST, port), opened + 1
-        task = asyncio.create_task(one(conn, k, at))
+        task = asyncio.create_task(one(conn, k, at, reused))
         pending.add(task)
         task.add_done_callback(pending.discard)
     if pending:

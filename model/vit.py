@@ -23,11 +23,11 @@ Two compaction modes (``compaction=``; ``kernels`` has the contracts):
   each block); a caller such as the serving engine can pass a running estimate, e.g. from
   ``ForwardOutput.executed.sum(0)`` of recent batches.
 
-On the CPU, in inference (no autograd), a block runs a large batch in chunks of about
-``cpu_chunk_tokens`` token rows (images x tokens): each chunk's activations stay in cache, which
-measured 15-30% more images/s at batch 32 (ViT-S/16) and 1024 (this project's 28x28 model) on a
-2-core machine, at no cost to small batches. Each image is computed by the same arithmetic either
-way; only the matrix shapes handed to the BLAS change. ``None`` turns it off.
+On the CPU, in inference (no autograd), a block runs a batch of more than twice
+``cpu_chunk_tokens`` token rows (images x tokens) in equal chunks of at most that many: each
+chunk's activations stay in cache (``skipvit bench model --unchunked`` measures the gain against
+whole batches). Each image is computed by the same arithmetic either way; only the matrix shapes
+handed to the BLAS change. ``None`` turns it off.
 """
 
 from __future__ import annotations
@@ -174,10 +174,11 @@ class AdaptiveViT(nn.Module):
         block = self.block(j)
         if self.cpu_chunk_tokens is None or x.device.type != "cpu" or torch.is_grad_enabled():
             return block(x)
-        per = max(1, self.cpu_chunk_tokens // x.shape[1])  # images per chunk
-        if x.shape[0] <= per:
+        per = max(1, self.cpu_chunk_tokens // x.shape[1])  # images per chunk, at most
+        if x.shape[0] <= 2 * per:  # two chunks or fewer: the whole batch measured as fast
             return block(x)
-        return torch.cat([block(c) for c in x.split(per)])
+        pieces = -(-x.shape[0] // per)
+        return torch.cat([block(c) for c in x.split(-(-x.shape[0] // pieces))])  # equal chunks
 
     def embed(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
         h = self.patch_embed(x)  # (B, N, D)

@@ -212,9 +212,12 @@ def test_a_large_cpu_batch_runs_each_block_in_chunks_with_the_same_result(tiny_m
             whole = tiny_model(x).logits
             assert calls == [10]
             calls.clear()
-            tiny_model.cpu_chunk_tokens = 4 * tokens  # four images per chunk
+            tiny_model.cpu_chunk_tokens = 4 * tokens  # at most four images per chunk
             chunked = tiny_model(x).logits
-            assert calls == [4, 4, 2]
+            assert calls == [4, 4, 2]  # ten images: three chunks (split as equal as 4-image chunks go)
+            calls.clear()
+            tiny_model(x[:8])
+            assert calls == [8]  # not more than twice a chunk: whole
         calls.clear()
         tiny_model(x)  # autograd on (training, gradients): never in chunks
         assert calls == [10]

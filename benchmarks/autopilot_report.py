@@ -17,6 +17,7 @@ SETTLE_S = 2.0  # windows this soon after a step are not judged
 P95_WINDOWS = 0.95  # share of judged windows whose p95 must meet the target
 GOODPUT_SHARE = 0.97  # answered / offered in a step a point above the floor can carry
 CARRY_MARGIN = 0.9  # a step is "carried" by a point if offered <= this x its capacity
+NOT_SENT = "not sent"  # the generator had no connection free (its cap): never reached the server
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def step_summary(outcomes: list[Outcome], steps: list[dict]) -> list[dict]:
                 "offered_per_s": len(due) / span,
                 "good_per_s": len(ok) / span,
                 "refused": sum(1 for o in due if o.status == 503),
-                "failed": sum(1 for o in due if o.status not in (200, 503)),
+                "failed": sum(1 for o in due if o.status not in (200, 503, NOT_SENT)),
+                "not_sent": sum(1 for o in due if o.status == NOT_SENT),
                 "not_200": dict(Counter(str(o.status) for o in due if o.status != 200)),
                 "accuracy": sum(bool(o.correct) for o in ok) / len(ok) if ok else math.nan,
                 "p95_ms": percentile([1000 * (o.done - o.scheduled) for o in ok], 95),
@@ -171,8 +173,8 @@ def render(report: dict) -> str:
         f"capacity; real Fashion-MNIST test images, accuracy from their labels. Figures per step from "
         f"{SETTLE_S:g} s after its start.",
         "",
-        "| step | offered/s | arm | good/s | p95 ms | 503s | other failures | accuracy | points (answers) |",
-        "|---|--:|---|--:|--:|--:|--:|--:|---|",
+        "| step | offered/s | arm | good/s | p95 ms | 503s | other failures | not sent | accuracy | points (answers) |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|---|",
     ]
     for i, st in enumerate(report["steps"]):
         for arm in ("off", "on"):
@@ -180,14 +182,23 @@ def render(report: dict) -> str:
             pts = ", ".join(f"{p} ({n})" for p, n in list(r["points"].items())[:3])
             lines.append(
                 f"| {st['multiple']:g}x | {_f(r['offered_per_s'], 0)} | {arm} | {_f(r['good_per_s'], 0)} | "
-                f"{_f(r['p95_ms'])} | {r['refused']} | {r['failed']} | {_f(100 * r['accuracy'], 2)}% | {pts} |"
+                f"{_f(r['p95_ms'])} | {r['refused']} | {r['failed']} | {r.get('not_sent', 0)} | "
+                f"{_f(100 * r['accuracy'], 2)}% | {pts} |"
             )
-    lines += ["", "Targets (autopilot on):", ""]
+    lines += [
+        "",
+        "Not sent: due while every connection of the generator (its cap, `--max-connections`) was busy; "
+        "they never reached the server and count in no target.",
+        "",
+        "Targets (autopilot on):",
+        "",
+    ]
     for name, t in report["targets"].items():
         lines.append(
             f"- {name.replace('_', ' ')} ({t['target']}): **{'met' if t['met'] else 'not met'}** ({t['measured']})"
         )
-    lines += ["", f"Per-second windows and the plot: `{report['png']}` and the JSON next to it."]
+    lines += ["", f"![rate, p95 and accuracy per second, both arms]({Path(report['png']).name})"]
+    lines += ["", "Per-second windows: in the JSON the command wrote."]
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,15 @@ from pathlib import Path
 
 from skipvit import flags
 from skipvit.benchmarks import served
-from skipvit.benchmarks.autopilot_report import Outcome, plot_png, render, step_summary, verdict, windows
+from skipvit.benchmarks.autopilot_report import (
+    NOT_SENT,
+    Outcome,
+    plot_png,
+    render,
+    step_summary,
+    verdict,
+    windows,
+)
 from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_pngs
 from skipvit.benchmarks.loadgen import (
     Connection,
@@ -61,6 +69,7 @@ def add_arguments(p) -> None:
     p.add_argument("--request-timeout", type=float, default=10.0, help="SKIPVIT_REQUEST_TIMEOUT_S")
     p.add_argument("--max-connections", type=int, default=4000)
     served.add_common(p, "runs/bench/autopilot.json")
+    p.add_argument("--out-png", default=None, help="the plot (default: next to the JSON, .png)")
 
 
 def plan_points(bundle_dir: Path, family: str, p95_ms: float, min_accuracy: float) -> dict:
@@ -108,7 +117,7 @@ def run(args) -> None:
     report["targets"] = verdict(
         on["windows"], on["steps"], report["steps"], args.p95_ms, points["top"], report["capacity"]["floor"]
     )
-    out_png = Path(args.out_json).with_suffix(".png")
+    out_png = Path(args.out_png) if args.out_png else Path(args.out_json).with_suffix(".png")
     report["png"] = str(out_png)
     plot_png(report, out_png)
     served.write(report, render(report), args.out_json, args.out_md)
@@ -251,7 +260,7 @@ async def step_load(
         if (delay := start + at - clock()) > 0:
             await asyncio.sleep(delay)
         if not idle and opened >= max_connections:
-            outcomes.append(Outcome(at, at, "not sent"))
+            outcomes.append(Outcome(at, at, NOT_SENT))
             continue
         if reused := bool(idle):
             conn = idle.pop()

@@ -57,6 +57,9 @@ def test_the_verdict_reads_each_target():
     assert not v["no_failures_but_shedding"]["met"] and not v["goodput_where_a_point_carries_the_load"]["met"]
     v = verdict(windows(shed, STEPS), step_summary(shed, STEPS), STEPS, 100.0, "top", floor_capacity=50.0)
     assert v["no_failures_but_shedding"]["met"]  # 80/s is past the floor point's 50: shedding is allowed
+    unsent = outcomes(step2_status="not sent")  # the generator's cap: never reached the server
+    v = verdict(windows(unsent, STEPS), step_summary(unsent, STEPS), STEPS, 100.0, "top", 50.0)
+    assert v["no_failures_but_shedding"]["met"] and step_summary(unsent, STEPS)[1]["not_sent"] == 40
     broken = outcomes(step2_status="error")
     v = verdict(windows(broken, STEPS), step_summary(broken, STEPS), STEPS, 100.0, "top", 50.0)
     assert not v["no_failures_but_shedding"]["met"]

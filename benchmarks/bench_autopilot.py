@@ -42,7 +42,6 @@ from skipvit.benchmarks.autopilot_report import (
 from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_pngs
 from skipvit.benchmarks.loadgen import (
     Connection,
-    ProtocolError,
     classify_request,
     http_get,
     request_pool,
@@ -50,6 +49,7 @@ from skipvit.benchmarks.loadgen import (
     run_level,
     summarize,
 )
+from skipvit.benchmarks.openloop import Sent, dispatch
 
 
 def add_arguments(p) -> None:
@@ -212,65 +212,38 @@ async def step_load(
     answer_timeout_s: float,
     max_connections: int,
 ) -> list[Outcome]:
-    """Open loop: each step's requests at its rate, request k carrying image k mod N; latency from
-    the scheduled time (no coordinated omission). Every request sent ends as one outcome."""
-    clock = time.perf_counter
-    start = clock() + 0.05
-    due: list[float] = []
+    """Open loop (``benchmarks.openloop.dispatch``): each step's requests at its rate, request k
+    carrying image k mod N; latency from the scheduled time (no coordinated omission). Every
+    request ends as one outcome, times in seconds since the arm started."""
+    start = time.perf_counter() + 0.05
+    at: list[float] = []
     for st in steps:
         n = int(st["offered_per_s"] * st["duration_s"])
-        due += [st["start_s"] + k / st["offered_per_s"] for k in range(n)]
-    idle: list[Connection] = []
-    opened = 0
+        at += [st["start_s"] + k / st["offered_per_s"] for k in range(n)]
     outcomes: list[Outcome] = []
-    pending: set[asyncio.Task] = set()
 
-    async def send(conn: Connection, data: bytes, reused: bool):
-        """As ``benchmarks.openloop``: a kept-alive connection the server had closed (its idle
-        timeout), with nothing answered, is tried again once on a new one, as HTTP clients do."""
-        try:
-            return await conn.request(data)
-        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as e:
-            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
-                raise
-            conn.close()
-            return await conn.request(data)
-
-    async def one(conn: Connection, k: int, at: float, reused: bool) -> None:
-        nonlocal opened
-        i = k % len(requests)
-        try:
-            resp = await asyncio.wait_for(send(conn, requests[i], reused), answer_timeout_s)
-            point, correct = None, None
-            if resp.status == 200:
-                body = json.loads(resp.body)
+    def record(sent: Sent) -> None:
+        t0, t1 = sent.due - start, sent.done - start
+        if sent.response is None:
+            outcomes.append(Outcome(t0, t1, NOT_SENT if sent.failure == "not sent" else sent.failure))
+            return
+        point, correct, status = None, None, sent.response.status
+        if status == 200:
+            try:
+                body = json.loads(sent.response.body)
+                i = sent.k % len(requests)
                 point, correct = body["point"], body["results"][0]["index"] == labels[i]
-            outcomes.append(Outcome(at, clock() - start, resp.status, point, correct))
-            idle.append(conn)
-        except TimeoutError:
-            conn.close()
-            opened -= 1
-            outcomes.append(Outcome(at, clock() - start, "unanswered"))
-        except (OSError, asyncio.IncompleteReadError, ProtocolError, ValueError, KeyError) as e:
-            conn.close()
-            opened -= 1
-            outcomes.append(Outcome(at, clock() - start, f"error: {type(e).__name__}"))
+            except (ValueError, KeyError, IndexError, TypeError):
+                status = "error: not the /classify JSON"
+        outcomes.append(Outcome(t0, t1, status, point, correct))
 
-    for k, at in enumerate(due):
-        if (delay := start + at - clock()) > 0:
-            await asyncio.sleep(delay)
-        if not idle and opened >= max_connections:
-            outcomes.append(Outcome(at, at, NOT_SENT))
-            continue
-        if reused := bool(idle):
-            conn = idle.pop()
-        else:
-            conn, opened = Connection(HOST, port), opened + 1
-        task = asyncio.create_task(one(conn, k, at, reused))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    if pending:
-        await asyncio.wait(pending)
-    for conn in idle:
-        conn.close()
+    await dispatch(
+        HOST,
+        port,
+        [start + a for a in at],
+        lambda k: requests[k % len(requests)],
+        record,
+        answer_timeout_s=answer_timeout_s,
+        max_connections=max_connections,
+    )
     return outcomes

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from skipvit.benchmarks.loadgen import Connection, ProtocolError, check_classify, percentile
+from skipvit.benchmarks.loadgen import Connection, ProtocolError, Response, check_classify, percentile
 
 
 @dataclass
@@ -77,6 +77,97 @@ def _max(values: Sequence[float]) -> float:
     return values[-1] if values else float("nan")
 
 
+@dataclass
+class Sent:
+    """What became of one scheduled request: its answer, or why there is none."""
+
+    k: int  # its index in the schedule
+    due: float  # perf_counter time it was due
+    done: float  # when its outcome was known
+    response: Response | None  # the answer, if one came
+    failure: str | None = None  # "unanswered", "error", or "not sent" (every connection busy at the cap)
+
+
+@dataclass
+class Dispatch:
+    """Counts kept over one schedule (``dispatch``)."""
+
+    not_sent: int = 0
+    stale_retries: int = 0
+    errors: Counter = field(default_factory=Counter)  # transport errors, by kind
+    client_cpu_s: float = 0.0  # this process's CPU time while sending
+
+
+async def dispatch(
+    host: str,
+    port: int,
+    due: Sequence[float],
+    request_of: Callable[[int], bytes],
+    on_sent: Callable[[Sent], None],
+    *,
+    answer_timeout_s: float,
+    max_connections: int,
+) -> Dispatch:
+    """Send request ``request_of(k)`` at perf_counter time ``due[k]`` (ascending), each on an idle
+    kept-alive connection or a new one up to ``max_connections``; ``on_sent`` hears every request's
+    outcome once. Returns when every answer came (at most ``answer_timeout_s`` each)."""
+    clock = time.perf_counter
+    stats = Dispatch()
+    idle: list[Connection] = []
+    opened = 0
+    pending: set[asyncio.Task] = set()
+
+    async def send(conn: Connection, data: bytes, reused: bool) -> Response:
+        """The answer to ``data``; on a kept-alive connection the server had already closed (it
+        answered nothing), sent again once on a new one, as HTTP clients do."""
+        try:
+            return await conn.request(data)
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as e:
+            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                raise
+            conn.close()
+            stats.stale_retries += 1
+            return await conn.request(data)
+
+    async def one(conn: Connection, k: int, reused: bool) -> None:
+        nonlocal opened
+        try:
+            resp = await asyncio.wait_for(send(conn, request_of(k), reused), answer_timeout_s)
+            on_sent(Sent(k, due[k], clock(), resp))
+            idle.append(conn)
+        except TimeoutError:
+            conn.close()
+            opened -= 1
+            on_sent(Sent(k, due[k], clock(), None, "unanswered"))
+        except (OSError, asyncio.IncompleteReadError, ProtocolError) as e:
+            conn.close()
+            opened -= 1
+            stats.errors[f"{type(e).__name__}{' on a kept-alive connection' if reused else ''}"] += 1
+            on_sent(Sent(k, due[k], clock(), None, "error"))
+
+    cpu0 = time.process_time()
+    for k, at in enumerate(due):
+        if (delay := at - clock()) > 0:
+            await asyncio.sleep(delay)
+        if not idle and opened >= max_connections:
+            stats.not_sent += 1
+            on_sent(Sent(k, at, at, None, "not sent"))
+            continue
+        if reused := bool(idle):
+            conn = idle.pop()
+        else:
+            conn, opened = Connection(host, port), opened + 1
+        task = asyncio.create_task(one(conn, k, reused))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    stats.client_cpu_s = time.process_time() - cpu0
+    if pending:
+        await asyncio.wait(pending)
+    for conn in idle:
+        conn.close()
+    return stats
+
+
 async def open_loop(
     host: str,
     port: int,
@@ -91,62 +182,28 @@ async def open_loop(
 ) -> OpenLoopResult:
     """Send ``rate`` requests per second for ``warmup_s + duration_s`` seconds, then wait for every
     answer (at most ``answer_timeout_s`` each). The window is the last ``duration_s`` seconds."""
-    clock = time.perf_counter
-    start = clock() + 0.05
+    start = time.perf_counter() + 0.05
     res = OpenLoopResult(rate, (start + warmup_s, start + warmup_s + duration_s))
-    idle: list[Connection] = []
-    opened = 0
-    pending: set[asyncio.Task] = set()
 
-    async def send(conn: Connection, data: bytes, reused: bool):
-        """The answer to ``data``; on a kept-alive connection the server had already closed (it
-        answered nothing), sent again once on a new one, as HTTP clients do."""
-        try:
-            return await conn.request(data)
-        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as e:
-            if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
-                raise
-            conn.close()
-            res.stale_retries += 1
-            return await conn.request(data)
+    def record(sent: Sent) -> None:
+        if sent.failure == "not sent":
+            return
+        if sent.response is None:
+            res.outcomes.append(Outcome(sent.due, sent.done, sent.failure or "error", False))
+            return
+        good = check_classify(sent.response, images_per_request) is None
+        res.outcomes.append(Outcome(sent.due, sent.done, sent.response.status, good))
 
-    async def one(conn: Connection, k: int, due: float, reused: bool) -> None:
-        nonlocal opened
-        try:
-            resp = await asyncio.wait_for(send(conn, requests[k % len(requests)], reused), answer_timeout_s)
-            res.outcomes.append(
-                Outcome(due, clock(), resp.status, check_classify(resp, images_per_request) is None)
-            )
-            idle.append(conn)
-        except TimeoutError:
-            conn.close()
-            opened -= 1
-            res.outcomes.append(Outcome(due, clock(), "unanswered", False))
-        except (OSError, asyncio.IncompleteReadError, ProtocolError) as e:
-            conn.close()
-            opened -= 1
-            res.errors[f"{type(e).__name__}{' on a kept-alive connection' if reused else ''}"] += 1
-            res.outcomes.append(Outcome(due, clock(), "error", False))
-
-    total = int(rate * (warmup_s + duration_s))
-    cpu0 = time.process_time()
-    for k in range(total):
-        due = start + k / rate
-        if (delay := due - clock()) > 0:
-            await asyncio.sleep(delay)
-        if not idle and opened >= max_connections:
-            res.not_sent += 1
-            continue
-        if reused := bool(idle):
-            conn = idle.pop()
-        else:
-            conn, opened = Connection(host, port), opened + 1
-        task = asyncio.create_task(one(conn, k, due, reused))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    res.client_cpu_s = time.process_time() - cpu0
-    if pending:
-        await asyncio.wait(pending)
-    for conn in idle:
-        conn.close()
+    due = [start + k / rate for k in range(int(rate * (warmup_s + duration_s)))]
+    stats = await dispatch(
+        host,
+        port,
+        due,
+        lambda k: requests[k % len(requests)],
+        record,
+        answer_timeout_s=answer_timeout_s,
+        max_connections=max_connections,
+    )
+    res.not_sent, res.stale_retries, res.errors = stats.not_sent, stats.stale_retries, stats.errors
+    res.client_cpu_s = stats.client_cpu_s
     return res

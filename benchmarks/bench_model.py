@@ -13,13 +13,15 @@ One run, every figure measured in it, on real test images of the bundle's datase
   ``transformers``: transformers' own forward (SDPA attention) of the model the bundle was
   imported from;
 - warm-up: every configuration runs a few untimed forwards at every batch size;
-- timing: ``--rounds`` rounds; in each round the batch sizes, and within a batch size the
-  configurations, come in a freshly shuffled order (seeded), each measured for ``--min-seconds``
-  (and at least ``--repeats`` calls) of back-to-back forwards under ``torch.inference_mode()``,
-  so drift hits every configuration alike; images/s is the median over rounds, and the ratios
-  (achieved speedup, gates-on overhead) are medians of the per-round ratios, paired in time;
-  a measurement cycles through the batches of the first ``--limit`` test images, continuing
-  where the last one stopped;
+- timing: ``--rounds`` rounds; in each round the batch sizes come in a freshly shuffled order
+  (seeded), and at each batch size the configurations take turns one forward at a time, in a
+  freshly shuffled order every turn, until each has had about ``--min-seconds`` (and at least
+  ``--repeats`` forwards), under ``torch.inference_mode()``. Interleaving single forwards puts
+  every configuration in the same seconds, so the drift of a shared machine (measured here: +-15%
+  between consecutive seconds) hits them alike; images/s is the median over rounds, and the
+  ratios (achieved speedup, gates-on overhead, ours / transformers) are medians of the per-round
+  ratios; a configuration cycles through the batches of the first ``--limit`` test images,
+  continuing where it last stopped;
 - mean layers: after timing, from ``ForwardOutput.executed`` on exactly the images timed, each
   weighted by how often it was timed (one more untimed forward per distinct batch);
 - memory: after timing, one more forward per (configuration, batch size): on CUDA the peak of
@@ -329,6 +331,35 @@ def timed(
     return calls, time.perf_counter() - t0
 
 
+def interleaved(
+    configs: list[Config],
+    batches: list[torch.Tensor],
+    cursor: dict,
+    b: int,
+    min_seconds: float,
+    repeats: int,
+    device: torch.device,
+    rng: random.Random,
+) -> dict[str, tuple[int, float]]:
+    """{config id: (forwards, seconds)}: the configurations take turns, one forward each in a
+    shuffled order per turn, until each has had ``min_seconds`` and ``repeats`` forwards; each
+    forward starts at the batch after the one it ran last (``cursor``, per config and batch size)."""
+    took = {c.id: [0, 0.0] for c in configs}
+    order = list(configs)
+    while not all(n >= repeats and s >= min_seconds for n, s in took.values()):
+        rng.shuffle(order)
+        for c in order:
+            x = batches[cursor[c.id, b] % len(batches)]
+            _sync(device)
+            t0 = time.perf_counter()
+            c.model(x, c.make_policy())
+            _sync(device)
+            took[c.id][1] += time.perf_counter() - t0
+            took[c.id][0] += 1
+            cursor[c.id, b] += 1
+    return {k: (n, s) for k, (n, s) in took.items()}
+
+
 def mean_layers(cfg: Config, batches: list[torch.Tensor], calls: int | None = None) -> float:
     """Mean layers run per image over the first ``calls`` forwards of a measurement that cycles
     through ``batches`` from index 0 (every batch once if ``calls`` is None): exactly the images
@@ -404,9 +435,9 @@ def measure(configs: list[Config], x: torch.Tensor, args, device: torch.device) 
     for r in range(args.rounds):
         t_round = time.perf_counter()
         for b in rng.sample(sizes, len(sizes)):
-            for c in rng.sample(configs, len(configs)):
-                calls, seconds = timed(c, batches[b], cursor[c.id, b], args.min_seconds, args.repeats, device)
-                cursor[c.id, b] += calls
+            took = interleaved(configs, batches[b], cursor, b, args.min_seconds, args.repeats, device, rng)
+            for c in configs:
+                calls, seconds = took[c.id]
                 out[c.id][b]["rounds"].append(
                     {"calls": calls, "seconds": seconds, "images_per_s": calls * b / seconds}
                 )
@@ -538,9 +569,10 @@ def run(args) -> None:
         },
         "method": {
             "timing": "warm-up (a few untimed forwards per configuration and batch size), then rounds; "
-            "each round shuffles the batch sizes and, within one, the configurations (seeded); a "
-            "measurement is back-to-back forwards for min_seconds (>= repeats calls) under "
-            "torch.inference_mode(), cycling through the batches; images/s = median over rounds",
+            "each round shuffles the batch sizes (seeded); at each, the configurations take turns one "
+            "forward at a time (order shuffled every turn) until each has had min_seconds (>= repeats "
+            "forwards) under torch.inference_mode(), cycling through the batches; images/s = median "
+            "over rounds",
             "mean_layers": "ForwardOutput.executed on exactly the images timed, weighted by times timed",
             "ratios": "achieved speedup, gates-on overhead and ours / transformers are medians over "
             "rounds of per-round ratios against static at the same batch size",

@@ -236,10 +236,11 @@ def render_markdown(report: dict) -> str:
         "",
         f"Device {dev}; CPU {m['cpu']}, {m['cores']} cores; torch {m['torch']} ({s['threads']} threads); "
         f"bundle `{report['bundle']}` ({_images(report['data'])}); "
-        f"{s['rounds']} rounds, configurations alternating, >= {s['min_seconds']:g} s and >= {s['repeats']} "
-        f"call(s) per measurement; points: {s['points_rule']}. images/s: median over rounds; achieved "
-        "and gates-on overhead: medians of the per-round ratios to static (paired in time), so they need "
-        "not equal the ratio of the images/s medians.",
+        f"{s['rounds']} rounds; in each, at each batch size, the configurations take turns one forward at a "
+        f"time until each has had >= {s['min_seconds']:g} s and >= {s['repeats']} call(s); points: "
+        f"{s['points_rule']}. images/s: median over rounds; achieved, gates-on overhead and ours / "
+        "transformers: medians of the per-round ratios to static (paired in time), so they need not equal "
+        "the ratio of the images/s medians.",
         "",
         f"| batch | config | images/s | mean layers | ideal (depth/layers) | ideal (FLOPs) | achieved | "
         f"achieved/ideal (FLOPs) | achieved/ideal (layers) | gates-on overhead | {ref_head}{mem_head} |",

@@ -481,6 +481,14 @@
     }
   }
 
+  function putConfig(token, change) {
+    return api("config", {
+      method: "PUT",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify(change),
+    });
+  }
+
   // ---------------------------------------------------------------- autopilot
 
   const ms = (v) => (v === null || v === undefined ? "–" : `${Math.round(v)} ms`);
@@ -510,11 +518,7 @@
       : null;
     setStatus(status, "pending", on ? "Turning the autopilot on…" : "Turning the autopilot off…");
     try {
-      const cfg = await api("config", {
-        method: "PUT",
-        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-        body: JSON.stringify({ autopilot }),
-      });
+      const cfg = await putConfig(token, { autopilot });
       renderConfig(cfg);
       setStatus(status, "ok", on ? "The autopilot is on." : "The autopilot is off; the active point stays.");
     } catch (e) {
@@ -564,11 +568,7 @@
     setStatus(status, "pending", `Switching to ${point}…`);
     $("switch-button").disabled = true;
     try {
-      const cfg = await api("config", {
-        method: "PUT",
-        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-        body: JSON.stringify({ point }),
-      });
+      const cfg = await putConfig(token, { point });
       renderConfig(cfg);
       await loadPareto();
       setStatus(status, "ok", `Switched: the active point is now ${cfg.point}.`);

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 
-from skipvit.service import contract, failures, lifecycle
+from skipvit.service import contract, failures, fleetsync, lifecycle
 from skipvit.service.classify import Classify, document
 from skipvit.service.middleware import ServiceMiddleware
 from skipvit.service.routes import STATIC, router
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     failures.install(app, state.metrics)
     app.include_router(router)
+    app.include_router(fleetsync.router)
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = openapi_with_classify(app)

@@ -33,6 +33,7 @@ from skipvit.service.failures import (
     DRAINING,
     DROPPED,
     ENGINE_GONE,
+    FLEET_STALE,
     IMAGE_BOMB,
     IMAGE_TOO_LARGE,
     INVALID_BODY,
@@ -78,6 +79,15 @@ ANSWERS: dict[tuple[str, str], tuple[Kind, ...]] = {
         BAD_CONFIG,
         UNKNOWN_POINT,
         AUTOPILOT_CONFLICT,
+        NOT_READY,
+    ),
+    ("put", "/fleet"): (
+        UNAUTHORIZED,
+        INVALID_BODY,
+        BAD_CONFIG,
+        UNKNOWN_POINT,
+        AUTOPILOT_CONFLICT,
+        FLEET_STALE,
         NOT_READY,
     ),
     ("get", "/livez"): (),  # its own 503 (the bundle failed to load, the engine exited): the route's model

@@ -122,6 +122,11 @@ AUTOPILOT_CONFLICT = Kind(
     doc="a point was set while the autopilot chooses it, or the autopilot cannot work with the bundle's "
     "points (a family of one point; a floor no point of the family reaches)",
 )
+FLEET_STALE = Kind(
+    409,
+    None,
+    doc="the fleet state is older than the one this replica holds (by generation, then set_at)",
+)
 NOT_FOUND = Kind(404, None, "Not Found; Hint: see /docs for the routes", doc="no route has this path")
 METHOD_NOT_ALLOWED = Kind(
     405,

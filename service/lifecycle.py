@@ -83,8 +83,9 @@ def start_batcher(state: ServiceState, engine: Engine | EngineProcess, active: s
 
 
 async def load(state: ServiceState) -> None:
-    """Load the bundle, warm up, start the batcher; then the state is ready. A failure is kept
-    as ``load_error``: /livez turns 503 with the reason, so an orchestrator restarts us."""
+    """Load the bundle, warm up, start the batcher, take the fleet's state from the peers (if any);
+    then the state is ready. A failure is kept as ``load_error``: /livez turns 503 with the reason,
+    so an orchestrator restarts us."""
     settings, metrics = state.settings, state.metrics
     try:
         engine = await run_in_threadpool(start_engine, settings, state)
@@ -99,23 +100,35 @@ async def load(state: ServiceState) -> None:
         return
     if state.owns_process:  # what the load made stays; the collector no longer walks it
         gcpause.settle()
+    if settings.fleet_peers:
+        from skipvit.service.fleetsync import FleetSync
+
+        state.fleet_sync = FleetSync(state)
+        await state.fleet_sync.start_up()
     state.ready = True
     metrics.ready.set(1)
-    log.info("serving %s (point %s) on %s", settings.bundle, active.id, engine.device)
-    if settings.autopilot_p95_ms is not None:
-        from skipvit.service.pilot import pilot_config
-        from skipvit.service.routes import start_autopilot
+    log.info("serving %s (point %s) on %s", settings.bundle, state.batcher.active, engine.device)
+    fleet_pilot = state.fleet is not None and "autopilot" in state.fleet.config
+    if settings.autopilot_p95_ms is not None and not fleet_pilot:  # the fleet's state comes first
+        start_settings_autopilot(state, engine.bundle, state.batcher.active)
+    if state.fleet_sync is not None:
+        state.fleet_sync.start()
 
-        anchor = settings.autopilot_family or active.id
-        try:
-            config = pilot_config(
-                engine.bundle, settings.autopilot_p95_ms, settings.autopilot_min_accuracy, anchor
-            )
-        except (ValueError, KeyError) as e:
-            state.fail(f"SKIPVIT_AUTOPILOT_*: {e}")
-            log.error("the autopilot cannot start: %s", e)
-            return
-        start_autopilot(state, config)
+
+def start_settings_autopilot(state: ServiceState, bundle, active: str) -> None:
+    """Turn the autopilot on as ``SKIPVIT_AUTOPILOT_*`` say; fail the state if it cannot work."""
+    from skipvit.service.pilot import pilot_config
+    from skipvit.service.routes import start_autopilot
+
+    settings = state.settings
+    anchor = settings.autopilot_family or active
+    try:
+        config = pilot_config(bundle, settings.autopilot_p95_ms, settings.autopilot_min_accuracy, anchor)
+    except (ValueError, KeyError) as e:
+        state.fail(f"SKIPVIT_AUTOPILOT_*: {e}")
+        log.error("the autopilot cannot start: %s", e)
+        return
+    start_autopilot(state, config)
 
 
 def drain(state: ServiceState) -> None:
@@ -146,6 +159,8 @@ async def shutdown(state: ServiceState, loading: asyncio.Task) -> None:
     state.metrics.ready.set(0)
     if state.pilot is not None:
         state.pilot.cancel()
+    if state.fleet_sync is not None:
+        state.fleet_sync.cancel()
     loading.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await loading

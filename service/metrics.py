@@ -12,7 +12,18 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-ROUTES = ("/", "/classify", "/pareto", "/config", "/metrics", "/livez", "/readyz", "/docs", "/openapi.json")
+ROUTES = (
+    "/",
+    "/classify",
+    "/pareto",
+    "/config",
+    "/fleet",
+    "/metrics",
+    "/livez",
+    "/readyz",
+    "/docs",
+    "/openapi.json",
+)
 REASONS = (
     "queue_full",
     "deadline",
@@ -97,6 +108,7 @@ class Metrics:
         )
         self.ready = Gauge("skipvit_model_ready", "1 once the bundle is loaded and warmed up", registry=r)
         self._init_autopilot(r)
+        self._init_fleet(r)
         for reason in REASONS:  # export zeros, so rate() works before the first rejection
             self.rejections.labels(reason)
 
@@ -130,6 +142,23 @@ class Metrics:
         )
         for reason in ("start", "hold", "up", "down", "floor"):
             self.autopilot_decisions.labels(reason)
+
+    def _init_fleet(self, r: CollectorRegistry) -> None:
+        """The fleet state's metrics (service.fleetsync)."""
+        self.fleet_generation = Gauge(
+            "skipvit_fleet_generation",
+            "generation of the fleet state this replica applied last (0: none, its own settings)",
+            registry=r,
+        )
+        self.fleet_adopted = Counter(
+            "skipvit_fleet_adopted",
+            "fleet states applied, by how they came: put (PUT /fleet), start (from the peers at "
+            "start), sync (from the peers since)",
+            ["via"],
+            registry=r,
+        )
+        for via in ("put", "start", "sync"):
+            self.fleet_adopted.labels(via)
 
     def init_layers(self, depth: int) -> None:
         for layer in range(depth):

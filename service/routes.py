@@ -9,13 +9,14 @@ ready (503 until the bundle is loaded), the admin token check. Failures are rais
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from skipvit.service.auth import ADMIN_BEARER, bearer_ok
 from skipvit.service.batcher import Batcher
@@ -27,6 +28,7 @@ from skipvit.service.schemas import (
     AutopilotStatus,
     ConfigResponse,
     ConfigUpdate,
+    FleetStatus,
     LivezResponse,
     ParetoResponse,
     ReadyzResponse,
@@ -34,6 +36,7 @@ from skipvit.service.schemas import (
 from skipvit.service.state import ServiceState
 
 log = logging.getLogger("skipvit.service")
+M = TypeVar("M", bound=BaseModel)
 STATIC = Path(__file__).parent / "static"
 
 
@@ -51,15 +54,22 @@ def require_admin(authorization: Annotated[str | None, Depends(ADMIN_BEARER)], s
         raise Failure(UNAUTHORIZED)
 
 
-async def admin_update(request: Request, _: Annotated[None, Depends(require_admin)]) -> ConfigUpdate:
-    """The body of PUT /config, read only once the admin token is checked: an unauthenticated
-    request is 401 whatever its body (FastAPI would parse a declared body first)."""
-    try:
-        return ConfigUpdate.model_validate_json(await request.body())
-    except ValidationError as e:
-        raise RequestValidationError(
-            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
-        ) from None
+def admin_body(model: type[M]) -> Callable[..., Awaitable[M]]:
+    """A dependency that reads the body as ``model``, only once the admin token is checked: an
+    unauthenticated request is 401 whatever its body (FastAPI would parse a declared body first)."""
+
+    async def read(request: Request, _: Annotated[None, Depends(require_admin)]) -> M:
+        try:
+            return model.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise RequestValidationError(
+                [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+            ) from None
+
+    return read
+
+
+admin_update = admin_body(ConfigUpdate)  # the body of PUT /config
 
 
 def ready_batcher(state: State) -> Batcher:
@@ -140,12 +150,13 @@ def inlined(schema: dict) -> dict:
     return walk(schema)
 
 
-CONFIG_BODY = {  # what admin_update reads, for the docs
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": inlined(ConfigUpdate.model_json_schema())}},
-    }
-}
+def body_doc(model: type[BaseModel]) -> dict:
+    """The request body that ``admin_body(model)`` reads, for the docs (``openapi_extra``)."""
+    schema = inlined(model.model_json_schema())
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+CONFIG_BODY = body_doc(ConfigUpdate)
 
 
 @router.put("/config", response_model=ConfigResponse, openapi_extra=CONFIG_BODY)
@@ -170,6 +181,7 @@ def config_of(state: ServiceState, batcher: Batcher) -> ConfigResponse:
         max_queue=batcher.knobs.max_queue,
         request_timeout_s=batcher.timeout_s,
         autopilot=None if state.pilot is None else AutopilotStatus(**state.pilot.status()),
+        fleet=None if state.fleet is None else FleetStatus(**state.fleet.to_json()),
     )
 
 

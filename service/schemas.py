@@ -83,6 +83,15 @@ class AutopilotStatus(BaseModel):
     arrival_rate: float = 0.0  # images/s over the last 2 s
 
 
+class FleetStatus(BaseModel):
+    """The fleet state this replica applied last (``skipvit fleet``)."""
+
+    generation: int
+    set_at: float  # Unix seconds, by the setter's clock
+    set_by: str
+    config: dict[str, Any]  # the PUT /config body every replica of the fleet serves
+
+
 class ConfigResponse(BaseModel):
     point: str
     max_batch_size: int
@@ -90,6 +99,7 @@ class ConfigResponse(BaseModel):
     max_queue: int
     request_timeout_s: float
     autopilot: AutopilotStatus | None = None  # None: off
+    fleet: FleetStatus | None = None  # None: no fleet state applied (this replica's own settings)
 
 
 class AutopilotUpdate(BaseModel):
@@ -138,6 +148,19 @@ class ConfigUpdate(BaseModel):
         if all(v is None for v in self.model_dump().values()) and not self.autopilot_given:
             raise ValueError('nothing to change; Hint: send e.g. {"point": "static"}')
         return self
+
+
+class FleetUpdate(BaseModel):
+    """PUT /fleet: a fleet state. Applied as ``config`` would be by PUT /config if it is newer than
+    the one the replica holds (by ``generation``, then ``set_at``); the same one again changes
+    nothing; an older one is refused (409)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    generation: int = Field(ge=1, le=2**53)
+    set_at: float = Field(0.0, ge=0, le=1e11, description="Unix seconds; breaks a tie of generations")
+    set_by: str = Field("", max_length=200, description="who set it, for the record")
+    config: ConfigUpdate
 
 
 class LivezResponse(BaseModel):

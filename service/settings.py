@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skipvit.service.auth import MIN_TOKEN_CHARS
+from skipvit.service.fleet import parse_peers
 from skipvit.service.knobs import (
     MAX_BATCH_SIZE,
     MAX_QUEUE,
@@ -118,6 +119,19 @@ class Settings(BaseSettings):
     autopilot_family: str | None = Field(
         None, description="a point of the family the autopilot chooses among (default: the active point)"
     )
+    # the fleet: replicas that share one point (``skipvit fleet``, docs/scaling.md)
+    fleet_peers: str | None = Field(
+        None,
+        description="the fleet's replicas, as host:port: a headless Service whose name resolves to every "
+        "replica (skipvit-peers:8000), or a comma-separated list; at start and every fleet_sync_s this "
+        "replica adopts the newest fleet state they hold",
+    )
+    fleet_sync_s: float = Field(
+        5.0, ge=0.1, le=3600, description="how often to ask the peers for a newer fleet state"
+    )
+    fleet_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="how long to wait for a peer's answer (and for its name to resolve)"
+    )
     # input limits
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body (413 above)")
     max_files: int = Field(64, ge=1, description="most images in one request")
@@ -163,6 +177,15 @@ class Settings(BaseSettings):
                 "and a token is generated into SKIPVIT_ADMIN_TOKEN_FILE"
             )
         return token
+
+    @field_validator("fleet_peers")
+    @classmethod
+    def _peers_parse(cls, peers: str | None) -> str | None:
+        try:
+            parse_peers(peers)
+        except ValueError as e:
+            raise ValueError(f"SKIPVIT_FLEET_PEERS: {e}") from None
+        return peers or None
 
     @model_validator(mode="after")
     def _wait_below_timeout(self) -> Settings:

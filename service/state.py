@@ -6,18 +6,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from skipvit.service.batcher import Batcher
 from skipvit.service.budget import DecodeBudget, DecodePool
 from skipvit.service.engine import Engine
+from skipvit.service.fleet import FleetState
 from skipvit.service.looplag import LoopLag
 from skipvit.service.metrics import Metrics
 from skipvit.service.middleware import Admission
 from skipvit.service.pilot import Pilot
 from skipvit.service.settings import Settings
 from skipvit.service.worker import EngineProcess
+
+if TYPE_CHECKING:
+    from skipvit.service.fleetsync import FleetSync
 
 log = logging.getLogger("skipvit.service")
 
@@ -44,6 +49,8 @@ class ServiceState:
     gave_up: str | None = None  # why the engine processes could not be kept alive: exit non-zero
     stop_server: Callable[[], None] | None = None  # set by `skipvit serve`: drain and shut down
     pilot: Pilot | None = None  # the SLO autopilot, while it is on
+    fleet: FleetState | None = None  # the fleet state applied last (None: this replica's own settings)
+    fleet_sync: FleetSync | None = None  # asks the peers for a newer fleet state, when there are peers
 
     def __post_init__(self) -> None:
         self.decode_budget = DecodeBudget(self.settings.decode_budget_mb << 20)

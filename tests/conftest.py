@@ -86,6 +86,25 @@ def tiny_gate_bundle(tiny_rl_bundle, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_fleet_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle plus point ``lac-ex-0.5`` on the same weights (LAC: nothing to train): two
+    points to switch a fleet between."""
+    import shutil
+
+    from skipvit.model.bundle import Point, load_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-fleet"
+    shutil.copytree(tiny_bundle, out)
+    bundle = load_bundle(out)
+    metrics = dict(bundle.point("static").metrics)
+    bundle.upsert_points(
+        [Point("lac-ex-0.5", "lac", "static", {"alpha": 0.5, "mode": "per-example"}, metrics)]
+    )
+    bundle.save()
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_dyce_bundle(tiny_bundle, tmp_path_factory) -> Path:
     """The tiny bundle plus weight set ``dyce`` (exit heads after every layer, 3 epochs through the
     real CLI) and the points of a small ``search dyce``."""

@@ -56,6 +56,8 @@ EXPORTED_METRICS: tuple[str, ...] = (
     "skipvit_autopilot_decisions_total",  # counter {reason}
     "skipvit_autopilot_p95_seconds",  # gauge {kind: predicted, observed, target}
     "skipvit_autopilot_arrival_rate",  # gauge: images/s
+    "skipvit_fleet_generation",  # gauge: the fleet state applied last (0: none)
+    "skipvit_fleet_adopted_total",  # counter {via: put, start, sync}
 )
 
 # =========================================================================== monitoring: helpers

@@ -33,16 +33,27 @@ schemathesis.openapi.media_type("image/jpeg", image_file("JPEG"))
 schemathesis.openapi.media_type("image/webp", image_file("WEBP"))
 
 
+INTEGERS = ("max_batch_size", "max_queue", "generation")
+
+
+def integers(body: dict) -> dict:
+    return {
+        k: int(v) if k in INTEGERS and isinstance(v, float) and v.is_integer() else v for k, v in body.items()
+    }
+
+
 @schemathesis.hook
 def map_body(context, body):
-    """PUT /config is strict: ``2.0`` is not a batch size (the app answers 422, on purpose). JSON
-    Schema counts 2.0 as an integer and cannot say otherwise, so such values are sent as ``2``."""
+    """PUT /config (and the config of PUT /fleet) is strict: ``2.0`` is not a batch size (the app
+    answers 422, on purpose). JSON Schema counts 2.0 as an integer and cannot say otherwise, so such
+    values are sent as ``2``."""
     operation = context.operation
-    if operation is None or (operation.method.upper(), operation.path) != ("PUT", "/config"):
+    if operation is None or not isinstance(body, dict):
         return body
-    if not isinstance(body, dict):
-        return body
-    integers = ("max_batch_size", "max_queue")
-    return {
-        k: int(v) if k in integers and isinstance(v, float) and v.is_integer() else v for k, v in body.items()
-    }
+    key = (operation.method.upper(), operation.path)
+    if key == ("PUT", "/config"):
+        return integers(body)
+    if key == ("PUT", "/fleet"):
+        config = body.get("config")
+        return integers({**body, "config": integers(config) if isinstance(config, dict) else config})
+    return body

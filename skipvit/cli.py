@@ -65,6 +65,11 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     ),
     (("serve",), "skipvit.service.main", "serve a bundle over HTTP"),
     (
+        ("fleet",),
+        "skipvit.service.fleetctl",
+        "every replica of a fleet at once: set the point, knobs and autopilot; show where each stands",
+    ),
+    (
         ("bench", "server"),
         "skipvit.benchmarks.bench_server",
         "batched server vs a naive endpoint vs the model in-process",

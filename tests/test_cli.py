@@ -31,6 +31,7 @@ def test_the_parser_routes_each_command_path_to_its_module():
             ("compare",): ["--bundle", "x", "--point", "rl"],
             ("import", "hf"): ["dir", "--out", "x"],
             ("export", "hf"): ["--bundle", "x", "--out", "y"],
+            ("fleet",): ["status"],
         }.get(path, ["--bundle", "x"] if path[0] in ("train", "search", "evaluate", "analyze") else [])
         args = parser.parse_args([*path, *required])
         assert args.command == path[0] and args.command_module == module

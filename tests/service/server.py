@@ -39,8 +39,8 @@ def poll_ready(base: str, timeout: float = 60.0, check: Callable[[], None] | Non
 
 
 class ServerProcess:
-    def __init__(self, bundle: Path, tmp: Path, **env: str) -> None:
-        self.port = free_port()
+    def __init__(self, bundle: Path, tmp: Path, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server-{self.port}.log"
         env = {
@@ -51,7 +51,7 @@ class ServerProcess:
             "SKIPVIT_ADMIN_TOKEN_FILE": str(tmp / "admin-token"),
             **env,
         }
-        self._out = self.log.open("wb")
+        self._out = self.log.open("ab")  # a restart on the same port adds to the log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "skipvit", "serve", "--bundle", str(bundle), "--port", str(self.port)],
             env=env,

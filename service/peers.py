@@ -17,7 +17,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,9 +116,17 @@ def call_all(
     body: Any = None,
     token: str | None = None,
 ) -> dict[str, Reply]:
-    """``call`` to every one of ``addrs`` at once; answers by address, in the order of ``addrs``."""
+    """``call`` to every one of ``addrs`` at once, all within ``timeout``: a replica that has not
+    answered by then counts as no answer. Answers by address, in the order of ``addrs``."""
     if not addrs:
         return {}
-    with ThreadPoolExecutor(max_workers=min(32, len(addrs)), thread_name_prefix="skipvit-peer") as pool:
+    pool = ThreadPoolExecutor(max_workers=min(64, len(addrs)), thread_name_prefix="skipvit-peer")
+    try:
         futures = [pool.submit(call, a, method, path, timeout, body, token) for a in addrs]
-        return {a: f.result() for a, f in zip(addrs, futures, strict=True)}
+        wait(futures, timeout)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a straggler ends at its socket's timeout
+    late = Reply(0, error=f"no answer within {timeout:g} s")
+    return {
+        a: late if f.cancelled() or not f.done() else f.result() for a, f in zip(addrs, futures, strict=True)
+    }

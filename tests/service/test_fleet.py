@@ -3,6 +3,9 @@ convergence, peers; and ``service.peers``' resolution, on loopback names."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from skipvit.service import peers
@@ -131,3 +134,14 @@ def test_a_name_resolves_to_each_of_its_addresses_once():
     assert found == ["127.0.0.1:8001"] and not missing  # localhost: its IPv4 address, once
     found, missing = peers.resolve([("::1", 9), ("no-such-host.invalid", 8000)])
     assert found == ["[::1]:9"] and len(missing) == 1 and "no-such-host.invalid:8000" in missing[0]
+
+
+def test_every_peer_answers_within_the_timeout_or_counts_as_no_answer():
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        t0 = time.monotonic()
+        replies = peers.call_all([addr], "GET", "/config", 0.3)
+        assert time.monotonic() - t0 < 1.0
+    assert replies[addr].status == 0 and not replies[addr].ok and "no answer" in replies[addr].detail()

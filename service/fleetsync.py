@@ -119,7 +119,7 @@ class FleetSync:
             return False
         try:
             adopt(state, state.batcher, chosen, via)
-        except Failure as e:
+        except (Failure, ValueError) as e:  # refused here, or a config that does not validate
             self.refused.add(chosen.key())
             log.warning("fleet: generation %d cannot be applied here: %s", chosen.generation, e)
             return False
@@ -131,7 +131,9 @@ class FleetSync:
             return await asyncio.wait_for(self.sync("start"), 2 * self.timeout_s + 0.5)
         except TimeoutError:
             log.warning("fleet: no peer answered in time; starting on this replica's own settings")
-            return False
+        except Exception:  # never keeps the replica from starting
+            log.exception("fleet: the sync at start failed; starting on this replica's own settings")
+        return False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="skipvit-fleet-sync")

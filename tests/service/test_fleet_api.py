@@ -166,3 +166,12 @@ def test_an_autopilot_in_the_fleet_state_runs_on_and_is_not_restarted_by_the_nex
         assert state.pilot is running
         r = c.put("/fleet", json=fleet_body(3, point="static", autopilot=None), headers=ADMIN)
         assert r.json()["autopilot"] is None and r.json()["point"] == "static"
+
+
+def test_a_peer_state_that_does_not_validate_is_refused_not_fatal(tiny_fleet_bundle, monkeypatch):
+    broken = FleetState(9, {"max_batch_size": "many", "autopilot": None})
+    monkeypatch.setattr(fleetsync.peers, "call_all", offered(broken))
+    with TestClient(create_app(settings(tiny_fleet_bundle, fleet_peers="127.0.0.1:9"))) as c:
+        config = wait_ready(c).get("/config").json()
+        assert config["fleet"] is None and config["max_batch_size"] == 32
+        assert service_state(c.app).fleet_sync.refused == {broken.key()}

@@ -60,7 +60,9 @@ class Dist:
 
     def describe(self) -> str:
         """For a report's environment line: ``, N processes (torchrun)``, or nothing in one process."""
-        return f", {self.world} processes (torchrun)" if self.active else ""
+        if not self.active:
+            return ""
+        return f", {self.world} process{'es' if self.world > 1 else ''} (torchrun)"
 
     def check_batch(self, batch_size: int, n: int) -> None:
         """Refuse a global batch that the processes cannot share evenly, or an epoch whose last

@@ -168,7 +168,7 @@ def current() -> Dist:
     if launched() and int(os.environ["WORLD_SIZE"]) > 1:
         raise SystemExit(
             "this command runs in one process; under torchrun only `skipvit train static|rl|exits` "
-            "share out the work. Hint: start it without torchrun"
+            "share out the work; Hint: start it without torchrun"
         )
     return SINGLE
 

@@ -223,9 +223,9 @@ def run(args) -> None:
     positions = cfg.positions or tuple(range(1, model.depth))
     exits = ExitSet(model.cfg, positions, cfg.types).to(device)
     splits = ctx.bundle_splits(bundle)
-    root = bundle.root
+    given = bundle  # measured and written by rank 0, read back by the others
     bundle = ctx.dist.main_writes(
-        lambda: measure_static(bundle, splits, device, args), lambda: load_bundle(root)
+        lambda: measure_static(given, splits, device, args), lambda: load_bundle(given.root)
     )
     train = splits.train.head(args.limit_train)
     ctx.dist.check_batch(cfg.batch_size, len(train))

@@ -71,6 +71,17 @@ def add_evaluation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def add_batch_size(p: argparse.ArgumentParser, default: int) -> None:
+    """A training command's batch: the global one, whatever the number of processes."""
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=default,
+        help=f"images per optimiser step (default {default}); under torchrun the global batch, "
+        "shared evenly by the processes",
+    )
+
+
 def add_limit_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
 

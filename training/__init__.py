@@ -6,8 +6,8 @@
 - the spine they share: ``run`` (context, resume, stop-after, the epoch loop), ``publish`` (the
   one way points go into a bundle), ``splits`` (which train/val split a run keeps), ``configs``
   (a command's settings from its flags), ``data/``, ``evaluate``, ``reinforce``, ``backbone``,
-  ``optim``, ``schedule``, ``presets``, ``device``, ``checkpoint``, ``report``, ``fronts`` and
-  ``plots``.
+  ``optim``, ``schedule``, ``presets``, ``device``, ``distributed`` (the training commands under
+  torchrun), ``checkpoint``, ``report``, ``fronts`` and ``plots``.
 
 Every command module has ``add_arguments(parser)`` and ``run(args)``; ``skipvit/cli.py`` wires them.
 """

@@ -5,7 +5,9 @@ R = w_acc * A - w_layers * L + eps, per image: A = 1 if the prediction is correc
 fraction of layers run, eps = -1e-5 (the thesis: a zero reward destabilises training). The
 reward arrives after the last layer and is discounted back over the layers, G_j = gamma * G_{j+1}
 (eq. 3.10), so G_j = gamma^(L-1-j) * R. Returns are whitened over the whole (B, L) matrix: per
-layer whitening would cancel gamma, which only scales a layer's returns.
+layer whitening would cancel gamma, which only scales a layer's returns. Under torchrun the matrix
+is the global batch's: its mean and standard deviation are taken across the processes
+(``distributed.Dist.moments``), so each process whitens its rows as one process would.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from skipvit.model.gates import GatePolicy
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.configs import config_from
 from skipvit.training.data.augment import AugmentConfig
+from skipvit.training.distributed import batch_moments
 from skipvit.training.optim import param_groups
 
 
@@ -47,11 +50,12 @@ def discounted_returns(reward: Tensor, depth: int, gamma: float) -> Tensor:
     return reward[:, None] * gamma ** powers[None, :]  # (B, L)
 
 
-def whiten(returns: Tensor) -> Tensor:
-    """Zero mean, unit variance over every entry of the (B, L) batch of returns."""
-    if returns.numel() < 2:
-        return returns - returns.mean()
-    return (returns - returns.mean()) / (returns.std() + 1e-8)
+def whiten(returns: Tensor, moments=batch_moments) -> Tensor:
+    """Zero mean, unit variance over every entry of the (B, L) batch of returns; ``moments``
+    gives their mean and standard deviation (None: too few entries, only the mean is taken off),
+    by default of ``returns`` alone, in a distributed run of the global batch (``Dist.moments``)."""
+    mean, std = moments(returns)
+    return returns - mean if std is None else (returns - mean) / (std + 1e-8)
 
 
 def reinforce_losses(log_probs: Tensor, returns: Tensor, baselines: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,15 +138,47 @@ def distillation(logits: Tensor, teacher_logits: Tensor, temperature: float) -> 
     return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * t * t
 
 
+def policy_forward(model: AdaptiveViT, x: Tensor, policy: GatePolicy):
+    """The forward of a training step: the model under the sampling ``policy``, the log-probabilities
+    of its actions (B, L) and the baselines' estimates (B, L) on the CLS tokens the gates saw."""
+    out = model(x, policy)
+    log_probs = torch.stack(policy.log_probs, dim=1)  # (B, L)
+    cls = torch.stack(policy.cls, dim=1)  # (B, L, D)
+    base = torch.stack([model.agent.baseline(j, cls[:, j]) for j in range(model.depth)], dim=1)  # (B, L)
+    return out, log_probs, base
+
+
+class PolicyForward(nn.Module):
+    """``policy_forward`` as a module, for DistributedDataParallel: it reduces the gradients of the
+    parameters used in the forward of the module it wraps, and the gates and the baselines are used
+    outside the model's own forward (in the log-probabilities and the baselines' estimates)."""
+
+    def __init__(self, model: AdaptiveViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, policy: GatePolicy):
+        return policy_forward(self.model, x, policy)
+
+
 def rl_step(
-    model: AdaptiveViT, x, y, cfg: RLConfig, thresholds=0.5, teacher_logits: Tensor | None = None
+    model: AdaptiveViT,
+    x,
+    y,
+    cfg: RLConfig,
+    thresholds=0.5,
+    teacher_logits: Tensor | None = None,
+    *,
+    net: nn.Module | None = None,
+    moments=batch_moments,
 ) -> tuple[torch.Tensor, dict]:
     """One REINFORCE + cross-entropy step's loss and its statistics. Negative ``thresholds``
     (scalar, (L,) or (B, L)) remove layers; the other gates sample their actions. With
-    ``teacher_logits``, ``cfg.distill`` of the classification loss is distillation from them."""
-    agent = model.agent
-    policy = GatePolicy(agent, thresholds, sample=True, floor=cfg.explore_floor)
-    out = model(x, policy)
+    ``teacher_logits``, ``cfg.distill`` of the classification loss is distillation from them.
+    Under torchrun: ``net`` is ``PolicyForward(model)`` under DistributedDataParallel, and
+    ``moments`` those of the global batch (``Dist.moments``), for the whitening."""
+    policy = GatePolicy(model.agent, thresholds, sample=True, floor=cfg.explore_floor)
+    out, log_probs, base = policy_forward(model, x, policy) if net is None else net(x, policy)
     ce = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
     cls_loss = ce
     if teacher_logits is not None and cfg.distill > 0:
@@ -150,10 +186,7 @@ def rl_step(
         cls_loss = (1 - cfg.distill) * ce + cfg.distill * kd
     correct = out.logits.argmax(-1) == y  # (B,)
     reward = rewards(correct, out.executed, cfg.reward)  # (B,)
-    returns = whiten(discounted_returns(reward, model.depth, cfg.reward.gamma))  # (B, L)
-    log_probs = torch.stack(policy.log_probs, dim=1)  # (B, L)
-    cls = torch.stack(policy.cls, dim=1)  # (B, L, D)
-    base = torch.stack([agent.baseline(j, cls[:, j]) for j in range(model.depth)], dim=1)  # (B, L)
+    returns = whiten(discounted_returns(reward, model.depth, cfg.reward.gamma), moments)  # (B, L)
     pl, bl = reinforce_losses(log_probs, returns, base)
     loss = cls_loss + cfg.rl_weight * pl + cfg.baseline_weight * bl
     stats = {

@@ -7,6 +7,9 @@
 - ``EpochRunner``: epochs on top of ``Progress`` that save model, optimiser and RNG state after
   every epoch (``checkpoint.py``) and refuse to ``--resume`` a checkpoint of other settings;
 - ``train_batches``: one epoch of shuffled, augmented training batches on the device.
+
+Under torchrun (``distributed``) the context carries the process's place in the run: every rank
+reads the checkpoint, rank 0 alone writes it, and each rank takes its share of every batch.
 """
 
 from __future__ import annotations
@@ -34,25 +37,28 @@ from skipvit.training.data import DataSplits, bundle_input, load_bundle_splits, 
 from skipvit.training.data.augment import AugmentConfig, augment, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.device import resolve_device
+from skipvit.training.distributed import SINGLE, Dist, current
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """A run's flags, seed and device, and the directory its state is saved in (``--ckpt-dir``,
-    else ``runs/<default>``). ``start`` seeds torch's global RNG, so every run that builds its model
-    after it starts from the same initial weights."""
+    """A run's flags, seed and device, the directory its state is saved in (``--ckpt-dir``, else
+    ``runs/<default>``) and its place among torchrun's processes (``dist``). ``start`` seeds torch's
+    global RNG, so every run that builds its model after it starts from the same initial weights
+    (on every rank)."""
 
     args: argparse.Namespace
     seed: int
     device: torch.device
     ckpt_dir: Path
+    dist: Dist = SINGLE
 
     @classmethod
     def start(cls, args: argparse.Namespace, default_dir: str) -> RunContext:
         device = resolve_device(args.device)
         torch.manual_seed(args.seed)
         ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path("runs") / default_dir
-        return cls(args, args.seed, device, ckpt_dir)
+        return cls(args, args.seed, device, ckpt_dir, current())
 
     def dataset_splits(self, split: dict, imported=None) -> DataSplits:
         """``--data`` split as ``split`` says (``splits.run_split``), train cut to ``--limit-train``;
@@ -141,8 +147,9 @@ class EpochRunner:
         self, ctx: RunContext, model: nn.Module, opt: torch.optim.Optimizer, epochs: int, config: dict
     ) -> None:
         self.ckpt_dir, self.model, self.opt = ctx.ckpt_dir, model, opt
+        self.dist, self.seed = ctx.dist, ctx.seed
         self.config = json.loads(json.dumps(config))
-        self.g = torch.Generator().manual_seed(ctx.seed)  # shuffling and augmentation
+        self.g = torch.Generator().manual_seed(ctx.seed)  # shuffling (in one process, augmentation too)
         self.step = 0  # optimiser steps so far
         self.progress = Progress(epochs, ctx.args.stop_after, "epoch", f"checkpoint in {ctx.ckpt_dir}")
         if ctx.args.resume:
@@ -168,8 +175,13 @@ class EpochRunner:
     def history(self) -> list[dict]:
         return self.progress.history
 
+    def draws(self, epoch: int) -> torch.Generator:
+        """What augmentation and LayerDrop draw from in ``epoch``: ``g`` in one process; under
+        torchrun, a generator of this rank's own (``Dist.draws``)."""
+        return self.dist.draws(self.g, self.seed, epoch)
+
     def end_epoch_with(self, record: dict) -> None:
-        """Log the epoch's figures and write the checkpoint."""
+        """Log the epoch's figures and write the checkpoint (rank 0 only, under torchrun)."""
         self.progress.record(record)
         meta = {
             **self.progress.state(),
@@ -177,7 +189,8 @@ class EpochRunner:
             "generator_state": self.g.get_state().tolist(),
             "config": self.config,
         }
-        save_checkpoint(self.ckpt_dir, self.model, self.opt, meta)
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_dir, self.model, self.opt, meta)
 
     def finished(self) -> bool:
         return self.progress.finished()
@@ -216,15 +229,22 @@ def train_batches(
     g: torch.Generator,
     device: torch.device,
     desc: str,
+    dist: Dist = SINGLE,
+    draws: torch.Generator | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of ``data`` in shuffled batches (order and augmentation drawn from ``g``):
-    normalised, augmented images (B, C, H, W) and labels (B,) on ``device``, under a progress bar
-    (the returned tqdm: ``set_postfix`` on it)."""
+    """One epoch of ``data`` in shuffled batches of ``batch_size`` (order drawn from ``g``,
+    augmentation from ``draws``, default ``g``): normalised, augmented images (B, C, H, W) and labels
+    (B,) on ``device``, under a progress bar (the returned tqdm: ``set_postfix`` on it). Under
+    torchrun, ``batch_size`` is the global batch and each rank gets its rows of it (``Dist.batches``)."""
+    draws = g if draws is None else draws
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        for images, labels in data.batches(batch_size, shuffle=True, generator=g):
-            x = to_float(images, info.mean, info.std)  # (B, C, H, W)
-            yield augment(x, aug, info.hflip, g, info.mean, info.std).to(device), labels.to(device)
+        for idx in dist.batches(len(data), batch_size, g):
+            x = to_float(data.images[idx], info.mean, info.std)  # (b, C, H, W)
+            yield (
+                augment(x, aug, info.hflip, draws, info.mean, info.std).to(device),
+                data.labels[idx].to(device),
+            )
 
     total = steps_per_epoch(len(data), batch_size)
-    return tqdm(batches(), total=total, desc=desc, leave=False, mininterval=1.0)
+    return tqdm(batches(), total=total, desc=desc, leave=False, mininterval=1.0, disable=not dist.is_main)

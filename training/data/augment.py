@@ -24,6 +24,13 @@ class AugmentConfig:
     erase_area: tuple[float, float] = (0.02, 0.2)
 
 
+def augment_config(off: bool, erase_prob: float) -> AugmentConfig:
+    """The flags ``--no-augment`` (``off``: no crops, flips or erasing) and ``--erase-prob``."""
+    if off:
+        return AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0)
+    return AugmentConfig(erase_prob=erase_prob)
+
+
 def black(mean: Sequence[float], std: Sequence[float]) -> tuple[float, ...]:
     """The normalised value of pixel 0 per channel: what ``to_float`` makes of a black border."""
     return tuple(-m / s for m, s in zip(mean, std, strict=True))

@@ -14,6 +14,10 @@ with the hard labels: ``(1 - w) * soft + w * CE(z_exit, y)`` (``--hard-weight w`
 Output: weight set ``--name`` (default ``dyce``) = the source weight set's tensors, unchanged,
 plus the heads under ``exits.``. Points on that weight set are measured with the old heads, so
 they are dropped; ``skipvit search dyce`` writes new ones.
+
+Under torchrun, every process records the features of the whole training split (the recording is
+not shared out), then trains the heads under DistributedDataParallel on its share of each global
+batch (``training.distributed``); rank 0 writes the checkpoints and the weight set.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from skipvit import flags
 from skipvit.model.bundle import Bundle, load_bundle
@@ -32,6 +36,7 @@ from skipvit.model.exits import EXIT_TYPES, PREFIX, ExitSet, exit_flops, exits_o
 from skipvit.model.flops import block_flops
 from skipvit.training.backbone import backbone_features
 from skipvit.training.configs import config_from
+from skipvit.training.distributed import SINGLE, Dist, entry
 from skipvit.training.imported import measure_static
 from skipvit.training.publish import publish
 from skipvit.training.report import command_line, environment, markdown_table
@@ -81,6 +86,18 @@ def exits_loss(
     return total
 
 
+class HeadsLoss(nn.Module):
+    """``exits_loss`` as a module, for DistributedDataParallel: it reduces the gradients of the
+    parameters used in the forward of the module it wraps, and the heads are called one by one."""
+
+    def __init__(self, exits: ExitSet, cfg: ExitTrainConfig) -> None:
+        super().__init__()
+        self.exits, self.cfg = exits, cfg
+
+    def forward(self, pooled: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
+        return exits_loss(self.exits, pooled, teacher, labels, self.cfg)
+
+
 @torch.no_grad()
 def head_stats(exits: ExitSet, pooled: Tensor, teacher: Tensor, labels: Tensor) -> dict[str, dict]:
     """Per head ("k_type"): accuracy on the labels and agreement with the backbone's prediction."""
@@ -108,22 +125,27 @@ def train_epoch(
     total_steps: int,
     g: torch.Generator,
     device,
+    net: nn.Module | None = None,
+    dist: Dist = SINGLE,
 ) -> tuple[int, float]:
+    """One epoch of the heads on the recorded features, in batches drawn from ``g``; ``net``: the
+    loss as a module (``HeadsLoss``; under DistributedDataParallel in a distributed run, where each
+    rank takes its share of every batch, ``dist``)."""
     exits.train()
+    net = HeadsLoss(exits, cfg) if net is None else net
     warmup = int(cfg.warmup_epochs * steps_per_epoch(len(labels), cfg.batch_size))
-    order = torch.randperm(len(labels), generator=g)
     loss_sum, seen = 0.0, 0
-    for start in range(0, len(labels), cfg.batch_size):
-        idx = order[start : start + cfg.batch_size]
+    for idx in dist.batches(len(labels), cfg.batch_size, g):
         set_lr(opt, step, total_steps, warmup)
         pooled = feats[idx].to(device)  # (b, P, 2, D)
-        loss = exits_loss(exits, pooled, teacher[idx].to(device), labels[idx].to(device), cfg)
+        loss = net(pooled, teacher[idx].to(device), labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        dist.scale(loss, len(idx)).backward()
         opt.step()
         step += 1
         loss_sum += loss.item() * len(idx)
         seen += len(idx)
+    loss_sum, seen = dist.sum([loss_sum, seen])  # over the global batches
     return step, loss_sum / max(1, seen)
 
 
@@ -160,7 +182,7 @@ def add_arguments(p) -> None:
     p.add_argument("--types", default="linear,mlp-s,mlp-m", help="exit types (model.exits.EXIT_TYPES)")
     p.add_argument("--positions", default=None, help="exits after these layers, e.g. 3,5,7 (default: all)")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=256)
+    flags.add_batch_size(p, 256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the soft targets")
@@ -173,6 +195,7 @@ def add_arguments(p) -> None:
     flags.add_checkpointing(p, "runs/<bundle>-<name>-exits")
 
 
+@entry
 def run(args) -> None:
     cfg = config_from_args(args)
     bundle = load_bundle(args.bundle)
@@ -200,8 +223,12 @@ def run(args) -> None:
     positions = cfg.positions or tuple(range(1, model.depth))
     exits = ExitSet(model.cfg, positions, cfg.types).to(device)
     splits = ctx.bundle_splits(bundle)
-    bundle = measure_static(bundle, splits, device, args)
+    given = bundle  # measured and written by rank 0, read back by the others
+    bundle = ctx.dist.main_writes(
+        lambda: measure_static(given, splits, device, args), lambda: load_bundle(given.root)
+    )
     train = splits.train.head(args.limit_train)
+    ctx.dist.check_batch(cfg.batch_size, len(train))
     mean, std = bundle.dataset["mean"], bundle.dataset["std"]
     print(
         f"DyCE exits on frozen weights {source!r} of {args.bundle}: {len(exits.heads)} heads "
@@ -227,12 +254,24 @@ def run(args) -> None:
         "limit_train": args.limit_train,
     }
     runner = ctx.epochs(exits, opt, cfg.epochs, run_settings)
+    net = ctx.dist.wrap(HeadsLoss(exits, cfg), device)
     total_steps = steps_per_epoch(len(train), cfg.batch_size) * cfg.epochs
     val_labels = splits.val.labels.to(device)
     stats: dict[str, dict] = {}
     for epoch in runner:
         runner.step, loss = train_epoch(
-            exits, opt, feats, teacher, train.labels, cfg, runner.step, total_steps, runner.g, device
+            exits,
+            opt,
+            feats,
+            teacher,
+            train.labels,
+            cfg,
+            runner.step,
+            total_steps,
+            runner.g,
+            device,
+            net,
+            ctx.dist,
         )
         stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), val_labels)
         agree = np.mean([s["agreement"] for s in stats.values()])
@@ -244,7 +283,7 @@ def run(args) -> None:
             f"exits epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} | val agreement with the backbone: "
             f"mean {agree:.4f}, best {best[0]} {best[1]['agreement']:.4f} ({runner.elapsed / 60:.1f} min)"
         )
-    if not runner.finished():
+    if not runner.finished() or not ctx.dist.is_main:
         return
     if not stats:  # resumed a finished run: measure the restored heads
         stats = head_stats(exits, val_feats.to(device), val_teacher.to(device), val_labels)
@@ -318,7 +357,7 @@ Command: `{command_line(args.argv)}`
   {cfg.batch_size}, {cfg.epochs} epochs, warmup {cfg.warmup_epochs} epoch then cosine, seed {cfg.seed}
 - Data: the bundle's train split{f" (first {args.limit_train} images)" if args.limit_train else ""}, its
   validation split for the figures below
-- Environment: {environment()}, device {ctx.device}; head training {runner.elapsed / 60:.1f} min
+- Environment: {environment()}, device {ctx.device}{ctx.dist.describe()}; head training {runner.elapsed / 60:.1f} min
 
 {markdown_table(["type", "reads", "hidden", "FLOPs", "of a block"], kinds)}
 

@@ -7,6 +7,9 @@ the head is re-initialised when the new dataset has a different number of classe
 Into an existing bundle: the run keeps the bundle's train/val split (its searches select on that
 validation split), replaces weight set ``--name`` and drops the other points measured on it (they
 describe the old weights), and refuses a ``--name`` that is another method's weight set.
+
+Under torchrun, every process trains on its share of each global batch under DistributedDataParallel
+(``training.distributed``), the returns whitened over the global batch; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT, build_model
 from skipvit.training.configs import config_from
 from skipvit.training.data import IMPORTED, DataSplits
-from skipvit.training.data.augment import AugmentConfig
+from skipvit.training.data.augment import augment_config
 from skipvit.training.device import autocast
+from skipvit.training.distributed import entry
 from skipvit.training.evaluate import EvalResult, evaluate
 from skipvit.training.imported import measure_static
 from skipvit.training.optim import gradient_step
 from skipvit.training.presets import model_config
 from skipvit.training.publish import existing_bundle, publish
-from skipvit.training.reinforce import RLConfig, optimizer_for, reward_config, rl_step
+from skipvit.training.reinforce import PolicyForward, RLConfig, optimizer_for, reward_config, rl_step
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.run import (
     EpochRunner,
@@ -60,7 +64,7 @@ def add_arguments(p) -> None:
     p.add_argument("--freeze-backbone", action="store_true", help="train only the head and the gates")
     p.add_argument("--name", default="rl", help="weight-set and point id to write")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=128)
+    flags.add_batch_size(p, 128)
     p.add_argument("--lr", type=float, default=2e-4, help="backbone and head learning rate")
     p.add_argument("--agent-lr", type=float, default=1e-3, help="gate learning rate")
     p.add_argument("--baseline-lr", type=float, default=1e-3, help="baseline learning rate")
@@ -69,6 +73,7 @@ def add_arguments(p) -> None:
     p.add_argument("--baseline-hidden", type=int, default=64, help="baseline MLP width")
     p.add_argument("--gate-init-bias", type=float, default=2.0, help="initial gate bias (p = sigmoid(bias))")
     add_holding_arguments(p)
+    p.add_argument("--no-augment", action="store_true", help="no crops, flips or erasing")
     p.add_argument("--preset", default="fmnist-9", help="architecture preset when training from scratch")
     flags.add_seed(p)
     flags.add_device(p)
@@ -108,7 +113,7 @@ def config_from_args(args) -> RLConfig:
         raise ValueError(f"--distill {args.distill}: a share of the loss, in [0, 1]")
     if args.distill > 0 and not args.init_from:
         raise ValueError("--distill needs a teacher; Hint: pass --init-from BUNDLE (its weights teach)")
-    augment = AugmentConfig(erase_prob=args.erase_prob)
+    augment = augment_config(args.no_augment, args.erase_prob)
     return config_from(RLConfig, args, reward=reward_config(args), augment=augment)
 
 
@@ -167,15 +172,20 @@ def teacher_for(args, src: Bundle | None, cfg: RLConfig, device) -> AdaptiveViT 
     return teacher.requires_grad_(False)
 
 
-def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_steps, g, teacher=None):
+def train_epoch(model, net, opt, splits, cfg: RLConfig, device, epoch, total_steps, runner, teacher=None):
+    """One epoch from optimiser step ``runner.step``, the forward through ``net`` (``PolicyForward``
+    of ``model``, under DistributedDataParallel in a distributed run); the new step count and the
+    epoch's figures."""
     model.train()
     if cfg.freeze_backbone:
         model.eval()  # frozen backbone: no dropout; gradients still flow to head and agent
+    step, dist, g = runner.step, runner.dist, runner.draws(epoch)
     warmup = int(cfg.warmup_epochs * steps_per_epoch(len(splits.train), cfg.batch_size))
     seen = correct = 0
     ce_sum = layers_sum = 0.0
     desc = f"rl epoch {epoch + 1}/{cfg.epochs}"
-    bar = train_batches(splits.train, splits.info, cfg.batch_size, cfg.augment, g, device, desc)
+    info = splits.info
+    bar = train_batches(splits.train, info, cfg.batch_size, cfg.augment, runner.g, device, desc, dist, g)
     for x, y in bar:
         set_lr(opt, step, total_steps, warmup)
         with autocast(device):
@@ -183,8 +193,8 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
             if teacher is not None:
                 with torch.no_grad():
                     taught = teacher(x, StaticPolicy()).logits
-            loss, st = rl_step(model, x, y, cfg, teacher_logits=taught)
-        gradient_step(opt, loss, cfg.grad_clip)
+            loss, st = rl_step(model, x, y, cfg, teacher_logits=taught, net=net, moments=dist.moments)
+        gradient_step(opt, dist.scale(loss, len(y)), cfg.grad_clip)
         step += 1
         seen += len(y)
         correct += st["correct"]
@@ -193,6 +203,7 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
         bar.set_postfix(
             ce=f"{ce_sum / seen:.4f}", acc=f"{correct / seen:.4f}", layers=f"{layers_sum / seen:.2f}"
         )
+    ce_sum, correct, layers_sum, seen = dist.sum([ce_sum, correct, layers_sum, seen])  # global batches
     return step, {
         "ce": ce_sum / max(1, seen),
         "train_acc": correct / max(1, seen),
@@ -200,6 +211,7 @@ def train_epoch(model, opt, splits, cfg: RLConfig, device, epoch, step, total_st
     }
 
 
+@entry
 def run(args) -> None:
     out = Path(args.out)
     ctx = RunContext.start(args, f"{out.name}-{args.name}")
@@ -224,21 +236,27 @@ def run(args) -> None:
         )
     splits = ctx.dataset_splits(split, imported)
     if imported is not None and imported is target:  # its static point is compared with
-        target = measure_static(target, splits, ctx.device, args)
+        measured = target
+        target = ctx.dist.main_writes(
+            lambda: measure_static(measured, splits, ctx.device, args), lambda: load_bundle(measured.root)
+        )
     model, origin = initial_model(args, splits, cfg, src)
     if target is not None:  # refuse before training, not after
         _check_target(target, model, args.name)
     model.to(ctx.device)
+    ctx.dist.check_batch(cfg.batch_size, len(splits.train))
     opt = optimizer_for(model, cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
     teacher = teacher_for(args, src, cfg, ctx.device)
     init = weights_id(src, init_weights(args, src)) if src is not None else None
     runner = ctx.epochs(model, opt, cfg.epochs, run_settings(asdict(cfg), args, split, model.cfg, init))
+    # The gates may leave a layer unrun by every row of a rank's shard (distributed.Dist.wrap).
+    net = ctx.dist.wrap(PolicyForward(model), ctx.device, find_unused=True)
     print(f"RL training from {origin} | {cfg} | device {ctx.device}")
     total_steps = steps_per_epoch(len(splits.train), cfg.batch_size) * cfg.epochs
     info = splits.info
     for epoch in runner:
         runner.step, stats = train_epoch(
-            model, opt, splits, cfg, ctx.device, epoch, runner.step, total_steps, runner.g, teacher
+            model, net, opt, splits, cfg, ctx.device, epoch, total_steps, runner, teacher
         )
         policy = GatePolicy(model.agent)
         val = evaluate(model, splits.val, info.mean, info.std, policy, device=ctx.device)
@@ -255,7 +273,7 @@ def run(args) -> None:
             f"(sampled layers {stats['train_layers']:.2f}) | val acc {val.accuracy:.4f} at "
             f"{val.mean_layers:.2f} layers ({runner.elapsed / 60:.1f} min)"
         )
-    if not runner.finished():
+    if not runner.finished() or not ctx.dist.is_main:
         return
     val = evaluate(model, splits.val, info.mean, info.std, GatePolicy(model.agent), device=ctx.device)
     test = evaluate(model, splits.test, info.mean, info.std, GatePolicy(model.agent), device=ctx.device)
@@ -368,7 +386,7 @@ Command: `{command_line(args.argv)}`
 - Optimiser: AdamW, {cfg.epochs} epochs, batch {cfg.batch_size}, lr backbone {cfg.lr} / gates {cfg.agent_lr} /
   baseline {cfg.baseline_lr}, warmup {cfg.warmup_epochs} epoch then cosine; gate bias init {cfg.gate_init_bias}; seed {cfg.seed}
 - Holding the backbone: {holding_text(cfg)}; augmentation {cfg.augment}
-- Environment: {environment()}, device {ctx.device}; wall time {runner.elapsed / 60:.1f} min
+- Environment: {environment()}, device {ctx.device}{ctx.dist.describe()}; wall time {runner.elapsed / 60:.1f} min
 
 Full test split, threshold 0.5 at every gate: accuracy **{100 * test.accuracy:.2f}%** at
 **{test.mean_layers:.3f}** mean layers of {depth} ({100 * test.mean_layers / depth:.1f}% of the layers).

@@ -1,4 +1,8 @@
-"""`skipvit train static`: cross-entropy training of the plain ViT, written as a bundle."""
+"""`skipvit train static`: cross-entropy training of the plain ViT, written as a bundle.
+
+Under torchrun, every process trains the model under DistributedDataParallel on its share of each
+global batch (``training.distributed``); rank 0 writes the checkpoints and the bundle.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
@@ -17,8 +22,9 @@ from skipvit.model.policy import ExecutionPolicy, LayerDropPolicy, StaticPolicy,
 from skipvit.model.vit import AdaptiveViT, build_model
 from skipvit.training.configs import config_from
 from skipvit.training.data import DataSplits
-from skipvit.training.data.augment import AugmentConfig
+from skipvit.training.data.augment import AugmentConfig, augment_config
 from skipvit.training.device import autocast
+from skipvit.training.distributed import entry
 from skipvit.training.evaluate import evaluate
 from skipvit.training.optim import gradient_step, param_groups
 from skipvit.training.presets import model_config
@@ -60,7 +66,7 @@ def add_arguments(p) -> None:
     flags.add_data(p)
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=128)
+    flags.add_batch_size(p, 128)
     p.add_argument("--lr", type=float, default=1e-3)
     flags.add_seed(p)
     flags.add_device(p)
@@ -81,43 +87,44 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    if args.no_augment:
-        augment = AugmentConfig(crop_padding=0, hflip=False, erase_prob=0.0)
-    else:
-        augment = AugmentConfig(erase_prob=args.erase_prob)
-    return config_from(TrainConfig, args, augment=augment)
+    return config_from(TrainConfig, args, augment=augment_config(args.no_augment, args.erase_prob))
 
 
 def train_epoch(
     model: AdaptiveViT,
+    net: nn.Module,
     opt: torch.optim.Optimizer,
     splits: DataSplits,
     cfg: TrainConfig,
     device: torch.device,
     epoch: int,
-    step: int,
     total_steps: int,
-    g: torch.Generator,
+    runner: EpochRunner,
 ) -> tuple[int, float, float]:
+    """One epoch from optimiser step ``runner.step``, the forward through ``net`` (``model``, or
+    ``model`` under DistributedDataParallel); the new step count, mean loss and train accuracy."""
     model.train()
+    step, dist, g = runner.step, runner.dist, runner.draws(epoch)
     warmup = int(cfg.warmup_epochs * steps_per_epoch(len(splits.train), cfg.batch_size))
     seen = correct = 0
     loss_sum = 0.0
     desc = f"epoch {epoch + 1}/{cfg.epochs}"
-    bar = train_batches(splits.train, splits.info, cfg.batch_size, cfg.augment, g, device, desc)
+    info = splits.info
+    bar = train_batches(splits.train, info, cfg.batch_size, cfg.augment, runner.g, device, desc, dist, g)
     for x, y in bar:
         lr = warmup_cosine(step, total_steps, warmup, cfg.lr, cfg.min_lr_ratio)
         for group in opt.param_groups:
             group["lr"] = lr
         with autocast(device):
-            logits = model(x, training_policy(model, cfg, g)).logits
+            logits = net(x, training_policy(model, cfg, g)).logits
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        gradient_step(opt, loss, cfg.grad_clip)
+        gradient_step(opt, dist.scale(loss, len(y)), cfg.grad_clip)
         step += 1
         seen += len(y)
         correct += (logits.argmax(-1) == y).sum().item()
         loss_sum += loss.item() * len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{lr:.2e}")
+    loss_sum, correct, seen = dist.sum([loss_sum, correct, seen])  # over the global batches
     return step, loss_sum / max(1, seen), correct / max(1, seen)
 
 
@@ -149,6 +156,7 @@ def initial_model(args, splits: DataSplits, src: Bundle | None) -> tuple[Adaptiv
     return src.build_model("static"), src.architecture, origin
 
 
+@entry
 def run(args) -> None:
     out = Path(args.out)
     ctx = RunContext.start(args, f"{out.name}-static")
@@ -159,9 +167,12 @@ def run(args) -> None:
     splits = ctx.dataset_splits(split)
     model, arch, origin = initial_model(args, splits, src)
     model.to(ctx.device)
+    ctx.dist.check_batch(cfg.batch_size, len(splits.train))
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     init = weights_id(src, "static") if src is not None else None
     runner = ctx.epochs(model, opt, cfg.epochs, run_settings(asdict(cfg), args, split, arch, init))
+    # LayerDrop may leave a layer unrun by every row of a rank's shard (distributed.Dist.wrap).
+    net = ctx.dist.wrap(model, ctx.device, find_unused=cfg.layer_drop > 0)
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"{arch} | {n_params:,} parameters | device {ctx.device} | train {len(splits.train)}, "
@@ -171,7 +182,7 @@ def run(args) -> None:
     info = splits.info
     for epoch in runner:
         runner.step, loss, acc = train_epoch(
-            model, opt, splits, cfg, ctx.device, epoch, runner.step, total_steps, runner.g
+            model, net, opt, splits, cfg, ctx.device, epoch, total_steps, runner
         )
         val = evaluate(model, splits.val, info.mean, info.std, device=ctx.device)
         runner.end_epoch_with(
@@ -186,7 +197,7 @@ def run(args) -> None:
             f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} train acc {acc:.4f} "
             f"val acc {val.accuracy:.4f} ({runner.elapsed / 60:.1f} min)"
         )
-    if not runner.finished():
+    if not runner.finished() or not ctx.dist.is_main:
         return
     val = evaluate(model, splits.val, info.mean, info.std, device=ctx.device)
     test = evaluate(model, splits.test, info.mean, info.std, device=ctx.device)
@@ -229,7 +240,7 @@ Command: `{command_line(ctx.args.argv)}`
 - Model: {model.cfg.to_dict()}
 - Training: {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW lr {cfg.lr} (warmup {cfg.warmup_epochs} epoch, cosine),
   weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, LayerDrop {cfg.layer_drop}, augmentation {cfg.augment}, seed {cfg.seed}
-- Environment: {environment()}, device {ctx.device}
+- Environment: {environment()}, device {ctx.device}{ctx.dist.describe()}
 - Wall time (training + per-epoch validation): {runner.elapsed / 60:.1f} min
 
 Result on the full test split: accuracy **{100 * metrics["accuracy"]:.2f}%**, mean layers {metrics["mean_layers"]} of {model.cfg.depth}.

@@ -9,7 +9,7 @@ APT_DEV_PACKAGES := chromium chromium-driver prometheus
 TORCH_SPEC := torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test lint setup setup-dev apt clean help upgrade lock
+.PHONY: serve test lint setup setup-dev apt clean help upgrade lock k8s-token
 
 help:
 	@echo "make serve   set up and serve the default bundle on http://127.0.0.1:8000"
@@ -60,6 +60,14 @@ $(VENV)/.stamp-dev: pyproject.toml constraints.txt $(VENV)/.stamp-runtime
 	$(PIP_INSTALL) -e '.[dev]'
 	@touch $@
 
+# checkov (tests/test_k8s.py) in a virtual environment of its own: it pins networkx<2.7 and
+# packaging<24, below the versions that torch and the suite use in $(VENV).
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.stamp-install: constraints-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check -c constraints-checkov.txt checkov
+	@touch $@
+
 # Newer versions: the newest releases within pyproject.toml's ranges (torch stays at
 # TORCH_SPEC), then the suite; `make lock` then records them in constraints.txt.
 upgrade: setup-dev
@@ -69,9 +77,17 @@ upgrade: setup-dev
 lock:
 	{ grep '^#' constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+	{ grep '^#' constraints-checkov.txt; $(CHECKOV_VENV)/bin/pip freeze; } > constraints-checkov.txt.new
+	mv constraints-checkov.txt.new constraints-checkov.txt
 
 setup: $(VENV)/.stamp-apt $(VENV)/.stamp-runtime
-setup-dev: $(VENV)/.stamp-apt-dev $(VENV)/.stamp-dev
+setup-dev: $(VENV)/.stamp-apt-dev $(VENV)/.stamp-dev $(CHECKOV_VENV)/.stamp-install
+
+# The admin token of the Kubernetes deployment (deploy/k8s/kustomization.yaml reads it); written
+# once, owner-only, and never committed (.gitignore).
+k8s-token: deploy/k8s/admin-token.env
+deploy/k8s/admin-token.env:
+	umask 077 && echo "admin-token=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))')" > $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache

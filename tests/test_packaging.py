@@ -1,5 +1,6 @@
 """constraints.txt: every dependency pinned, inside the range pyproject.toml declares, and used by
-every install (Makefile and Dockerfile)."""
+every install (Makefile and Dockerfile); constraints-checkov.txt the same for checkov's own
+virtual environment."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ def declared() -> list[Requirement]:
     return [r for r in reqs if canonicalize_name(r.name) != canonicalize_name(project["name"])]
 
 
-def pins() -> dict[str, Version]:
+def pins(file: str = "constraints.txt") -> dict[str, Version]:
     out = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / file).read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         name, sep, version = line.partition("==")
-        assert sep, f"constraints.txt: {line!r} is not NAME==VERSION"
+        assert sep, f"{file}: {line!r} is not NAME==VERSION"
         out[canonicalize_name(name)] = Version(version)
     return out
 
@@ -57,8 +58,23 @@ def test_every_install_applies_the_constraints():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^PIP_INSTALL := .*-c constraints\.txt", makefile, re.M)
     installs = [line for line in makefile.splitlines() if "pip install" in line or "$(PIP_INSTALL)" in line]
-    unpinned = [line for line in installs if "PIP_INSTALL" not in line and "--upgrade" not in line]
+    unpinned = [
+        line
+        for line in installs
+        if "PIP_INSTALL" not in line and "--upgrade" not in line and "-c constraints-checkov.txt" not in line
+    ]
     assert not unpinned, f"Makefile installs without constraints.txt: {unpinned}"
     dockerfile = (REPO / "Dockerfile").read_text()
     project_install = re.search(r"pip install[^\n]*\s\.\s", dockerfile)
     assert project_install and "-c constraints.txt" in project_install.group(0)
+
+
+def test_checkov_venv_is_pinned_and_apart():
+    # checkov pins packages below what torch and the suite use: it gets a venv of its own, never
+    # the project's constraints.
+    pinned = pins("constraints-checkov.txt")
+    assert "checkov" in pinned and "checkov" not in pins()
+    makefile = (REPO / "Makefile").read_text()
+    install = re.search(r"^\t\$\(CHECKOV_VENV\)/bin/pip install .*$", makefile, re.M)
+    assert install and "-c constraints-checkov.txt checkov" in install.group(0)
+    assert re.search(r"^setup-dev: .*\$\(CHECKOV_VENV\)/\.stamp-install", makefile, re.M)

@@ -9,10 +9,12 @@ What a distributed run does, and why:
 
 - ``--batch-size`` is the global batch: each step's batch is the one a single process would take
   (``Dist.batches``: one permutation per epoch drawn from the run's seeded generator, the same on
-  every rank), and rank r takes its rows r, r + W, r + 2W, ... So W processes train on the same
-  images at every step as one process does, and the loss of each rank is scaled by its share of the
-  step's rows (``Dist.scale``): DistributedDataParallel's mean of the ranks' gradients is then the
-  gradient of the global batch's mean loss, also in an epoch's shorter last batch.
+  every rank), and rank r takes rows r, r + W, r + 2W, ... of it (``DistributedSampler``, which pads
+  the epoch with its first rows to a multiple of W). So W processes train on the same images at
+  every step as one process does (where W divides the training set), and the loss of each rank is
+  scaled by its share of the step's rows (``Dist.scale``): DistributedDataParallel's mean of the
+  ranks' gradients is then the gradient of the global batch's mean loss, also in an epoch's shorter
+  last batch.
 - Augmentation, LayerDrop and the gates' sampling draw from generators of each rank's own, seeded
   per (seed, epoch, rank) (``Dist.draws``): the ranks' shards get different draws, and a resumed
   run draws again what it would have drawn, with nothing to save per rank.
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as td
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 
 T = TypeVar("T")
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -64,29 +67,27 @@ class Dist:
             return ""
         return f", {self.world} process{'es' if self.world > 1 else ''} (torchrun)"
 
-    def check_batch(self, batch_size: int, n: int) -> None:
-        """Refuse a global batch that the processes cannot share evenly, or an epoch whose last
-        batch leaves a process without a row."""
+    def check_batch(self, batch_size: int) -> None:
+        """Refuse a global batch that the processes cannot share evenly."""
         w = self.world
         if batch_size % w:
             raise ValueError(
                 f"--batch-size {batch_size} is the global batch, split evenly across {w} processes; "
                 f"Hint: pass a multiple of {w}, e.g. {batch_size - batch_size % w or w}"
             )
-        tail = n % batch_size
-        if 0 < tail < w:
-            raise ValueError(
-                f"the last batch of each epoch would hold {tail} of the {n} training images, fewer than "
-                f"the {w} processes (each needs one); Hint: pick a --batch-size (or --limit-train) for "
-                f"which {n} % batch is 0 or at least {w}"
-            )
 
     def batches(self, n: int, batch_size: int, g: torch.Generator) -> Iterator[Tensor]:
-        """The sampler: one epoch of shuffled global batches of ``range(n)`` (one ``randperm`` from
-        ``g``), each cut to this rank's rows (positions rank, rank + world, ...)."""
+        """One epoch of shuffled batches of ``range(n)``: one ``randperm`` from ``g`` (the same on
+        every rank), cut into batches of ``batch_size`` in one process; in a distributed run,
+        ``DistributedSampler`` gives this rank positions rank, rank + world, ... of that order
+        (padded with its first positions to a multiple of world), cut into batches of
+        ``batch_size / world``: step k of every rank together covers the global batch k."""
         order = torch.randperm(n, generator=g)
-        for start in range(0, n, batch_size):
-            yield order[start : start + batch_size][self.rank :: self.world]
+        if not self.active:
+            yield from order.split(batch_size)
+            return
+        sampler = DistributedSampler(range(n), num_replicas=self.world, rank=self.rank, shuffle=False)
+        yield from order[list(sampler)].split(batch_size // self.world)
 
     def draws(self, g: torch.Generator, seed: int, epoch: int) -> torch.Generator:
         """The generator augmentation and LayerDrop draw from in ``epoch``: ``g`` itself in one

@@ -32,8 +32,9 @@ from tests.cli_args import argv
 
 pytestmark = pytest.mark.slow
 
+# 250 images: two processes divide them, so DistributedSampler pads nothing (last batch: 58 = 29 + 29).
 EXACT = (
-    "--data synthetic --preset tiny --device cpu --epochs 2 --limit-train 251 --batch-size 64 --no-augment"
+    "--data synthetic --preset tiny --device cpu --epochs 2 --limit-train 250 --batch-size 64 --no-augment"
 )
 STATIC = f"train static {EXACT}"
 RL = f"train rl {EXACT} --gate-init-bias 30"
@@ -153,29 +154,33 @@ def test_exits_train_distributed_and_rank_0_alone_writes(static_runs, tmp_path):
 
 
 def test_the_ranks_shards_make_up_the_single_process_batches():
-    def batches(dist: Dist) -> list[list[int]]:
-        return [b.tolist() for b in dist.batches(251, 64, torch.Generator().manual_seed(3))]
+    def batches(n: int, dist: Dist) -> list[list[int]]:
+        return [b.tolist() for b in dist.batches(n, 64, torch.Generator().manual_seed(3))]
 
-    whole = batches(SINGLE)
-    shards = [batches(Dist(rank, 2, active=True)) for rank in range(2)]
-    assert [len(b) for b in whole] == [64, 64, 64, 59]
-    assert [len(b) for b in shards[0]] == [32, 32, 32, 30] and [len(b) for b in shards[1]][-1] == 29
+    whole = batches(250, SINGLE)
+    shards = [batches(250, Dist(rank, 2, active=True)) for rank in range(2)]
+    assert [len(b) for b in whole] == [64, 64, 64, 58]
+    assert [len(b) for b in shards[0]] == [len(b) for b in shards[1]] == [32, 32, 32, 29]
     for step, batch in enumerate(whole):  # the same images at every step, whatever the world size
         assert sorted(shards[0][step] + shards[1][step]) == sorted(batch)
 
 
-@pytest.mark.parametrize(
-    "batch, n, message",
-    [
-        (63, 251, "--batch-size 63 is the global batch"),
-        (64, 257, "the last batch of each epoch would hold 1"),
-    ],
-)
-def test_a_batch_the_processes_cannot_share_is_refused_with_a_hint(batch, n, message):
-    with pytest.raises(ValueError, match=message) as e:
-        Dist(0, 2, active=True).check_batch(batch, n)
+def test_a_training_set_the_processes_do_not_divide_is_padded_with_the_first_rows():
+    order = torch.randperm(251, generator=torch.Generator().manual_seed(3)).tolist()
+    shards = [
+        [b.tolist() for b in Dist(rank, 2, active=True).batches(251, 64, torch.Generator().manual_seed(3))]
+        for rank in range(2)
+    ]
+    assert [len(b) for b in shards[0]] == [len(b) for b in shards[1]] == [32, 32, 32, 30]
+    rows = sorted(i for shard in shards for batch in shard for i in batch)
+    assert rows == sorted(order + order[:1])  # every image once, the order's first one twice
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_with_a_hint():
+    with pytest.raises(ValueError, match="--batch-size 63 is the global batch") as e:
+        Dist(0, 2, active=True).check_batch(63)
     assert "Hint:" in str(e.value)
-    SINGLE.check_batch(batch, n)  # one process takes any batch
+    SINGLE.check_batch(63)  # one process takes any batch
 
 
 def test_each_rank_draws_its_own_numbers_and_draws_them_again_on_resume():

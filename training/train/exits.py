@@ -228,7 +228,7 @@ def run(args) -> None:
         lambda: measure_static(given, splits, device, args), lambda: load_bundle(given.root)
     )
     train = splits.train.head(args.limit_train)
-    ctx.dist.check_batch(cfg.batch_size, len(train))
+    ctx.dist.check_batch(cfg.batch_size)
     mean, std = bundle.dataset["mean"], bundle.dataset["std"]
     print(
         f"DyCE exits on frozen weights {source!r} of {args.bundle}: {len(exits.heads)} heads "

@@ -244,7 +244,7 @@ def run(args) -> None:
     if target is not None:  # refuse before training, not after
         _check_target(target, model, args.name)
     model.to(ctx.device)
-    ctx.dist.check_batch(cfg.batch_size, len(splits.train))
+    ctx.dist.check_batch(cfg.batch_size)
     opt = optimizer_for(model, cfg, steps_per_epoch(len(splits.train), cfg.batch_size))
     teacher = teacher_for(args, src, cfg, ctx.device)
     init = weights_id(src, init_weights(args, src)) if src is not None else None

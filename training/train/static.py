@@ -167,7 +167,7 @@ def run(args) -> None:
     splits = ctx.dataset_splits(split)
     model, arch, origin = initial_model(args, splits, src)
     model.to(ctx.device)
-    ctx.dist.check_batch(cfg.batch_size, len(splits.train))
+    ctx.dist.check_batch(cfg.batch_size)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     init = weights_id(src, "static") if src is not None else None
     runner = ctx.epochs(model, opt, cfg.epochs, run_settings(asdict(cfg), args, split, arch, init))

@@ -25,6 +25,7 @@ from fastapi.security import HTTPBearer
 
 log = logging.getLogger("skipvit.service")
 MIN_TOKEN_CHARS = 16
+DEFAULT_TOKEN_FILE = Path.home() / ".skipvit" / "admin-token"  # SKIPVIT_ADMIN_TOKEN_FILE's default
 
 
 def private_dir(path: Path) -> None:

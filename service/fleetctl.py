@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from skipvit.service import fleet, peers
+from skipvit.service.auth import DEFAULT_TOKEN_FILE
 from skipvit.service.fleet import KNOBS, FleetState
 
 REQUEST_S = 2.0  # the longest one request to one replica may take
 POLL_S = 0.1
-TOKEN_FILE = Path.home() / ".skipvit" / "admin-token"  # the server's default SKIPVIT_ADMIN_TOKEN_FILE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def replicas(text: str | None) -> list[str]:
 def admin_token(token_file: str | None) -> str:
     if token_file is None and os.environ.get("SKIPVIT_ADMIN_TOKEN"):
         return os.environ["SKIPVIT_ADMIN_TOKEN"].strip()
-    path = Path(token_file or os.environ.get("SKIPVIT_ADMIN_TOKEN_FILE") or TOKEN_FILE)
+    path = Path(token_file or os.environ.get("SKIPVIT_ADMIN_TOKEN_FILE") or DEFAULT_TOKEN_FILE)
     try:
         token = path.read_text().strip()
     except OSError as e:

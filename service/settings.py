@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from skipvit.service.auth import MIN_TOKEN_CHARS
+from skipvit.service.auth import DEFAULT_TOKEN_FILE, MIN_TOKEN_CHARS
 from skipvit.service.fleet import parse_peers
 from skipvit.service.knobs import (
     MAX_BATCH_SIZE,
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     # admin
     admin_token: SecretStr | None = Field(None, description="bearer token of the mutating routes")
     admin_token_file: Path = Field(
-        Path.home() / ".skipvit" / "admin-token",
+        DEFAULT_TOKEN_FILE,
         description="where a generated token is written (owner-only) when admin_token is unset",
     )
     # shutdown

@@ -13,7 +13,7 @@ from skipvit.model.bundle import load_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.training.data import load_bundle_splits
 from skipvit.training.search.nsga_genes import decode, encode, gene_values, non_dominated
-from skipvit.training.search.nsga_scoring import score
+from skipvit.training.search.nsga_scoring import fitness, score, score_split
 from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch
 from tests.cli_args import argv
 
@@ -85,7 +85,7 @@ def rl_parts(tiny_rl_bundle):
     return bundle, load_bundle_splits(bundle.dataset)
 
 
-def _search(rl_parts, tmp_path, **kw):
+def _search(rl_parts, tmp_path, teacher=None, **kw):
     bundle, splits = rl_parts
     torch.manual_seed(0)
     model = bundle.build_model("rl")
@@ -99,7 +99,17 @@ def _search(rl_parts, tmp_path, **kw):
             **kw,
         }
     )
-    return NSGASearch(model, splits.train, splits.val, splits.info, cfg, tmp_path, "cpu", log=lambda *_: None)
+    return NSGASearch(
+        model,
+        splits.train,
+        splits.val,
+        splits.info,
+        cfg,
+        tmp_path,
+        "cpu",
+        log=lambda *_: None,
+        teacher=teacher,
+    )
 
 
 def test_a_seeded_search_is_deterministic(rl_parts, tmp_path):
@@ -246,3 +256,42 @@ def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path, capsys
     with pytest.raises(SystemExit):
         search_nsga(out, "--joint --name rl")
     assert "would overwrite the weights it starts from; Hint: pick another --name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        search_nsga(out, "--distill 0.5")
+    assert "Hint: add --joint" in capsys.readouterr().err
+
+
+def test_the_joint_search_can_hold_the_backbone_as_train_rl_does(rl_parts, tmp_path):
+    bundle, _ = rl_parts
+    kw = {"joint": True, "generations": 1, "erase_prob": 0.0}
+    with pytest.raises(ValueError, match="teacher"):
+        _search(rl_parts, tmp_path / "none", distill=0.5, **kw)
+    teacher = bundle.build_model("static").eval().requires_grad_(False)
+    runs = {}
+    for distill in (0.0, 0.5):
+        s = _search(
+            rl_parts, tmp_path / str(distill), teacher, distill=distill, distill_temperature=2.0, **kw
+        )
+        assert (s.teacher is teacher) == bool(distill)
+        assert s.rl_cfg.augment.erase_prob == 0.0 and s.rl_cfg.distill == distill
+        s.run()
+        runs[distill] = s.model.state_dict()
+    # the same draws with and without the teacher: only the distillation term tells the weights apart
+    a, b = runs[0.0], runs[0.5]
+    assert not torch.equal(a["blocks.0.attn.qkv.weight"], b["blocks.0.attn.qkv.weight"])
+
+
+def test_a_whole_split_search_scores_each_configuration_once(rl_parts, tmp_path):
+    _, splits = rl_parts
+    s = _search(rl_parts, tmp_path / "memo", val_batch=0, generations=3)
+    assert s.memo is not None and s.run()
+    assert s.scored == len(s.memo) < 3 * 2 * 6  # parents and repeats were looked up, not rescored
+    codes = np.array(list(s.memo))
+    genes = decode(codes, s.cfg.step)
+    correct, executed = score_split(s.model, splits.val, splits.info, genes, "cpu")
+    fit = fitness(correct, executed, s.cfg.reward)
+    assert np.allclose(fit["accuracy"], [s.memo[tuple(c)]["accuracy"] for c in codes.tolist()])
+    assert np.allclose(fit["mean_layers"], [s.memo[tuple(c)]["mean_layers"] for c in codes.tolist()])
+    # a batch smaller than the split, or the joint search (its weights move), rescores every time
+    assert _search(rl_parts, tmp_path / "batch").memo is None
+    assert _search(rl_parts, tmp_path / "joint", val_batch=0, joint=True).memo is None

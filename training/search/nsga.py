@@ -29,6 +29,7 @@ from skipvit.training.search.nsga_genes import gene_values
 from skipvit.training.search.nsga_scoring import fitness, score_split
 from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch, SearchResult
 from skipvit.training.stats import accuracy_ci95
+from skipvit.training.train.rl import add_holding_arguments
 
 
 def add_arguments(p) -> None:
@@ -53,6 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="joint: backbone and head learning rate")
     p.add_argument("--agent-lr", type=float, default=1e-3, help="joint: gate and baseline learning rate")
     flags.add_reward(p, "joint: ")
+    add_holding_arguments(p, only=JOINT_HOLDING, teacher="the bundle's static weights (joint search)")
     flags.add_seed(p)
     flags.add_device(p)
     flags.add_data_dir(p)
@@ -69,8 +71,24 @@ def fitness_noise(accuracies, n: int) -> str:
     return f"standard error of one fitness accuracy near {100 * a:.1f}%: {100 * se:.2f} pt"
 
 
+JOINT_HOLDING = ("--distill", "--distill-temperature", "--explore-floor", "--erase-prob")
+
+
 def config_from_args(args) -> NSGAConfig:
+    if not 0.0 <= args.distill <= 1.0:
+        raise ValueError(f"--distill {args.distill}: a share of the loss, in [0, 1]")
+    if not args.joint and (args.distill or args.explore_floor):
+        raise ValueError("--distill and --explore-floor shape the joint search's training; Hint: add --joint")
     return config_from(NSGAConfig, args, reward=reward_config(args))
+
+
+def joint_teacher(bundle: Bundle, cfg: NSGAConfig, device) -> AdaptiveViT | None:
+    """The joint search's distillation teacher: the bundle's static weights, every layer, frozen."""
+    if not (cfg.joint and cfg.distill > 0):
+        return None
+    if "static" not in bundle.weight_sets:
+        raise ValueError(f"{bundle.root} has no static weights to distil from; Hint: drop --distill")
+    return bundle.build_model("static", device).eval().requires_grad_(False)
 
 
 def run(args) -> None:
@@ -98,7 +116,10 @@ def run(args) -> None:
         f"NSGA-II {'joint RL-NSGA' if cfg.joint else 'plain'} search on weights {weights!r} of "
         f"{args.bundle} | {cfg} | device {device}"
     )
-    search = NSGASearch(model, splits.train, splits.val, splits.info, cfg, ctx.ckpt_dir, device)
+    teacher = joint_teacher(bundle, cfg, device)
+    search = NSGASearch(
+        model, splits.train, splits.val, splits.info, cfg, ctx.ckpt_dir, device, teacher=teacher
+    )
     if not search.run(resume=args.resume, stop_after=args.stop_after):
         return
     result = search.select()
@@ -116,6 +137,18 @@ def run(args) -> None:
         cfg,
         ctx,
     )
+
+
+def joint_holding_text(cfg: NSGAConfig) -> str:
+    parts = []
+    if cfg.distill > 0:
+        parts.append(
+            f"{cfg.distill} of the classification loss is distillation from the static weights "
+            f"(T = {cfg.distill_temperature})"
+        )
+    if cfg.explore_floor:
+        parts.append(f"exploration floor {cfg.explore_floor}")
+    return "; ".join(parts) or "none (the thesis's recipe)"
 
 
 def write_search(
@@ -178,20 +211,24 @@ def write_search(
   {cfg.reward.w_layers}·L + ({cfg.reward.eps}) under the configuration; between generations
   {cfg.steps_per_generation} AdamW steps (batch {cfg.batch_size}, lr backbone {cfg.lr}, gates and baselines
   {cfg.agent_lr}, constant) with CE + REINFORCE + baseline MSE, each row under a configuration drawn
-  from the surviving population (removed layers never run, the other gates sample). Weight set `{name}`."""
+  from the surviving population (removed layers never run, the other gates sample). Weight set `{name}`.
+- Holding the backbone: {joint_holding_text(cfg)}; random erasing {cfg.erase_prob}"""
         if cfg.joint
         else ""
     )
     n_fit = min(cfg.val_batch, n_val) if cfg.val_batch > 0 else n_val
     se_text = fitness_noise(result.val["accuracy"], n_fit)
+    if n_fit == n_val and not cfg.joint:
+        fit_text = f"the whole validation split ({n_val} images), each configuration scored once"
+    else:
+        fit_text = f"a fresh batch of {n_fit} validation images per\n  generation (parents re-scored with their offspring)"
     body = f"""
 Command: `{command_line(ctx.args.argv)}`
 
 - Start: weight set `{source}`; NSGA-II (pymoo, ask-and-tell): {cfg.generations} generations,
   population {cfg.population}, one-point crossover {cfg.crossover}, uniform-replacement mutation
   {cfg.mutation}, gene step {cfg.step} (genes {{-1}} ∪ {{0, …, 1}}), seed {cfg.seed}
-- Objectives: relative compute and error on a fresh batch of {n_fit} validation images per
-  generation (parents re-scored with their offspring); {se_text}{joint_text}
+- Objectives: relative compute and error on {fit_text}; {se_text}{joint_text}
 - Selection: the non-dominated set of the final population, scored on the full validation split; the
   test split is read only to report the chosen points
 - Environment: {environment()}, device {ctx.device}; search wall time {result.elapsed_s / 60:.1f} min

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from skipvit.model.gates import GatePolicy
+from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.data.augment import augment, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
@@ -79,8 +80,11 @@ def finetune(
     steps: int,
     g: torch.Generator,
     device,
+    teacher: AdaptiveViT | None = None,
 ) -> dict:
-    """``steps`` weight updates; each row runs under a configuration drawn from ``genes`` (P, L)."""
+    """``steps`` weight updates; each row runs under a configuration drawn from ``genes`` (P, L);
+    with a ``teacher`` (run with every layer), ``rl_cfg.distill`` of the classification loss is
+    distillation from it."""
     thresholds = torch.as_tensor(np.asarray(genes, dtype=np.float32))
     model.train()
     totals = {"ce": 0.0, "correct": 0, "layers": 0.0, "n": 0}
@@ -90,8 +94,13 @@ def finetune(
         x = augment(x, rl_cfg.augment, info.hflip, g, info.mean, info.std)
         y = train.labels[idx].to(device)
         rows = thresholds[torch.randint(len(thresholds), (len(idx),), generator=g)].to(device)
+        x = x.to(device)
         with autocast(device):
-            loss, st = rl_step(model, x.to(device), y, rl_cfg, rows)
+            taught = None
+            if teacher is not None:
+                with torch.no_grad():
+                    taught = teacher(x, StaticPolicy()).logits
+            loss, st = rl_step(model, x, y, rl_cfg, rows, teacher_logits=taught)
         gradient_step(opt, loss, rl_cfg.grad_clip)
         totals["ce"] += st["ce"] * len(y)
         totals["correct"] += st["correct"]

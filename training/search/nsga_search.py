@@ -10,7 +10,9 @@ ask-and-tell interface.
 **Objectives**, computed each generation on a fresh random batch of the validation split (carved
 from train): relative compute (mean layers / depth) and error (1 - accuracy), both minimised. The
 parents are re-evaluated on the same batch as their offspring, so survival compares like with
-like (and, in the joint search, under the same weights).
+like (and, in the joint search, under the same weights). With ``val_batch`` 0 (or the split's
+size) the plain search scores on the whole validation split, where neither the images nor the
+weights change between generations: each configuration is then scored once and looked up after.
 
 **Joint RL-NSGA** (eqs. 3.16-3.19, Algorithm 3) adds a third objective, the agent's expected
 reward under the configuration, maximised: per image R = w_acc·A - w_layers·L + eps (the reward of
@@ -37,7 +39,7 @@ import torch
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.checkpoint import CKPT_META, check_settings, load_checkpoint, read_meta, save_checkpoint
 from skipvit.training.configs import config_from
-from skipvit.training.data.augment import to_float
+from skipvit.training.data.augment import AugmentConfig, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.fronts import hypervolume
 from skipvit.training.reinforce import RewardConfig, RLConfig, optimizer_for
@@ -64,6 +66,12 @@ class NSGAConfig:
     lr: float = 1e-4  # joint: backbone and head
     agent_lr: float = 1e-3  # joint: gates and baselines
     reward: RewardConfig = field(default_factory=RewardConfig)
+    # joint, holding the backbone as `train rl` can (off by default: the thesis): distillation from
+    # the bundle's static weights run with every layer, an exploration floor, random erasing
+    distill: float = 0.0
+    distill_temperature: float = 1.0
+    explore_floor: float = 0.0
+    erase_prob: float = 0.25
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,8 +120,11 @@ def _set_objectives(problem, pop, f: np.ndarray) -> None:
 
 def joint_rl_config(cfg: NSGAConfig) -> RLConfig:
     """The RL settings of the joint fine-tune: the search's fields of the same name (batch size,
-    learning rates, seed, reward), its agent learning rate also for the baselines."""
-    return config_from(RLConfig, cfg, baseline_lr=cfg.agent_lr)
+    learning rates, seed, reward, distillation, exploration floor), its agent learning rate also for
+    the baselines, its erasing probability in the augmentation."""
+    return config_from(
+        RLConfig, cfg, baseline_lr=cfg.agent_lr, augment=AugmentConfig(erase_prob=cfg.erase_prob)
+    )
 
 
 # ---------------------------------------------------------------- the search
@@ -146,10 +157,14 @@ class NSGASearch:
         state_dir: Path,
         device,
         log=print,
+        teacher: AdaptiveViT | None = None,
     ) -> None:
         if model.agent is None:
             raise ValueError("the NSGA search tunes RL gates, but this weight set has none")
         self.model, self.train, self.val, self.info, self.cfg = model, train, val, info, cfg
+        self.teacher = teacher if cfg.joint and cfg.distill > 0 else None
+        if cfg.joint and cfg.distill > 0 and teacher is None:
+            raise ValueError("the joint search's distillation needs a teacher model")
         self.state_dir, self.device, self.log = Path(state_dir), torch.device(device), log
         self.problem, self.algorithm = pymoo_parts(cfg, model.depth)
         self.rl_cfg = joint_rl_config(cfg) if cfg.joint else None
@@ -159,6 +174,12 @@ class NSGASearch:
         self.progress = Progress(cfg.generations, None, "generation", f"state in {self.state_dir}")
         self.reward_mean: dict[tuple[int, ...], tuple[float, int]] = {}  # eq. 3.19 per configuration
         self.best_hv = 0.0
+        # Plain search on the whole validation split: the weights and the images never change, so a
+        # configuration's fitness is computed once (parents and repeats are looked up, not rescored).
+        self.memo: dict[tuple[int, ...], dict[str, float]] | None = (
+            {} if not cfg.joint and (cfg.val_batch <= 0 or cfg.val_batch >= len(val)) else None
+        )
+        self.scored = 0  # configurations scored (forward passes over the fitness images)
 
     @property
     def generation(self) -> int:
@@ -244,6 +265,33 @@ class NSGASearch:
             f.append(-np.array(mu))
         return np.stack(f, axis=1)
 
+    def _batch_fitness(self, codes: np.ndarray, gen: int) -> dict[str, np.ndarray]:
+        """Fitness on this generation's random batch of the validation split (parents rescored)."""
+        cfg = self.cfg
+        size = cfg.val_batch if cfg.val_batch > 0 else len(self.val)
+        idx = torch.randperm(len(self.val), generator=batch_generator(cfg.seed, gen, 0))[:size]
+        x = to_float(self.val.images[idx].to(self.device), self.info.mean, self.info.std)
+        correct, executed = score(
+            self.model, x, self.val.labels[idx].to(self.device), decode(codes, cfg.step), cfg.rows_per_forward
+        )
+        self.scored += len(codes)
+        return fitness(correct, executed, cfg.reward)
+
+    def _memo_fitness(self, codes: np.ndarray) -> dict[str, np.ndarray]:
+        """Fitness on the whole validation split, each configuration scored the first time it is met."""
+        keys = [tuple(c) for c in codes.tolist()]
+        new = list(dict.fromkeys(k for k in keys if k not in self.memo))
+        if new:
+            genes = decode(np.array(new), self.cfg.step)
+            correct, executed = score_split(
+                self.model, self.val, self.info, genes, self.device, rows=self.cfg.rows_per_forward
+            )
+            fit = fitness(correct, executed, self.cfg.reward)
+            for i, k in enumerate(new):
+                self.memo[k] = {name: float(v[i]) for name, v in fit.items()}
+            self.scored += len(new)
+        return {name: np.array([self.memo[k][name] for k in keys]) for name in self.memo[keys[0]]}
+
     def _generation(self, gen: int) -> dict:
         from pymoo.core.population import Population
 
@@ -251,13 +299,7 @@ class NSGASearch:
         offspring = self.algorithm.ask()
         everyone = offspring if gen == 0 else Population.merge(self.algorithm.pop, offspring)
         codes = np.asarray(everyone.get("X")).astype(int)
-        size = cfg.val_batch if cfg.val_batch > 0 else len(self.val)  # 0: the whole validation split
-        idx = torch.randperm(len(self.val), generator=batch_generator(cfg.seed, gen, 0))[:size]
-        x = to_float(self.val.images[idx].to(self.device), self.info.mean, self.info.std)
-        correct, executed = score(
-            self.model, x, self.val.labels[idx].to(self.device), decode(codes, cfg.step), cfg.rows_per_forward
-        )
-        fit = fitness(correct, executed, cfg.reward)
+        fit = self._memo_fitness(codes) if self.memo is not None else self._batch_fitness(codes, gen)
         _set_objectives(self.problem, everyone, self._objectives(codes, fit))
         self.algorithm.tell(infills=offspring)
         f = np.asarray(self.algorithm.pop.get("F"))
@@ -283,6 +325,7 @@ class NSGASearch:
                 cfg.steps_per_generation,
                 batch_generator(cfg.seed, gen, 1),
                 self.device,
+                self.teacher,
             )
             record.update({k: round(v, 4) for k, v in st.items()})
         return record
@@ -304,6 +347,7 @@ class NSGASearch:
                 f"generation {gen + 1}/{cfg.generations} | HV {record['hv']:.4f} (best "
                 f"{self.best_hv:.4f}) | front {record['front_points']} points, best acc "
                 f"{record['max_acc']:.4f}, fewest layers {record['min_layers']:.2f}{extra} | "
+                f"{self.scored} configurations scored | "
                 f"{_fmt_time(progress.elapsed)} elapsed, ~{_fmt_time(left)} left"
             )
         return progress.finished(self.log)

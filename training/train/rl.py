@@ -101,11 +101,21 @@ HOLDING_FLAGS = (  # (flag, default, metavar, help)
 )
 
 
-def add_holding_arguments(p) -> None:
-    """The flags that hold the backbone while the gates learn (each off by default: the thesis)."""
+def add_holding_arguments(
+    p, only: tuple[str, ...] | None = None, teacher: str = "the --init-from weights"
+) -> None:
+    """The flags that hold the backbone while the gates learn (each off by default: the thesis);
+    ``only``: just these flags; ``teacher``: what distillation learns from, in the help."""
     g = p.add_argument_group("holding the backbone (departures from the thesis, off by default)")
     for flag, default, metavar, text in HOLDING_FLAGS:
-        g.add_argument(flag, type=float, default=default, metavar=metavar, help=text)
+        if only is None or flag in only:
+            g.add_argument(
+                flag,
+                type=float,
+                default=default,
+                metavar=metavar,
+                help=text.replace("the --init-from weights", teacher),
+            )
 
 
 def config_from_args(args) -> RLConfig:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from skipvit.cli import main
-from skipvit.model.bundle import load_bundle
+from skipvit.model.bundle import load_bundle, write_manifest
 from skipvit.training.data import load_dataset
 from tests.cli_args import argv
 
@@ -138,3 +138,45 @@ def test_compare_pairs_two_points_on_the_same_images(tiny_rl_bundle, capsys):
     assert r["verdict"] in ("rl better", "rl worse", "no significant difference")
     main(argv("compare --point static --limit 80 --device cpu", bundle=tiny_rl_bundle))
     assert "static vs static" in capsys.readouterr().out  # a point against itself: no discordant image
+
+
+def test_compare_into_report_writes_a_section_and_keeps_the_manifest(tiny_rl_bundle, tmp_path, capsys):
+    out = tmp_path / "b"
+    shutil.copytree(tiny_rl_bundle, out)
+    main(argv("compare --point rl --limit 40 --device cpu --into-report", bundle=out))
+    printed = capsys.readouterr().out.strip()
+    report = (out / "REPORT.md").read_text()
+    section = report.split("## compare: rl vs static (test)\n", 1)[1]
+    assert "Command: `skipvit compare" in section and printed in section
+    load_bundle(out)  # the manifest still verifies
+
+
+def test_compare_reads_the_second_point_from_another_bundle_of_the_same_images(
+    tiny_rl_bundle, tiny_bundle, tmp_path, capsys
+):
+    words = "compare --point rl --against static --limit 80 --device cpu --json"
+    main(argv(words, bundle=tiny_rl_bundle))
+    same = json.loads(capsys.readouterr().out)
+    main(argv(words, bundle=tiny_rl_bundle, against_bundle=tiny_bundle))
+    other = json.loads(capsys.readouterr().out)
+    # tiny-rl is a copy of tiny plus an rl point: its static weights and images are tiny's
+    assert other["against"] == f"{tiny_bundle}:static"
+    assert {k: v for k, v in other.items() if k != "against"} == {
+        k: v for k, v in same.items() if k != "against"
+    }
+    # a bundle that reads other images (here: another validation carve) cannot be paired
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_bundle, moved)
+    meta = json.loads((moved / "bundle.json").read_text())
+    meta["dataset"]["split"]["seed"] += 1
+    (moved / "bundle.json").write_text(json.dumps(meta))
+    write_manifest(moved)
+    with pytest.raises(SystemExit):
+        main(
+            argv(
+                words.replace("--limit 80 ", "--split val --limit 80 "),
+                bundle=tiny_rl_bundle,
+                against_bundle=moved,
+            )
+        )
+    assert "cannot be paired" in capsys.readouterr().err

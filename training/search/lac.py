@@ -157,21 +157,33 @@ def run(args) -> None:
     )
 
 
+def same_decisions(a, b) -> bool:
+    """Two evaluations of the same images that ran the same layers and answered alike on every one."""
+    return torch.equal(a.executed, b.executed) and torch.equal(a.correct, b.correct)
+
+
 def write_points(
     bundle: Bundle, results: dict[str, list[dict]], n: int, full: bool, args, device, elapsed: float
 ) -> None:
     """The swept points into ``bundle`` (loaded afresh), replacing every earlier LAC point on the
     weight sets swept."""
     depth = bundle.architecture.depth
-    points, rows = [], []
+    points, rows, repeats = [], [], []
     for w, records in results.items():
+        kept: dict[str, tuple[str, object]] = {}  # mode -> (id, validation result) of the last point kept
         for rec in records:
             res, val, mode, alpha = rec["results"]["test"], rec["results"]["val"], rec["mode"], rec["alpha"]
+            pid = point_id(w, mode, alpha, rec["batch"])
+            if mode in kept and same_decisions(val, kept[mode][1]):
+                # a saturated alpha: every validation image halts where it did at the alpha before
+                repeats.append(f"`{pid}` (as `{kept[mode][0]}`)")
+                continue
+            kept[mode] = (pid, val)
             metrics = res.metrics(depth, "test") | val.val_metrics(depth) | {"eval_batch": rec["batch"]}
             params = {"alpha": alpha, "mode": mode}
             if mode == "per-batch":
                 params["request_images"] = rec["batch"]
-            p = Point(point_id(w, mode, alpha, rec["batch"]), "lac", w, params, metrics)
+            p = Point(pid, "lac", w, params, metrics)
             points.append(p)
             hist = torch.bincount(res.executed.sum(1), minlength=depth + 1).tolist()
             rows.append(
@@ -201,6 +213,12 @@ def write_points(
         if w in static
     )
     data_text = f"the full test split ({n} images)" if full else f"the first {n} images of the test split"
+    repeat_text = (
+        "\n- Left off the front, as the same measurement as the point of the next smaller alpha (every "
+        f"validation image halts at the same layer with the same answer): {', '.join(repeats)}."
+        if repeats
+        else ""
+    )
     body = f"""
 Command: `{command_line(args.argv)}`
 
@@ -216,7 +234,7 @@ Command: `{command_line(args.argv)}`
 - Data: {data_text}; validation figures (which the choices on the front read) on {
         "the whole" if full else f"the first {n} images of the"
     } validation split.{static_text}
-- Environment: {environment()}, device {device}; sweep wall time {elapsed / 60:.1f} min
+- Environment: {environment()}, device {device}; sweep wall time {elapsed / 60:.1f} min{repeat_text}
 
 Hypervolume of the per-example points (pymoo HV over (mean layers / depth, 1 − accuracy),
 reference {HV_REF}): {", ".join(f"`{w}` **{v:.4f}**" for w, v in hv.items())}.

@@ -53,7 +53,12 @@ from skipvit.benchmarks.openloop import Sent, dispatch
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--family", default="rl", help="a point of the family the autopilot chooses among")
+    p.add_argument(
+        "--family",
+        default=None,
+        help="a point of the family the autopilot chooses among (default: the bundle's RL point, "
+        "as bench model picks it)",
+    )
     p.add_argument("--p95-ms", type=float, default=100.0, help="the p95 target (ms)")
     p.add_argument("--min-accuracy", type=float, default=0.80, help="the accuracy floor (validation)")
     p.add_argument(
@@ -89,6 +94,14 @@ def run(args) -> None:
     bundle = served.bundle_dir(args.bundle)
     if args.step_s <= 2 or args.capacity_s <= 0:
         raise ValueError("--step-s must be > 2 and --capacity-s > 0; Hint: e.g. --step-s 20")
+    if args.family is None:
+        from skipvit.benchmarks.bench_model import rl_pick
+        from skipvit.model.bundle import load_bundle
+
+        pick = rl_pick(load_bundle(bundle))
+        if pick is None:
+            raise ValueError(f"{bundle} has no RL point; Hint: name a point of the family with --family")
+        args.family = pick.id
     points = plan_points(bundle, args.family, args.p95_ms, args.min_accuracy)
     pngs, labels = test_images(args.data_dir, 1024)
     server = served.skipvit_server(args, bundle, "autopilot", request_timeout_s=args.request_timeout)

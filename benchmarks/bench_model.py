@@ -63,6 +63,7 @@ from skipvit.model.gates import GatePolicy, SkipAgent
 from skipvit.model.points import GATE_METHODS, policy_for
 from skipvit.model.policy import ExecutionPolicy, StaticPolicy
 from skipvit.model.vit import AdaptiveViT, ForwardOutput
+from skipvit.training.fronts import near_static
 
 NSGA_METHODS = ("nsga", "nsga-joint")
 AUTO_MAX_ACCURACY_DROP = 0.05  # --points auto: the leanest nsga point within 5 points of static
@@ -162,6 +163,23 @@ class Reference:
         )
 
 
+def accuracy_of(p: Point, default: float | None = None) -> float:
+    """A point's validation accuracy where it has one (choices read validation), else its accuracy."""
+    m = p.metrics
+    return m.get("val_accuracy", m.get("accuracy", default))
+
+
+def rl_pick(bundle: Bundle) -> Point | None:
+    """The bundle's RL point: the one named `rl`, else the one validation picks (least validation
+    compute within 0.5 pt of static on validation), else the first RL point."""
+    rl = [p for p in bundle.front if p.method == "rl"]
+    named = [p for p in rl if p.id == "rl"]
+    if named:
+        return named[0]
+    static = next((p for p in bundle.front if p.method == "static"), None)
+    return near_static(rl, static) or (rl[0] if rl else None)
+
+
 def choose_points(bundle: Bundle, spec: str, allow_none: bool = False) -> tuple[list[Point], str]:
     """The points to compare with static, and the rule that chose them; with ``allow_none`` (masks
     or a reference are timed), a bundle with no other point gives none instead of an error."""
@@ -179,17 +197,17 @@ def choose_points(bundle: Bundle, spec: str, allow_none: bool = False) -> tuple[
                 "Hint: e.g. --points rl, or auto, or all"
             )
         return given, "given"
-    chosen = [p for p in others if p.id == "rl"]
+    chosen = [rl_pick(bundle)] if rl_pick(bundle) is not None else []
     static = next((p for p in bundle.front if p.method == "static"), None)
     floor = None
     if static is not None and "accuracy" in static.metrics:
-        floor = static.metrics["accuracy"] - AUTO_MAX_ACCURACY_DROP
+        floor = accuracy_of(static) - AUTO_MAX_ACCURACY_DROP
     nsga = [
         p
         for p in others
         if p.method in NSGA_METHODS
         and "mean_layers" in p.metrics
-        and (floor is None or p.metrics.get("accuracy", -1.0) >= floor)
+        and (floor is None or accuracy_of(p, -1.0) >= floor)
     ]
     if nsga:
         chosen.append(min(nsga, key=lambda p: p.metrics["mean_layers"]))
@@ -198,8 +216,10 @@ def choose_points(bundle: Bundle, spec: str, allow_none: bool = False) -> tuple[
     if not chosen:
         raise ValueError(f"{bundle.root} has no point besides static; Hint: train rl or run a search first")
     rule = (
-        f"auto: `rl` and the {'/'.join(NSGA_METHODS)} point with the fewest mean layers whose "
-        f"accuracy is within {100 * AUTO_MAX_ACCURACY_DROP:g} points of static (bundle metrics)"
+        "auto: the RL point (`rl`, else the one of least validation compute within 0.5 pt of static "
+        f"on validation, else the first) and the {'/'.join(NSGA_METHODS)} point with the fewest mean "
+        f"layers whose accuracy is within {100 * AUTO_MAX_ACCURACY_DROP:g} points of static "
+        "(validation figures where the points have them)"
     )
     return chosen, rule
 

@@ -26,7 +26,17 @@ from tests.service.server import TOKEN, ServerProcess
 
 pytestmark = pytest.mark.slow
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-SWITCH_POINTS = ["rl", "nsga-joint-18", "static", "nsga-16", "rl-w0.1"]
+
+
+def switch_points() -> list[str]:
+    """Five points of the shipped bundle to switch between, of as many methods as it has: the first
+    point of each method in front order, then the last one of each, static among them."""
+    from skipvit.model.bundle import load_bundle
+
+    front = load_bundle(SHIPPED_BUNDLE).front
+    firsts = list({p.method: p.id for p in reversed(front)}.values())[::-1]
+    lasts = [i for i in {p.method: p.id for p in front}.values() if i not in firsts]
+    return (firsts + lasts)[:5]
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +94,14 @@ def test_32_clients_x_50_requests_with_20_switches(server, pngs):
             outs.append(await one(client, pngs[start : start + n], asked))
         return outs
 
+    points = switch_points()
+    assert "static" in points and len(set(points)) == len(points) >= 3
+
     async def switcher(client) -> list[tuple[float, float, str]]:
         switches = []
         for i in range(20):
             await asyncio.sleep(0.08)  # about time: the switches are spread over the load
-            point = SWITCH_POINTS[i % len(SWITCH_POINTS)]
+            point = points[i % len(points)]
             sent = time.monotonic()
             r = await client.put("/config", json={"point": point}, headers=ADMIN)
             assert r.status_code == 200 and r.json()["point"] == point, r.text

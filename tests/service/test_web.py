@@ -156,6 +156,12 @@ def test_upload_shows_the_label_top_k_and_path_of_the_api(browser, server, image
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumb) == 28
 
 
+def rl_point(server) -> str:
+    """The id of the served bundle's first RL point, as /pareto lists it."""
+    points = httpx2.get(f"{server.base}/pareto").json()["points"]
+    return next(p["id"] for p in points if p["method"] == "rl")
+
+
 def test_switch_point_moves_the_active_marker_and_a_wrong_token_does_not(browser, server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -163,7 +169,7 @@ def test_switch_point_moves_the_active_marker_and_a_wrong_token_does_not(browser
     before = open_page(browser, server)
     assert before == httpx2.get(f"{server.base}/config").json()["point"]
     spot = marker_spot(browser)
-    target = "static" if before != "static" else "rl"
+    target = "static" if before != "static" else rl_point(server)
     try:
         browser.find_element(By.ID, "token").send_keys(TOKEN)
         Select(browser.find_element(By.ID, "point-select")).select_by_value(target)
@@ -203,11 +209,12 @@ def test_the_autopilot_panel_turns_it_on_shows_its_choice_live_and_turns_it_off(
         p95 = browser.find_element(By.ID, "autopilot-p95")
         p95.clear()
         p95.send_keys("5000")
-        Select(browser.find_element(By.ID, "autopilot-family")).select_by_value("rl")
+        rl = rl_point(server)
+        Select(browser.find_element(By.ID, "autopilot-family")).select_by_value(rl)
         browser.find_element(By.ID, "autopilot-on").click()
         wait(browser, lambda d: text(d, "ap-state") == "on" and text(d, "ap-point") != "–", "no live choice")
         family = httpx2.get(f"{server.base}/pareto").json()["autopilot_family"]
-        assert "rl" in family and text(browser, "ap-point") in family
+        assert rl in family and text(browser, "ap-point") in family
         # the page follows the server: the active point line shows the autopilot's choice
         wait(browser, lambda d: text(d, "active-point") in family, "the active point line never followed")
         browser.find_element(By.ID, "autopilot-off").click()

@@ -56,8 +56,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--family",
         default=None,
-        help="a point of the family the autopilot chooses among (default: the bundle's RL point, "
-        "as bench model picks it)",
+        help="a point of the family the autopilot chooses among (default: an RL point of the largest "
+        "family of RL and NSGA points, those on one weight set)",
     )
     p.add_argument("--p95-ms", type=float, default=100.0, help="the p95 target (ms)")
     p.add_argument("--min-accuracy", type=float, default=0.80, help="the accuracy floor (validation)")
@@ -75,6 +75,24 @@ def add_arguments(p) -> None:
     p.add_argument("--max-connections", type=int, default=4000)
     served.add_common(p, "runs/bench/autopilot.json")
     p.add_argument("--out-png", default=None, help="the plot (default: next to the JSON, .png)")
+
+
+def largest_gate_family(bundle_dir: Path) -> str:
+    """An RL point of the largest family of gate points (one weight set: RL and NSGA points), the
+    default ``--family``."""
+    from skipvit.model.bundle import load_bundle
+    from skipvit.model.points import GATE_METHODS, batch_key
+
+    families: dict = {}
+    for p in load_bundle(bundle_dir).front:
+        if p.method in GATE_METHODS:
+            families.setdefault(batch_key(p), []).append(p)
+    if not families:
+        raise ValueError(
+            f"{bundle_dir} has no RL or NSGA point; Hint: name a point of the family with --family"
+        )
+    members = max(families.values(), key=len)
+    return next((p.id for p in members if p.method == "rl"), members[0].id)
 
 
 def plan_points(bundle_dir: Path, family: str, p95_ms: float, min_accuracy: float) -> dict:
@@ -95,13 +113,7 @@ def run(args) -> None:
     if args.step_s <= 2 or args.capacity_s <= 0:
         raise ValueError("--step-s must be > 2 and --capacity-s > 0; Hint: e.g. --step-s 20")
     if args.family is None:
-        from skipvit.benchmarks.bench_model import rl_pick
-        from skipvit.model.bundle import load_bundle
-
-        pick = rl_pick(load_bundle(bundle))
-        if pick is None:
-            raise ValueError(f"{bundle} has no RL point; Hint: name a point of the family with --family")
-        args.family = pick.id
+        args.family = largest_gate_family(bundle)
     points = plan_points(bundle, args.family, args.p95_ms, args.min_accuracy)
     pngs, labels = test_images(args.data_dir, 1024)
     server = served.skipvit_server(args, bundle, "autopilot", request_timeout_s=args.request_timeout)

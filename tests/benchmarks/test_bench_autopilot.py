@@ -97,3 +97,21 @@ def test_a_short_real_run_on_the_tiny_gate_bundle(tiny_gate_bundle, tmp_path):
         "no_failures_but_shedding",
     }
     assert (tmp_path / "autopilot.png").is_file() and "| 0.5x |" in render(report)
+
+
+def test_the_default_family_is_the_largest_one_of_gate_points(tiny_gate_bundle, tiny_bundle, tmp_path):
+    import shutil
+
+    from skipvit.benchmarks.bench_autopilot import largest_gate_family
+    from skipvit.model.bundle import Point, load_bundle
+
+    assert largest_gate_family(tiny_gate_bundle) == "rl"  # rl, rl-t0.8 and nsga-a share the weights
+    # a lone RL point on other weights does not outnumber them
+    out = tmp_path / "b"
+    shutil.copytree(tiny_gate_bundle, out)
+    b = load_bundle(out)
+    b.upsert_points([Point("rl-other", "rl", "static", {"thresholds": 0.5}, dict(b.point("rl").metrics))])
+    b.save()
+    assert largest_gate_family(out) == "rl"
+    with pytest.raises(ValueError, match="no RL or NSGA point"):
+        largest_gate_family(tiny_bundle)

@@ -197,7 +197,8 @@ def choose_points(bundle: Bundle, spec: str, allow_none: bool = False) -> tuple[
                 "Hint: e.g. --points rl, or auto, or all"
             )
         return given, "given"
-    chosen = [rl_pick(bundle)] if rl_pick(bundle) is not None else []
+    rl = rl_pick(bundle)
+    chosen = [rl] if rl is not None else []
     static = next((p for p in bundle.front if p.method == "static"), None)
     floor = None
     if static is not None and "accuracy" in static.metrics:

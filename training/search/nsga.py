@@ -27,9 +27,9 @@ from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.run import RunContext
 from skipvit.training.search.nsga_genes import gene_values
 from skipvit.training.search.nsga_scoring import fitness, score_split
-from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch, SearchResult
+from skipvit.training.search.nsga_search import NSGAConfig, NSGASearch, SearchResult, joint_rl_config
 from skipvit.training.stats import accuracy_ci95
-from skipvit.training.train.rl import add_holding_arguments
+from skipvit.training.train.rl import add_holding_arguments, check_distill, holding_text
 
 
 def add_arguments(p) -> None:
@@ -75,8 +75,7 @@ JOINT_HOLDING = ("--distill", "--distill-temperature", "--explore-floor", "--era
 
 
 def config_from_args(args) -> NSGAConfig:
-    if not 0.0 <= args.distill <= 1.0:
-        raise ValueError(f"--distill {args.distill}: a share of the loss, in [0, 1]")
+    check_distill(args.distill)
     if not args.joint and (args.distill or args.explore_floor):
         raise ValueError("--distill and --explore-floor shape the joint search's training; Hint: add --joint")
     return config_from(NSGAConfig, args, reward=reward_config(args))
@@ -137,18 +136,6 @@ def run(args) -> None:
         cfg,
         ctx,
     )
-
-
-def joint_holding_text(cfg: NSGAConfig) -> str:
-    parts = []
-    if cfg.distill > 0:
-        parts.append(
-            f"{cfg.distill} of the classification loss is distillation from the static weights "
-            f"(T = {cfg.distill_temperature})"
-        )
-    if cfg.explore_floor:
-        parts.append(f"exploration floor {cfg.explore_floor}")
-    return "; ".join(parts) or "none (the thesis's recipe)"
 
 
 def write_search(
@@ -212,7 +199,8 @@ def write_search(
   {cfg.steps_per_generation} AdamW steps (batch {cfg.batch_size}, lr backbone {cfg.lr}, gates and baselines
   {cfg.agent_lr}, constant) with CE + REINFORCE + baseline MSE, each row under a configuration drawn
   from the surviving population (removed layers never run, the other gates sample). Weight set `{name}`.
-- Holding the backbone: {joint_holding_text(cfg)}; random erasing {cfg.erase_prob}"""
+- Holding the backbone (distillation's teacher: the bundle's static weights):
+  {holding_text(joint_rl_config(cfg))}; random erasing {cfg.erase_prob}"""
         if cfg.joint
         else ""
     )

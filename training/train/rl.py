@@ -118,9 +118,13 @@ def add_holding_arguments(
             )
 
 
+def check_distill(share: float) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"--distill {share}: a share of the loss, in [0, 1]")
+
+
 def config_from_args(args) -> RLConfig:
-    if not 0.0 <= args.distill <= 1.0:
-        raise ValueError(f"--distill {args.distill}: a share of the loss, in [0, 1]")
+    check_distill(args.distill)
     if args.distill > 0 and not args.init_from:
         raise ValueError("--distill needs a teacher; Hint: pass --init-from BUNDLE (its weights teach)")
     augment = augment_config(args.no_augment, args.erase_prob)

@@ -20,12 +20,13 @@ pytestmark = pytest.mark.slow
 
 def retrying_client(srv: Served, request: bytes, stop: threading.Event, outcomes: Counter) -> None:
     """Send, read, repeat, each on a fresh connection, until told to stop. A request either gets its
-    answer, or its connection is refused; anything else (a reset or EOF after the request was sent)
-    is a request cut off."""
+    answer, or its connection is refused (or reset before the request was sent: a connection still in
+    the listen backlog of a server that exits); anything else (a reset or EOF after the request was
+    sent) is a request cut off."""
     while not stop.is_set():
         try:
             s = srv.connect(10)
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             outcomes["refused"] += 1
             time.sleep(0.02)
             continue

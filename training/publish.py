@@ -10,6 +10,7 @@ loads. Weight sets are written by the command before it publishes (``Bundle.add_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -49,6 +50,13 @@ def publish(
         update_fronts_section(bundle)
     bundle.save()
     return dropped
+
+
+def numbered(prefix: str) -> Callable[[Point], bool]:
+    """The points a search writes as ``<prefix>-1``, ``-2``, ...: not those of another prefix that
+    starts the same (``nsga`` leaves ``nsga-joint-3`` and ``nsga-w0.1-2`` alone)."""
+    pattern = re.compile(re.escape(prefix) + r"-\d+")
+    return lambda p: pattern.fullmatch(p.id) is not None
 
 
 def holds_bundle(out: Path) -> bool:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from skipvit.model.bundle import Point, load_bundle
-from skipvit.training.publish import existing_bundle, holds_bundle, publish
+from skipvit.training.publish import existing_bundle, holds_bundle, numbered, publish
 from skipvit.training.report import read_section
 
 
@@ -53,6 +53,15 @@ def test_a_rerun_replaces_its_points_and_reports_the_ones_gone(bundle):
     assert again.default_point == "static"  # the default went: static takes over
     assert read_section(bundle.root, "mine") == "two"
     assert "| rl |" in read_section(bundle.root, "fronts")  # dropping points refreshes the table
+
+
+def test_a_numbered_search_replaces_only_its_own_points(bundle):
+    ids = ["nsga-1", "nsga-12", "nsga-joint-3", "nsga-w0.1-2", "nsga", "nsga-1x"]
+    publish(bundle, "other", lambda *_: "x", [_point(i, method="nsga") for i in ids])
+    dropped = publish(load_bundle(bundle.root), "nsga", lambda *_: "y", [_point("nsga-2")], numbered("nsga"))
+    assert dropped == ["nsga-1", "nsga-12"]
+    left = [p.id for p in load_bundle(bundle.root).front]
+    assert left == ["static", "nsga-joint-3", "nsga-w0.1-2", "nsga", "nsga-1x", "nsga-2"]
 
 
 def test_a_search_always_refreshes_the_fronts_section_and_a_report_only_touches_its_section(bundle):

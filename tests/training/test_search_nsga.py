@@ -252,6 +252,8 @@ def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path, capsys
     assert "nsga-joint" in b.weight_sets and "rl" in b.weight_sets
     assert b.build_model("nsga-joint").agent is not None
     assert "## nsga-joint" in (out / "REPORT.md").read_text()
+    search_nsga(out, ckpt_dir=tmp_path / "plain")  # a plain search leaves the joint points be
+    assert {p.id for p in joint} <= {p.id for p in load_bundle(out).front}
     capsys.readouterr()
     with pytest.raises(SystemExit):
         search_nsga(out, "--joint --name rl")

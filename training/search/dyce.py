@@ -26,7 +26,7 @@ from skipvit.training.device import resolve_device
 from skipvit.training.evaluate import evaluate
 from skipvit.training.fronts import HV_REF, hypervolume, near_static, objectives
 from skipvit.training.imported import measure_static
-from skipvit.training.publish import publish
+from skipvit.training.publish import numbered, publish
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.search.dyce_sim import Choice, Simulator, record
 from skipvit.training.search.dyce_sweep import SearchConfig, SweepResult, sweep
@@ -292,13 +292,13 @@ Lambda sweep (the search's images):
         )
     }
 """
-    ours = f"{name}-"
+    ours = numbered(name)
     publish(
         bundle,
         name,
         lambda *_: body,
         points,
-        replaces=lambda p: p.method == "dyce" and p.id.startswith(ours),
+        replaces=lambda p: p.method == "dyce" and ours(p),
         fronts=True,
     )
     print(f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}")

@@ -21,7 +21,7 @@ from skipvit.model.vit import AdaptiveViT
 from skipvit.training.configs import config_from
 from skipvit.training.fronts import HV_REF, hypervolume, objectives
 from skipvit.training.imported import measure_static
-from skipvit.training.publish import publish
+from skipvit.training.publish import numbered, publish
 from skipvit.training.reinforce import reward_config
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.run import RunContext
@@ -229,7 +229,7 @@ Hypervolume (pymoo HV over (mean layers / depth, 1 − accuracy), reference poin
 {markdown_table(hist_head, hist)}
 """
     publish(
-        bundle, name, lambda *_: body, points, replaces=lambda p: p.id.startswith(f"{name}-"), fronts=True
+        bundle, name, lambda *_: body, points, replaces=numbered(name), fronts=True
     )
     print(
         f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}; "

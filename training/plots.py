@@ -19,13 +19,14 @@ def draw_front(bundle: Bundle) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     methods = sorted({p.method for p in bundle.front})
     for i, method in enumerate(methods):
-        pts = sorted((p for p in bundle.front if p.method == method), key=lambda p: _layers(p, depth))
-        xs = [_layers(p, depth) for p in pts]
-        ys = [100 * p.metrics["accuracy"] for p in pts]
-        if method == "static":
-            ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=3, label="static")
-        else:
-            ax.plot(xs, ys, "o-", color=f"C{i}", label=method, ms=4)
+        for j, pts in enumerate(_lines(p for p in bundle.front if p.method == method)):
+            pts = sorted(pts, key=lambda p: _layers(p, depth))
+            xs = [_layers(p, depth) for p in pts]
+            ys = [100 * p.metrics["accuracy"] for p in pts]
+            if method == "static":
+                ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=3, label="static")
+            else:
+                ax.plot(xs, ys, "o-", color=f"C{i}", label=None if j else method, ms=4)
     ax.set_xlabel(f"compute in layers (relative compute × {depth})")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{bundle.dataset.get('name', '')}: accuracy vs. compute")
@@ -35,6 +36,16 @@ def draw_front(bundle: Bundle) -> None:
     fig.tight_layout()
     fig.savefig(bundle.root / "front.png")
     plt.close(fig)
+
+
+def _lines(points) -> list[list]:
+    """One method's points as lines: one per weight set that holds several (a search's points), and
+    one through the weight sets that hold one each (a sweep, e.g. RL runs of several reward weights)."""
+    by_weights: dict[str, list] = {}
+    for p in points:
+        by_weights.setdefault(p.weights, []).append(p)
+    singles = [g[0] for g in by_weights.values() if len(g) == 1]
+    return [g for g in by_weights.values() if len(g) > 1] + ([singles] if singles else [])
 
 
 def _layers(point, depth: int) -> float:

@@ -228,9 +228,7 @@ Hypervolume (pymoo HV over (mean layers / depth, 1 − accuracy), reference poin
 
 {markdown_table(hist_head, hist)}
 """
-    publish(
-        bundle, name, lambda *_: body, points, replaces=numbered(name), fronts=True
-    )
+    publish(bundle, name, lambda *_: body, points, replaces=numbered(name), fronts=True)
     print(
         f"wrote {len(points)} points {name}-1..{len(points)} into {bundle.root}; "
         f"test hypervolume {hv_test:.4f}"

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from skipvit.model.gates import GatePolicy
+from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.configs import config_from
 from skipvit.training.data.augment import AugmentConfig
@@ -136,6 +137,14 @@ def distillation(logits: Tensor, teacher_logits: Tensor, temperature: float) -> 
     log_student = F.log_softmax(logits.float() / t, dim=-1)
     log_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * t * t
+
+
+def teacher_logits(teacher: AdaptiveViT | None, x: Tensor) -> Tensor | None:
+    """Distillation's targets for ``x``: the frozen ``teacher`` run with every layer (None: none)."""
+    if teacher is None:
+        return None
+    with torch.no_grad():
+        return teacher(x, StaticPolicy()).logits
 
 
 def policy_forward(model: AdaptiveViT, x: Tensor, policy: GatePolicy):

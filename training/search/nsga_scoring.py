@@ -8,13 +8,12 @@ import torch
 from torch import Tensor
 
 from skipvit.model.gates import GatePolicy
-from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT
 from skipvit.training.data.augment import augment, to_float
 from skipvit.training.data.base import ArrayData, DatasetInfo
 from skipvit.training.device import autocast, full_precision
 from skipvit.training.optim import gradient_step
-from skipvit.training.reinforce import RewardConfig, RLConfig, rewards, rl_step
+from skipvit.training.reinforce import RewardConfig, RLConfig, rewards, rl_step, teacher_logits
 
 
 @torch.inference_mode()
@@ -96,11 +95,7 @@ def finetune(
         rows = thresholds[torch.randint(len(thresholds), (len(idx),), generator=g)].to(device)
         x = x.to(device)
         with autocast(device):
-            taught = None
-            if teacher is not None:
-                with torch.no_grad():
-                    taught = teacher(x, StaticPolicy()).logits
-            loss, st = rl_step(model, x, y, rl_cfg, rows, teacher_logits=taught)
+            loss, st = rl_step(model, x, y, rl_cfg, rows, teacher_logits=teacher_logits(teacher, x))
         gradient_step(opt, loss, rl_cfg.grad_clip)
         totals["ce"] += st["ce"] * len(y)
         totals["correct"] += st["correct"]

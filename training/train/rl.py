@@ -17,13 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from skipvit import flags
 from skipvit.model.bundle import Bundle, Point, load_bundle, new_bundle
 from skipvit.model.gates import GatePolicy, SkipAgent
-from skipvit.model.policy import StaticPolicy
 from skipvit.model.vit import AdaptiveViT, build_model
 from skipvit.training.configs import config_from
 from skipvit.training.data import IMPORTED, DataSplits
@@ -35,7 +33,14 @@ from skipvit.training.imported import measure_static
 from skipvit.training.optim import gradient_step
 from skipvit.training.presets import model_config
 from skipvit.training.publish import existing_bundle, publish
-from skipvit.training.reinforce import PolicyForward, RLConfig, optimizer_for, reward_config, rl_step
+from skipvit.training.reinforce import (
+    PolicyForward,
+    RLConfig,
+    optimizer_for,
+    reward_config,
+    rl_step,
+    teacher_logits,
+)
 from skipvit.training.report import command_line, environment, markdown_table
 from skipvit.training.run import (
     EpochRunner,
@@ -203,10 +208,7 @@ def train_epoch(model, net, opt, splits, cfg: RLConfig, device, epoch, total_ste
     for x, y in bar:
         set_lr(opt, step, total_steps, warmup)
         with autocast(device):
-            taught = None
-            if teacher is not None:
-                with torch.no_grad():
-                    taught = teacher(x, StaticPolicy()).logits
+            taught = teacher_logits(teacher, x)
             loss, st = rl_step(model, x, y, cfg, teacher_logits=taught, net=net, moments=dist.moments)
         gradient_step(opt, dist.scale(loss, len(y)), cfg.grad_clip)
         step += 1

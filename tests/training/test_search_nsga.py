@@ -178,6 +178,30 @@ def test_the_joint_search_trains_the_weights_and_scores_the_reward(rl_parts, tmp
     assert all("ce" in h for h in s.history)
 
 
+def test_the_joint_fine_tune_can_keep_to_the_survivors_near_the_best(rl_parts, tmp_path, monkeypatch):
+    from skipvit.training.search import nsga_search
+
+    seen = []
+    real = nsga_search.finetune
+
+    def spy(model, opt, train, info, genes, *args, **kwargs):
+        seen.append(np.array(genes))
+        return real(model, opt, train, info, genes, *args, **kwargs)
+
+    monkeypatch.setattr(nsga_search, "finetune", spy)
+    for within in (0.0, 0.01):
+        s = _search(rl_parts, tmp_path / str(within), joint=True, generations=2, finetune_within=within)
+        s.run()
+        pop = s.algorithm.pop
+        acc = 1 - np.asarray(pop.get("F"))[:, 1]
+        genes = decode(np.asarray(pop.get("X")).astype(int), s.cfg.step)
+        near = genes[acc >= acc.max() - within / 100 - 1e-9]
+        assert np.array_equal(seen[-1], genes if within == 0 else near)
+        assert s.history[-1]["finetune_configs"] == len(seen[-1])
+    # the margin was narrower than the population's spread, so it left configurations out
+    assert 0 < len(seen[-1]) < len(genes)
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -261,6 +285,9 @@ def test_joint_search_writes_its_own_weight_set(tiny_rl_bundle, tmp_path, capsys
     with pytest.raises(SystemExit):
         search_nsga(out, "--distill 0.5")
     assert "Hint: add --joint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        search_nsga(out, "--finetune-within 2")
+    assert "--finetune-within 2: a non-negative accuracy margin" in capsys.readouterr().err
 
 
 def test_the_joint_search_can_hold_the_backbone_as_train_rl_does(rl_parts, tmp_path):

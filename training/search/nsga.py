@@ -53,6 +53,14 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="joint: training batch size")
     p.add_argument("--lr", type=float, default=1e-4, help="joint: backbone and head learning rate")
     p.add_argument("--agent-lr", type=float, default=1e-3, help="joint: gate and baseline learning rate")
+    p.add_argument(
+        "--finetune-within",
+        type=float,
+        default=0.0,
+        metavar="PT",
+        help="joint: train only under survivors within PT accuracy points of the best one "
+        "(default 0: under every survivor, the thesis)",
+    )
     flags.add_reward(p, "joint: ")
     add_holding_arguments(p, only=JOINT_HOLDING, teacher="the bundle's static weights (joint search)")
     flags.add_seed(p)
@@ -78,6 +86,11 @@ def config_from_args(args) -> NSGAConfig:
     check_distill(args.distill)
     if not args.joint and (args.distill or args.explore_floor):
         raise ValueError("--distill and --explore-floor shape the joint search's training; Hint: add --joint")
+    if args.finetune_within < 0 or (args.finetune_within and not args.joint):
+        raise ValueError(
+            f"--finetune-within {args.finetune_within:g}: a non-negative accuracy margin, in points, "
+            "for the joint search's training; Hint: add --joint, or leave it out"
+        )
     return config_from(NSGAConfig, args, reward=reward_config(args))
 
 
@@ -187,18 +200,24 @@ def write_search(
     ]
     hist = [
         [h["generation"], h["hv"], h["front_points"], h["max_acc"], h["min_layers"], h["elapsed_s"]]
-        + ([h["ce"], h["train_acc"], h["train_layers"]] if cfg.joint else [])
+        + ([h["ce"], h["train_acc"], h["train_layers"], h.get("finetune_configs", "")] if cfg.joint else [])
         for h in result.history
     ]
     hist_head = ["generation", "HV (batch)", "front points", "best acc", "fewest layers", "elapsed s"]
-    hist_head += ["train CE", "train acc", "sampled layers"] if cfg.joint else []
+    hist_head += ["train CE", "train acc", "sampled layers", "trained under"] if cfg.joint else []
+    finetune_text = (
+        f"the survivors within {cfg.finetune_within:g} pt of the best survivor's accuracy on the\n  generation's batch"
+        if cfg.finetune_within > 0
+        else "the surviving population"
+    )
     joint_text = (
         f"""
 - Joint: third objective = running mean (eq. 3.19) of the RL reward R = {cfg.reward.w_acc}·A −
   {cfg.reward.w_layers}·L + ({cfg.reward.eps}) under the configuration; between generations
   {cfg.steps_per_generation} AdamW steps (batch {cfg.batch_size}, lr backbone {cfg.lr}, gates and baselines
   {cfg.agent_lr}, constant) with CE + REINFORCE + baseline MSE, each row under a configuration drawn
-  from the surviving population (removed layers never run, the other gates sample). Weight set `{name}`.
+  from {finetune_text} (removed layers never run, the other gates
+  sample). Weight set `{name}`.
 - Holding the backbone (distillation's teacher: the bundle's static weights):
   {holding_text(joint_rl_config(cfg))}; random erasing {cfg.erase_prob}"""
         if cfg.joint

@@ -72,6 +72,10 @@ class NSGAConfig:
     distill_temperature: float = 1.0
     explore_floor: float = 0.0
     erase_prob: float = 0.25
+    # joint: the fine-tune's rows run only under survivors within this many accuracy points of the
+    # best survivor on the generation's batch (0: every survivor, the thesis); the lean end of the
+    # front, far below the points a search is run for, then no longer pulls the shared weights
+    finetune_within: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -314,7 +318,7 @@ class NSGASearch:
             "max_acc": round(1 - float(front[:, 1].min()), 4),
         }
         if cfg.joint:
-            survivors = decode(np.asarray(self.algorithm.pop.get("X")).astype(int), cfg.step)
+            survivors = decode(self._finetune_codes(), cfg.step)
             st = finetune(
                 self.model,
                 self.opt,
@@ -327,8 +331,18 @@ class NSGASearch:
                 self.device,
                 self.teacher,
             )
-            record.update({k: round(v, 4) for k, v in st.items()})
+            record.update({k: round(v, 4) for k, v in st.items()}, finetune_configs=len(survivors))
         return record
+
+    def _finetune_codes(self) -> np.ndarray:
+        """The surviving configurations the joint fine-tune trains under: all of them, or with
+        ``finetune_within`` those within that many accuracy points of the best survivor."""
+        pop = self.algorithm.pop
+        codes = np.asarray(pop.get("X")).astype(int)
+        if self.cfg.finetune_within <= 0:
+            return codes
+        acc = 1.0 - np.asarray(pop.get("F"))[:, 1]
+        return codes[acc >= acc.max() - self.cfg.finetune_within / 100 - 1e-9]
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> bool:
         """Advance to the last generation (or ``stop_after`` more); True when the search is complete."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skipvit.benchmarks.server_report import machine_text
+
 SETTLE_S = 2.0  # windows this soon after a step are not judged
 P95_WINDOWS = 0.95  # share of judged windows whose p95 must meet the target
 GOODPUT_SHARE = 0.97  # answered / offered in a step a point above the floor can carry
@@ -164,7 +166,7 @@ def render(report: dict) -> str:
     lines = [
         f"`{report['command']}`",
         "",
-        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores. Bundle "
+        f"Machine: {machine_text(report)}. Bundle "
         f"`{report['bundle']}`, family of `{s['family']}` ({len(report['family'])} points), target p95 "
         f"{s['p95_ms']:g} ms, floor {s['min_accuracy']:g} (validation accuracy). Capacity (closed loop, "
         f"{s['capacity_clients']} clients): top point `{report['top']}` {_f(report['capacity']['top'], 0)} "

@@ -116,6 +116,7 @@ def run(args) -> None:
         args.family = largest_gate_family(bundle)
     points = plan_points(bundle, args.family, args.p95_ms, args.min_accuracy)
     pngs, labels = test_images(args.data_dir, 1024)
+    served.pin(args)
     server = served.skipvit_server(args, bundle, "autopilot", request_timeout_s=args.request_timeout)
     server.start()
     try:

@@ -33,6 +33,7 @@ from skipvit.benchmarks.loadgen import (
     run_level,
     summarize,
 )
+from skipvit.benchmarks.server_report import machine_text
 
 NORMAL_KEPT = 0.70  # of the baseline's throughput
 PEAK_RSS_BYTES = 1 << 30
@@ -79,6 +80,7 @@ def run(args) -> None:
         raise ValueError("--duration, --big-rate, --clients and --big-clients must be positive")
     pngs = fashion_mnist_pngs(args.data_dir, 1024)
     big = big_png(args.big_side)
+    served.pin(args)
     server = served.skipvit_server(args, bundle, "big-images")
     server.start()
     try:
@@ -209,7 +211,7 @@ def render(report: dict) -> str:
         "# `skipvit bench big-images`",
         "",
         f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores', '?')} cores  ",
+        f"Machine: {machine_text(report)}  ",
         f"{s['clients']} normal clients (closed loop); {s['big_clients']} clients sending a {s['big_image']} "
         f"at most {s['big_rate_per_client']:g}/s each",
         "",

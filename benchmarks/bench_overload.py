@@ -23,7 +23,7 @@ from skipvit.benchmarks import served
 from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_pngs
 from skipvit.benchmarks.loadgen import request_pool, run_async, run_level, summarize
 from skipvit.benchmarks.openloop import open_loop
-from skipvit.benchmarks.server_report import finite
+from skipvit.benchmarks.server_report import finite, machine_text
 
 GOODPUT_AT_3X = 0.85  # of capacity
 REFUSED_P95_MS = 20.0
@@ -56,6 +56,7 @@ def run(args) -> None:
     if args.duration <= 0 or args.warmup < 0 or args.request_timeout <= 0:
         raise ValueError("--duration and --request-timeout must be positive; Hint: e.g. --duration 10")
     pngs = fashion_mnist_pngs(args.data_dir, 1024)
+    served.pin(args)
     server = served.skipvit_server(args, bundle, "overload", request_timeout_s=args.request_timeout)
     server.start()
     try:
@@ -139,7 +140,7 @@ def render(report: dict) -> str:
         "# `skipvit bench overload`",
         "",
         f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine'].get('cpu')}, {report['machine'].get('cores', '?')} cores  ",
+        f"Machine: {machine_text(report)}  ",
         f"Capacity ({cap['concurrency']} closed-loop clients): **{cap['images_per_s']:.0f} images/s**, "
         f"p95 {cap['latency_ms']['p95']:.0f} ms",
         "",

@@ -101,16 +101,28 @@ def server_default(name: str, fallback: int | float) -> int | float:
 class ServerProcess:
     """A server subprocess on a loopback port: started, awaited on /readyz, stopped by SIGTERM."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        port: int,
+        log: Path,
+        cpus: list[int] | None = None,
+    ) -> None:
         self.name, self.cmd, self.env, self.port, self.log = name, cmd, env, port, log
+        self.cpus = cpus  # pinned to these CPUs (taskset): its engine processes inherit them
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self.cmd
+        if self.cpus is not None:
+            # pinned before it runs, not after it starts: the server sizes its engines by the CPUs
+            # it may use, as it starts
+            cmd = ["taskset", "-c", ",".join(map(str, self.cpus)), *cmd]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                self.cmd, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
     async def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -23,6 +23,54 @@ def add_common(p, out_json: str) -> None:
     flags.add_data_dir(p, "Fashion-MNIST directory (test images to send)")
     p.add_argument("--out-json", default=out_json)
     p.add_argument("--out-md", default=None, help="also write the markdown table here")
+    p.add_argument(
+        "--server-cpus",
+        type=flags.cpu_list,
+        default=None,
+        metavar="LIST",
+        help="pin the server (and the engine processes it starts) to these CPUs, e.g. 0-7 "
+        "(default: every CPU, shared with the load generator)",
+    )
+    p.add_argument(
+        "--loadgen-cpus",
+        type=flags.cpu_list,
+        default=None,
+        metavar="LIST",
+        help="pin the load generator (this process) to these CPUs, e.g. 8-15",
+    )
+
+
+def pin(args) -> None:
+    """Check --server-cpus and --loadgen-cpus against the CPUs this process may use, then pin this
+    process (the load generator) to its list; call before the server starts. The server is pinned
+    as it starts (``skipvit_server``)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    for flag, cpus in (("--server-cpus", args.server_cpus), ("--loadgen-cpus", args.loadgen_cpus)):
+        if cpus is not None and not set(cpus) <= set(allowed):
+            raise ValueError(
+                f"{flag} {_ranges(cpus)}: CPUs {_ranges(sorted(set(cpus) - set(allowed)))} are not "
+                f"available; Hint: this process may use {_ranges(allowed)}"
+            )
+    if args.server_cpus and args.loadgen_cpus and set(args.server_cpus) & set(args.loadgen_cpus):
+        print("warning: --server-cpus and --loadgen-cpus overlap: those cores are shared", file=sys.stderr)
+    args.pinned = {
+        "available": len(allowed),
+        "server": None if args.server_cpus is None else _ranges(args.server_cpus),
+        "loadgen": None if args.loadgen_cpus is None else _ranges(args.loadgen_cpus),
+    }
+    if args.loadgen_cpus is not None:
+        os.sched_setaffinity(0, args.loadgen_cpus)
+
+
+def _ranges(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, start = [], None
+    for i, c in enumerate(cpus):
+        start = c if start is None else start
+        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
+            out.append(str(start) if start == c else f"{start}-{c}")
+            start = None
+    return ",".join(out)
 
 
 def bundle_dir(arg: str) -> Path:
@@ -55,7 +103,8 @@ def skipvit_server(args, bundle: Path, name: str, **settings) -> ServerProcess:
         "--port",
         str(port),
     ]
-    return ServerProcess("skipvit", cmd, env, port, Path(args.out_json).parent / f"server-{name}.log")
+    log = Path(args.out_json).parent / f"server-{name}.log"
+    return ServerProcess("skipvit", cmd, env, port, log, cpus=getattr(args, "server_cpus", None))
 
 
 def header(args) -> dict:
@@ -64,6 +113,7 @@ def header(args) -> dict:
         "command": shlex.join(["skipvit", *getattr(args, "argv", [])]),
         "machine": machine_info(),
         "bundle": args.bundle,
+        "cpus": getattr(args, "pinned", None),
     }
 
 

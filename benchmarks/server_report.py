@@ -45,6 +45,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def machine_text(report: dict) -> str:
+    """'<cpu>, N cores' and where the server and the load generator ran."""
+    machine, cpus = report["machine"], report.get("cpus") or {}
+    text = f"{machine.get('cpu')}, {cpus.get('available', machine.get('cores', '?'))} cores"
+    if not (cpus.get("server") or cpus.get("loadgen")):
+        return f"{text}, shared by the server and the load generator"
+    server, loadgen = (f"CPUs {cpus[k]}" if cpus.get(k) else "every CPU" for k in ("server", "loadgen"))
+    return f"{text}; server on {server}, load generator on {loadgen}"
+
+
 def reference_level(concurrency) -> int:
     """The level the targets are read at: 64 clients if run, else the highest."""
     return TARGET_CLIENTS if TARGET_CLIENTS in concurrency else max(concurrency)

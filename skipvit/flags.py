@@ -145,6 +145,25 @@ def positive_floats(text: str) -> list[float]:
     return values
 
 
+def cpu_list(text: str) -> list[int]:
+    """``0-7,12`` -> [0, 1, ..., 7, 12]: CPU numbers and ranges separated by commas (taskset's -c)."""
+    cpus: set[int] = set()
+    try:
+        for part in (x.strip() for x in text.split(",")):
+            if not part:
+                continue
+            lo, _, hi = part.partition("-")
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first:
+                raise ValueError(part)
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        cpus = set()
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers or ranges such as 0-7,12, got {text!r}")
+    return sorted(cpus)
+
+
 def floats(text: str) -> list[float]:
     """``0.1,0.5`` -> [0.1, 0.5]."""
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -73,16 +74,25 @@ def test_the_verdict_reads_each_target():
 @pytest.mark.slow
 def test_a_short_real_run_on_the_tiny_gate_bundle(tiny_gate_bundle, tmp_path):
     out = tmp_path / "autopilot.json"
-    main(
-        argv(
-            "bench autopilot --family rl --min-accuracy 0 --p95-ms 500 --multiples 0.5,1.5 --step-s 3 "
-            "--capacity-s 1 --capacity-clients 8",
-            bundle=tiny_gate_bundle,
-            out_json=out,
-            out_md=tmp_path / "autopilot.md",
+    cpus = sorted(os.sched_getaffinity(0))
+    # with two CPUs or more, the server on the first and the load generator on the last
+    pinning = f"--server-cpus {cpus[0]} --loadgen-cpus {cpus[-1]}" if len(cpus) > 1 else ""
+    try:
+        main(
+            argv(
+                "bench autopilot --family rl --min-accuracy 0 --p95-ms 500 --multiples 0.5,1.5 --step-s 3 "
+                f"--capacity-s 1 --capacity-clients 8 {pinning}",
+                bundle=tiny_gate_bundle,
+                out_json=out,
+                out_md=tmp_path / "autopilot.md",
+            )
         )
-    )
+    finally:
+        os.sched_setaffinity(0, cpus)  # the bench pinned this process, the load generator
     report = json.loads(out.read_text())
+    if pinning:
+        assert report["cpus"] == {"available": len(cpus), "server": str(cpus[0]), "loadgen": str(cpus[-1])}
+        assert f"server on CPUs {cpus[0]}, load generator on CPUs {cpus[-1]}" in render(report)
     assert set(report["family"]) == {"rl", "rl-t0.8", "nsga-a"} and report["top"] in report["family"]
     assert report["capacity"]["top"] > 0 and report["capacity"]["floor"] > 0
     for arm in ("off", "on"):

@@ -85,8 +85,8 @@ def skipvit_server(args, bundle: Path, name: str, **settings) -> ServerProcess:
     without the prefix) over the environment's, logging next to the JSON as ``server-NAME.log``."""
     port = free_port()
     env = {
+        "SKIPVIT_LOG_LEVEL": "warning",  # unless the caller's environment sets it
         **os.environ,
-        "SKIPVIT_LOG_LEVEL": "warning",
         "SKIPVIT_DEVICE": args.device,
         "SKIPVIT_ADMIN_TOKEN": f"bench-{name}-admin-token",
         **{f"SKIPVIT_{k.upper()}": str(v) for k, v in settings.items()},

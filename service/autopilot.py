@@ -34,8 +34,10 @@ The prediction is then scaled by how the active point's observed p95 compared wi
 split where the bundle records it: a choice, not a report), the most accurate one whose predicted
 p95 meets the target. Hysteresis, so that a constant load gives a constant point:
 
-- down at once, when the active point's predicted p95 passes the target, or its observed p95 does
-  while the prediction is above ``UP_FRACTION`` of the target;
+- down at once, when the active point's predicted p95 passes the target (unless its observed p95,
+  with no backlog queued, is at or below ``CALM_FRACTION`` of the target: for the point being served
+  the measurement outranks the model), or its observed p95 passes the target while the prediction
+  is above ``UP_FRACTION`` of it;
 - up only to a point predicted at or below ``UP_FRACTION`` of the target, and only after
   ``DWELL_S`` seconds on the active point;
 - between the two, stay;
@@ -60,6 +62,7 @@ from dataclasses import dataclass, field, replace
 
 UP_FRACTION = 0.7  # move up only to a point predicted at <= 70% of the target
 DWELL_S = 3.0  # ... and only after this long on the active point
+CALM_FRACTION = 0.7  # a served point measured at <= 70% of the target is not moved down by the model alone
 SHED_TOLERANCE = 0.01  # refusing more than this share of the offered load means: past capacity
 SPREAD = 2.0  # b95 = b* + SPREAD * sqrt(b*): the Poisson count's 95th percentile, about
 EWMA = 0.2  # weight of one new observation in a correction factor
@@ -230,11 +233,22 @@ def decide(
     # An observed breach counts where the model puts the point near the target too; a lone spike
     # (a pause, a burst) at a load far below it moves nothing but the correction factor, which a
     # lasting breach raises until the prediction passes the target.
+    # Symmetrically, a breach the model alone predicts, at a finite prediction with no backlog, does
+    # not move down a point whose own measured p95 sits well inside the target: for the active point
+    # the measurement is the better witness (the model, learned from engine timings, is what ranks
+    # the points not being served).
     shedding = load.refused_share > SHED_TOLERANCE
+    calm = (
+        active is not None
+        and observed_p95_s is not None
+        and observed_p95_s <= CALM_FRACTION * target.p95_s
+        and math.isfinite(predicted[active])
+        and load.queued <= load.max_batch
+    )
     over = (
         active is None
         or shedding  # the server refuses load at this point: whatever the model says, it is past capacity
-        or predicted[active] > target.p95_s
+        or (predicted[active] > target.p95_s and not calm)
         or (
             observed_p95_s is not None
             and observed_p95_s > target.p95_s

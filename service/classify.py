@@ -51,7 +51,6 @@ from skipvit.service.schemas import ClassifyResponse, classify_body
 from skipvit.service.state import ServiceState
 
 log = logging.getLogger("skipvit.service")
-SHED_AT = 0.8  # while the autopilot is on: refuse what is expected to be answered past 80% of its target
 WATCH_DISCONNECT_AFTER_S = 0.25  # a request still unanswered by then is dropped if its client leaves
 
 
@@ -171,13 +170,14 @@ class Classify:
                 batcher.retry_after(),
             )
         # The autopilot holds a p95 target: where even its cheapest point cannot (it stays above its
-        # accuracy floor), a request expected to be answered past SHED_AT of the target (room for
-        # the HTTP work and the spread) is refused instead. Never with nothing queued and the engine
-        # idle: a compute estimate left high by a burst could otherwise refuse everything from then on.
+        # accuracy floor), a request expected to be answered past a share of the target (room for
+        # the HTTP work and the spread; the autopilot learns the share, ``Pilot.shed_at``) is
+        # refused instead. Never with nothing queued and the engine idle: a compute estimate left
+        # high by a burst could otherwise refuse everything from then on.
         if (
             state.pilot is not None
             and batcher.expected_wait(arriving) > 0
-            and wait >= SHED_AT * (target := state.pilot.config.target.p95_s)
+            and wait >= state.pilot.shed_at * (target := state.pilot.config.target.p95_s)
         ):
             return Failure(
                 OVERLOADED,

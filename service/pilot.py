@@ -34,6 +34,8 @@ import torch
 from skipvit.model.bundle import Bundle, Point
 from skipvit.model.points import batch_key
 from skipvit.service.autopilot import (
+    SHED_TOLERANCE,
+    UP_FRACTION,
     Candidate,
     ControllerState,
     CostModel,
@@ -48,9 +50,16 @@ from skipvit.service.autopilot import (
 log = logging.getLogger("skipvit.service")
 
 TICK_S = 0.25  # a decision this often
+SHED_AT = 0.8  # admission refuses what it expects to answer past this share of the target (to start)
+SHED_AT_MIN = 0.2  # ... and never less
+SHED_STEP_S = 1.0  # the share is adjusted this often at most
 WINDOW_S = 2.0  # the arrival rate and the observed p95 are over this much of the recent past
 MIN_OBSERVED = 20  # requests answered in the window before their p95 counts
 WARMUP_REPEATS = 2  # each (point, batch size) timed this often; the fastest counts
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None or not math.isfinite(seconds) else f"{1000 * seconds:.0f} ms"
 
 
 def point_accuracy(point: Point) -> float:
@@ -124,11 +133,17 @@ class Pilot:
         self._latencies: deque[tuple[float, float]] = deque()  # (time answered, seconds) at the chosen point
         self._warmup: dict[tuple[str, int], float] = {}  # (point, images) -> fastest seconds
         self._task: asyncio.Task | None = None
+        self._probing = False  # the warm-up is queueing one of its probes
+        self.shed_at = SHED_AT  # the admission's share of the target (``service.classify``)
+        self._shed_adjusted = -math.inf
         self._corrected = -math.inf  # when the correction last learned
 
     # -- fed by the server -------------------------------------------------------------------
     def submitted(self, images: int) -> None:
-        """A request queued (the batcher's hook)."""
+        """A request queued (the batcher's hook). The warm-up's own probes are not load: counted,
+        a full batch per point would read as a burst, and the first decisions would go down."""
+        if self._probing:
+            return
         self._arrivals.append((self.clock(), images))
         self._images_per_request += 0.05 * (images - self._images_per_request)
 
@@ -180,7 +195,12 @@ class Pilot:
                 for n in (1, full):
                     blank = torch.zeros((n, *self.blank_shape), dtype=torch.uint8)
                     with contextlib.suppress(Exception):  # a shed or failed probe leaves a gap, filled below
-                        await self.batcher.submit(blank, c.id)
+                        self._probing = True  # submit queues synchronously: its hook sees the flag
+                        try:
+                            answer = self.batcher.submit(blank, c.id)
+                        finally:
+                            self._probing = False
+                        await answer
         timings = {}
         for c in self.candidates:
             one, many = self._warmup.get((c.id, 1)), self._warmup.get((c.id, full))
@@ -234,15 +254,43 @@ class Pilot:
         decision = decide(
             self.candidates, self.costs, load, self.config.target, self.state, now, self.observed_p95_s
         )
-        switched = decision.point != self.state.point
+        self._adjust_shedding(decision, load, now)
+        was = self.state.point
         self.state, self.last = decision.state, decision
-        if switched:
+        if decision.point != was:
             self._latencies.clear()  # the old point's latencies say nothing of the new one's
             self.on_switch(decision.point)
-            log.info("autopilot: %s -> %s (%s)", self.batcher.active, decision.point, decision.reason)
+            log.info(
+                "autopilot: %s -> %s (%s; predicted p95 %s, observed %s; %.0f images/s offered, "
+                "%.0f%% refused, %d queued)",
+                was,
+                decision.point,
+                decision.reason,
+                _ms(decision.predicted_p95_s),
+                _ms(self.observed_p95_s),
+                load.rate,
+                100 * load.refused_share,
+                load.queued,
+            )
         if self.metrics is not None:
             self.metrics.autopilot_decided(decision, self.observed_p95_s, load.rate)
         return decision
+
+    def _adjust_shedding(self, decision: Decision, load: Load, now: float) -> None:
+        """At the floor, or while the server sheds, the admission's estimate of a request's wait
+        leaves out the HTTP work that shares the CPU with the engine, so what it admits can still be
+        answered past the target: while the observed p95 passes the target, refuse from a lower
+        share of it; once it is back under ``UP_FRACTION`` of the target, or the load no longer
+        needs shedding, move the share back up."""
+        if now - self._shed_adjusted < SHED_STEP_S:
+            return
+        self._shed_adjusted = now
+        pressed = decision.reason == "floor" or load.refused_share > SHED_TOLERANCE
+        observed, target = self.observed_p95_s, self.config.target.p95_s
+        if pressed and observed is not None and observed > target:
+            self.shed_at = max(SHED_AT_MIN, self.shed_at * 0.8)
+        elif not pressed or (observed is not None and observed <= UP_FRACTION * target):
+            self.shed_at = min(SHED_AT, self.shed_at + 0.05)
 
     def status(self) -> dict:
         """What GET /config shows of the autopilot."""
@@ -260,4 +308,5 @@ class Pilot:
             else 1000 * last.predicted_p95_s,
             "observed_p95_ms": None if self.observed_p95_s is None else 1000 * self.observed_p95_s,
             "arrival_rate": sum(n for _, n in self._arrivals) / WINDOW_S,
+            "shed_at_ms": 1000 * self.shed_at * t.p95_s,
         }

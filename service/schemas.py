@@ -81,6 +81,7 @@ class AutopilotStatus(BaseModel):
     predicted_p95_ms: float | None = None  # of that point, at the load it saw (None: past capacity)
     observed_p95_ms: float | None = None  # over the last 2 s (None: too few requests)
     arrival_rate: float = 0.0  # images/s over the last 2 s
+    shed_at_ms: float | None = None  # admission refuses what it expects to answer later than this
 
 
 class FleetStatus(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -103,6 +104,16 @@ def test_the_choice_the_floor_and_the_dwell():
     # ... but a lone spike at a load far below it does not
     d = decide(FRONT, costs, quiet, TARGET, state, 10.0, observed_p95_s=0.2)
     assert (d.point, d.reason) == ("top", "hold")
+    # a breach only the model sees, while the served point measures well inside the target and
+    # nothing is backed up, holds; with a backlog, or no measurement, the model decides
+    busy = Load(rate=0.9 * capacity("top"), queued=0, max_batch=32, max_wait_s=0.005)
+    assert TARGET.p95_s < predict_p95(*COST["top"], busy) < math.inf
+    assert decide(FRONT, costs, busy, TARGET, state, 10.0).reason == "down"
+    d = decide(FRONT, costs, busy, TARGET, state, 10.0, observed_p95_s=0.5 * TARGET.p95_s)
+    assert (d.point, d.reason) == ("top", "hold")
+    backed_up = replace(busy, queued=64)
+    d = decide(FRONT, costs, backed_up, TARGET, state, 10.0, observed_p95_s=0.5 * TARGET.p95_s)
+    assert d.point != "top" and d.reason in ("down", "floor")
     with pytest.raises(ValueError, match="min_accuracy"):
         decide(FRONT, costs, quiet, Target(0.1, 0.95), state, 0.0)
 
@@ -125,6 +136,7 @@ def test_without_the_hysteresis_the_same_loop_flaps(monkeypatch):
     import skipvit.service.autopilot as autopilot
 
     monkeypatch.setattr(autopilot, "UP_FRACTION", 1.0)
+    monkeypatch.setattr(autopilot, "CALM_FRACTION", 0.0)
     monkeypatch.setattr(autopilot, "DWELL_S", 0.0)
     sim = Sim(FRONT, COST, TARGET, seed=7)
     sim.run([(60.0, 0.7 * capacity("top"))])

@@ -4,6 +4,7 @@ start; requests without ?point= are served at its choice, those with one are lef
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -65,6 +66,18 @@ def test_on_shown_and_off(client):
     assert "skipvit_autopilot_enabled 0.0" in client.get("/metrics").text
 
 
+def test_the_warm_up_probes_are_not_counted_as_load(client):
+    # the warm-up queues a blank image and a full batch per point: counted as arrivals, they read as
+    # a burst of load in the window of the first decisions, which then move down for nothing
+    body = {"autopilot": {"p95_ms": 5000, "min_accuracy": 0.0, "family": "rl"}}
+    assert client.put("/config", json=body, headers=AUTH).status_code == 200
+    try:
+        decided = wait_decided(client)
+        assert decided["arrival_rate"] == 0, decided
+    finally:
+        assert client.put("/config", json={"autopilot": None}, headers=AUTH).status_code == 200
+
+
 def test_shedding_at_the_target_never_refuses_an_empty_queue(client):
     from skipvit.service.state import service_state
 
@@ -113,3 +126,38 @@ def test_on_from_the_settings_at_start(tiny_gate_bundle):
         wait_ready(c)
         pilot = wait_decided(c)
         assert set(pilot["family"]) == FAMILY and pilot["p95_ms"] == 2000
+
+
+def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
+    # at the floor the admission's wait estimate leaves out the HTTP work: while the answered p95
+    # passes the target the share of it admitted is lowered, and raised again once it is back under
+    from skipvit.model.bundle import load_bundle
+    from skipvit.service.autopilot import ControllerState, Decision, Load
+    from skipvit.service.pilot import SHED_AT, SHED_AT_MIN, Pilot, pilot_config
+
+    bundle = load_bundle(tiny_gate_bundle)
+    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, batcher=None, on_switch=lambda p: None)
+    state = ControllerState("rl", since=0.0)
+    floor = Decision("rl", "floor", math.inf, state)
+    shedding = Load(rate=5000, queued=32, max_batch=32, max_wait_s=0.005, refused_share=0.5)
+    t = 0.0
+
+    def adjust(decision, load, observed_s, seconds=1.0):
+        nonlocal t
+        pilot.observed_p95_s = observed_s
+        for _ in range(int(seconds * 4)):  # four decisions a second; the share moves once a second
+            t += 0.25
+            pilot._adjust_shedding(decision, load, t)
+
+    assert pilot.shed_at == SHED_AT
+    adjust(floor, shedding, 0.150)
+    assert pilot.shed_at == pytest.approx(0.8 * SHED_AT)  # once in that second, not four times
+    adjust(floor, shedding, 0.150, seconds=20)
+    assert pilot.shed_at == SHED_AT_MIN  # bounded below
+    adjust(floor, shedding, 0.085, seconds=5)
+    assert pilot.shed_at == SHED_AT_MIN  # between 70% of the target and the target: held
+    adjust(floor, shedding, 0.050)
+    assert pilot.shed_at > SHED_AT_MIN  # well under the target: back up
+    calm = Load(rate=10, queued=0, max_batch=32, max_wait_s=0.005)
+    adjust(Decision("rl", "hold", 0.02, state), calm, 0.150, seconds=20)
+    assert pilot.shed_at == pytest.approx(SHED_AT)  # no shedding needed: back to the start, no higher

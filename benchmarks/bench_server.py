@@ -311,7 +311,7 @@ async def measure_level(
 
 def _targets(args, bundle: Path, log_dir: Path) -> list[tuple[str, ServerProcess | None, str, int, str]]:
     """(name, process or None for --url, host, port, path prefix) of the batched and naive servers."""
-    py, env = sys.executable, {**os.environ, "SKIPVIT_LOG_LEVEL": "warning"}
+    py, env = sys.executable, {"SKIPVIT_LOG_LEVEL": "warning", **os.environ}
     knobs = {"SKIPVIT_MAX_BATCH_SIZE": args.max_batch_size, "SKIPVIT_MAX_WAIT_MS": args.max_wait_ms}
     batched_env = {
         **env,

@@ -50,7 +50,7 @@ Started from a point outside the family (or below the floor), the first choice i
 accurate point that meets the target (reason ``start``).
 
 When even the cheapest point above the floor cannot meet the target it is chosen anyway (reason
-``floor``): the autopilot never goes below ``min_accuracy``; the server's admission control then
+``floor``; the active point stays where it costs within ``FLOOR_MARGIN`` of the cheapest): the autopilot never goes below ``min_accuracy``; the server's admission control then
 sheds what it cannot answer in time (503 + Retry-After).
 """
 
@@ -62,6 +62,7 @@ from dataclasses import dataclass, field, replace
 
 UP_FRACTION = 0.7  # move up only to a point predicted at <= 70% of the target
 DWELL_S = 3.0  # ... and only after this long on the active point
+FLOOR_MARGIN = 0.05  # at the floor, the active point stays while it costs at most 5% more than the cheapest
 CALM_FRACTION = 0.7  # a served point measured at <= 70% of the target is not moved down by the model alone
 SHED_TOLERANCE = 0.01  # refusing more than this share of the offered load means: past capacity
 SPREAD = 2.0  # b95 = b* + SPREAD * sqrt(b*): the Poisson count's 95th percentile, about
@@ -267,8 +268,13 @@ def decide(
             meets = [c for c in meets if rank[c.id] > rank[active]]
         if meets:  # (from a point outside the family, or below the floor: a start)
             return to(meets[0].id, "down" if active is not None else "start")
-        # none keeps up: the cheapest per image at full batches (every prediction may be infinite)
-        cheapest = min(ranked, key=lambda c: costs.batch_s(c.id, load.max_batch, now))
+        # none keeps up: the cheapest per image at full batches (every prediction may be infinite);
+        # the active point stays while its cost is within FLOOR_MARGIN of that one's, so that the
+        # noise in near-equal costs does not switch between them every tick
+        full_batch = {c.id: costs.batch_s(c.id, load.max_batch, now) for c in ranked}
+        cheapest = min(ranked, key=lambda c: full_batch[c.id])
+        if active is not None and full_batch[active] <= (1 + FLOOR_MARGIN) * full_batch[cheapest.id]:
+            return to(active, "floor")
         return to(cheapest.id, "floor")
     accuracy = next(c.accuracy for c in ranked if c.id == active)
     if now - state.since >= DWELL_S and not shedding:

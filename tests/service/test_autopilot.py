@@ -85,6 +85,14 @@ def test_the_choice_the_floor_and_the_dwell():
     flood = Load(rate=2 * capacity("leanest"), queued=0, max_batch=32, max_wait_s=0.005)
     d = decide(FRONT, costs, flood, TARGET, state, 0.1)
     assert (d.point, d.reason) == ("lean", "floor")
+    # at the floor, a point that costs within FLOOR_MARGIN of the cheapest stays: near-equal costs
+    # whose noise swaps their order do not switch the point every tick
+    near_floor = warm()
+    near_floor.points["mid"].per_image_s = 1.03 * COST["lean"][1]
+    at_mid = ControllerState("mid", since=0.0)
+    assert decide(FRONT, near_floor, flood, TARGET, at_mid, 0.1).point == "mid"
+    near_floor.points["mid"].per_image_s = 1.2 * COST["lean"][1]
+    assert decide(FRONT, near_floor, flood, TARGET, at_mid, 0.1).point == "lean"
     # back to quiet: up only after the dwell
     low = ControllerState("lean", since=5.0)
     assert decide(FRONT, costs, quiet, TARGET, low, 5.0 + DWELL_S / 2).point == "lean"

@@ -61,7 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 UP_FRACTION = 0.7  # move up only to a point predicted at <= 70% of the target
-DWELL_S = 3.0  # ... and only after this long on the active point
+DWELL_S = 2.0  # ... and only after this long on the active point
 FLOOR_MARGIN = 0.05  # at the floor, the active point stays while it costs at most 5% more than the cheapest
 CALM_FRACTION = 0.7  # a served point measured at <= 70% of the target is not moved down by the model alone
 SHED_TOLERANCE = 0.01  # refusing more than this share of the offered load means: past capacity
@@ -263,9 +263,14 @@ def decide(
         return Decision(point, reason, predicted[point], replace(state, point=point, since=now))
 
     if over:  # down: the most accurate point below the active one that meets the target
-        if active is not None:
+        if active is not None:  # ... and costs less than it: a costlier one cannot relieve the load
             rank = {c.id: i for i, c in enumerate(ranked)}
-            meets = [c for c in meets if rank[c.id] > rank[active]]
+            here = costs.batch_s(active, load.max_batch, now)
+            meets = [
+                c
+                for c in meets
+                if rank[c.id] > rank[active] and costs.batch_s(c.id, load.max_batch, now) < here
+            ]
         if meets:  # (from a point outside the family, or below the floor: a start)
             return to(meets[0].id, "down" if active is not None else "start")
         # none keeps up: the cheapest per image at full batches (every prediction may be infinite);

@@ -93,6 +93,13 @@ def test_the_choice_the_floor_and_the_dwell():
     assert decide(FRONT, near_floor, flood, TARGET, at_mid, 0.1).point == "mid"
     near_floor.points["mid"].per_image_s = 1.2 * COST["lean"][1]
     assert decide(FRONT, near_floor, flood, TARGET, at_mid, 0.1).point == "lean"
+    # down never moves to a less accurate point that costs more (the front's order by layers need
+    # not be the order of measured cost): shedding at "mid", with "lean" the costlier, stays
+    swapped = warm()
+    swapped.points["lean"].per_image_s = 1.2 * COST["mid"][1]
+    shedding = Load(rate=50, queued=0, max_batch=32, max_wait_s=0.005, refused_share=0.2)
+    d = decide(FRONT, swapped, shedding, TARGET, at_mid, 10.0)
+    assert (d.point, d.reason) == ("mid", "floor")
     # back to quiet: up only after the dwell
     low = ControllerState("lean", since=5.0)
     assert decide(FRONT, costs, quiet, TARGET, low, 5.0 + DWELL_S / 2).point == "lean"

@@ -35,7 +35,6 @@ from skipvit.model.bundle import Bundle, Point
 from skipvit.model.points import batch_key
 from skipvit.service.autopilot import (
     SHED_TOLERANCE,
-    UP_FRACTION,
     Candidate,
     ControllerState,
     CostModel,
@@ -53,6 +52,8 @@ TICK_S = 0.25  # a decision this often
 SHED_AT = 0.8  # admission refuses what it expects to answer past this share of the target (to start)
 SHED_AT_MIN = 0.2  # ... and never less
 SHED_STEP_S = 1.0  # the share is adjusted this often at most
+SHED_AIM = 0.85  # ... lowered while the observed p95 passes this share of the target
+SHED_RELAX = 0.6  # ... raised again once it is at or under this share
 WINDOW_S = 2.0  # the arrival rate and the observed p95 are over this much of the recent past
 MIN_OBSERVED = 20  # requests answered in the window before their p95 counts
 WARMUP_REPEATS = 2  # each (point, batch size) timed this often; the fastest counts
@@ -279,17 +280,18 @@ class Pilot:
     def _adjust_shedding(self, decision: Decision, load: Load, now: float) -> None:
         """At the floor, or while the server sheds, the admission's estimate of a request's wait
         leaves out the HTTP work that shares the CPU with the engine, so what it admits can still be
-        answered past the target: while the observed p95 passes the target, refuse from a lower
-        share of it; once it is back under ``UP_FRACTION`` of the target, or the load no longer
-        needs shedding, move the share back up."""
+        answered past the target: while the observed p95 passes ``SHED_AIM`` of the target (aiming
+        below the target, since a p95 measured over a short window is noisy), refuse from a lower
+        share of it; once it is back under ``SHED_RELAX`` of the target, or the load no longer needs
+        shedding, move the share back up."""
         if now - self._shed_adjusted < SHED_STEP_S:
             return
         self._shed_adjusted = now
         pressed = decision.reason == "floor" or load.refused_share > SHED_TOLERANCE
         observed, target = self.observed_p95_s, self.config.target.p95_s
-        if pressed and observed is not None and observed > target:
+        if pressed and observed is not None and observed > SHED_AIM * target:
             self.shed_at = max(SHED_AT_MIN, self.shed_at * 0.8)
-        elif not pressed or (observed is not None and observed <= UP_FRACTION * target):
+        elif not pressed or (observed is not None and observed <= SHED_RELAX * target):
             self.shed_at = min(SHED_AT, self.shed_at + 0.05)
 
     def status(self) -> dict:

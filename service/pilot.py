@@ -282,16 +282,19 @@ class Pilot:
         leaves out the HTTP work that shares the CPU with the engine, so what it admits can still be
         answered past the target: while the observed p95 passes ``SHED_AIM`` of the target (aiming
         below the target, since a p95 measured over a short window is noisy), refuse from a lower
-        share of it; once it is back under ``SHED_RELAX`` of the target, or the load no longer needs
-        shedding, move the share back up."""
+        share of it; once it is back under ``SHED_RELAX`` of the target, move the share back up,
+        and back to its start at once when the load no longer needs shedding."""
+        pressed = decision.reason == "floor" or load.refused_share > SHED_TOLERANCE
+        if not pressed:  # off the floor: a share learned there would refuse what a point now carries
+            self.shed_at = SHED_AT
+            return
         if now - self._shed_adjusted < SHED_STEP_S:
             return
         self._shed_adjusted = now
-        pressed = decision.reason == "floor" or load.refused_share > SHED_TOLERANCE
         observed, target = self.observed_p95_s, self.config.target.p95_s
-        if pressed and observed is not None and observed > SHED_AIM * target:
+        if observed is not None and observed > SHED_AIM * target:
             self.shed_at = max(SHED_AT_MIN, self.shed_at * 0.8)
-        elif not pressed or (observed is not None and observed <= SHED_RELAX * target):
+        elif observed is not None and observed <= SHED_RELAX * target:
             self.shed_at = min(SHED_AT, self.shed_at + 0.05)
 
     def status(self) -> dict:

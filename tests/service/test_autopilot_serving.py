@@ -159,5 +159,9 @@ def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
     adjust(floor, shedding, 0.050)
     assert pilot.shed_at > SHED_AT_MIN  # well under the target: back up
     calm = Load(rate=10, queued=0, max_batch=32, max_wait_s=0.005)
-    adjust(Decision("rl", "hold", 0.02, state), calm, 0.150, seconds=20)
-    assert pilot.shed_at == pytest.approx(SHED_AT)  # no shedding needed: back to the start, no higher
+    adjust(floor, shedding, 0.150, seconds=20)
+    assert pilot.shed_at == SHED_AT_MIN
+    adjust(Decision("rl", "up", 0.02, state), calm, None, seconds=0.25)
+    assert pilot.shed_at == SHED_AT  # off the floor, no shedding: back to the start at once
+    adjust(Decision("rl", "hold", 0.02, state), calm, 0.150, seconds=5)
+    assert pilot.shed_at == SHED_AT  # and no higher

@@ -131,7 +131,8 @@ class Metrics:
         self.autopilot_p95 = Gauge(
             "skipvit_autopilot_p95_seconds",
             "the chosen point's p95 latency: predicted by the autopilot's model, observed over the last "
-            "2 s (NaN: too few requests), and the target",
+            "2 s (NaN: too few requests), and the target; shed_at: the admission refuses what it "
+            "expects to answer later than this",
             ["kind"],
             registry=r,
         )
@@ -192,8 +193,12 @@ class Metrics:
         for point, count in per_point.items():
             self.images.labels(point).inc(count)
 
-    def autopilot_decided(self, decision, observed_p95_s: float | None, rate: float) -> None:
+    def autopilot_decided(
+        self, decision, observed_p95_s: float | None, rate: float, shed_at_s: float | None = None
+    ) -> None:
         self.autopilot_point.info({"point": decision.point})
+        if shed_at_s is not None:
+            self.autopilot_p95.labels("shed_at").set(shed_at_s)
         self.autopilot_decisions.labels(decision.reason).inc()
         self.autopilot_p95.labels("predicted").set(decision.predicted_p95_s)
         self.autopilot_p95.labels("observed").set(float("nan") if observed_p95_s is None else observed_p95_s)

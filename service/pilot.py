@@ -274,7 +274,9 @@ class Pilot:
                 load.queued,
             )
         if self.metrics is not None:
-            self.metrics.autopilot_decided(decision, self.observed_p95_s, load.rate)
+            self.metrics.autopilot_decided(
+                decision, self.observed_p95_s, load.rate, self.shed_at * self.config.target.p95_s
+            )
         return decision
 
     def _adjust_shedding(self, decision: Decision, load: Load, now: float) -> None:

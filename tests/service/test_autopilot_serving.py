@@ -57,6 +57,7 @@ def test_on_shown_and_off(client):
     assert "skipvit_autopilot_enabled 1.0" in metrics
     assert 'skipvit_autopilot_p95_seconds{kind="target"} 5.0' in metrics
     assert "skipvit_autopilot_decisions_total" in metrics
+    assert 'skipvit_autopilot_p95_seconds{kind="shed_at"} 4.0' in metrics  # 80% of the target, idle
     # while it is on, the point is its to choose
     r = client.put("/config", json={"point": "static"}, headers=AUTH)
     assert r.status_code == 409 and '"autopilot": null' in r.json()["detail"]

@@ -214,6 +214,58 @@ def update_correction(state: ControllerState, predicted: float, observed: float 
     return replace(state, correction=(1 - EWMA) * state.correction + EWMA * raw)
 
 
+def _over(
+    active: str | None,
+    predicted: dict[str, float],
+    load: Load,
+    target: Target,
+    observed_p95_s: float | None,
+) -> bool:
+    """Whether the active point must go down (module docstring)."""
+    if active is None or load.refused_share > SHED_TOLERANCE:
+        return True  # no active point of the family, or the server refuses load at it: past capacity
+    # An observed breach counts where the model puts the point near the target too; a lone spike
+    # (a pause, a burst) at a load far below it moves nothing but the correction factor, which a
+    # lasting breach raises until the prediction passes the target.
+    # Symmetrically, a breach the model alone predicts, at a finite prediction with no backlog, does
+    # not move down a point whose own measured p95 sits well inside the target: for the active point
+    # the measurement is the better witness (the model, learned from engine timings, is what ranks
+    # the points not being served).
+    p, t = predicted[active], target.p95_s
+    calm = (
+        observed_p95_s is not None
+        and observed_p95_s <= CALM_FRACTION * t
+        and math.isfinite(p)
+        and load.queued <= load.max_batch
+    )
+    return (p > t and not calm) or (observed_p95_s is not None and observed_p95_s > t and p > UP_FRACTION * t)
+
+
+def _down(
+    ranked: list[Candidate],
+    meets: list[Candidate],
+    active: str | None,
+    costs: CostModel,
+    load: Load,
+    now: float,
+) -> tuple[str, str]:
+    """(point, reason) when the active point must go down: the most accurate point below it that
+    meets the target and costs less (a costlier one cannot relieve the load); where none does, the
+    floor: the cheapest per image at full batches (every prediction may be infinite), the active
+    point staying while its cost is within FLOOR_MARGIN of that one's, so that the noise in
+    near-equal costs does not switch between them every tick."""
+    full_batch = {c.id: costs.batch_s(c.id, load.max_batch, now) for c in ranked}
+    if active is not None:
+        rank = {c.id: i for i, c in enumerate(ranked)}
+        meets = [c for c in meets if rank[c.id] > rank[active] and full_batch[c.id] < full_batch[active]]
+    if meets:  # (from a point outside the family, or below the floor: a start)
+        return meets[0].id, "down" if active is not None else "start"
+    cheapest = min(ranked, key=lambda c: full_batch[c.id])
+    if active is not None and full_batch[active] <= (1 + FLOOR_MARGIN) * full_batch[cheapest.id]:
+        return active, "floor"
+    return cheapest.id, "floor"
+
+
 def decide(
     candidates: Sequence[Candidate],
     costs: CostModel,
@@ -231,58 +283,16 @@ def decide(
     predicted = predictions(ranked, costs, load, now, state.correction)
     meets = [c for c in ranked if predicted[c.id] <= target.p95_s]
     active = state.point if state.point in predicted else None
-    # An observed breach counts where the model puts the point near the target too; a lone spike
-    # (a pause, a burst) at a load far below it moves nothing but the correction factor, which a
-    # lasting breach raises until the prediction passes the target.
-    # Symmetrically, a breach the model alone predicts, at a finite prediction with no backlog, does
-    # not move down a point whose own measured p95 sits well inside the target: for the active point
-    # the measurement is the better witness (the model, learned from engine timings, is what ranks
-    # the points not being served).
-    shedding = load.refused_share > SHED_TOLERANCE
-    calm = (
-        active is not None
-        and observed_p95_s is not None
-        and observed_p95_s <= CALM_FRACTION * target.p95_s
-        and math.isfinite(predicted[active])
-        and load.queued <= load.max_batch
-    )
-    over = (
-        active is None
-        or shedding  # the server refuses load at this point: whatever the model says, it is past capacity
-        or (predicted[active] > target.p95_s and not calm)
-        or (
-            observed_p95_s is not None
-            and observed_p95_s > target.p95_s
-            and predicted[active] > UP_FRACTION * target.p95_s
-        )
-    )
 
     def to(point: str, reason: str) -> Decision:
         if point == state.point:
             return Decision(point, reason, predicted[point], state)
         return Decision(point, reason, predicted[point], replace(state, point=point, since=now))
 
-    if over:  # down: the most accurate point below the active one that meets the target
-        if active is not None:  # ... and costs less than it: a costlier one cannot relieve the load
-            rank = {c.id: i for i, c in enumerate(ranked)}
-            here = costs.batch_s(active, load.max_batch, now)
-            meets = [
-                c
-                for c in meets
-                if rank[c.id] > rank[active] and costs.batch_s(c.id, load.max_batch, now) < here
-            ]
-        if meets:  # (from a point outside the family, or below the floor: a start)
-            return to(meets[0].id, "down" if active is not None else "start")
-        # none keeps up: the cheapest per image at full batches (every prediction may be infinite);
-        # the active point stays while its cost is within FLOOR_MARGIN of that one's, so that the
-        # noise in near-equal costs does not switch between them every tick
-        full_batch = {c.id: costs.batch_s(c.id, load.max_batch, now) for c in ranked}
-        cheapest = min(ranked, key=lambda c: full_batch[c.id])
-        if active is not None and full_batch[active] <= (1 + FLOOR_MARGIN) * full_batch[cheapest.id]:
-            return to(active, "floor")
-        return to(cheapest.id, "floor")
+    if _over(active, predicted, load, target, observed_p95_s):
+        return to(*_down(ranked, meets, active, costs, load, now))
     accuracy = next(c.accuracy for c in ranked if c.id == active)
-    if now - state.since >= DWELL_S and not shedding:
+    if now - state.since >= DWELL_S and load.refused_share <= SHED_TOLERANCE:
         up = [c for c in meets if c.accuracy > accuracy and predicted[c.id] <= UP_FRACTION * target.p95_s]
         if up:
             return to(up[0].id, "up")

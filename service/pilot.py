@@ -205,8 +205,8 @@ class Pilot:
         timings = {}
         for c in self.candidates:
             one, many = self._warmup.get((c.id, 1)), self._warmup.get((c.id, full))
-            if one is not None and many is not None and one < many:
-                timings[c.id] = ((1, one), (full, many))
+            if one is not None and many is not None:  # a flat line where noise put many <= one
+                timings[c.id] = ((1, one), (full, max(many, one)))
         if not timings:
             raise RuntimeError("the warm-up timed no batch; the autopilot cannot start")
         known = list(timings.values())

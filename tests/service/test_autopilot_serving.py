@@ -166,3 +166,30 @@ def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
     assert pilot.shed_at == SHED_AT  # off the floor, no shedding: back to the start at once
     adjust(Decision("rl", "hold", 0.02, state), calm, 0.150, seconds=5)
     assert pilot.shed_at == SHED_AT  # and no higher
+
+
+def test_a_warm_up_whose_timings_come_out_flat_still_starts(tiny_gate_bundle):
+    # on a tiny model or a busy machine a full batch can time no slower than one image: the line is
+    # then flat, not a reason for the autopilot to give up
+    import asyncio
+    from types import SimpleNamespace
+
+    from skipvit.model.bundle import load_bundle
+    from skipvit.service.pilot import Pilot, pilot_config
+
+    bundle = load_bundle(tiny_gate_bundle)
+
+    class FlatBatcher:
+        knobs = SimpleNamespace(max_batch_size=32)
+        active = "rl"
+
+        def submit(self, images, point):
+            pilot.computed(point, int(images.shape[0]), 0.010)  # the same time for 1 and 32 images
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, FlatBatcher(), on_switch=lambda p: None)
+    asyncio.run(pilot.warm_up())
+    assert pilot.costs is not None and set(pilot.costs.points) == set(pilot.config.family)
+    assert pilot.costs.batch_s("rl", 32) == pytest.approx(0.010, rel=1e-3)

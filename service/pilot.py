@@ -135,6 +135,7 @@ class Pilot:
         self._warmup: dict[tuple[str, int], float] = {}  # (point, images) -> fastest seconds
         self._task: asyncio.Task | None = None
         self._probing = False  # the warm-up is queueing one of its probes
+        self.stopped: str | None = None  # why the loop ended on an error (it then decides no more)
         self.shed_at = SHED_AT  # the admission's share of the target (``service.classify``)
         self._shed_adjusted = -math.inf
         self._corrected = -math.inf  # when the correction last learned
@@ -185,7 +186,8 @@ class Pilot:
                 await asyncio.sleep(TICK_S)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the server goes on at the point it has; the operator sees why in the log
+        except Exception as e:  # the server goes on at the point it has; the log and /config say why
+            self.stopped = f"{type(e).__name__}: {e}"
             log.exception("the autopilot stopped")
 
     async def warm_up(self) -> None:
@@ -307,7 +309,8 @@ class Pilot:
             "p95_ms": 1000 * t.p95_s,
             "min_accuracy": t.min_accuracy,
             "family": list(self.config.family),
-            "warming_up": self.costs is None,
+            "warming_up": self.costs is None and self.stopped is None,
+            "stopped": self.stopped,
             "point": None if last is None else last.point,
             "reason": None if last is None else last.reason,
             "predicted_p95_ms": None

@@ -494,7 +494,13 @@
   const ms = (v) => (v === null || v === undefined ? "–" : `${Math.round(v)} ms`);
 
   function renderAutopilot(ap) {
-    $("ap-state").textContent = !ap ? "off" : ap.warming_up ? "warming up (timing the family)" : "on";
+    $("ap-state").textContent = !ap
+      ? "off"
+      : ap.stopped
+        ? `stopped: ${ap.stopped} (turn it off and on again)`
+        : ap.warming_up
+          ? "warming up (timing the family)"
+          : "on";
     $("ap-point").textContent = ap && ap.point ? ap.point : "–";
     $("ap-reason").textContent = ap && ap.reason ? ap.reason : "–";
     $("ap-rate").textContent = ap ? `${ap.arrival_rate.toFixed(0)} images/s` : "–";

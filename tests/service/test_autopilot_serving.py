@@ -193,3 +193,27 @@ def test_a_warm_up_whose_timings_come_out_flat_still_starts(tiny_gate_bundle):
     asyncio.run(pilot.warm_up())
     assert pilot.costs is not None and set(pilot.costs.points) == set(pilot.config.family)
     assert pilot.costs.batch_s("rl", 32) == pytest.approx(0.010, rel=1e-3)
+
+
+def test_an_autopilot_that_cannot_start_says_why(tiny_gate_bundle):
+    # every warm-up probe refused: nothing timed; /config must say it stopped, not "warming up" forever
+    import asyncio
+    from types import SimpleNamespace
+
+    from skipvit.model.bundle import load_bundle
+    from skipvit.service.pilot import Pilot, pilot_config
+
+    bundle = load_bundle(tiny_gate_bundle)
+
+    class RefusingBatcher:
+        knobs = SimpleNamespace(max_batch_size=32)
+        active = "rl"
+        queued_images = 0
+
+        def submit(self, images, point):
+            raise RuntimeError("the queue is full")
+
+    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, RefusingBatcher(), on_switch=lambda p: None)
+    asyncio.run(pilot._run())  # ends: the warm-up timed nothing
+    status = pilot.status()
+    assert status["warming_up"] is False and "timed no batch" in status["stopped"]

@@ -50,7 +50,8 @@ Started from a point outside the family (or below the floor), the first choice i
 accurate point that meets the target (reason ``start``).
 
 When even the cheapest point above the floor cannot meet the target it is chosen anyway (reason
-``floor``; the active point stays where it costs within ``FLOOR_MARGIN`` of the cheapest): the autopilot never goes below ``min_accuracy``; the server's admission control then
+``floor``; the active point stays where it costs within ``FLOOR_MARGIN`` of the cheapest): the
+autopilot never goes below ``min_accuracy``; the server's admission control then
 sheds what it cannot answer in time (503 + Retry-After).
 """
 

@@ -161,6 +161,15 @@ def _f(x: float | None, d: int = 1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{d}f}"
 
 
+def _measured(m) -> str:
+    """A target's measurement for the reader: shares as percentages, steps by number."""
+    if isinstance(m, float):
+        return "n/a" if math.isnan(m) else f"{100 * m:.1f}%"
+    if isinstance(m, dict):
+        return ", ".join(f"{f'step {k}' if str(k).isdigit() else k}: {_measured(v)}" for k, v in m.items())
+    return str(m)
+
+
 def render(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -197,8 +206,21 @@ def render(report: dict) -> str:
     ]
     for name, t in report["targets"].items():
         lines.append(
-            f"- {name.replace('_', ' ')} ({t['target']}): **{'met' if t['met'] else 'not met'}** ({t['measured']})"
+            f"- {name.replace('_', ' ')} ({t['target']}): **{'met' if t['met'] else 'not met'}** "
+            f"({_measured(t['measured'])})"
         )
+    over = [
+        w
+        for w in report["arms"]["on"]["windows"]
+        if w["step"] is not None and w["since_step_s"] >= SETTLE_S and not w["p95_ms"] <= s["p95_ms"]
+    ]
+    if over:
+        lines += [
+            "",
+            "Judged windows over the target (autopilot on): "
+            + ", ".join(f"{w['t']:g} s ({_f(w['p95_ms'], 0)} ms, {w['point']})" for w in over)
+            + ".",
+        ]
     lines += ["", f"![rate, p95 and accuracy per second, both arms]({Path(report['png']).name})"]
     lines += ["", "Per-second windows: in the JSON the command wrote."]
     return "\n".join(lines) + "\n"

@@ -71,6 +71,37 @@ def test_the_verdict_reads_each_target():
     assert math.isnan(windows([], STEPS)[0]["p95_ms"])
 
 
+def test_the_report_gives_shares_as_percentages_and_names_the_windows_over_the_target():
+    slow = outcomes(slow=True)
+    rows, steps = windows(slow, STEPS), step_summary(slow, STEPS)
+    arm = {"windows": rows, "steps": steps}
+    report = {
+        "command": "skipvit bench autopilot",
+        "machine": {},
+        "bundle": "b",
+        "cpus": {},
+        "settings": {
+            "family": "top",
+            "p95_ms": 100.0,
+            "min_accuracy": 0.8,
+            "capacity_clients": 8,
+            "step_s": 4.0,
+            "multiples": [0.5, 4.0],
+        },
+        "family": ["top", "lean"],
+        "top": "top",
+        "floor": "lean",
+        "capacity": {"top": 20.0, "floor": 200.0},
+        "steps": STEPS,
+        "arms": {"off": arm, "on": arm},
+        "targets": verdict(rows, steps, STEPS, 100.0, "top", 200.0),
+        "png": "autopilot.png",
+    }
+    text = render(report)
+    assert "**not met** (50.0%)" in text and "(step 0: 100.0%)" in text
+    assert "Judged windows over the target (autopilot on): 6 s (500 ms, lean), 7 s (500 ms, lean)." in text
+
+
 @pytest.mark.slow
 def test_a_short_real_run_on_the_tiny_gate_bundle(tiny_gate_bundle, tmp_path):
     out = tmp_path / "autopilot.json"

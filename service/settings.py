@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level  # INFO, as logging spells it, works too
+
     @field_validator("admin_token")
     @classmethod
     def _token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:

@@ -97,6 +97,13 @@ def test_a_short_admin_token_is_refused_at_start(tiny_bundle):
     assert "short-secret" not in run.stderr + run.stdout
 
 
+def test_the_log_level_reads_in_either_case(monkeypatch):
+    monkeypatch.setenv("SKIPVIT_LOG_LEVEL", "INFO")  # as Python's logging spells it
+    assert Settings().log_level == "info"
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings(log_level="loud")
+
+
 def test_a_generated_token_is_never_logged_and_kept_owner_only(tmp_path, caplog):
     folder = tmp_path / "tok"
     folder.mkdir()

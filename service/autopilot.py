@@ -8,8 +8,11 @@ and applies what it chose; the tests feed it a simulated queue and simulated cos
 from a short warm-up measurement (one timing at batch 1 and one at the largest batch per point).
 Each batch the engine then runs is an observation ``(point, b, seconds)``; its ratio to the model
 updates a correction factor of that point (an exponentially weighted mean), and a shared factor
-that the points not observed lately take, so that a machine that slows down (another process, a
-thermal limit) slows every estimate, not only the served point's.
+of the whole machine. A point never observed takes the shared factor; a point observed before
+keeps its own, moved by as much as the shared factor moved since its last observation. So a
+machine that slows down (another process, a thermal limit) slows every estimate, not only the
+served point's, while what was learned of one point's warm-up error is not lost when the server
+leaves it (two points whose warm-up timings erred in opposite ways would otherwise swap order).
 
 **Latency** (``predict_p95``). Requests arrive at ``rate`` images/s and are served in batches of at
 most ``B``; a batch closes when it is full or ``max_wait`` after its oldest request, and the next
@@ -109,6 +112,7 @@ class PointCost:
     per_image_s: float  # per image
     factor: float = 1.0  # observed / modelled, weighted towards the recent
     observed_at: float | None = None  # when the last observation came (the caller's clock)
+    shared_then: float = 1.0  # the shared factor right after that observation
 
 
 @dataclass
@@ -116,8 +120,7 @@ class CostModel:
     """Seconds per batch per point: warm-up model times learned correction factors."""
 
     points: dict[str, PointCost] = field(default_factory=dict)
-    shared: float = 1.0  # the factor of points not observed lately
-    stale_s: float = 10.0  # a point's own factor is used for this long after its last observation
+    shared: float = 1.0  # the machine's factor: of points never observed, and their drift since
 
     @staticmethod
     def from_warmup(timings: dict[str, tuple[tuple[int, float], tuple[int, float]]]) -> CostModel:
@@ -132,16 +135,21 @@ class CostModel:
             points[pid] = PointCost(fixed, per_image)
         return CostModel(points)
 
-    def batch_s(self, point: str, images: int, now: float | None = None) -> float:
+    def factor(self, point: str) -> float:
+        """The correction factor of ``point`` now (module docstring)."""
+        c = self.points[point]
+        if c.observed_at is None:
+            return self.shared
+        return c.factor * self.shared / c.shared_then
+
+    def batch_s(self, point: str, images: int) -> float:
         """Modelled seconds for one forward of ``images`` images at ``point``."""
         c = self.points[point]
-        fresh = c.observed_at is not None and now is not None and now - c.observed_at <= self.stale_s
-        return (c.fixed_s + c.per_image_s * images) * (c.factor if fresh else self.shared)
+        return (c.fixed_s + c.per_image_s * images) * self.factor(point)
 
-    def line(self, point: str, now: float | None = None) -> tuple[float, float]:
+    def line(self, point: str) -> tuple[float, float]:
         """(fixed s, per-image s) of ``point``'s batch time, with its correction factor."""
-        c = self.points[point]
-        f = self.batch_s(point, 1, now) / max(c.fixed_s + c.per_image_s, 1e-12)
+        c, f = self.points[point], self.factor(point)
         return c.fixed_s * f, c.per_image_s * f
 
     def observe(self, point: str, images: int, seconds: float, now: float) -> None:
@@ -154,6 +162,7 @@ class CostModel:
         c.factor = ratio if c.observed_at is None else (1 - EWMA) * c.factor + EWMA * ratio
         c.observed_at = now
         self.shared = (1 - EWMA) * self.shared + EWMA * ratio
+        c.shared_then = self.shared
 
 
 # ---------------------------------------------------------------- latency
@@ -175,10 +184,10 @@ def predict_p95(fixed_s: float, per_image_s: float, load: Load) -> float:
 
 
 def predictions(
-    candidates: Sequence[Candidate], costs: CostModel, load: Load, now: float, correction: float = 1.0
+    candidates: Sequence[Candidate], costs: CostModel, load: Load, correction: float = 1.0
 ) -> dict[str, float]:
     """Predicted p95 (s) of each candidate under ``load``, scaled by ``correction``."""
-    return {c.id: correction * predict_p95(*costs.line(c.id, now), load) for c in candidates}
+    return {c.id: correction * predict_p95(*costs.line(c.id), load) for c in candidates}
 
 
 # ---------------------------------------------------------------- choice
@@ -248,14 +257,13 @@ def _down(
     active: str | None,
     costs: CostModel,
     load: Load,
-    now: float,
 ) -> tuple[str, str]:
     """(point, reason) when the active point must go down: the most accurate point below it that
     meets the target and costs less (a costlier one cannot relieve the load); where none does, the
     floor: the cheapest per image at full batches (every prediction may be infinite), the active
     point staying while its cost is within FLOOR_MARGIN of that one's, so that the noise in
     near-equal costs does not switch between them every tick."""
-    full_batch = {c.id: costs.batch_s(c.id, load.max_batch, now) for c in ranked}
+    full_batch = {c.id: costs.batch_s(c.id, load.max_batch) for c in ranked}
     if active is not None:
         rank = {c.id: i for i, c in enumerate(ranked)}
         meets = [c for c in meets if rank[c.id] > rank[active] and full_batch[c.id] < full_batch[active]]
@@ -281,7 +289,7 @@ def decide(
     ranked = eligible(candidates, target)
     if not ranked:
         raise ValueError(f"no point of the family reaches min_accuracy {target.min_accuracy}; Hint: lower it")
-    predicted = predictions(ranked, costs, load, now, state.correction)
+    predicted = predictions(ranked, costs, load, state.correction)
     meets = [c for c in ranked if predicted[c.id] <= target.p95_s]
     active = state.point if state.point in predicted else None
 
@@ -291,7 +299,7 @@ def decide(
         return Decision(point, reason, predicted[point], replace(state, point=point, since=now))
 
     if _over(active, predicted, load, target, observed_p95_s):
-        return to(*_down(ranked, meets, active, costs, load, now))
+        return to(*_down(ranked, meets, active, costs, load))
     accuracy = next(c.accuracy for c in ranked if c.id == active)
     if now - state.since >= DWELL_S and load.refused_share <= SHED_TOLERANCE:
         up = [c for c in meets if c.accuracy > accuracy and predicted[c.id] <= UP_FRACTION * target.p95_s]

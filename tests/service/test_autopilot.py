@@ -41,10 +41,17 @@ def test_the_warm_up_line_and_the_learned_factors():
     costs = warm()
     assert costs.batch_s("top", 10) == pytest.approx(0.002 + 0.010)
     costs.observe("top", 10, 2 * 0.012, now=0.0)  # the machine is twice as slow as at warm-up
-    assert costs.batch_s("top", 10, now=1.0) == pytest.approx(0.024)  # its own factor, fresh
-    # a point not observed lately takes the shared factor, which moved a fifth of the way
-    assert costs.batch_s("mid", 10, now=1.0) == pytest.approx(1.2 * (0.002 + 0.006))
-    assert costs.batch_s("top", 10, now=100.0) == pytest.approx(1.2 * 0.012)  # stale: shared
+    assert costs.batch_s("top", 10) == pytest.approx(0.024)  # its own factor
+    # a point never observed takes the shared factor, which moved a fifth of the way
+    assert costs.batch_s("mid", 10) == pytest.approx(1.2 * (0.002 + 0.006))
+    # once observed, a point keeps its own factor, moved by the machine's drift since: "mid" timed
+    # at its warm-up line (factor 1) while the machine stays slower keeps "top" twice its line
+    for k in range(30):
+        costs.observe("mid", 10, 0.008, now=1.0 + k)
+    assert costs.batch_s("mid", 10) == pytest.approx(0.008, rel=1e-6)
+    drift = costs.shared / 1.2
+    assert costs.batch_s("top", 10) == pytest.approx(0.024 * drift)
+    assert drift < 0.9 and costs.batch_s("top", 10) > 1.5 * 0.012  # not the bare shared factor (about 1)
     with pytest.raises(ValueError, match="b1 < b2"):
         CostModel.from_warmup({"p": ((8, 0.1), (8, 0.2))})
 

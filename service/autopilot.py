@@ -5,7 +5,9 @@ and applies what it chose; the tests feed it a simulated queue and simulated cos
 
 **Costs** (``CostModel``). The engine's time for a batch of ``b`` images at point ``p`` is modelled as
 ``s_p + a_p * b``: a fixed part per forward (``s_p``) and a part per image (``a_p``), both taken
-from a short warm-up measurement (one timing at batch 1 and one at the largest batch per point).
+from a short warm-up measurement (one timing at batch 1 and one at the largest batch per point;
+the caller may scale each point's per-image part, as ``service.pilot`` does for the layers a real
+image runs).
 Each batch the engine then runs is an observation ``(point, b, seconds)``; its ratio to the model
 updates a correction factor of that point (an exponentially weighted mean), and a shared factor
 of the whole machine. A point never observed takes the shared factor; a point observed before
@@ -123,16 +125,21 @@ class CostModel:
     shared: float = 1.0  # the machine's factor: of points never observed, and their drift since
 
     @staticmethod
-    def from_warmup(timings: dict[str, tuple[tuple[int, float], tuple[int, float]]]) -> CostModel:
+    def from_warmup(
+        timings: dict[str, tuple[tuple[int, float], tuple[int, float]]],
+        per_image_scale: dict[str, float] | None = None,
+    ) -> CostModel:
         """``timings[point] = ((b1, seconds1), (b2, seconds2))``, two batch sizes b1 < b2: the line
-        through them (per-image cost and fixed part, neither below 0)."""
+        through them (per-image cost and fixed part, neither below 0); ``per_image_scale[point]``
+        then scales that point's per-image part (real images run more or fewer layers than the
+        warm-up's: ``service.pilot``)."""
         points = {}
         for pid, ((b1, t1), (b2, t2)) in timings.items():
             if not 0 < b1 < b2:
                 raise ValueError(f"{pid}: warm-up batch sizes must satisfy 0 < b1 < b2, got {b1}, {b2}")
             per_image = max((t2 - t1) / (b2 - b1), 1e-9)
             fixed = max(t1 - per_image * b1, 0.0)
-            points[pid] = PointCost(fixed, per_image)
+            points[pid] = PointCost(fixed, per_image * (per_image_scale or {}).get(pid, 1.0))
         return CostModel(points)
 
     def factor(self, point: str) -> float:

@@ -195,6 +195,40 @@ def test_a_warm_up_whose_timings_come_out_flat_still_starts(tiny_gate_bundle):
     assert pilot.costs.batch_s("rl", 32) == pytest.approx(0.010, rel=1e-3)
 
 
+def test_the_warm_up_scales_each_line_by_the_layers_real_images_run(tiny_gate_bundle):
+    # blank probe images take their own path through the gates (often the same few layers at every
+    # point): the per-image part of each line is scaled by the point's recorded mean layers over
+    # the layers the blank batch ran, so the order by cost is the real traffic's
+    import asyncio
+    from types import SimpleNamespace
+
+    from skipvit.model.bundle import load_bundle
+    from skipvit.service.pilot import Pilot, pilot_config, point_layers
+
+    bundle = load_bundle(tiny_gate_bundle)
+
+    class OneLayerBatcher:
+        knobs = SimpleNamespace(max_batch_size=32)
+        active = "rl"
+
+        def submit(self, images, point):
+            n = int(images.shape[0])
+            pilot.computed(point, n, 0.001 + 0.0005 * n)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(SimpleNamespace(rows=[SimpleNamespace(layers_executed=1)] * n))
+            return done
+
+    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, OneLayerBatcher(), on_switch=lambda p: None)
+    asyncio.run(pilot.warm_up())
+    family = pilot.config.family
+    assert len(family) >= 2 and set(pilot.probe_layers) == set(family)
+    for p in family:
+        layers = point_layers(bundle.point(p))
+        assert layers is not None and layers > 0
+        assert pilot.costs.points[p].per_image_s == pytest.approx(0.0005 * layers, rel=1e-6)
+        assert pilot.costs.points[p].fixed_s == pytest.approx(0.001, rel=1e-6)
+
+
 def test_an_autopilot_that_cannot_start_says_why(tiny_gate_bundle):
     # every warm-up probe refused: nothing timed; /config must say it stopped, not "warming up" forever
     import asyncio

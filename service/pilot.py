@@ -14,8 +14,8 @@ a second, and switches the batcher's active point to the answer.
 - **Warm-up.** When turned on, it sends, for each point of the family, a request of one blank image
   and one of ``max_batch_size`` blank images through the batcher and times their batches (the
   engine's own time, not the wait): the starting line of the cost model. A blank image takes its
-  own path through a point's gates or exits, not a real image's (on the shipped front, 2 layers at
-  three points whose real images run 2.4 to 2.9), so the per-image part of each line is scaled by
+  own path through a point's gates or exits, not a real image's (it can run the same few layers at
+  points whose real images run different numbers), so the per-image part of each line is scaled by
   the point's recorded mean layers (validation where recorded) over the layers the blank batch
   ran: the points' order by cost is then the real traffic's, before any of it is served.
 

@@ -168,29 +168,37 @@ def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
     assert pilot.shed_at == SHED_AT  # and no higher
 
 
-def test_a_warm_up_whose_timings_come_out_flat_still_starts(tiny_gate_bundle):
-    # on a tiny model or a busy machine a full batch can time no slower than one image: the line is
-    # then flat, not a reason for the autopilot to give up
+def warmed_up(bundle_dir, seconds, answer):
+    """A ``Pilot`` on ``bundle_dir``'s ``rl`` family after its warm-up against a fake batcher that
+    times a batch of ``n`` images at ``seconds(n)`` and answers ``answer(n)``."""
     import asyncio
     from types import SimpleNamespace
 
     from skipvit.model.bundle import load_bundle
     from skipvit.service.pilot import Pilot, pilot_config
 
-    bundle = load_bundle(tiny_gate_bundle)
+    bundle = load_bundle(bundle_dir)
 
-    class FlatBatcher:
+    class FakeBatcher:
         knobs = SimpleNamespace(max_batch_size=32)
         active = "rl"
 
         def submit(self, images, point):
-            pilot.computed(point, int(images.shape[0]), 0.010)  # the same time for 1 and 32 images
+            n = int(images.shape[0])
+            pilot.computed(point, n, seconds(n))
             done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
+            done.set_result(answer(n))
             return done
 
-    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, FlatBatcher(), on_switch=lambda p: None)
+    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, FakeBatcher(), on_switch=lambda p: None)
     asyncio.run(pilot.warm_up())
+    return pilot, bundle
+
+
+def test_a_warm_up_whose_timings_come_out_flat_still_starts(tiny_gate_bundle):
+    # on a tiny model or a busy machine a full batch can time no slower than one image: the line is
+    # then flat, not a reason for the autopilot to give up
+    pilot, _ = warmed_up(tiny_gate_bundle, lambda n: 0.010, lambda n: None)  # the same for 1 and 32
     assert pilot.costs is not None and set(pilot.costs.points) == set(pilot.config.family)
     assert pilot.costs.batch_s("rl", 32) == pytest.approx(0.010, rel=1e-3)
 
@@ -199,27 +207,14 @@ def test_the_warm_up_scales_each_line_by_the_layers_real_images_run(tiny_gate_bu
     # blank probe images take their own path through the gates (often the same few layers at every
     # point): the per-image part of each line is scaled by the point's recorded mean layers over
     # the layers the blank batch ran, so the order by cost is the real traffic's
-    import asyncio
     from types import SimpleNamespace
 
-    from skipvit.model.bundle import load_bundle
-    from skipvit.service.pilot import Pilot, pilot_config, point_layers
+    from skipvit.service.pilot import point_layers
 
-    bundle = load_bundle(tiny_gate_bundle)
-
-    class OneLayerBatcher:
-        knobs = SimpleNamespace(max_batch_size=32)
-        active = "rl"
-
-        def submit(self, images, point):
-            n = int(images.shape[0])
-            pilot.computed(point, n, 0.001 + 0.0005 * n)
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(SimpleNamespace(rows=[SimpleNamespace(layers_executed=1)] * n))
-            return done
-
-    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, OneLayerBatcher(), on_switch=lambda p: None)
-    asyncio.run(pilot.warm_up())
+    one_layer = SimpleNamespace(layers_executed=1)
+    pilot, bundle = warmed_up(
+        tiny_gate_bundle, lambda n: 0.001 + 0.0005 * n, lambda n: SimpleNamespace(rows=[one_layer] * n)
+    )
     family = pilot.config.family
     assert len(family) >= 2 and set(pilot.probe_layers) == set(family)
     for p in family:

@@ -112,6 +112,11 @@ def step_summary(outcomes: list[Outcome], steps: list[dict]) -> list[dict]:
     return out
 
 
+def judged_windows(rows: list[dict]) -> list[dict]:
+    """The windows the p95 target is judged on: in a step, from ``SETTLE_S`` after its start."""
+    return [w for w in rows if w["step"] is not None and w["since_step_s"] >= SETTLE_S]
+
+
 def verdict(
     on_windows: list[dict],
     on_steps: list[dict],
@@ -121,7 +126,7 @@ def verdict(
     floor_capacity: float,
 ) -> dict[str, Any]:
     """The targets, judged on the autopilot-on arm (module constants)."""
-    judged = [w for w in on_windows if w["step"] is not None and w["since_step_s"] >= SETTLE_S]
+    judged = judged_windows(on_windows)
     carried = [i for i, st in enumerate(steps) if st["offered_per_s"] <= CARRY_MARGIN * floor_capacity]
     within = [w for w in judged if not math.isnan(w["p95_ms"]) and w["p95_ms"] <= target_ms]
     share = len(within) / len(judged) if judged else math.nan
@@ -209,11 +214,7 @@ def render(report: dict) -> str:
             f"- {name.replace('_', ' ')} ({t['target']}): **{'met' if t['met'] else 'not met'}** "
             f"({_measured(t['measured'])})"
         )
-    over = [
-        w
-        for w in report["arms"]["on"]["windows"]
-        if w["step"] is not None and w["since_step_s"] >= SETTLE_S and not w["p95_ms"] <= s["p95_ms"]
-    ]
+    over = [w for w in judged_windows(report["arms"]["on"]["windows"]) if not w["p95_ms"] <= s["p95_ms"]]
     if over:
         lines += [
             "",

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 import torch
 
 from skipvit.kernels import set_backend
+from skipvit.service import sched
 from skipvit.service.engine import Engine
 from skipvit.service.healing import HealPolicy, Seen
 
@@ -46,6 +47,7 @@ def _child(
     threads: int | None,
     compact: str,
 ) -> None:
+    sched.normal()  # not the event loop's SCHED_BATCH, inherited from the thread that started it
     # The heartbeat ticks while the main thread loads and computes: torch releases the GIL.
     threading.Thread(target=_heartbeat, args=(beat, interval), name="skipvit-heartbeat", daemon=True).start()
     set_backend(compact)

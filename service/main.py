@@ -27,6 +27,8 @@ import signal
 
 import uvicorn
 
+from skipvit.service import sched
+
 log = logging.getLogger("skipvit.service")
 ACCEPT_QUEUE_S = 0.05  # after the handshakes stop, time for the loop to accept the connections made
 
@@ -73,6 +75,8 @@ def serve(bundle: str | None = None, host: str | None = None, port: int | None =
     )
     server = DrainingServer(config, functools.partial(drain, state), functools.partial(hurry, state))
     state.stop_server = server.stop
+    if settings.loop_sched == "batch" and sched.batch():
+        log.info("event loop thread in SCHED_BATCH (SKIPVIT_LOOP_SCHED)")
     server.run()
     if state.engine_hung or (state.batcher is not None and state.batcher.computing):
         # A batch never came back from the engine (its requests were answered 503, or a second

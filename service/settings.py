@@ -164,6 +164,11 @@ class Settings(BaseSettings):
         description="client connections open at once (default: what the file-descriptor limit allows, "
         "less 64); beyond it a new connection evicts one slow to send its headers, else gets 503",
     )
+    loop_sched: Literal["batch", "normal"] = Field(
+        "batch",
+        description="the event loop thread's Linux scheduling policy: batch (SCHED_BATCH: an arrival "
+        "does not preempt the engine on a shared core; requests are read in passes) or normal",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import httpx2
 import numpy as np
@@ -54,6 +56,23 @@ def test_bad_uploads_to_a_real_server(server):
         r = client.post("/classify", content=b"{}", headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500
         assert client.get("/livez").status_code == 200
+
+
+def engine_processes(pid: int) -> list[int]:
+    """The engine processes among ``pid``'s children (multiprocessing's spawned children)."""
+    children = [c for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux scheduling policies and /proc")
+def test_the_event_loop_does_not_preempt_the_engine(server):
+    """The event loop's thread (the process's main thread) runs in SCHED_BATCH; the engine
+    processes it starts go back to SCHED_OTHER (``service.sched``)."""
+    _, proc = server
+    assert os.sched_getscheduler(proc.pid) == os.SCHED_BATCH
+    engines = engine_processes(proc.pid)
+    assert engines, "no engine process found"
+    assert all(os.sched_getscheduler(p) == os.SCHED_OTHER for p in engines)
 
 
 def test_sigterm_exits_cleanly(server):

@@ -24,7 +24,7 @@ import torch
 
 from skipvit.service.asgi import ClientGone, header, read_body, send_json
 from skipvit.service.budget import BudgetTimeout
-from skipvit.service.connections import http_response
+from skipvit.service.connections import ON_LOST, LostHook, http_response
 from skipvit.service.decode import DecodeError, decode_as_is, decode_cost, finish, open_image
 from skipvit.service.echo import echo
 from skipvit.service.engine import BundleView
@@ -71,12 +71,17 @@ def point_param(query_string: bytes) -> str | None:
     return values[0]
 
 
-async def answer_or_gone(future: asyncio.Future, receive):
-    """Await the batcher's ``future``; ``ClientGone`` if the client disconnects meanwhile.
+async def answer_or_gone(future: asyncio.Future, receive, lost: LostHook | None = None):
+    """Await the batcher's ``future``; ``ClientGone`` if the client disconnects meanwhile. A
+    request whose client has gone is cancelled, so the batcher drops it before compute (or
+    ignores its rows).
 
-    The disconnect is watched only once the request has waited ``WATCH_DISCONNECT_AFTER_S``: a
-    task per request would cost the hot path, and most answers come sooner. A request whose client
-    has gone is cancelled, so the batcher drops it before compute (or ignores its rows)."""
+    Served by ``GuardedProtocol``, the protocol says when the client leaves (``lost``): nothing
+    more per request. Otherwise (another ASGI server) the disconnect is watched on ``receive``,
+    once the request has waited ``WATCH_DISCONNECT_AFTER_S``: under overload every request waits
+    that long, and a task each cost the event loop measurably (``skipvit bench overload``)."""
+    if lost is not None:
+        return await _answer_or_lost(future, lost)
     loop = asyncio.get_running_loop()
     watcher: asyncio.Task | None = None
     gone = False
@@ -104,6 +109,21 @@ async def answer_or_gone(future: asyncio.Future, receive):
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
+
+
+async def _answer_or_lost(future: asyncio.Future, lost: LostHook):
+    if lost.gone:  # left before its request was queued
+        future.cancel()
+        raise ClientGone
+    lost.callback = future.cancel
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if lost.gone:
+            raise ClientGone from None
+        raise
+    finally:
+        lost.callback = None
 
 
 class Classify:
@@ -221,7 +241,7 @@ class Classify:
             if ticket is not None:
                 ticket.queued()
         try:
-            answer = await answer_or_gone(future, receive)
+            answer = await answer_or_gone(future, receive, scope.get(ON_LOST))
         except ClientGone:
             raise
         except Exception as e:

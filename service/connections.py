@@ -21,6 +21,10 @@ first). ``GuardedProtocol`` is uvicorn's httptools protocol with the guard aroun
 Both are one timer per request, armed and cancelled by the parser's callbacks: cheaper than a
 timeout around every ``receive`` in the app.
 
+A client that leaves while its request waits is told to the app by ``LostHook`` (in the scope),
+fired from ``connection_lost``: the app drops the request without a task per request watching
+``receive`` for the disconnect.
+
 At shutdown (a drain), uvicorn closes every connection between two requests at once. A client may
 be sending its next request on it right then, or have just connected to send its first: closing
 a socket with unread data resets it, and the client sees its request cut off. Such a connection
@@ -85,6 +89,27 @@ BODY_TIMEOUT = canned(
     "the request's body did not arrive in time (SKIPVIT_BODY_TIMEOUT_S); Hint: send the body at once, or "
     "fewer images per request",
 )
+
+
+ON_LOST = "skipvit.on_lost"  # scope key: the request's ``LostHook``, set by ``GuardedProtocol``
+
+
+class LostHook:
+    """Tells a request's app that its client has gone, with no task of its own: the protocol
+    calls ``fire`` from ``connection_lost`` while the request is unanswered. The app sets
+    ``callback`` while it waits (``service.classify.answer_or_gone``)."""
+
+    __slots__ = ("callback", "gone")
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], object] | None = None
+        self.gone = False
+
+    def fire(self) -> None:
+        self.gone = True
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback()
 
 
 def connection_limit(wanted: int | None, reserve: int = FD_RESERVE) -> int:
@@ -185,6 +210,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused_here():
             return
         super().on_headers_complete()
+        self.scope[ON_LOST] = LostHook()  # the dict the request's app gets; its task has not run yet
         if self.closing_timer is not None:  # a request within the shutdown's grace: its answer ends it
             self.closing_timer.cancel()
             self.closing_timer = None
@@ -254,6 +280,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.counted:
             self.counted = False
             self.guard.closed(self)
+        if self.cycle is not None and not self.cycle.response_complete and ON_LOST in self.cycle.scope:
+            self.cycle.scope[ON_LOST].fire()
         super().connection_lost(exc)
 
     def evict(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 import skipvit.service.classify as classify
 from skipvit.service.asgi import ClientGone
 from skipvit.service.classify import answer_or_gone, point_param
+from skipvit.service.connections import LostHook
 from skipvit.service.failures import BAD_REQUEST, Failure
 
 
@@ -96,3 +97,91 @@ def test_an_answer_after_the_watch_started_stops_it(monkeypatch):
         assert all(t.done() or t.cancelling() for t in tasks)  # the watcher does not outlive the request
 
     run_watched(monkeypatch, 0.0, main)
+
+
+def test_a_request_whose_client_leaves_is_cancelled_by_the_protocols_hook():
+    """Served by ``GuardedProtocol``: the protocol's ``LostHook`` fires, and no task watches."""
+
+    async def never():
+        raise AssertionError("the hook path reads nothing")
+
+    async def main():
+        future, lost = unanswered(), LostHook()
+        waiting = asyncio.create_task(answer_or_gone(future, never, lost))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and lost.callback is not None
+        assert len(asyncio.all_tasks()) == 2  # main and the request: nothing watches
+        lost.fire()  # connection_lost
+        with pytest.raises(ClientGone):
+            await waiting
+        assert future.cancelled() and lost.callback is None
+
+        future, lost = unanswered(), LostHook()
+        lost.fire()  # left before its request was queued
+        with pytest.raises(ClientGone):
+            await answer_or_gone(future, never, lost)
+        assert future.cancelled()
+
+        future, lost = unanswered(), LostHook()
+        asyncio.get_running_loop().call_soon(future.set_result, "rows")
+        assert await answer_or_gone(future, never, lost) == "rows"
+        assert lost.callback is None
+        lost.fire()  # a connection closed after its answer: nothing to cancel
+
+    asyncio.run(main())
+
+
+def test_the_protocol_fires_the_hook_of_an_unanswered_request_when_its_client_leaves():
+    """A real uvicorn server with ``GuardedProtocol``: a client that sends a request and closes
+    its socket has its request cancelled; an answered one's hook is not fired."""
+    import functools
+    import socket
+
+    import uvicorn
+
+    from skipvit.service.connections import ON_LOST, ConnectionGuard, GuardedProtocol, GuardSettings
+
+    seen: dict[str, LostHook] = {}
+    cancelled = asyncio.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        hook = seen[scope["path"]] = scope[ON_LOST]
+        if scope["path"] == "/wait":
+            future = asyncio.get_running_loop().create_future()
+            with pytest.raises(ClientGone):
+                await answer_or_gone(future, receive, hook)
+            cancelled.set()
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main():
+        guard = ConnectionGuard(GuardSettings(100, 5.0, 5.0))
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+            http=functools.partial(GuardedProtocol, guard=guard),
+        )  # fmt: skip
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        for path in ("/done", "/wait"):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setblocking(False)
+            await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            if path == "/done":
+                assert (await loop.sock_recv(sock, 1024)).startswith(b"HTTP/1.1 200")
+            else:
+                while path not in seen:
+                    await asyncio.sleep(0.01)
+            sock.close()
+        await asyncio.wait_for(cancelled.wait(), 5)
+        assert seen["/wait"].gone and not seen["/done"].gone
+        server.should_exit = True
+        await serving
+
+    asyncio.run(main())

@@ -42,7 +42,7 @@ class Bound:
 
 MAX_BATCH_SIZE = Bound(32, ge=1, le=4096)  # images in one forward
 MAX_WAIT_MS = Bound(5.0, ge=0, le=10_000)  # longest a request waits for company
-MAX_QUEUE = Bound(1024, ge=1, le=1_000_000)  # images waiting; beyond it new requests get QueueFull
+MAX_QUEUE = Bound(256, ge=1, le=1_000_000)  # images waiting; beyond it new requests get QueueFull
 REQUEST_TIMEOUT_S = Bound(30.0, gt=0)  # a request not started by then is answered 504
 PIPELINE_DEPTH = Bound(2, ge=1, le=8)  # batches handed to the engine at once
 

@@ -89,12 +89,20 @@ def test_the_overload_verdict_reads_each_target():
     report = {
         "command": "skipvit bench overload",
         "machine": {"cpu": "x", "cores": 2},
-        "capacity": {"concurrency": 64, "images_per_s": 100.0, "latency_ms": {"p95": 30.0}},
+        "capacity": {
+            "concurrency": 64,
+            "images_per_s": 100.0,
+            "latency_ms": {"p95": 30.0},
+            "after_levels_images_per_s": 95.0,
+        },
         "levels": good,
         "targets": bench_overload.verdict(100.0, good),
     }
     md = bench_overload.render(report)
     assert md.count("\n| 1x") == 1 and "| 3x (300/s) | 90 | 90% |" in md
+    assert "after the levels: 95 images/s" in md and "speed moved" not in md
+    report["capacity"]["after_levels_images_per_s"] = 80.0  # the machine slowed down during the run
+    assert "-20%: the machine's speed moved during the run" in bench_overload.render(report)
 
 
 def _big_report(kept_images_per_s, peak, after):

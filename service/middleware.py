@@ -156,8 +156,7 @@ class ServiceMiddleware:
             if ticket is not None:
                 self.admission.leave(ticket)
             self.metrics.inflight.dec()
-            self.metrics.requests.labels(route, str(exchange.status)).inc()
-            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)
+            self.metrics.answered(route, exchange.status, time.perf_counter() - t0)
 
     def _too_large(self) -> Failure:
         return Failure(

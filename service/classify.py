@@ -51,6 +51,7 @@ from skipvit.service.schemas import ClassifyResponse, classify_body
 from skipvit.service.state import ServiceState
 
 log = logging.getLogger("skipvit.service")
+CACHED_REFUSALS = 64  # distinct refusal answers kept as bytes (``refuse_at_headers``)
 WATCH_DISCONNECT_AFTER_S = 0.25  # a request still unanswered by then is dropped if its client leaves
 
 
@@ -175,10 +176,10 @@ class Classify:
         batcher, arriving = state.batcher, state.admission.arriving
         knobs = batcher.knobs
         if batcher.queued_images + arriving >= knobs.max_queue:
-            return Failure(
+            return Failure(  # the same words each time: the answer's bytes are reused (``refuse_at_headers``)
                 QUEUE_FULL,
-                f"the queue is full ({batcher.queued_images} images waiting, {arriving} arriving, limit "
-                f"{knobs.max_queue}); Hint: retry after the Retry-After delay",
+                f"the queue is full ({knobs.max_queue} images, SKIPVIT_MAX_QUEUE); Hint: retry after the "
+                "Retry-After delay",
                 batcher.retry_after(),
             )
         wait = batcher.expected_answer(arriving)
@@ -312,6 +313,9 @@ def refuse_at_headers(state: ServiceState):
     middleware, which reads the body before it answers and closes."""
     classify = Classify(state)
     metrics = state.metrics
+    # Under overload most answers are one of a few: each is built once. Keyed by what makes the
+    # bytes; emptied when it holds more than ``CACHED_REFUSALS`` (answers whose words carry a number).
+    answers: dict[tuple, bytes] = {}
 
     def refuse(keep_alive: bool) -> tuple[bytes, bool] | None:
         if state.admission.draining:
@@ -319,11 +323,18 @@ def refuse_at_headers(state: ServiceState):
         failure = classify.refusal()
         if failure is None:
             return None
-        status, body, headers = respond(failure, metrics)
         keep_alive = keep_alive and not failure.kind.close
-        metrics.requests.labels("/classify", str(status)).inc()
-        metrics.request_seconds.labels("/classify").observe(0.0)
-        return http_response(status, body, headers, close=not keep_alive), keep_alive
+        key = (failure.kind.status, str(failure), failure.retry_after, keep_alive)
+        answer = answers.get(key)
+        if answer is None:
+            status, body, headers = respond(failure, metrics)
+            if len(answers) >= CACHED_REFUSALS:
+                answers.clear()
+            answer = answers[key] = http_response(status, body, headers, close=not keep_alive)
+        elif failure.kind.reason is not None:
+            metrics.rejected(failure.kind.reason)  # as ``respond`` counts it
+        metrics.answered("/classify", failure.kind.status, 0.0)
+        return answer, keep_alive
 
     return refuse
 

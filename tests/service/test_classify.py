@@ -185,3 +185,45 @@ def test_the_protocol_fires_the_hook_of_an_unanswered_request_when_its_client_le
         await serving
 
     asyncio.run(main())
+
+
+def test_a_refusal_at_the_headers_is_built_once_and_counted_every_time():
+    """``refuse_at_headers``: under overload the same few answers repeat, so their bytes are
+    reused; every refusal is still counted (requests by status, rejections by reason)."""
+    import dataclasses
+    import types
+
+    from skipvit.service.classify import refuse_at_headers
+    from skipvit.service.knobs import Knobs
+    from skipvit.service.metrics import Metrics
+    from skipvit.service.middleware import Admission
+
+    class FullQueue:
+        queued_images, knobs, timeout_s = 8, Knobs(max_queue=8), 10.0
+
+        def retry_after(self) -> int:
+            return 2
+
+    metrics = Metrics()
+    state = types.SimpleNamespace(
+        ready=True, load_error=None, batcher=FullQueue(), admission=Admission(), pilot=None, metrics=metrics,
+        settings=None,
+    )  # fmt: skip
+    refuse = refuse_at_headers(state)
+    first, kept = refuse(True)
+    again, _ = refuse(True)
+    assert kept and again is first  # the same bytes, built once
+    assert (
+        first.startswith(b"HTTP/1.1 503") and b"retry-after: 2" in first and b"connection: close" not in first
+    )
+    closing, kept = refuse(False)  # an HTTP/1.0 client, or Connection: close
+    assert not kept and b"connection: close" in closing
+    state.batcher.knobs = dataclasses.replace(state.batcher.knobs, max_queue=4)
+    assert b"(4 images" in refuse(True)[0]  # new words, new bytes
+    requests = metrics.registry.get_sample_value(
+        "skipvit_requests_total", {"route": "/classify", "status": "503"}
+    )
+    rejected = metrics.registry.get_sample_value("skipvit_rejections_total", {"reason": "queue_full"})
+    assert requests == rejected == 4
+    state.admission.draining = True
+    assert refuse(True) is None  # a drain answers through the app

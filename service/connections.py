@@ -201,6 +201,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self.header_timer is None
             and self.counted
             and (self.cycle is None or self.cycle.response_complete)
+            and b"\r\n\r\n" not in data  # else its headers end in this chunk: nothing to wait for
         ):
             self._await_headers()  # the first byte of the next request on a kept-alive connection
         super().data_received(data)

@@ -134,3 +134,78 @@ def test_the_guard_evicts_the_oldest_slow_connection_and_else_refuses():
     guard.headers_done(b)  # b sent its headers: never evicted
     assert not guard.admit(Conn(guard), now=5.0)
     assert guard.open == 2
+
+
+class FakeTransport:
+    """What a ``GuardedProtocol`` writes, without a socket."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_request_whose_headers_come_in_one_chunk_arms_no_header_timer():
+    """On a kept-alive connection, a request whose headers end in the chunk that starts it has
+    nothing to wait for (no timer, not among the connections waiting for headers: a refusal at the
+    headers costs less); one whose headers are cut is timed, and evicted or answered 408 as before."""
+    import asyncio
+    import functools
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from skipvit.service.connections import GuardedProtocol
+
+    refusal = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
+    request = b"POST /classify HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nbody"
+
+    async def app(scope, receive, send):  # pragma: no cover - every request is refused at its headers
+        raise AssertionError
+
+    async def main():
+        config = uvicorn.Config(app, log_level="warning")
+        config.load()
+        guard = ConnectionGuard(GuardSettings(10, 10.0, 30.0), refuse_classify=lambda keep: (refusal, keep))
+        timed: list[float] = []  # each time a request's headers are awaited (a timer armed)
+        guard.waiting_for_headers = lambda conn, now: (
+            timed.append(now) or ConnectionGuard.waiting_for_headers(guard, conn, now)
+        )
+        loop = asyncio.get_running_loop()
+        protocol = functools.partial(GuardedProtocol, guard=guard)(
+            config=config, server_state=ServerState(), app_state={}, _loop=loop
+        )
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(request)  # the first request: timed from the connection's start
+        assert transport.written == [refusal] and protocol.header_timer is None and not guard.waiting
+        for _ in range(3):  # the next ones, whole in one chunk each
+            protocol.data_received(request)
+            assert protocol.header_timer is None and not guard.waiting
+        assert transport.written == [refusal] * 4 and not transport.closed
+        assert len(timed) == 1  # only the connection's start
+        protocol.data_received(request[:20])  # headers cut: timed, and among those waiting
+        assert protocol.header_timer is not None and protocol in guard.waiting and len(timed) == 2
+        protocol.data_received(request[20:])
+        assert protocol.header_timer is None and not guard.waiting and len(transport.written) == 5
+        protocol.connection_lost(None)
+        assert guard.open == 0
+
+    asyncio.run(main())

@@ -43,6 +43,7 @@ from skipvit.benchmarks.bench_server import HOST, ServerProcess, fashion_mnist_p
 from skipvit.benchmarks.loadgen import (
     Connection,
     classify_request,
+    collector_paused,
     http_get,
     request_pool,
     run_async,
@@ -240,13 +241,38 @@ async def step_load(
 ) -> list[Outcome]:
     """Open loop (``benchmarks.openloop.dispatch``): each step's requests at its rate, request k
     carrying image k mod N; latency from the scheduled time (no coordinated omission). Every
-    request ends as one outcome, times in seconds since the arm started."""
-    start = time.perf_counter() + 0.05
+    request ends as one outcome, times in seconds since the arm started. The generator's collector
+    is paused for the arm (``loadgen.collector_paused``), and its start waits for that."""
     at: list[float] = []
     for st in steps:
         n = int(st["offered_per_s"] * st["duration_s"])
         at += [st["start_s"] + k / st["offered_per_s"] for k in range(n)]
     outcomes: list[Outcome] = []
+    with collector_paused():
+        start = time.perf_counter() + 0.05
+        await _send(
+            port,
+            requests,
+            labels,
+            [start + a for a in at],
+            start,
+            outcomes,
+            answer_timeout_s,
+            max_connections,
+        )
+    return outcomes
+
+
+async def _send(
+    port: int,
+    requests: list[bytes],
+    labels: list[int],
+    due: list[float],
+    start: float,
+    outcomes: list[Outcome],
+    answer_timeout_s: float,
+    max_connections: int,
+) -> None:
 
     def record(sent: Sent) -> None:
         t0, t1 = sent.due - start, sent.done - start
@@ -266,10 +292,9 @@ async def step_load(
     await dispatch(
         HOST,
         port,
-        [start + a for a in at],
+        due,
         lambda k: requests[k % len(requests)],
         record,
         answer_timeout_s=answer_timeout_s,
         max_connections=max_connections,
     )
-    return outcomes

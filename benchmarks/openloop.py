@@ -21,7 +21,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from skipvit.benchmarks.loadgen import Connection, ProtocolError, Response, check_classify, percentile
+from skipvit.benchmarks.loadgen import (
+    Connection,
+    ProtocolError,
+    Response,
+    check_classify,
+    collector_paused,
+    percentile,
+)
 
 
 @dataclass
@@ -110,7 +117,30 @@ async def dispatch(
 ) -> Dispatch:
     """Send request ``request_of(k)`` at perf_counter time ``due[k]`` (ascending), each on an idle
     kept-alive connection or a new one up to ``max_connections``; ``on_sent`` hears every request's
-    outcome once. Returns when every answer came (at most ``answer_timeout_s`` each)."""
+    outcome once. Returns when every answer came (at most ``answer_timeout_s`` each). The
+    generator's collector is paused meanwhile (``loadgen.collector_paused``)."""
+    with collector_paused():
+        return await _dispatch(
+            host,
+            port,
+            due,
+            request_of,
+            on_sent,
+            answer_timeout_s=answer_timeout_s,
+            max_connections=max_connections,
+        )
+
+
+async def _dispatch(
+    host: str,
+    port: int,
+    due: Sequence[float],
+    request_of: Callable[[int], bytes],
+    on_sent: Callable[[Sent], None],
+    *,
+    answer_timeout_s: float,
+    max_connections: int,
+) -> Dispatch:
     clock = time.perf_counter
     stats = Dispatch()
     idle: list[Connection] = []
@@ -181,7 +211,27 @@ async def open_loop(
     max_connections: int = 1000,
 ) -> OpenLoopResult:
     """Send ``rate`` requests per second for ``warmup_s + duration_s`` seconds, then wait for every
-    answer (at most ``answer_timeout_s`` each). The window is the last ``duration_s`` seconds."""
+    answer (at most ``answer_timeout_s`` each). The window is the last ``duration_s`` seconds.
+    The generator's collector is paused for the level, and its start waits for that."""
+    with collector_paused():
+        return await _open_loop(
+            host, port, requests, images_per_request=images_per_request, rate=rate, warmup_s=warmup_s,
+            duration_s=duration_s, answer_timeout_s=answer_timeout_s, max_connections=max_connections,
+        )  # fmt: skip
+
+
+async def _open_loop(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    images_per_request: int,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    answer_timeout_s: float,
+    max_connections: int,
+) -> OpenLoopResult:
     start = time.perf_counter() + 0.05
     res = OpenLoopResult(rate, (start + warmup_s, start + warmup_s + duration_s))
 

@@ -182,3 +182,32 @@ def test_a_kept_alive_connection_the_server_closed_is_retried_once_on_a_new_one(
     s = res.summary(1, timeout_s=5)
     assert s["statuses"] == {"200": 20} and s["errors"] == {}, s
     assert res.stale_retries > 0
+
+
+def test_the_generator_sends_with_its_collector_paused():
+    """The generator's collector is off while it sends (its full passes over the outcomes kept
+    stalled it, and the stall showed as server latency) and back on after; nested uses are one."""
+    import gc
+
+    from skipvit.benchmarks.loadgen import collector_paused
+
+    enabled_while_answering: list[bool] = []
+
+    async def answer(reader, writer) -> None:
+        while True:
+            await read_request(reader)
+            enabled_while_answering.append(gc.isenabled())  # the canned server runs in the generator's loop
+            writer.write(OK)
+            await writer.drain()
+
+    assert gc.isenabled()
+    res = _open_loop(answer, rate=100, warmup_s=0.0, duration_s=0.2)
+    assert len(res.outcomes) == 20 and enabled_while_answering == [False] * 20
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner use leaves it off
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0

@@ -2,12 +2,12 @@
 
 Under an open-loop load each request arrives on its own: every arrival wakes the event loop, and
 a normal (``SCHED_OTHER``) thread that wakes preempts the engine process running on its core.
-The engine then loses its cache every millisecond or two, and the loop runs one request per
-wake-up, paying the switch and the loop's own overhead each time. Measured on the 2-core CPU
-machine with the server and its engine pinned to one core (``skipvit bench overload
---server-cpus 0 --loadgen-cpus 1``): 600 requests/s offered open loop were answered at 432-499
-images/s with the queue full, and the event loop took 0.25 cores; with the loop thread in
-``SCHED_BATCH``, the same load was all served (599/s, p50 73 ms) and the loop took 0.19 cores.
+The engine then loses its core (and its cache) every millisecond or two, and the loop runs one
+request per wake-up, paying the switch and its own overhead each time. Two runs of
+``skipvit bench overload --server-cpus 0 --loadgen-cpus 1`` (server and engine on one core), one
+after the other on the 2-core CPU machine: with ``SKIPVIT_LOOP_SCHED=normal``, capacity 595
+images/s and 499 images/s of goodput at 3x; with ``batch``, 640 and 601 (docs/serving.md says how
+much such runs vary).
 
 ``SCHED_BATCH`` changes one thing: a thread that wakes does not preempt the one running. The loop
 still gets its fair share of the core, and runs when the engine's slice ends (a few

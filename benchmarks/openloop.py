@@ -117,30 +117,9 @@ async def dispatch(
 ) -> Dispatch:
     """Send request ``request_of(k)`` at perf_counter time ``due[k]`` (ascending), each on an idle
     kept-alive connection or a new one up to ``max_connections``; ``on_sent`` hears every request's
-    outcome once. Returns when every answer came (at most ``answer_timeout_s`` each). The
-    generator's collector is paused meanwhile (``loadgen.collector_paused``)."""
-    with collector_paused():
-        return await _dispatch(
-            host,
-            port,
-            due,
-            request_of,
-            on_sent,
-            answer_timeout_s=answer_timeout_s,
-            max_connections=max_connections,
-        )
-
-
-async def _dispatch(
-    host: str,
-    port: int,
-    due: Sequence[float],
-    request_of: Callable[[int], bytes],
-    on_sent: Callable[[Sent], None],
-    *,
-    answer_timeout_s: float,
-    max_connections: int,
-) -> Dispatch:
+    outcome once. Returns when every answer came (at most ``answer_timeout_s`` each). Callers
+    pause the generator's collector around it (``loadgen.collector_paused``), before they fix the
+    schedule."""
     clock = time.perf_counter
     stats = Dispatch()
     idle: list[Connection] = []

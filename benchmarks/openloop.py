@@ -192,47 +192,30 @@ async def open_loop(
     """Send ``rate`` requests per second for ``warmup_s + duration_s`` seconds, then wait for every
     answer (at most ``answer_timeout_s`` each). The window is the last ``duration_s`` seconds.
     The generator's collector is paused for the level, and its start waits for that."""
-    with collector_paused():
-        return await _open_loop(
-            host, port, requests, images_per_request=images_per_request, rate=rate, warmup_s=warmup_s,
-            duration_s=duration_s, answer_timeout_s=answer_timeout_s, max_connections=max_connections,
-        )  # fmt: skip
-
-
-async def _open_loop(
-    host: str,
-    port: int,
-    requests: Sequence[bytes],
-    *,
-    images_per_request: int,
-    rate: float,
-    warmup_s: float,
-    duration_s: float,
-    answer_timeout_s: float,
-    max_connections: int,
-) -> OpenLoopResult:
-    start = time.perf_counter() + 0.05
-    res = OpenLoopResult(rate, (start + warmup_s, start + warmup_s + duration_s))
+    n = int(rate * (warmup_s + duration_s))
+    outcomes: list[Outcome] = []
 
     def record(sent: Sent) -> None:
         if sent.failure == "not sent":
             return
         if sent.response is None:
-            res.outcomes.append(Outcome(sent.due, sent.done, sent.failure or "error", False))
+            outcomes.append(Outcome(sent.due, sent.done, sent.failure or "error", False))
             return
         good = check_classify(sent.response, images_per_request) is None
-        res.outcomes.append(Outcome(sent.due, sent.done, sent.response.status, good))
+        outcomes.append(Outcome(sent.due, sent.done, sent.response.status, good))
 
-    due = [start + k / rate for k in range(int(rate * (warmup_s + duration_s)))]
-    stats = await dispatch(
-        host,
-        port,
-        due,
-        lambda k: requests[k % len(requests)],
-        record,
-        answer_timeout_s=answer_timeout_s,
-        max_connections=max_connections,
-    )
+    with collector_paused():
+        start = time.perf_counter() + 0.05
+        stats = await dispatch(
+            host,
+            port,
+            [start + k / rate for k in range(n)],
+            lambda k: requests[k % len(requests)],
+            record,
+            answer_timeout_s=answer_timeout_s,
+            max_connections=max_connections,
+        )
+    res = OpenLoopResult(rate, (start + warmup_s, start + warmup_s + duration_s), outcomes)
     res.not_sent, res.stale_retries, res.errors = stats.not_sent, stats.stale_retries, stats.errors
     res.client_cpu_s = stats.client_cpu_s
     return res

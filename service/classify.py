@@ -40,6 +40,7 @@ from skipvit.service.failures import (
     QUEUE_FULL,
     SHUTTING_DOWN,
     Failure,
+    count,
     failure_of,
     respond,
     send_failure,
@@ -331,8 +332,8 @@ def refuse_at_headers(state: ServiceState):
             if len(answers) >= CACHED_REFUSALS:
                 answers.clear()
             answer = answers[key] = http_response(status, body, headers, close=not keep_alive)
-        elif failure.kind.reason is not None:
-            metrics.rejected(failure.kind.reason)  # as ``respond`` counts it
+        else:
+            count(failure, metrics)  # as ``respond`` does
         metrics.answered("/classify", failure.kind.status, 0.0)
         return answer, keep_alive
 

@@ -193,10 +193,16 @@ def failure_of(exc: Exception) -> Failure:
 
 def respond(failure: Failure, metrics: Metrics) -> tuple[int, dict, list[tuple[str, str]]]:
     """(status, body, headers) of ``failure``; counts it if it is a rejection. Every failure the
-    service answers passes here, from either half of the app."""
+    service answers passes here, from either half of the app (or through ``count``, where the
+    answer's bytes are reused)."""
+    count(failure, metrics)
+    return failure.kind.status, {"detail": str(failure)}, failure.headers()
+
+
+def count(failure: Failure, metrics: Metrics) -> None:
+    """Count ``failure`` if it is a rejection (by its reason)."""
     if failure.kind.reason is not None:
         metrics.rejected(failure.kind.reason)
-    return failure.kind.status, {"detail": str(failure)}, failure.headers()
 
 
 async def send_failure(send, failure: Failure, metrics: Metrics) -> None:

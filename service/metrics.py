@@ -54,8 +54,7 @@ def route_label(path: str) -> str:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self._rejected: dict[str, object] = {}  # labelled children, looked up once (``rejected``)
-        self._answered: dict[tuple[str, int], tuple] = {}  # (``answered``)
+        self._children: dict = {}  # labelled children, looked up once (``rejected``, ``answered``)
         self.requests = Counter(
             "skipvit_requests", "HTTP requests answered, by route and status", ["route", "status"], registry=r
         )
@@ -178,9 +177,9 @@ class Metrics:
 
     def rejected(self, reason: str) -> None:
         label = reason if reason in REASONS else "other"
-        child = self._rejected.get(label)
+        child = self._children.get(("rejected", label))
         if child is None:
-            child = self._rejected[label] = self.rejections.labels(label)
+            child = self._children[("rejected", label)] = self.rejections.labels(label)
         child.inc()
 
     def answered(self, route: str, status: int, seconds: float) -> None:
@@ -191,9 +190,9 @@ class Metrics:
         a lock, a tuple key) costs more than the count itself (under overload, three ``labels()``
         calls were a third of the Python cost of a refusal)."""
         key = (route, status)
-        children = self._answered.get(key)
+        children = self._children.get(key)
         if children is None:
-            children = self._answered[key] = (
+            children = self._children[key] = (
                 self.requests.labels(route, str(status)),
                 self.request_seconds.labels(route),
             )

@@ -40,7 +40,7 @@ split where the bundle records it: a choice, not a report), the most accurate on
 p95 meets the target. Hysteresis, so that a constant load gives a constant point:
 
 - down at once, when the active point's predicted p95 passes the target (unless its observed p95,
-  with no backlog queued, is at or below ``CALM_FRACTION`` of the target: for the point being served
+  with no backlog queued, is at or below ``CALM_FRACTION`` (85%) of the target: for the point being served
   the measurement outranks the model), or its observed p95 passes the target while the prediction
   is above ``UP_FRACTION`` of it;
 - up only to a point predicted at or below ``UP_FRACTION`` of the target, and only after
@@ -69,7 +69,7 @@ from dataclasses import dataclass, field, replace
 UP_FRACTION = 0.7  # move up only to a point predicted at <= 70% of the target
 DWELL_S = 2.0  # ... and only after this long on the active point
 FLOOR_MARGIN = 0.05  # at the floor, the active point stays while it costs at most 5% more than the cheapest
-CALM_FRACTION = 0.7  # a served point measured at <= 70% of the target is not moved down by the model alone
+CALM_FRACTION = 0.85  # a served point measured at <= 85% of the target is not moved down by the model alone
 SHED_TOLERANCE = 0.01  # refusing more than this share of the offered load means: past capacity
 SPREAD = 2.0  # b95 = b* + SPREAD * sqrt(b*): the Poisson count's 95th percentile, about
 EWMA = 0.2  # weight of one new observation in a correction factor

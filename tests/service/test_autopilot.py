@@ -133,6 +133,12 @@ def test_the_choice_the_floor_and_the_dwell():
     assert decide(FRONT, costs, busy, TARGET, state, 10.0).reason == "down"
     d = decide(FRONT, costs, busy, TARGET, state, 10.0, observed_p95_s=0.5 * TARGET.p95_s)
     assert (d.point, d.reason) == ("top", "hold")
+    # (measured at 71-73% of the target at half its capacity on a slow run, the top point was moved
+    # down by a model-only breach for 2-3 s at a time: it holds up to 85%)
+    d = decide(FRONT, costs, busy, TARGET, state, 10.0, observed_p95_s=0.8 * TARGET.p95_s)
+    assert (d.point, d.reason) == ("top", "hold")
+    d = decide(FRONT, costs, busy, TARGET, state, 10.0, observed_p95_s=0.9 * TARGET.p95_s)
+    assert d.reason == "down"
     backed_up = replace(busy, queued=64)
     d = decide(FRONT, costs, backed_up, TARGET, state, 10.0, observed_p95_s=0.5 * TARGET.p95_s)
     assert d.point != "top" and d.reason in ("down", "floor")

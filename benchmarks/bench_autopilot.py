@@ -248,31 +248,7 @@ async def step_load(
         n = int(st["offered_per_s"] * st["duration_s"])
         at += [st["start_s"] + k / st["offered_per_s"] for k in range(n)]
     outcomes: list[Outcome] = []
-    with collector_paused():
-        start = time.perf_counter() + 0.05
-        await _send(
-            port,
-            requests,
-            labels,
-            [start + a for a in at],
-            start,
-            outcomes,
-            answer_timeout_s,
-            max_connections,
-        )
-    return outcomes
-
-
-async def _send(
-    port: int,
-    requests: list[bytes],
-    labels: list[int],
-    due: list[float],
-    start: float,
-    outcomes: list[Outcome],
-    answer_timeout_s: float,
-    max_connections: int,
-) -> None:
+    start = 0.0  # set once the collector is paused, before the first request is due
 
     def record(sent: Sent) -> None:
         t0, t1 = sent.due - start, sent.done - start
@@ -289,12 +265,15 @@ async def _send(
                 status = "error: not the /classify JSON"
         outcomes.append(Outcome(t0, t1, status, point, correct))
 
-    await dispatch(
-        HOST,
-        port,
-        due,
-        lambda k: requests[k % len(requests)],
-        record,
-        answer_timeout_s=answer_timeout_s,
-        max_connections=max_connections,
-    )
+    with collector_paused():
+        start = time.perf_counter() + 0.05
+        await dispatch(
+            HOST,
+            port,
+            [start + a for a in at],
+            lambda k: requests[k % len(requests)],
+            record,
+            answer_timeout_s=answer_timeout_s,
+            max_connections=max_connections,
+        )
+    return outcomes

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ipaddress
 import json
@@ -65,6 +66,17 @@ def collector_paused():
     finally:
         gc.unfreeze()  # the process as it was: the next use collects first, outside its measure
         gc.enable()
+
+
+def with_collector_paused(fn):
+    """``fn`` (a coroutine function) runs with the collector paused (``collector_paused``)."""
+
+    @functools.wraps(fn)
+    async def paused(*args, **kwargs):
+        with collector_paused():
+            return await fn(*args, **kwargs)
+
+    return paused
 
 
 # ---- loopback only
@@ -273,6 +285,7 @@ class LevelResult:
         return len(self.latencies_ms)
 
 
+@with_collector_paused
 async def run_level(
     host: str,
     port: int,
@@ -291,27 +304,6 @@ async def run_level(
     generator's collector is paused meanwhile (``collector_paused``)."""
     if duration_s is None and max_requests is None:
         raise ValueError("a level needs --duration or --requests to end")
-    with collector_paused():
-        return await _run_level(
-            host, port, requests, images_per_request=images_per_request, concurrency=concurrency,
-            duration_s=duration_s, max_requests=max_requests, warmup_s=warmup_s,
-            request_timeout_s=request_timeout_s, probe=probe,
-        )  # fmt: skip
-
-
-async def _run_level(
-    host: str,
-    port: int,
-    requests: Sequence[bytes],
-    *,
-    images_per_request: int,
-    concurrency: int,
-    duration_s: float | None,
-    max_requests: int | None,
-    warmup_s: float,
-    request_timeout_s: float,
-    probe: Callable[[], Awaitable[Any]] | None,
-) -> LevelResult:
     res = LevelResult(concurrency, images_per_request)
     clock = time.perf_counter
     in_window = asyncio.Event()

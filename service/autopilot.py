@@ -39,25 +39,27 @@ The prediction is then scaled by how the active point's observed p95 compared wi
 split where the bundle records it: a choice, not a report), the most accurate one whose predicted
 p95 meets the target. Hysteresis, so that a constant load gives a constant point:
 
-- down at once, when the active point's predicted p95 passes the target (unless its observed p95,
-  with no backlog queued, is at or below ``CALM_FRACTION`` (85%) of the target: for the point being served
-  the measurement outranks the model), or its observed p95 passes the target while the prediction
-  is above ``UP_FRACTION`` of it;
-- up only to a point predicted at or below ``UP_FRACTION`` of the target, and only after
-  ``DWELL_S`` seconds on the active point;
-- between the two, stay;
-- while the server refuses more than ``SHED_TOLERANCE`` of the offered requests (its admission sheds
-  what would be answered past the target), the active point is past capacity whatever the model
-  predicts (the model times the engine alone; the HTTP work and other processes share the CPU):
-  down, and never up.
+- down at once when the active point is past capacity: its prediction is infinite, or the server
+  refuses more than ``SHED_TOLERANCE`` of the offered requests (the model times the engine alone;
+  the HTTP work and other processes share the CPU), or its prediction passes the target with a
+  backlog queued or no measured p95 to doubt it by;
+- down once it has lasted ``BREACH_S`` (longer than the server's 2-s window of the observed p95,
+  over which one stall's late answers stay, and which a cheaper point would not undo): the
+  prediction passes the target while the observed p95 is above ``CALM_FRACTION`` (85%) of it (at
+  or below, for the point being served the measurement outranks the model), or the observed p95
+  passes the target while the prediction is above ``UP_FRACTION`` of it;
+- up only to a point predicted at or below ``UP_FRACTION`` of the target, only after ``DWELL_S``
+  seconds on the active point, and never while the server refuses load;
+- between the two, stay.
 
 Started from a point outside the family (or below the floor), the first choice is the most
 accurate point that meets the target (reason ``start``).
 
-When even the cheapest point above the floor cannot meet the target it is chosen anyway (reason
-``floor``; the active point stays where it costs within ``FLOOR_MARGIN`` of the cheapest): the
-autopilot never goes below ``min_accuracy``; the server's admission control then
-sheds what it cannot answer in time (503 + Retry-After).
+When even the leanest point above the floor cannot meet the target it is chosen anyway (reason
+``floor``): leanest by the compute per image the bundle recorded (mean layers, on validation
+where recorded), else by the model, the active point then staying where it costs within
+``FLOOR_MARGIN`` of the cheapest. The autopilot never goes below ``min_accuracy``; the server's
+admission control then sheds what it cannot answer in time (503 + Retry-After).
 """
 
 from __future__ import annotations
@@ -70,9 +72,11 @@ UP_FRACTION = 0.7  # move up only to a point predicted at <= 70% of the target
 DWELL_S = 2.0  # ... and only after this long on the active point
 FLOOR_MARGIN = 0.05  # at the floor, the active point stays while it costs at most 5% more than the cheapest
 CALM_FRACTION = 0.85  # a served point measured at <= 85% of the target is not moved down by the model alone
+BREACH_S = 2.5  # a breach that does not call for a move at once must last this long (> the 2-s window)
 SHED_TOLERANCE = 0.01  # refusing more than this share of the offered load means: past capacity
 SPREAD = 2.0  # b95 = b* + SPREAD * sqrt(b*): the Poisson count's 95th percentile, about
 EWMA = 0.2  # weight of one new observation in a correction factor
+OUTLIER = 2.0  # one batch's timing counts at most this far from the estimate it updates
 CORRECTION_BOUNDS = (0.5, 4.0)  # observed / predicted p95 is trusted within these
 
 REASONS = ("hold", "up", "down", "floor", "start")
@@ -94,6 +98,7 @@ class Target:
 class Candidate:
     id: str
     accuracy: float  # what the choice ranks by (validation accuracy where recorded)
+    compute: float | None = None  # recorded compute per image (mean layers): what "leanest" means
 
 
 @dataclass(frozen=True)
@@ -165,10 +170,14 @@ class CostModel:
         if c is None or images < 1 or not seconds > 0:
             return
         ratio = seconds / max(c.fixed_s + c.per_image_s * images, 1e-12)
-        ratio = min(max(ratio, 0.1), 10.0)  # one freak timing moves nothing far
-        c.factor = ratio if c.observed_at is None else (1 - EWMA) * c.factor + EWMA * ratio
+
+        def near(estimate: float) -> float:  # one freak timing (a stall) moves nothing far
+            return min(max(ratio, estimate / OUTLIER), estimate * OUTLIER)
+
+        estimate = self.factor(point)  # its own where observed before, with the drift since
+        c.factor = near(estimate) if c.observed_at is None else (1 - EWMA) * estimate + EWMA * near(estimate)
         c.observed_at = now
-        self.shared = (1 - EWMA) * self.shared + EWMA * ratio
+        self.shared = (1 - EWMA) * self.shared + EWMA * near(self.shared)
         c.shared_then = self.shared
 
 
@@ -205,6 +214,7 @@ class ControllerState:
     point: str  # the point served now
     since: float  # when it became the served point (the caller's clock)
     correction: float = 1.0  # observed / predicted p95 of the served point, weighted to the recent
+    breach_since: float | None = None  # since when a breach that waits to last has held (``_over``)
 
 
 @dataclass(frozen=True)
@@ -237,25 +247,24 @@ def _over(
     load: Load,
     target: Target,
     observed_p95_s: float | None,
-) -> bool:
-    """Whether the active point must go down (module docstring)."""
+) -> str | None:
+    """Whether the active point must go down (module docstring): ``"now"``, ``"lasting"`` (once the
+    breach has lasted ``BREACH_S``), or None."""
     if active is None or load.refused_share > SHED_TOLERANCE:
-        return True  # no active point of the family, or the server refuses load at it: past capacity
-    # An observed breach counts where the model puts the point near the target too; a lone spike
-    # (a pause, a burst) at a load far below it moves nothing but the correction factor, which a
-    # lasting breach raises until the prediction passes the target.
-    # Symmetrically, a breach the model alone predicts, at a finite prediction with no backlog, does
-    # not move down a point whose own measured p95 sits well inside the target: for the active point
-    # the measurement is the better witness (the model, learned from engine timings, is what ranks
-    # the points not being served).
+        return "now"  # no active point of the family, or the server refuses load at it: past capacity
     p, t = predicted[active], target.p95_s
-    calm = (
-        observed_p95_s is not None
-        and observed_p95_s <= CALM_FRACTION * t
-        and math.isfinite(p)
-        and load.queued <= load.max_batch
-    )
-    return (p > t and not calm) or (observed_p95_s is not None and observed_p95_s > t and p > UP_FRACTION * t)
+    if math.isinf(p) or (p > t and (observed_p95_s is None or load.queued > load.max_batch)):
+        return "now"  # past capacity, a backlog to clear, or nothing measured to doubt the model with
+    # A breach the model alone predicts does not move down a point whose own measured p95 sits well
+    # inside the target: for the active point the measurement is the better witness (the model,
+    # learned from engine timings, is what ranks the points not being served). An observed breach
+    # counts where the model puts the point near the target too; a lone spike (a pause, a burst)
+    # at a load far below it moves nothing but the correction factor, which a lasting breach raises
+    # until the prediction passes the target. Either must outlast one window of the observed p95:
+    # a stall's late answers stay in the window for that long, and moving down would not undo it.
+    calm = observed_p95_s is not None and observed_p95_s <= CALM_FRACTION * t
+    seen = observed_p95_s is not None and observed_p95_s > t and p > UP_FRACTION * t
+    return "lasting" if (p > t and not calm) or seen else None
 
 
 def _down(
@@ -267,15 +276,19 @@ def _down(
 ) -> tuple[str, str]:
     """(point, reason) when the active point must go down: the most accurate point below it that
     meets the target and costs less (a costlier one cannot relieve the load); where none does, the
-    floor: the cheapest per image at full batches (every prediction may be infinite), the active
-    point staying while its cost is within FLOOR_MARGIN of that one's, so that the noise in
-    near-equal costs does not switch between them every tick."""
+    floor: the leanest point, by the compute the bundle recorded where every candidate has it (one
+    measurement on the same images for all, so no noise to absorb), else the cheapest per image at
+    full batches by the model (every prediction may be infinite), the active point staying while
+    its cost is within FLOOR_MARGIN of that one's, so that the noise in near-equal costs does not
+    switch between them every tick."""
     full_batch = {c.id: costs.batch_s(c.id, load.max_batch) for c in ranked}
     if active is not None:
         rank = {c.id: i for i, c in enumerate(ranked)}
         meets = [c for c in meets if rank[c.id] > rank[active] and full_batch[c.id] < full_batch[active]]
     if meets:  # (from a point outside the family, or below the floor: a start)
         return meets[0].id, "down" if active is not None else "start"
+    if all(c.compute is not None for c in ranked):
+        return min(ranked, key=lambda c: c.compute).id, "floor"
     cheapest = min(ranked, key=lambda c: full_batch[c.id])
     if active is not None and full_batch[active] <= (1 + FLOOR_MARGIN) * full_batch[cheapest.id]:
         return active, "floor"
@@ -300,12 +313,19 @@ def decide(
     meets = [c for c in ranked if predicted[c.id] <= target.p95_s]
     active = state.point if state.point in predicted else None
 
+    over = _over(active, predicted, load, target, observed_p95_s)
+    if over != "lasting":
+        state = replace(state, breach_since=None)
+    elif state.breach_since is None:
+        state = replace(state, breach_since=now)
+
     def to(point: str, reason: str) -> Decision:
         if point == state.point:
             return Decision(point, reason, predicted[point], state)
-        return Decision(point, reason, predicted[point], replace(state, point=point, since=now))
+        moved = replace(state, point=point, since=now, breach_since=None)
+        return Decision(point, reason, predicted[point], moved)
 
-    if _over(active, predicted, load, target, observed_p95_s):
+    if over == "now" or (over == "lasting" and now - state.breach_since >= BREACH_S):
         return to(*_down(ranked, meets, active, costs, load))
     accuracy = next(c.accuracy for c in ranked if c.id == active)
     if now - state.since >= DWELL_S and load.refused_share <= SHED_TOLERANCE:

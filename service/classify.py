@@ -192,12 +192,13 @@ class Classify:
                 batcher.retry_after(),
             )
         # The autopilot holds a p95 target: where even its cheapest point cannot (it stays above its
-        # accuracy floor), a request expected to be answered past a share of the target (room for
-        # the HTTP work and the spread; the autopilot learns the share, ``Pilot.shed_at``) is
-        # refused instead. Never with nothing queued and the engine idle: a compute estimate left
-        # high by a burst could otherwise refuse everything from then on.
+        # accuracy floor: ``Pilot.shedding``), a request expected to be answered past a share of the
+        # target (room for the HTTP work and the spread; the autopilot learns the share,
+        # ``Pilot.shed_at``) is refused instead. Never with nothing queued and the engine idle: a
+        # compute estimate left high by a burst could otherwise refuse everything from then on.
         if (
             state.pilot is not None
+            and state.pilot.shedding
             and batcher.expected_wait(arriving) > 0
             and wait >= state.pilot.shed_at * (target := state.pilot.config.target.p95_s)
         ):

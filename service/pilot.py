@@ -38,7 +38,6 @@ import torch
 from skipvit.model.bundle import Bundle, Point
 from skipvit.model.points import batch_key
 from skipvit.service.autopilot import (
-    SHED_TOLERANCE,
     Candidate,
     ControllerState,
     CostModel,
@@ -132,8 +131,10 @@ class Pilot:
         self.on_switch = on_switch
         self.metrics = metrics
         self.clock = clock
-        self.candidates = [Candidate(p, point_accuracy(bundle.point(p))) for p in config.family]
         self.recorded_layers = {p: point_layers(bundle.point(p)) for p in config.family}
+        self.candidates = [
+            Candidate(p, point_accuracy(bundle.point(p)), self.recorded_layers[p]) for p in config.family
+        ]
         self.probe_layers: dict[str, float] = {}  # mean layers the warm-up's full blank batch ran
         arch = bundle.architecture
         self.blank_shape = (arch.in_channels, arch.image_size, arch.image_size)
@@ -287,11 +288,12 @@ class Pilot:
         decision = decide(
             self.candidates, self.costs, load, self.config.target, self.state, now, self.observed_p95_s
         )
-        self._adjust_shedding(decision, load, now)
+        self._adjust_shedding(decision, now)
         was = self.state.point
         self.state, self.last = decision.state, decision
-        if decision.point != was:
-            self._latencies.clear()  # the old point's latencies say nothing of the new one's
+        if decision.point != was:  # the old point's latencies and refusals say nothing of the new one's
+            self._latencies.clear()
+            self._refusals.clear()
             self.on_switch(decision.point)
             log.info(
                 "autopilot: %s -> %s (%s; predicted p95 %s, observed %s; %.0f images/s offered, "
@@ -311,15 +313,19 @@ class Pilot:
             )
         return decision
 
-    def _adjust_shedding(self, decision: Decision, load: Load, now: float) -> None:
-        """At the floor, or while the server sheds, the admission's estimate of a request's wait
-        leaves out the HTTP work that shares the CPU with the engine, so what it admits can still be
+    @property
+    def shedding(self) -> bool:
+        """Whether the admission refuses what it expects to answer past ``shed_at`` of the target:
+        only at the floor. Above it a cheaper point is the answer to more load, not a 503."""
+        return self.last is not None and self.last.reason == "floor"
+
+    def _adjust_shedding(self, decision: Decision, now: float) -> None:
+        """At the floor (where the admission sheds), its estimate of a request's wait leaves out the HTTP work that shares the CPU with the engine, so what it admits can still be
         answered past the target: while the observed p95 passes ``SHED_AIM`` of the target (aiming
         below the target, since a p95 measured over a short window is noisy), refuse from a lower
         share of it; once it is back under ``SHED_RELAX`` of the target, move the share back up,
-        and back to its start at once when the load no longer needs shedding."""
-        pressed = decision.reason == "floor" or load.refused_share > SHED_TOLERANCE
-        if not pressed:  # off the floor: a share learned there would refuse what a point now carries
+        and back to its start at once off the floor."""
+        if decision.reason != "floor":  # a share learned there would refuse what a point now carries
             self.shed_at = SHED_AT
             return
         if now - self._shed_adjusted < SHED_STEP_S:

@@ -1,7 +1,7 @@
 """A simulated batching server for the autopilot's controller: Poisson arrivals of one-image
 requests, one queue, batches of at most B closed when full or ``max_wait`` after their oldest
 request, an engine whose true time per batch is ``fixed + per_image * b`` per point (times a seeded
-noise), and the controller asked every ``tick`` seconds with what the server would measure."""
+noise, and paused now and then where ``stalls`` says), and the controller asked every ``tick`` seconds with what the server would measure."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class Sim:
     window_s: float = 2.0
     noise: float = 0.05
     warmup_error: float = 1.0  # the warm-up measured every cost times this
+    stalls: tuple[float, float] | None = None  # (every s, lasting s): the engine pauses (another process)
     seed: int = 0
     chosen: list[tuple[float, str, str]] = field(default_factory=list)  # (time, point, reason) per tick
     latencies: list[tuple[float, float, str]] = field(default_factory=list)  # (done at, latency, point)
@@ -87,7 +88,7 @@ class Sim:
             else:  # a batch starts now
                 b = min(len(queue), self.max_batch)
                 f, a = self.true_cost[state.point]
-                took = (f + a * b) * (1 + self.noise * (2 * rng.random() - 1))
+                took = (f + a * b) * (1 + self.noise * (2 * rng.random() - 1)) + self.stalled(t)
                 finish = t + took
                 for _ in range(b):
                     arrived = queue.popleft()
@@ -95,6 +96,13 @@ class Sim:
                     self.latencies.append((finish, finish - arrived, state.point))
                 costs.observe(state.point, b, took, finish)
                 busy_until = finish
+
+    def stalled(self, t: float) -> float:
+        """What is left at ``t`` of a stall that a batch starting then waits out."""
+        if self.stalls is None:
+            return 0.0
+        every, lasting = self.stalls
+        return max(0.0, math.floor(t / every) * every + lasting - t)
 
     def points_between(self, a: float, b: float) -> list[str]:
         return [p for t, p, _ in self.chosen if a <= t < b]

@@ -94,6 +94,35 @@ def test_shedding_at_the_target_never_refuses_an_empty_queue(client):
         client.put("/config", json={"autopilot": None}, headers=AUTH)
 
 
+def test_shedding_at_the_target_only_at_the_floor(client):
+    # above the floor a cheaper point is the answer to more load: a wait expected past the target
+    # is admitted (at low load such estimates refused requests a point carried, and the refusals
+    # then moved the point down); at the floor it is refused
+    from dataclasses import replace
+
+    from skipvit.service.state import service_state
+
+    r = client.put("/config", json={"autopilot": {"p95_ms": 50, "family": "rl"}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    try:
+        wait_decided(client)
+        state = service_state(client.app)
+        state.pilot.cancel()  # its decisions are set by hand below
+        batcher, image = state.batcher, png_bytes(np.zeros((16, 16), np.uint8))
+
+        def post_while_busy():  # the estimate says the engine is busy for 1 s; it is in fact idle
+            batcher._compute_s, batcher._free_at = 0.5, batcher.clock() + 1.0
+            return client.post("/classify", files=files(image))
+
+        state.pilot.last = replace(state.pilot.last, reason="hold")
+        assert post_while_busy().status_code == 200
+        state.pilot.last = replace(state.pilot.last, reason="floor")
+        r = post_while_busy()
+        assert r.status_code == 503 and "p95 target" in r.json()["detail"], r.text
+    finally:
+        client.put("/config", json={"autopilot": None}, headers=AUTH)
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [
@@ -133,38 +162,36 @@ def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
     # at the floor the admission's wait estimate leaves out the HTTP work: while the answered p95
     # passes the target the share of it admitted is lowered, and raised again once it is back under
     from skipvit.model.bundle import load_bundle
-    from skipvit.service.autopilot import ControllerState, Decision, Load
+    from skipvit.service.autopilot import ControllerState, Decision
     from skipvit.service.pilot import SHED_AT, SHED_AT_MIN, Pilot, pilot_config
 
     bundle = load_bundle(tiny_gate_bundle)
     pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, batcher=None, on_switch=lambda p: None)
     state = ControllerState("rl", since=0.0)
     floor = Decision("rl", "floor", math.inf, state)
-    shedding = Load(rate=5000, queued=32, max_batch=32, max_wait_s=0.005, refused_share=0.5)
     t = 0.0
 
-    def adjust(decision, load, observed_s, seconds=1.0):
+    def adjust(decision, observed_s, seconds=1.0):
         nonlocal t
         pilot.observed_p95_s = observed_s
         for _ in range(int(seconds * 4)):  # four decisions a second; the share moves once a second
             t += 0.25
-            pilot._adjust_shedding(decision, load, t)
+            pilot._adjust_shedding(decision, t)
 
     assert pilot.shed_at == SHED_AT
-    adjust(floor, shedding, 0.090)  # past 85% of the target: lowered (aiming under the target)
+    adjust(floor, 0.090)  # past 85% of the target: lowered (aiming under the target)
     assert pilot.shed_at == pytest.approx(0.8 * SHED_AT)  # once in that second, not four times
-    adjust(floor, shedding, 0.150, seconds=20)
+    adjust(floor, 0.150, seconds=20)
     assert pilot.shed_at == SHED_AT_MIN  # bounded below
-    adjust(floor, shedding, 0.075, seconds=5)
+    adjust(floor, 0.075, seconds=5)
     assert pilot.shed_at == SHED_AT_MIN  # between 60% and 85% of the target: held
-    adjust(floor, shedding, 0.050)
+    adjust(floor, 0.050)
     assert pilot.shed_at > SHED_AT_MIN  # well under the target: back up
-    calm = Load(rate=10, queued=0, max_batch=32, max_wait_s=0.005)
-    adjust(floor, shedding, 0.150, seconds=20)
+    adjust(floor, 0.150, seconds=20)
     assert pilot.shed_at == SHED_AT_MIN
-    adjust(Decision("rl", "up", 0.02, state), calm, None, seconds=0.25)
+    adjust(Decision("rl", "up", 0.02, state), None, seconds=0.25)
     assert pilot.shed_at == SHED_AT  # off the floor, no shedding: back to the start at once
-    adjust(Decision("rl", "hold", 0.02, state), calm, 0.150, seconds=5)
+    adjust(Decision("rl", "hold", 0.02, state), 0.150, seconds=5)
     assert pilot.shed_at == SHED_AT  # and no higher
 
 

@@ -39,18 +39,29 @@ The prediction is then scaled by how the active point's observed p95 compared wi
 split where the bundle records it: a choice, not a report), the most accurate one whose predicted
 p95 meets the target. Hysteresis, so that a constant load gives a constant point:
 
-- down at once when the active point is past capacity: its prediction is infinite, or the server
-  refuses more than ``SHED_TOLERANCE`` of the offered requests (the model times the engine alone;
-  the HTTP work and other processes share the CPU), or its prediction passes the target with a
-  backlog queued or no measured p95 to doubt it by;
+- down at once when the active point is past capacity: the server refuses more than
+  ``SHED_TOLERANCE`` of the offered requests (the model times the engine alone; the HTTP work and
+  other processes share the CPU), or its prediction passes the target with a backlog queued or no
+  measured p95 to doubt it by;
 - down once it has lasted ``BREACH_S`` (longer than the server's 2-s window of the observed p95,
   over which one stall's late answers stay, and which a cheaper point would not undo): the
-  prediction passes the target while the observed p95 is above ``CALM_FRACTION`` (85%) of it (at
-  or below, for the point being served the measurement outranks the model), or the observed p95
-  passes the target while the prediction is above ``UP_FRACTION`` of it;
-- up only to a point predicted at or below ``UP_FRACTION`` of the target, only after ``DWELL_S``
-  seconds on the active point, and never while the server refuses load;
+  prediction passes the target (infinite included) while the observed p95 is above
+  ``CALM_FRACTION`` (85%) of it (at or below, with no backlog, the measurement outranks the model
+  for the point being served), or the observed p95 passes the target while the prediction is above
+  ``UP_FRACTION`` of it;
+- up only to a point predicted at or below ``UP_FRACTION`` of the target, or *vouched for* at the
+  rate offered now, only after ``DWELL_S`` seconds on the active point, and never while the server
+  refuses load;
 - between the two, stay.
+
+A point is vouched for at every rate up to the highest one at which it was served for a whole
+window measuring at or under ``CALM_FRACTION`` of the target, with no backlog, no refusals and no
+breach pending (``ControllerState.held``); it counts as meeting the target there whatever the
+model predicts. On a shared core the engine's timings carry the HTTP work's share of the CPU,
+and a model learned from them can put the top point past its capacity at half of it; what the
+point measured is the better witness. Moved down from a rate, a point is vouched for only below
+``HELD_MARGIN`` (90%) of it from then on, so a point that could not hold a rate is not gone back to
+at it on the strength of an older measurement.
 
 Started from a point outside the family (or below the floor), the first choice is the most
 accurate point that meets the target (reason ``start``).
@@ -72,6 +83,7 @@ UP_FRACTION = 0.7  # move up only to a point predicted at <= 70% of the target
 DWELL_S = 2.0  # ... and only after this long on the active point
 FLOOR_MARGIN = 0.05  # at the floor, the active point stays while it costs at most 5% more than the cheapest
 CALM_FRACTION = 0.85  # a served point measured at <= 85% of the target is not moved down by the model alone
+HELD_MARGIN = 0.9  # a point moved down at a rate is vouched for by its measurements only below 90% of it
 BREACH_S = 2.5  # a breach that does not call for a move at once must last this long (> the 2-s window)
 SHED_TOLERANCE = 0.01  # refusing more than this share of the offered load means: past capacity
 SPREAD = 2.0  # b95 = b* + SPREAD * sqrt(b*): the Poisson count's 95th percentile, about
@@ -215,6 +227,7 @@ class ControllerState:
     since: float  # when it became the served point (the caller's clock)
     correction: float = 1.0  # observed / predicted p95 of the served point, weighted to the recent
     breach_since: float | None = None  # since when a breach that waits to last has held (``_over``)
+    held: tuple[tuple[str, float], ...] = ()  # (point, the highest rate at which it measured calm)
 
 
 @dataclass(frozen=True)
@@ -253,8 +266,8 @@ def _over(
     if active is None or load.refused_share > SHED_TOLERANCE:
         return "now"  # no active point of the family, or the server refuses load at it: past capacity
     p, t = predicted[active], target.p95_s
-    if math.isinf(p) or (p > t and (observed_p95_s is None or load.queued > load.max_batch)):
-        return "now"  # past capacity, a backlog to clear, or nothing measured to doubt the model with
+    if p > t and (observed_p95_s is None or load.queued > load.max_batch):
+        return "now"  # a backlog to clear, or nothing measured to doubt the model with
     # A breach the model alone predicts does not move down a point whose own measured p95 sits well
     # inside the target: for the active point the measurement is the better witness (the model,
     # learned from engine timings, is what ranks the points not being served). An observed breach
@@ -310,26 +323,56 @@ def decide(
     if not ranked:
         raise ValueError(f"no point of the family reaches min_accuracy {target.min_accuracy}; Hint: lower it")
     predicted = predictions(ranked, costs, load, state.correction)
-    meets = [c for c in ranked if predicted[c.id] <= target.p95_s]
     active = state.point if state.point in predicted else None
-
     over = _over(active, predicted, load, target, observed_p95_s)
-    if over != "lasting":
-        state = replace(state, breach_since=None)
-    elif state.breach_since is None:
-        state = replace(state, breach_since=now)
+    held = _held(state, active, load, target, observed_p95_s, now, over)
+    vouched = {point for point, rate in held.items() if load.rate <= rate}
+    meets = [c for c in ranked if predicted[c.id] <= target.p95_s or c.id in vouched]
+    since = now if over == "lasting" and state.breach_since is None else state.breach_since
+    state = replace(state, breach_since=since if over == "lasting" else None, held=tuple(held.items()))
 
     def to(point: str, reason: str) -> Decision:
         if point == state.point:
             return Decision(point, reason, predicted[point], state)
-        moved = replace(state, point=point, since=now, breach_since=None)
+        if reason in ("down", "floor") and active in held:  # could not hold this rate: not vouched for at it
+            held[active] = min(held[active], HELD_MARGIN * load.rate)
+        moved = replace(state, point=point, since=now, breach_since=None, held=tuple(held.items()))
         return Decision(point, reason, predicted[point], moved)
 
     if over == "now" or (over == "lasting" and now - state.breach_since >= BREACH_S):
         return to(*_down(ranked, meets, active, costs, load))
     accuracy = next(c.accuracy for c in ranked if c.id == active)
     if now - state.since >= DWELL_S and load.refused_share <= SHED_TOLERANCE:
-        up = [c for c in meets if c.accuracy > accuracy and predicted[c.id] <= UP_FRACTION * target.p95_s]
+        low = UP_FRACTION * target.p95_s
+        up = [c for c in meets if c.accuracy > accuracy and (predicted[c.id] <= low or c.id in vouched)]
         if up:
             return to(up[0].id, "up")
     return to(active, "hold")
+
+
+def _held(
+    state: ControllerState,
+    active: str | None,
+    load: Load,
+    target: Target,
+    observed_p95_s: float | None,
+    now: float,
+    over: str | None,
+) -> dict[str, float]:
+    """``state.held``, with the active point's rate where it measures calm now: at or under
+    ``CALM_FRACTION`` of the target, over a whole window at it, with nothing backed up or refused
+    and no breach pending. Such a point is vouched for at any rate up to that one, whatever the model
+    predicts (module docstring)."""
+    held = dict(state.held)
+    calm = (
+        active is not None
+        and over is None
+        and observed_p95_s is not None
+        and observed_p95_s <= CALM_FRACTION * target.p95_s
+        and load.queued <= load.max_batch
+        and load.refused_share <= SHED_TOLERANCE
+        and now - state.since >= DWELL_S
+    )
+    if calm and load.rate > held.get(active, 0.0):
+        held[active] = load.rate
+    return held

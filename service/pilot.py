@@ -55,7 +55,7 @@ TICK_S = 0.25  # a decision this often
 SHED_AT = 0.8  # admission refuses what it expects to answer past this share of the target (to start)
 SHED_AT_MIN = 0.2  # ... and never less
 SHED_STEP_S = 1.0  # the share is adjusted this often at most
-SHED_AIM = 0.85  # ... lowered while the observed p95 passes this share of the target
+SHED_AIM = 0.75  # ... lowered while the observed p95 passes this share of the target
 SHED_RELAX = 0.6  # ... raised again once it is at or under this share
 WINDOW_S = 2.0  # the arrival rate and the observed p95 are over this much of the recent past
 MIN_OBSERVED = 20  # requests answered in the window before their p95 counts
@@ -355,4 +355,5 @@ class Pilot:
             "observed_p95_ms": None if self.observed_p95_s is None else 1000 * self.observed_p95_s,
             "arrival_rate": sum(n for _, n in self._arrivals) / WINDOW_S,
             "shed_at_ms": 1000 * self.shed_at * t.p95_s,
+            "vouched": {} if self.state is None else dict(self.state.held),
         }

@@ -82,6 +82,7 @@ class AutopilotStatus(BaseModel):
     observed_p95_ms: float | None = None  # over the last 2 s (None: too few requests)
     arrival_rate: float = 0.0  # images/s over the last 2 s
     shed_at_ms: float | None = None  # admission refuses what it expects to answer later than this
+    vouched: dict[str, float] = {}  # point -> the rate (images/s) up to which it measured inside the target
     stopped: str | None = None  # why the autopilot stopped deciding (an error; turn it off and on)
 
 

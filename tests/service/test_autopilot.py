@@ -240,3 +240,39 @@ def test_a_stall_now_and_then_does_not_move_the_top_point(monkeypatch):
     assert [top_share(seed) for seed in (11, 12)] == [1.0, 1.0]
     monkeypatch.setattr(autopilot, "BREACH_S", 0.0)
     assert max(top_share(seed) for seed in (11, 12)) < 0.9
+
+
+def test_a_point_measured_calm_at_a_rate_is_vouched_for_at_it():
+    """On a shared core the engine's timings carry the HTTP work's share of the CPU, and the model
+    can put a point past its capacity at a load it carries well. What the point measured outranks
+    that: it holds, and it is gone back up to at any rate up to one it measured calm at."""
+    pessimistic = warm()
+    for c in pessimistic.points.values():
+        c.per_image_s *= 2.5  # every point modelled at 40% of its capacity
+    rate, t = 0.5 * capacity("top"), TARGET.p95_s
+    half = Load(rate, 0, 32, 0.005)
+    assert math.isinf(predict_p95(*pessimistic.line("top"), half))
+    calm = 0.6 * t
+    d = decide(FRONT, pessimistic, half, TARGET, ControllerState("top", since=0.0), 1.0, calm)
+    assert (d.point, d.reason, d.state.held) == ("top", "hold", ())  # not a whole window at it yet
+    d = decide(FRONT, pessimistic, half, TARGET, d.state, DWELL_S, calm)
+    assert (d.point, d.reason, d.state.held) == ("top", "hold", (("top", rate),))
+    # a step up, with a backlog: down at once, the measurement at the lower rate kept
+    step = decide(FRONT, pessimistic, Load(2 * rate, 64, 32, 0.005), TARGET, d.state, 3.0, calm)
+    assert step.point != "top" and step.state.held == (("top", rate),)
+    # back at that rate: up to the top point after the dwell, though the model puts it past capacity
+    after = 3.0 + DWELL_S
+    back = decide(FRONT, pessimistic, half, TARGET, step.state, after, 0.3 * t)
+    assert (back.point, back.reason) == ("top", "up")
+    assert dict(back.state.held) == {"top": rate, step.point: rate}  # leaving upwards forgets nothing
+    # ... not without the measurement, nor above the rate it was measured at
+    assert (
+        decide(FRONT, pessimistic, half, TARGET, replace(step.state, held=()), after, 0.3 * t).point != "top"
+    )
+    faster = replace(half, rate=1.1 * rate)
+    assert decide(FRONT, pessimistic, faster, TARGET, step.state, after, 0.3 * t).point != "top"
+    # a breach at the top point that lasts, at that rate: down, and vouched for only below 90% of it
+    first = decide(FRONT, pessimistic, half, TARGET, d.state, 3.0, 1.5 * t)
+    left = decide(FRONT, pessimistic, half, TARGET, first.state, 3.0 + BREACH_S, 1.5 * t)
+    assert left.point != "top" and left.state.held == (("top", 0.9 * rate),)
+    assert decide(FRONT, pessimistic, half, TARGET, left.state, 9.0, 0.3 * t).point != "top"

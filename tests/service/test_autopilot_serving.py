@@ -48,6 +48,7 @@ def test_on_shown_and_off(client):
     decided = wait_decided(client)
     # a generous target and an idle server: the most accurate point, and it is served
     assert decided["reason"] in ("hold", "up", "start")
+    assert set(decided["vouched"]) <= FAMILY  # none yet: no whole window of answers
     assert client.get("/config").json()["point"] in FAMILY
     image = png_bytes(np.zeros((16, 16), np.uint8))
     for _ in range(3):
@@ -179,12 +180,12 @@ def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
             pilot._adjust_shedding(decision, t)
 
     assert pilot.shed_at == SHED_AT
-    adjust(floor, 0.090)  # past 85% of the target: lowered (aiming under the target)
+    adjust(floor, 0.090)  # past 75% of the target: lowered (aiming under the target)
     assert pilot.shed_at == pytest.approx(0.8 * SHED_AT)  # once in that second, not four times
     adjust(floor, 0.150, seconds=20)
     assert pilot.shed_at == SHED_AT_MIN  # bounded below
     adjust(floor, 0.075, seconds=5)
-    assert pilot.shed_at == SHED_AT_MIN  # between 60% and 85% of the target: held
+    assert pilot.shed_at == SHED_AT_MIN  # between 60% and 75% of the target: held
     adjust(floor, 0.050)
     assert pilot.shed_at > SHED_AT_MIN  # well under the target: back up
     adjust(floor, 0.150, seconds=20)

@@ -99,13 +99,15 @@ def largest_gate_family(bundle_dir: Path) -> str:
 def plan_points(bundle_dir: Path, family: str, p95_ms: float, min_accuracy: float) -> dict:
     """The family, the top point and the floor point, as the server will see them."""
     from skipvit.model.bundle import load_bundle
-    from skipvit.service.pilot import pilot_config, point_accuracy
+    from skipvit.service.pilot import pilot_config, point_accuracy, point_layers
 
     bundle = load_bundle(bundle_dir)
     config = pilot_config(bundle, p95_ms, min_accuracy, family)
     eligible = [bundle.point(p) for p in config.family if point_accuracy(bundle.point(p)) >= min_accuracy]
     top = max(eligible, key=point_accuracy)
-    floor = min(eligible, key=lambda p: p.metrics.get("relative_compute", p.metrics.get("mean_layers", 0)))
+    floor = min(
+        eligible, key=lambda p: point_layers(p) or p.metrics.get("relative_compute", 0.0)
+    )  # as the autopilot's
     return {"family": list(config.family), "top": top.id, "floor": floor.id}
 
 

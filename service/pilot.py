@@ -38,6 +38,7 @@ import torch
 from skipvit.model.bundle import Bundle, Point
 from skipvit.model.points import batch_key
 from skipvit.service.autopilot import (
+    UP_FRACTION,
     Candidate,
     ControllerState,
     CostModel,
@@ -55,8 +56,8 @@ TICK_S = 0.25  # a decision this often
 SHED_AT = 0.8  # admission refuses what it expects to answer past this share of the target (to start)
 SHED_AT_MIN = 0.2  # ... and never less
 SHED_STEP_S = 1.0  # the share is adjusted this often at most
-SHED_AIM = 0.75  # ... lowered while the observed p95 passes this share of the target
-SHED_RELAX = 0.6  # ... raised again once it is at or under this share
+SHED_AIM = 0.65  # ... lowered while the observed p95 passes this share of the target
+SHED_RELAX = 0.5  # ... raised again once it is at or under this share
 WINDOW_S = 2.0  # the arrival rate and the observed p95 are over this much of the recent past
 MIN_OBSERVED = 20  # requests answered in the window before their p95 counts
 WARMUP_REPEATS = 2  # each (point, batch size) timed this often; the fastest counts
@@ -316,8 +317,16 @@ class Pilot:
     @property
     def shedding(self) -> bool:
         """Whether the admission refuses what it expects to answer past ``shed_at`` of the target:
-        only at the floor. Above it a cheaper point is the answer to more load, not a 503."""
-        return self.last is not None and self.last.reason == "floor"
+        only at the floor (above it a cheaper point is the answer to more load, not a 503), and only
+        while the floor point is predicted past ``UP_FRACTION`` of the target at the offered rate
+        (refused requests included): once the load falls, refusals would keep the point at the floor
+        (they read as past capacity) and go on refusing what it carries."""
+        last = self.last
+        return (
+            last is not None
+            and last.reason == "floor"
+            and last.predicted_p95_s > UP_FRACTION * self.config.target.p95_s
+        )
 
     def _adjust_shedding(self, decision: Decision, now: float) -> None:
         """At the floor (where the admission sheds), its estimate of a request's wait leaves out the HTTP work that shares the CPU with the engine, so what it admits can still be

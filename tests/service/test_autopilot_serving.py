@@ -98,7 +98,7 @@ def test_shedding_at_the_target_never_refuses_an_empty_queue(client):
 def test_shedding_at_the_target_only_at_the_floor(client):
     # above the floor a cheaper point is the answer to more load: a wait expected past the target
     # is admitted (at low load such estimates refused requests a point carried, and the refusals
-    # then moved the point down); at the floor it is refused
+    # then moved the point down); at the floor, past capacity, it is refused
     from dataclasses import replace
 
     from skipvit.service.state import service_state
@@ -115,9 +115,13 @@ def test_shedding_at_the_target_only_at_the_floor(client):
             batcher._compute_s, batcher._free_at = 0.5, batcher.clock() + 1.0
             return client.post("/classify", files=files(image))
 
-        state.pilot.last = replace(state.pilot.last, reason="hold")
+        state.pilot.last = replace(state.pilot.last, reason="hold", predicted_p95_s=math.inf)
         assert post_while_busy().status_code == 200
-        state.pilot.last = replace(state.pilot.last, reason="floor")
+        # at the floor, once the load has fallen (its prediction at the offered rate well inside
+        # the target), refusals would only hold it there: admitted
+        state.pilot.last = replace(state.pilot.last, reason="floor", predicted_p95_s=0.01)
+        assert post_while_busy().status_code == 200
+        state.pilot.last = replace(state.pilot.last, reason="floor", predicted_p95_s=math.inf)
         r = post_while_busy()
         assert r.status_code == 503 and "p95 target" in r.json()["detail"], r.text
     finally:

@@ -328,8 +328,8 @@ def decide(
     held = _held(state, active, load, target, observed_p95_s, now, over)
     vouched = {point for point, rate in held.items() if load.rate <= rate}
     meets = [c for c in ranked if predicted[c.id] <= target.p95_s or c.id in vouched]
-    since = now if over == "lasting" and state.breach_since is None else state.breach_since
-    state = replace(state, breach_since=since if over == "lasting" else None, held=tuple(held.items()))
+    breach_since = (now if state.breach_since is None else state.breach_since) if over == "lasting" else None
+    state = replace(state, breach_since=breach_since, held=tuple(held.items()))
 
     def to(point: str, reason: str) -> Decision:
         if point == state.point:
@@ -361,16 +361,15 @@ def _held(
 ) -> dict[str, float]:
     """``state.held``, with the active point's rate where it measures calm now: at or under
     ``CALM_FRACTION`` of the target, over a whole window at it, with nothing backed up or refused
-    and no breach pending. Such a point is vouched for at any rate up to that one, whatever the model
-    predicts (module docstring)."""
+    and no breach pending (``over`` None: so an active point, and no refusals past the tolerance).
+    Such a point is vouched for at any rate up to that one, whatever the model predicts (module
+    docstring)."""
     held = dict(state.held)
     calm = (
-        active is not None
-        and over is None
+        over is None
         and observed_p95_s is not None
         and observed_p95_s <= CALM_FRACTION * target.p95_s
         and load.queued <= load.max_batch
-        and load.refused_share <= SHED_TOLERANCE
         and now - state.since >= DWELL_S
     )
     if calm and load.rate > held.get(active, 0.0):

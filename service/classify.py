@@ -191,8 +191,8 @@ class Classify:
                 "SKIPVIT_REQUEST_TIMEOUT_S); Hint: retry after the Retry-After delay",
                 batcher.retry_after(),
             )
-        # The autopilot holds a p95 target: where even its cheapest point cannot (it stays above its
-        # accuracy floor: ``Pilot.shedding``), a request expected to be answered past a share of the
+        # The autopilot holds a p95 target: where even its leanest point cannot (it stays above its
+        # accuracy floor, predicted past capacity: ``Pilot.shedding``), a request expected to be answered past a share of the
         # target (room for the HTTP work and the spread; the autopilot learns the share,
         # ``Pilot.shed_at``) is refused instead. Never with nothing queued and the engine idle: a
         # compute estimate left high by a burst could otherwise refuse everything from then on.

@@ -329,8 +329,9 @@ class Pilot:
         )
 
     def _adjust_shedding(self, decision: Decision, now: float) -> None:
-        """At the floor (where the admission sheds), its estimate of a request's wait leaves out the HTTP work that shares the CPU with the engine, so what it admits can still be
-        answered past the target: while the observed p95 passes ``SHED_AIM`` of the target (aiming
+        """At the floor (where the admission sheds), its estimate of a request's wait leaves out the
+        HTTP work that shares the CPU with the engine, so what it admits can still be answered past
+        the target: while the observed p95 passes ``SHED_AIM`` of the target (aiming
         below the target, since a p95 measured over a short window is noisy), refuse from a lower
         share of it; once it is back under ``SHED_RELAX`` of the target, move the share back up,
         and back to its start at once off the floor."""

@@ -50,8 +50,9 @@ def step_of(t: float, steps: list[dict]) -> int | None:
 
 def windows(outcomes: list[Outcome], steps: list[dict], window_s: float = 1.0) -> list[dict]:
     """One row per ``window_s`` of the arm: offered (requests due in it), answered (200s that came
-    in it), p50/p95 of the 200s due in it, 503s and other failures due in it, accuracy of its 200s,
-    and the point that served most of them."""
+    in it), p50/p95 of the 200s due in it, 503s (and their p95: how long even a refusal took,
+    the HTTP path's own delay) and other failures due in it, accuracy of its 200s, and the point
+    that served most of them."""
     end = max(st["start_s"] + st["duration_s"] for st in steps)
     n = math.ceil(end / window_s)
     due: list[list[Outcome]] = [[] for _ in range(n)]
@@ -66,6 +67,7 @@ def windows(outcomes: list[Outcome], steps: list[dict], window_s: float = 1.0) -
         lo = w * window_s
         ok = [o for o in due[w] if o.status == 200]
         lat = [1000 * (o.done - o.scheduled) for o in ok]
+        refused = [1000 * (o.done - o.scheduled) for o in due[w] if o.status == 503]
         points = Counter(o.point for o in ok)
         i = step_of(lo, steps)
         rows.append(
@@ -77,7 +79,8 @@ def windows(outcomes: list[Outcome], steps: list[dict], window_s: float = 1.0) -
                 "answered": came[w] / window_s,
                 "p50_ms": percentile(lat, 50),
                 "p95_ms": percentile(lat, 95),
-                "refused": sum(1 for o in due[w] if o.status == 503),
+                "refused": len(refused),
+                "refused_p95_ms": percentile(refused, 95),
                 "failed": sum(1 for o in due[w] if o.status not in (200, 503)),
                 "accuracy": sum(bool(o.correct) for o in ok) / len(ok) if ok else math.nan,
                 "point": points.most_common(1)[0][0] if points else None,

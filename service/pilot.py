@@ -56,8 +56,9 @@ TICK_S = 0.25  # a decision this often
 SHED_AT = 0.8  # admission refuses what it expects to answer past this share of the target (to start)
 SHED_AT_MIN = 0.2  # ... and never less
 SHED_STEP_S = 1.0  # the share is adjusted this often at most
-SHED_AIM = 0.65  # ... lowered while the observed p95 passes this share of the target
-SHED_RELAX = 0.5  # ... raised again once it is at or under this share
+SHED_AIM = 0.55  # ... lowered while the observed p95 passes this share of the target
+SHED_RELAX = 0.4  # ... raised again once it is at or under this share
+SHED_RAISE = 0.05  # ... by this much a second
 WINDOW_S = 2.0  # the arrival rate and the observed p95 are over this much of the recent past
 MIN_OBSERVED = 20  # requests answered in the window before their p95 counts
 WARMUP_REPEATS = 2  # each (point, batch size) timed this often; the fastest counts
@@ -331,21 +332,25 @@ class Pilot:
     def _adjust_shedding(self, decision: Decision, now: float) -> None:
         """At the floor (where the admission sheds), its estimate of a request's wait leaves out the
         HTTP work that shares the CPU with the engine, so what it admits can still be answered past
-        the target: while the observed p95 passes ``SHED_AIM`` of the target (aiming
-        below the target, since a p95 measured over a short window is noisy), refuse from a lower
-        share of it; once it is back under ``SHED_RELAX`` of the target, move the share back up,
-        and back to its start at once off the floor."""
-        if decision.reason != "floor":  # a share learned there would refuse what a point now carries
-            self.shed_at = SHED_AT
+        the target. Once a second, from the p95 of that second's answers (fresher than the
+        decision's 2-s window, which still holds the answers admitted before the last cut): past
+        ``SHED_AIM`` of the target (aiming below it: a p95 over a short window is noisy), cut the
+        share in proportion (at most by half at once), so a step up in load is under control within
+        a second or two rather than many; at or under ``SHED_RELAX`` of the target, raise it a
+        little. The share is kept off the floor (nothing is shed there, ``shedding``), so the next
+        overload starts from what the last one learned."""
+        if decision.reason != "floor" or now - self._shed_adjusted < SHED_STEP_S:
             return
-        if now - self._shed_adjusted < SHED_STEP_S:
+        recent = sorted(s for t, s in self._latencies if t >= now - SHED_STEP_S)
+        if len(recent) < MIN_OBSERVED:
             return
         self._shed_adjusted = now
-        observed, target = self.observed_p95_s, self.config.target.p95_s
-        if observed is not None and observed > SHED_AIM * target:
-            self.shed_at = max(SHED_AT_MIN, self.shed_at * 0.8)
-        elif observed is not None and observed <= SHED_RELAX * target:
-            self.shed_at = min(SHED_AT, self.shed_at + 0.05)
+        observed, target = recent[int(0.95 * (len(recent) - 1))], self.config.target.p95_s
+        if observed > SHED_AIM * target:
+            cut = max(0.5, SHED_AIM * target / observed)
+            self.shed_at = max(SHED_AT_MIN, self.shed_at * cut)
+        elif observed <= SHED_RELAX * target:
+            self.shed_at = min(SHED_AT, self.shed_at + SHED_RAISE)
 
     def status(self) -> dict:
         """What GET /config shows of the autopilot."""

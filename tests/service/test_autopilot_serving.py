@@ -164,40 +164,51 @@ def test_on_from_the_settings_at_start(tiny_gate_bundle):
 
 
 def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
-    # at the floor the admission's wait estimate leaves out the HTTP work: while the answered p95
-    # passes the target the share of it admitted is lowered, and raised again once it is back under
+    # at the floor the admission's wait estimate leaves out the HTTP work: while the last second's
+    # answers pass the aim the share of the target admitted is cut in proportion (at most by half
+    # at once), and raised again, a little at a time, once they are well under it
     from skipvit.model.bundle import load_bundle
     from skipvit.service.autopilot import ControllerState, Decision
-    from skipvit.service.pilot import SHED_AT, SHED_AT_MIN, Pilot, pilot_config
+    from skipvit.service.pilot import SHED_AIM, SHED_AT, SHED_AT_MIN, SHED_RAISE, Pilot, pilot_config
 
     bundle = load_bundle(tiny_gate_bundle)
-    pilot = Pilot(pilot_config(bundle, 100, 0.0, "rl"), bundle, batcher=None, on_switch=lambda p: None)
-    state = ControllerState("rl", since=0.0)
-    floor = Decision("rl", "floor", math.inf, state)
     t = 0.0
+    pilot = Pilot(
+        pilot_config(bundle, 100, 0.0, "rl"), bundle, batcher=None, on_switch=lambda p: None, clock=lambda: t
+    )
+    pilot.state = ControllerState("rl", since=0.0)
+    floor = Decision("rl", "floor", math.inf, pilot.state)
 
     def adjust(decision, observed_s, seconds=1.0):
         nonlocal t
-        pilot.observed_p95_s = observed_s
-        for _ in range(int(seconds * 4)):  # four decisions a second; the share moves once a second
+        for _ in range(int(seconds * 4)):  # four decisions a second, ten answers between two
             t += 0.25
+            for _ in range(10):
+                pilot.record(observed_s, "rl")
             pilot._adjust_shedding(decision, t)
 
     assert pilot.shed_at == SHED_AT
-    adjust(floor, 0.090)  # past 75% of the target: lowered (aiming under the target)
-    assert pilot.shed_at == pytest.approx(0.8 * SHED_AT)  # once in that second, not four times
+    adjust(floor, 0.090)  # past the aim: cut in proportion, once in that second
+    assert pilot.shed_at == pytest.approx(SHED_AT * SHED_AIM * 0.100 / 0.090)
+    was = pilot.shed_at
+    adjust(floor, 0.500)  # far past it: halved, no more
+    assert pilot.shed_at == pytest.approx(was / 2)
     adjust(floor, 0.150, seconds=20)
     assert pilot.shed_at == SHED_AT_MIN  # bounded below
-    adjust(floor, 0.075, seconds=5)
-    assert pilot.shed_at == SHED_AT_MIN  # between 60% and 75% of the target: held
-    adjust(floor, 0.050)
-    assert pilot.shed_at > SHED_AT_MIN  # well under the target: back up
-    adjust(floor, 0.150, seconds=20)
-    assert pilot.shed_at == SHED_AT_MIN
-    adjust(Decision("rl", "up", 0.02, state), None, seconds=0.25)
-    assert pilot.shed_at == SHED_AT  # off the floor, no shedding: back to the start at once
-    adjust(Decision("rl", "hold", 0.02, state), 0.150, seconds=5)
-    assert pilot.shed_at == SHED_AT  # and no higher
+    adjust(floor, 0.050, seconds=5)
+    assert pilot.shed_at == SHED_AT_MIN  # between the two shares of the target: held
+    adjust(floor, 0.030, seconds=3)
+    assert SHED_AT_MIN < pilot.shed_at <= SHED_AT_MIN + 3 * SHED_RAISE  # well under: up a little at a time
+    learned = pilot.shed_at
+    adjust(Decision("rl", "up", 0.02, pilot.state), 0.150, seconds=5)
+    assert (
+        pilot.shed_at == learned
+    )  # off the floor nothing sheds, and the share is kept for the next overload
+    pilot.last = Decision("rl", "hold", 0.02, pilot.state)
+    assert not pilot.shedding
+    t += 10  # the floor again, with no answer in the last second yet: nothing to learn from
+    pilot._adjust_shedding(floor, t)
+    assert pilot.shed_at == learned
 
 
 def warmed_up(bundle_dir, seconds, answer):

@@ -192,19 +192,29 @@ class Classify:
                 batcher.retry_after(),
             )
         # The autopilot holds a p95 target: where even its leanest point cannot (it stays above its
-        # accuracy floor, predicted past capacity: ``Pilot.shedding``), a request expected to be answered past a share of the
-        # target (room for the HTTP work and the spread; the autopilot learns the share,
-        # ``Pilot.shed_at``) is refused instead. Never with nothing queued and the engine idle: a
-        # compute estimate left high by a burst could otherwise refuse everything from then on.
-        if (
-            state.pilot is not None
-            and state.pilot.shedding
-            and batcher.expected_wait(arriving) > 0
-            and wait >= state.pilot.shed_at * (target := state.pilot.config.target.p95_s)
-        ):
+        # accuracy floor, predicted past capacity: ``Pilot.shedding``), a request expected to be
+        # answered past a share of the target (room for the HTTP work and the spread; the autopilot
+        # learns the share, ``Pilot.shed_at``) is refused instead, and so is one that finds as many
+        # images waiting as the autopilot lets wait once that share is at its lowest
+        # (``Pilot.shed_waiting``: smaller batches, each computed sooner). The first rule never
+        # refuses with nothing queued and the engine idle: a compute estimate left high by a burst
+        # could otherwise refuse everything from then on.
+        pilot = state.pilot
+        if pilot is None or not pilot.shedding:
+            return None
+        target = pilot.config.target.p95_s
+        if batcher.expected_wait(arriving) > 0 and wait >= pilot.shed_at * target:
             return Failure(
                 OVERLOADED,
                 f"the expected wait ({1000 * wait:.0f} ms) passes the autopilot's p95 target "
+                f"({1000 * target:g} ms); Hint: retry after the Retry-After delay",
+                batcher.retry_after(),
+            )
+        cap = pilot.shed_waiting(knobs.max_batch_size)
+        if cap is not None and batcher.queued_images + arriving >= cap:
+            return Failure(
+                OVERLOADED,
+                f"{cap} images wait already, as many as the autopilot lets wait to hold its p95 target "
                 f"({1000 * target:g} ms); Hint: retry after the Retry-After delay",
                 batcher.retry_after(),
             )

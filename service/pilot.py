@@ -56,9 +56,12 @@ TICK_S = 0.25  # a decision this often
 SHED_AT = 0.8  # admission refuses what it expects to answer past this share of the target (to start)
 SHED_AT_MIN = 0.2  # ... and never less
 SHED_STEP_S = 1.0  # the share is adjusted this often at most
-SHED_AIM = 0.55  # ... lowered while the observed p95 passes this share of the target
-SHED_RELAX = 0.4  # ... raised again once it is at or under this share
+SHED_HOLD_S = 2.0  # at the floor, shedding goes on this long after the prediction came back inside
+SHED_AIM = 0.6  # ... lowered while the observed p95 passes this share of the target
+SHED_RELAX = 0.45  # ... raised again once it is at or under this share
 SHED_RAISE = 0.05  # ... by this much a second
+SHED_FILL_MIN = 0.125  # at SHED_AT_MIN, the images let wait are cut instead, to this share of a batch
+SHED_FILL_RAISE = 0.0625  # ... and raised by this much a second (before the share of the target is)
 WINDOW_S = 2.0  # the arrival rate and the observed p95 are over this much of the recent past
 MIN_OBSERVED = 20  # requests answered in the window before their p95 counts
 WARMUP_REPEATS = 2  # each (point, batch size) timed this often; the fastest counts
@@ -153,6 +156,8 @@ class Pilot:
         self._probing = False  # the warm-up is queueing one of its probes
         self.stopped: str | None = None  # why the loop ended on an error (it then decides no more)
         self.shed_at = SHED_AT  # the admission's share of the target (``service.classify``)
+        self.shed_fill = 1.0  # ... and the share of a full batch it lets wait (1: no cap of its own)
+        self._inside_since: float | None = None  # at the floor while shedding: since when predicted inside
         self._shed_adjusted = -math.inf
         self._corrected = -math.inf  # when the correction last learned
 
@@ -291,8 +296,9 @@ class Pilot:
             self.candidates, self.costs, load, self.config.target, self.state, now, self.observed_p95_s
         )
         self._adjust_shedding(decision, now)
-        was = self.state.point
+        was, shed = self.state.point, self.shedding
         self.state, self.last = decision.state, decision
+        self._note_inside(decision, now, shed)
         if decision.point != was:  # the old point's latencies and refusals say nothing of the new one's
             self._latencies.clear()
             self._refusals.clear()
@@ -317,17 +323,29 @@ class Pilot:
 
     @property
     def shedding(self) -> bool:
-        """Whether the admission refuses what it expects to answer past ``shed_at`` of the target:
-        only at the floor (above it a cheaper point is the answer to more load, not a 503), and only
-        while the floor point is predicted past ``UP_FRACTION`` of the target at the offered rate
-        (refused requests included): once the load falls, refusals would keep the point at the floor
-        (they read as past capacity) and go on refusing what it carries."""
-        last = self.last
-        return (
-            last is not None
-            and last.reason == "floor"
-            and last.predicted_p95_s > UP_FRACTION * self.config.target.p95_s
+        """Whether the admission refuses what it expects to answer past ``shed_at`` of the target (or
+        what finds ``shed_waiting`` images waiting): only at the floor (above it a cheaper point is
+        the answer to more load, not a 503), and only while the floor point is predicted past
+        ``UP_FRACTION`` of the target at the offered rate (refused requests included), or was
+        within the last ``SHED_HOLD_S``. Once the load falls, refusals would keep the point at the
+        floor (they read as past capacity) and go on refusing what it carries; but at the edge of
+        the floor's capacity the prediction dips inside for a tick or two, and a quarter of a
+        second without shedding there lets in a backlog that is answered past the target."""
+        last, target = self.last, self.config.target.p95_s
+        if last is None or last.reason != "floor":
+            return False
+        held = self._inside_since is not None and self.clock() - self._inside_since < SHED_HOLD_S
+        return last.predicted_p95_s > UP_FRACTION * target or held
+
+    def _note_inside(self, decision: Decision, now: float, shedding: bool) -> None:
+        """Note when the floor's prediction came back inside while it was shedding (``shedding``)."""
+        inside = (
+            decision.reason == "floor" and decision.predicted_p95_s <= UP_FRACTION * self.config.target.p95_s
         )
+        if not inside:
+            self._inside_since = None
+        elif shedding and self._inside_since is None:
+            self._inside_since = now
 
     def _adjust_shedding(self, decision: Decision, now: float) -> None:
         """At the floor (where the admission sheds), its estimate of a request's wait leaves out the
@@ -336,9 +354,12 @@ class Pilot:
         decision's 2-s window, which still holds the answers admitted before the last cut): past
         ``SHED_AIM`` of the target (aiming below it: a p95 over a short window is noisy), cut the
         share in proportion (at most by half at once), so a step up in load is under control within
-        a second or two rather than many; at or under ``SHED_RELAX`` of the target, raise it a
-        little. The share is kept off the floor (nothing is shed there, ``shedding``), so the next
-        overload starts from what the last one learned."""
+        a second or two rather than many. At its lowest share, cut the images it lets wait instead
+        (``shed_waiting``): a lower share would put the threshold under one batch's compute, where
+        the admission turns into a gate that opens whenever the engine is expected free, and lets
+        a burst in; fewer images waiting make smaller batches, each computed sooner. At or under
+        ``SHED_RELAX`` of the target, raise them a little, the images first. Both are kept off the
+        floor (nothing is shed there, ``shedding``), so the next overload starts from them."""
         if decision.reason != "floor" or now - self._shed_adjusted < SHED_STEP_S:
             return
         recent = sorted(s for t, s in self._latencies if t >= now - SHED_STEP_S)
@@ -348,9 +369,20 @@ class Pilot:
         observed, target = recent[int(0.95 * (len(recent) - 1))], self.config.target.p95_s
         if observed > SHED_AIM * target:
             cut = max(0.5, SHED_AIM * target / observed)
-            self.shed_at = max(SHED_AT_MIN, self.shed_at * cut)
+            if self.shed_at > SHED_AT_MIN:
+                self.shed_at = max(SHED_AT_MIN, self.shed_at * cut)
+            else:
+                self.shed_fill = max(SHED_FILL_MIN, self.shed_fill * cut)
         elif observed <= SHED_RELAX * target:
-            self.shed_at = min(SHED_AT, self.shed_at + SHED_RAISE)
+            if self.shed_fill < 1.0:
+                self.shed_fill = min(1.0, self.shed_fill + SHED_FILL_RAISE)
+            else:
+                self.shed_at = min(SHED_AT, self.shed_at + SHED_RAISE)
+
+    def shed_waiting(self, max_batch: int) -> int | None:
+        """The images the admission lets wait (queued, or admitted and not yet queued) while it
+        sheds at the floor, or None while ``shed_fill`` sets no cap of its own."""
+        return None if self.shed_fill >= 1.0 else max(1, round(self.shed_fill * max_batch))
 
     def status(self) -> dict:
         """What GET /config shows of the autopilot."""
@@ -370,5 +402,8 @@ class Pilot:
             "observed_p95_ms": None if self.observed_p95_s is None else 1000 * self.observed_p95_s,
             "arrival_rate": sum(n for _, n in self._arrivals) / WINDOW_S,
             "shed_at_ms": 1000 * self.shed_at * t.p95_s,
+            "shed_waiting": self.shed_waiting(self.batcher.knobs.max_batch_size)
+            if self.batcher is not None
+            else None,
             "vouched": {} if self.state is None else dict(self.state.held),
         }

@@ -128,6 +128,40 @@ def test_shedding_at_the_target_only_at_the_floor(client):
         client.put("/config", json={"autopilot": None}, headers=AUTH)
 
 
+def test_at_the_floor_the_images_let_wait_are_capped_once_the_share_is_at_its_lowest(client, monkeypatch):
+    # with the engine expected free the wait rule admits anything up to a batch; the cap the
+    # autopilot learns at its lowest share refuses once that many images wait, and only then
+    from dataclasses import replace
+
+    from skipvit.service.batcher import Batcher
+    from skipvit.service.classify import Classify
+    from skipvit.service.state import service_state
+
+    r = client.put("/config", json={"autopilot": {"p95_ms": 50, "family": "rl"}}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    try:
+        wait_decided(client)
+        state = service_state(client.app)
+        state.pilot.cancel()  # its decisions are set by hand below
+        state.pilot.last = replace(state.pilot.last, reason="floor", predicted_p95_s=math.inf)
+        state.batcher._free_at = state.batcher.clock()  # the engine is expected free
+        monkeypatch.setattr(Batcher, "queued_images", property(lambda self: 3))
+        refusal = Classify(state).refusal
+        assert state.pilot.shed_waiting(state.batcher.knobs.max_batch_size) is None
+        assert refusal() is None
+        state.pilot.shed_fill = 4 / state.batcher.knobs.max_batch_size
+        assert refusal() is None  # three wait, four may
+        state.pilot.shed_fill = 2 / state.batcher.knobs.max_batch_size
+        failure = refusal()
+        assert failure is not None and failure.kind.status == 503 and "2 images wait" in str(failure)
+        assert client.get("/config").json()["autopilot"]["shed_waiting"] == 2
+        state.pilot.last = replace(state.pilot.last, reason="hold")
+        assert refusal() is None  # off the floor nothing is shed
+    finally:
+        monkeypatch.undo()
+        client.put("/config", json={"autopilot": None}, headers=AUTH)
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [
@@ -166,10 +200,19 @@ def test_on_from_the_settings_at_start(tiny_gate_bundle):
 def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
     # at the floor the admission's wait estimate leaves out the HTTP work: while the last second's
     # answers pass the aim the share of the target admitted is cut in proportion (at most by half
-    # at once), and raised again, a little at a time, once they are well under it
+    # at once), then, at its lowest, the images let wait; both come back, a little at a time and
+    # in the other order, once the answers are well under the aim
     from skipvit.model.bundle import load_bundle
     from skipvit.service.autopilot import ControllerState, Decision
-    from skipvit.service.pilot import SHED_AIM, SHED_AT, SHED_AT_MIN, SHED_RAISE, Pilot, pilot_config
+    from skipvit.service.pilot import (
+        SHED_AIM,
+        SHED_AT,
+        SHED_AT_MIN,
+        SHED_FILL_MIN,
+        SHED_FILL_RAISE,
+        Pilot,
+        pilot_config,
+    )
 
     bundle = load_bundle(tiny_gate_bundle)
     t = 0.0
@@ -187,18 +230,26 @@ def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
                 pilot.record(observed_s, "rl")
             pilot._adjust_shedding(decision, t)
 
-    assert pilot.shed_at == SHED_AT
+    assert (pilot.shed_at, pilot.shed_waiting(32)) == (SHED_AT, None)
     adjust(floor, 0.090)  # past the aim: cut in proportion, once in that second
     assert pilot.shed_at == pytest.approx(SHED_AT * SHED_AIM * 0.100 / 0.090)
     was = pilot.shed_at
     adjust(floor, 0.500)  # far past it: halved, no more
     assert pilot.shed_at == pytest.approx(was / 2)
+    adjust(floor, 0.150)
+    assert pilot.shed_at == SHED_AT_MIN and pilot.shed_waiting(32) is None  # at its lowest...
+    adjust(floor, 0.150)
+    assert pilot.shed_waiting(32) == 16  # ...then the images let wait: halved
     adjust(floor, 0.150, seconds=20)
-    assert pilot.shed_at == SHED_AT_MIN  # bounded below
+    assert pilot.shed_waiting(32) == round(SHED_FILL_MIN * 32)  # bounded below
     adjust(floor, 0.050, seconds=5)
-    assert pilot.shed_at == SHED_AT_MIN  # between the two shares of the target: held
+    assert pilot.shed_waiting(32) == round(SHED_FILL_MIN * 32)  # between the two shares of the target: held
     adjust(floor, 0.030, seconds=3)
-    assert SHED_AT_MIN < pilot.shed_at <= SHED_AT_MIN + 3 * SHED_RAISE  # well under: up a little at a time
+    lowest, most = round(SHED_FILL_MIN * 32), round((SHED_FILL_MIN + 3 * SHED_FILL_RAISE) * 32)
+    assert lowest < pilot.shed_waiting(32) <= most  # well under: up a little at a time
+    assert pilot.shed_at == SHED_AT_MIN  # the images come back first
+    adjust(floor, 0.030, seconds=20)
+    assert pilot.shed_waiting(32) is None and SHED_AT_MIN < pilot.shed_at <= SHED_AT  # then the share
     learned = pilot.shed_at
     adjust(Decision("rl", "up", 0.02, pilot.state), 0.150, seconds=5)
     assert (
@@ -209,6 +260,47 @@ def test_the_shedding_share_follows_the_observed_p95(tiny_gate_bundle):
     t += 10  # the floor again, with no answer in the last second yet: nothing to learn from
     pilot._adjust_shedding(floor, t)
     assert pilot.shed_at == learned
+
+
+def test_shedding_goes_on_for_a_while_after_the_floor_is_predicted_inside(tiny_gate_bundle):
+    # at the edge of the floor's capacity its prediction dips inside for a tick or two: shedding
+    # holds through such dips (a quarter of a second without it lets a backlog in), and stops once
+    # the prediction stays inside (the load fell: refusals would only keep the point at the floor)
+    from skipvit.model.bundle import load_bundle
+    from skipvit.service.autopilot import ControllerState, Decision
+    from skipvit.service.pilot import SHED_HOLD_S, Pilot, pilot_config
+
+    bundle = load_bundle(tiny_gate_bundle)
+    t = 0.0
+    pilot = Pilot(
+        pilot_config(bundle, 100, 0.0, "rl"), bundle, batcher=None, on_switch=lambda p: None, clock=lambda: t
+    )
+    state = ControllerState("rl", since=0.0)
+
+    def decided(reason, predicted_s):
+        shedding = pilot.shedding
+        pilot.last = Decision("rl", reason, predicted_s, state)
+        pilot._note_inside(pilot.last, t, shedding)
+        return pilot.shedding
+
+    assert not decided("floor", 0.05)  # at the floor, inside: nothing to shed
+    assert decided("floor", math.inf)
+    t = 0.25
+    assert decided("floor", 0.05)  # a dip inside
+    t = 0.5
+    assert decided("floor", math.inf)
+    t = 0.75
+    assert decided("floor", 0.05)
+    t = 0.75 + SHED_HOLD_S - 0.25
+    assert decided("floor", 0.05)
+    t = 0.75 + SHED_HOLD_S
+    assert not decided("floor", 0.05)  # inside for the whole hold: the load fell
+    t += 0.25
+    assert not decided("floor", 0.05)
+    assert not decided("hold", 0.2)  # off the floor, never
+    assert decided("floor", math.inf)
+    t += 0.25
+    assert not decided("up", 0.05)
 
 
 def warmed_up(bundle_dir, seconds, answer):

@@ -4,6 +4,7 @@ start; requests without ?point= are served at its choice, those with one are lef
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -95,12 +96,10 @@ def test_shedding_at_the_target_never_refuses_an_empty_queue(client):
         client.put("/config", json={"autopilot": None}, headers=AUTH)
 
 
-def test_shedding_at_the_target_only_at_the_floor(client):
-    # above the floor a cheaper point is the answer to more load: a wait expected past the target
-    # is admitted (at low load such estimates refused requests a point carried, and the refusals
-    # then moved the point down); at the floor, past capacity, it is refused
-    from dataclasses import replace
-
+@contextlib.contextmanager
+def pilot_by_hand(client):
+    """The autopilot on (50 ms, family ``rl``) with its loop stopped after its first decision, so a
+    test sets its decisions by hand; the service's state is yielded, and the autopilot is off after."""
     from skipvit.service.state import service_state
 
     r = client.put("/config", json={"autopilot": {"p95_ms": 50, "family": "rl"}}, headers=AUTH)
@@ -108,7 +107,19 @@ def test_shedding_at_the_target_only_at_the_floor(client):
     try:
         wait_decided(client)
         state = service_state(client.app)
-        state.pilot.cancel()  # its decisions are set by hand below
+        state.pilot.cancel()
+        yield state
+    finally:
+        client.put("/config", json={"autopilot": None}, headers=AUTH)
+
+
+def test_shedding_at_the_target_only_at_the_floor(client):
+    # above the floor a cheaper point is the answer to more load: a wait expected past the target
+    # is admitted (at low load such estimates refused requests a point carried, and the refusals
+    # then moved the point down); at the floor, past capacity, it is refused
+    from dataclasses import replace
+
+    with pilot_by_hand(client) as state:
         batcher, image = state.batcher, png_bytes(np.zeros((16, 16), np.uint8))
 
         def post_while_busy():  # the estimate says the engine is busy for 1 s; it is in fact idle
@@ -124,8 +135,6 @@ def test_shedding_at_the_target_only_at_the_floor(client):
         state.pilot.last = replace(state.pilot.last, reason="floor", predicted_p95_s=math.inf)
         r = post_while_busy()
         assert r.status_code == 503 and "p95 target" in r.json()["detail"], r.text
-    finally:
-        client.put("/config", json={"autopilot": None}, headers=AUTH)
 
 
 def test_at_the_floor_the_images_let_wait_are_capped_once_the_share_is_at_its_lowest(client, monkeypatch):
@@ -135,14 +144,8 @@ def test_at_the_floor_the_images_let_wait_are_capped_once_the_share_is_at_its_lo
 
     from skipvit.service.batcher import Batcher
     from skipvit.service.classify import Classify
-    from skipvit.service.state import service_state
 
-    r = client.put("/config", json={"autopilot": {"p95_ms": 50, "family": "rl"}}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    try:
-        wait_decided(client)
-        state = service_state(client.app)
-        state.pilot.cancel()  # its decisions are set by hand below
+    with pilot_by_hand(client) as state:
         state.pilot.last = replace(state.pilot.last, reason="floor", predicted_p95_s=math.inf)
         state.batcher._free_at = state.batcher.clock()  # the engine is expected free
         monkeypatch.setattr(Batcher, "queued_images", property(lambda self: 3))
@@ -157,9 +160,7 @@ def test_at_the_floor_the_images_let_wait_are_capped_once_the_share_is_at_its_lo
         assert client.get("/config").json()["autopilot"]["shed_waiting"] == 2
         state.pilot.last = replace(state.pilot.last, reason="hold")
         assert refusal() is None  # off the floor nothing is shed
-    finally:
         monkeypatch.undo()
-        client.put("/config", json={"autopilot": None}, headers=AUTH)
 
 
 @pytest.mark.parametrize(

@@ -82,9 +82,7 @@ class AutopilotStatus(BaseModel):
     observed_p95_ms: float | None = None  # over the last 2 s (None: too few requests)
     arrival_rate: float = 0.0  # images/s over the last 2 s
     shed_at_ms: float | None = None  # admission refuses what it expects to answer later than this
-    shed_waiting: int | None = (
-        None  # ... and, at the floor, lets at most this many images wait (null: no cap of its own)
-    )
+    shed_waiting: int | None = None  # ... and lets this many images wait at most (null: no cap)
     vouched: dict[str, float] = {}  # point -> the rate (images/s) up to which it measured inside the target
     stopped: str | None = None  # why the autopilot stopped deciding (an error; turn it off and on)
 

@@ -56,7 +56,7 @@ TICK_S = 0.25  # a decision this often
 SHED_AT = 0.8  # admission refuses what it expects to answer past this share of the target (to start)
 SHED_AT_MIN = 0.2  # ... and never less
 SHED_STEP_S = 1.0  # the share is adjusted this often at most
-SHED_HOLD_S = 2.0  # at the floor, shedding goes on this long after the prediction came back inside
+SHED_HOLD_S = 2.0  # at the floor, shedding goes on this long after the prediction was last past
 SHED_AIM = 0.6  # ... lowered while the observed p95 passes this share of the target
 SHED_RELAX = 0.45  # ... raised again once it is at or under this share
 SHED_RAISE = 0.05  # ... by this much a second
@@ -157,7 +157,7 @@ class Pilot:
         self.stopped: str | None = None  # why the loop ended on an error (it then decides no more)
         self.shed_at = SHED_AT  # the admission's share of the target (``service.classify``)
         self.shed_fill = 1.0  # ... and the share of a full batch it lets wait (1: no cap of its own)
-        self._inside_since: float | None = None  # at the floor while shedding: since when predicted inside
+        self._past_at = -math.inf  # at the floor: when the prediction last passed UP_FRACTION of the target
         self._shed_adjusted = -math.inf
         self._corrected = -math.inf  # when the correction last learned
 
@@ -296,9 +296,9 @@ class Pilot:
             self.candidates, self.costs, load, self.config.target, self.state, now, self.observed_p95_s
         )
         self._adjust_shedding(decision, now)
-        was, shed = self.state.point, self.shedding
+        was = self.state.point
         self.state, self.last = decision.state, decision
-        self._note_inside(decision, now, shed)
+        self._note_past(decision, now)
         if decision.point != was:  # the old point's latencies and refusals say nothing of the new one's
             self._latencies.clear()
             self._refusals.clear()
@@ -334,18 +334,15 @@ class Pilot:
         last, target = self.last, self.config.target.p95_s
         if last is None or last.reason != "floor":
             return False
-        held = self._inside_since is not None and self.clock() - self._inside_since < SHED_HOLD_S
-        return last.predicted_p95_s > UP_FRACTION * target or held
+        return last.predicted_p95_s > UP_FRACTION * target or self.clock() - self._past_at <= SHED_HOLD_S
 
-    def _note_inside(self, decision: Decision, now: float, shedding: bool) -> None:
-        """Note when the floor's prediction came back inside while it was shedding (``shedding``)."""
-        inside = (
-            decision.reason == "floor" and decision.predicted_p95_s <= UP_FRACTION * self.config.target.p95_s
-        )
-        if not inside:
-            self._inside_since = None
-        elif shedding and self._inside_since is None:
-            self._inside_since = now
+    def _note_past(self, decision: Decision, now: float) -> None:
+        """Note when the floor's prediction last passed ``UP_FRACTION`` of the target (forgotten off
+        the floor)."""
+        if decision.reason != "floor":
+            self._past_at = -math.inf
+        elif decision.predicted_p95_s > UP_FRACTION * self.config.target.p95_s:
+            self._past_at = now
 
     def _adjust_shedding(self, decision: Decision, now: float) -> None:
         """At the floor (where the admission sheds), its estimate of a request's wait leaves out the

@@ -279,9 +279,8 @@ def test_shedding_goes_on_for_a_while_after_the_floor_is_predicted_inside(tiny_g
     state = ControllerState("rl", since=0.0)
 
     def decided(reason, predicted_s):
-        shedding = pilot.shedding
         pilot.last = Decision("rl", reason, predicted_s, state)
-        pilot._note_inside(pilot.last, t, shedding)
+        pilot._note_past(pilot.last, t)
         return pilot.shedding
 
     assert not decided("floor", 0.05)  # at the floor, inside: nothing to shed
